@@ -1,0 +1,25 @@
+//! Compiles `proto/herald/v1/*.proto` with protox (pure Rust, no protoc) and tonic-prost-build,
+//! and writes the file descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/herald/v1/common.proto",
+        "proto/herald/v1/delivery.proto",
+        "proto/herald/v1/recipients.proto",
+        "proto/herald/v1/internal.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // compile_fds does not write the descriptor set itself; reflection needs it on disk.
+    std::fs::write(
+        out_dir.join("herald_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
