@@ -1,1 +1,504 @@
-fn main() {}
+//! `herald`: the one binary. Subcommands run a local cluster (`up`), a real node or control
+//! replica (`node`, `control`), send a message (`send`), show the cluster (`cluster status`) and
+//! benchmark (`bench waterfall`).
+
+mod local;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use herald_node::config::SandboxConfig;
+use herald_proto::v1::control_client::ControlClient;
+use herald_proto::v1::delivery_client::DeliveryClient;
+use herald_proto::v1::{
+    Channel, ClusterStatusRequest, GetMessageRequest, MessageClass, SendRequest, WaterfallStep,
+};
+use serde_json::json;
+
+use crate::local::{DEMO_API_KEY, LocalCluster, LocalOptions, peak_rss_kib};
+use crate::workload::{authed, connect, percentile};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald: a distributed, actor-based delivery cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control plane and nodes on this machine and a demo campaign with a live funnel.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Redis URL; without it the embedded store is used.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Demo messages to send (0 = none).
+        #[arg(long, default_value_t = 1000)]
+        demo: usize,
+        /// Stop once the demo is done instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_when_done: bool,
+        /// End with one JSON line of the funnel.
+        #[arg(long)]
+        json: bool,
+        /// Partitions of the local cluster.
+        #[arg(long, default_value_t = 4096)]
+        partitions: u32,
+    },
+    /// Run one node (config file + HERALD_* environment overrides).
+    Node {
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run one control plane replica (config file + HERALD_* environment overrides).
+    Control {
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Send one message from the shell and wait for its terminal state.
+    Send {
+        /// A node's address.
+        #[arg(long, default_value = "127.0.0.1:7500")]
+        addr: String,
+        #[arg(long, env = "HERALD_API_KEY")]
+        api_key: String,
+        #[arg(long)]
+        recipient: String,
+        /// Text used for every channel's content.
+        #[arg(long)]
+        text: String,
+        /// Comma-separated channels in waterfall order (push,email,sms).
+        #[arg(long, default_value = "push,email,sms")]
+        channels: String,
+        #[arg(long)]
+        marketing: bool,
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+        /// Seconds to wait for a terminal state (0 = don't wait).
+        #[arg(long, default_value_t = 10)]
+        wait_s: u64,
+    },
+    /// Cluster operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Benchmarks (see shared/bench/WORKLOAD.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Nodes, partitions per node, epoch, leader.
+    Status {
+        /// A control replica's address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        control: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The waterfall-N workload on a local cluster; prints one JSON line.
+    Waterfall {
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+        /// Redis URL; without it the embedded store is used.
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 4096)]
+        partitions: u32,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            nodes,
+            redis,
+            demo,
+            exit_when_done,
+            json,
+            partitions,
+        } => {
+            init_tracing("warn");
+            up(nodes, redis, demo, exit_when_done, json, partitions).await
+        }
+        Command::Node { config } => {
+            init_tracing("info");
+            run_node(config).await
+        }
+        Command::Control { config } => {
+            init_tracing("info");
+            run_control(config).await
+        }
+        Command::Send {
+            addr,
+            api_key,
+            recipient,
+            text,
+            channels,
+            marketing,
+            idempotency_key,
+            wait_s,
+        } => {
+            send(
+                &addr,
+                &api_key,
+                recipient,
+                text,
+                &channels,
+                marketing,
+                idempotency_key,
+                wait_s,
+            )
+            .await
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { control, json },
+        } => cluster_status(&control, json).await,
+        Command::Bench {
+            command:
+                BenchCommand::Waterfall {
+                    n,
+                    redis,
+                    nodes,
+                    partitions,
+                },
+        } => {
+            init_tracing("error");
+            bench_waterfall(n, redis, nodes, partitions).await
+        }
+    }
+}
+
+async fn up(
+    nodes: usize,
+    redis: Option<String>,
+    demo: usize,
+    exit_when_done: bool,
+    json: bool,
+    partitions: u32,
+) -> Result<()> {
+    let store_name = if redis.is_some() { "redis" } else { "embedded" };
+    eprintln!("herald up: control plane + {nodes} nodes on loopback, {store_name} store, sandbox providers");
+    let cluster = LocalCluster::start(LocalOptions {
+        nodes,
+        redis_url: redis,
+        key_prefix: Some(format!("herald-up-{}", ulid::Ulid::new())),
+        sandbox: SandboxConfig::default(),
+        partition_count: partitions,
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let addrs = cluster.node_addrs();
+    if let Some(control) = &cluster.control {
+        eprintln!("  control  {}", control.local_addr());
+    }
+    for (node, address) in cluster.nodes.iter().zip(&addrs) {
+        eprintln!("  {}   {address}", node.node_id());
+    }
+    eprintln!("  api key  {DEMO_API_KEY} (tenant demo)");
+    if demo > 0 {
+        eprintln!("demo: creating {demo} recipients");
+        workload::create_recipients(&addrs, DEMO_API_KEY, "demo-r", demo).await?;
+        eprintln!("demo: sending {demo} messages through push -> email -> sms");
+        let report = workload::run_messages(
+            &addrs,
+            DEMO_API_KEY,
+            "demo-r",
+            demo,
+            Duration::from_secs(120 + demo as u64 / 500),
+            true,
+        )
+        .await?;
+        let f = &report.funnel;
+        let elapsed = report.elapsed.as_secs_f64();
+        eprintln!("funnel after {elapsed:.2}s:");
+        eprintln!("  submitted        {:>8}", f.submitted);
+        eprintln!("  terminal         {:>8}", f.terminal);
+        eprintln!("  delivered push   {:>8}", f.delivered_push);
+        eprintln!("  delivered email  {:>8}  (fell back from push)", f.delivered_email);
+        eprintln!("  delivered sms    {:>8}  (fell back from push and email)", f.delivered_sms);
+        eprintln!("  failed           {:>8}", f.failed);
+        eprintln!("  suppressed       {:>8}", f.suppressed);
+        if json {
+            let mut line = serde_json::to_value(f)?;
+            line["elapsed_s"] = json!((elapsed * 1000.0).round() / 1000.0);
+            line["attempts"] = json!(cluster.provider_calls());
+            println!("{line}");
+        }
+    }
+    if !exit_when_done {
+        eprintln!("serving; Ctrl-C to stop");
+        tokio::signal::ctrl_c().await?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn run_node(config: Option<PathBuf>) -> Result<()> {
+    let config: herald_node::config::NodeConfig =
+        herald_node::config::load(config.as_deref(), std::env::vars())?;
+    let store = herald_node::server::open_store(&config.store).await?;
+    let node = herald_node::server::Node::start(config, store).await?;
+    tracing::info!(addr = %node.local_addr, node = %node.node_id(), "serving");
+    wait_for_signal().await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_control(config: Option<PathBuf>) -> Result<()> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct ControlFile {
+        #[serde(flatten)]
+        control: herald_control::ControlConfig,
+        /// Where the leader lease and the table live.
+        redis_url: Option<String>,
+        key_prefix: Option<String>,
+    }
+    let file: ControlFile = herald_node::config::load(config.as_deref(), std::env::vars())?;
+    let store = herald_node::server::open_store(&herald_node::config::StoreConfig {
+        redis_url: file.redis_url.clone(),
+        data_dir: None,
+        key_prefix: file.key_prefix.clone(),
+    })
+    .await?;
+    if file.redis_url.is_none() {
+        tracing::warn!("no redis_url: the control plane keeps its table in memory only");
+    }
+    let control = herald_control::ControlPlane::start(file.control, store).await?;
+    tracing::info!(addr = %control.local_addr(), "control plane serving");
+    wait_for_signal().await?;
+    control.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    addr: &str,
+    api_key: &str,
+    recipient: String,
+    text: String,
+    channels: &str,
+    marketing: bool,
+    idempotency_key: String,
+    wait_s: u64,
+) -> Result<()> {
+    let mut waterfall = Vec::new();
+    for name in channels.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let channel = match name {
+            "push" => Channel::Push,
+            "email" => Channel::Email,
+            "sms" => Channel::Sms,
+            other => bail!("unknown channel {other:?} (push, email, sms)"),
+        };
+        waterfall.push(WaterfallStep {
+            channel: channel as i32,
+            ..Default::default()
+        });
+    }
+    let mut message = workload::demo_message(recipient, idempotency_key);
+    message.waterfall = waterfall;
+    message.class = if marketing {
+        MessageClass::Marketing as i32
+    } else {
+        MessageClass::Transactional as i32
+    };
+    if let Some(content) = message.content.as_mut() {
+        if let Some(push) = content.push.as_mut() {
+            push.body = text.clone();
+        }
+        if let Some(email) = content.email.as_mut() {
+            email.text_body = text.clone();
+        }
+        if let Some(sms) = content.sms.as_mut() {
+            sms.text = text;
+        }
+    }
+    let mut client = DeliveryClient::new(connect(addr).await?);
+    let reply = client
+        .send(authed(
+            SendRequest {
+                message: Some(message),
+            },
+            api_key,
+        )?)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!(
+        "message {} {}",
+        reply.message_id,
+        if reply.duplicate { "(duplicate)" } else { "accepted" }
+    );
+    let deadline = Instant::now() + Duration::from_secs(wait_s);
+    while wait_s > 0 {
+        let view = client
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: reply.message_id.clone(),
+                },
+                api_key,
+            )?)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        let status = view.message.as_ref().map(|m| m.status()).unwrap_or_default();
+        if herald_node::actors::waterfall::is_terminal(status) || Instant::now() > deadline {
+            for event in &view.events {
+                println!(
+                    "  #{:<2} {:<16} step {:<2} {:<6} {}",
+                    event.seq,
+                    event.kind().as_str_name().trim_start_matches("EVENT_").to_lowercase(),
+                    event.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    event.channel().as_str_name().to_lowercase(),
+                    event.reason
+                );
+            }
+            println!("status {}", status.as_str_name().trim_start_matches("MESSAGE_STATUS_"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn cluster_status(control: &str, json: bool) -> Result<()> {
+    let mut client = ControlClient::new(connect(control).await?);
+    let status = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    if json {
+        let nodes: Vec<_> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                let info = n.node.clone().unwrap_or_default();
+                json!({
+                    "node_id": info.node_id, "address": info.address, "weight": info.weight,
+                    "owned_partitions": n.owned_partitions, "serving_partitions": n.serving_partitions,
+                    "applied_epoch": n.applied_epoch, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"epoch": status.epoch, "leader": status.leader_id,
+                   "partition_count": status.partition_count, "nodes": nodes})
+        );
+        return Ok(());
+    }
+    println!(
+        "epoch {}  leader {}  partitions {}",
+        status.epoch, status.leader_id, status.partition_count
+    );
+    println!(
+        "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>10}",
+        "node", "address", "weight", "owned", "serving", "epoch", "heartbeat"
+    );
+    for node in &status.nodes {
+        let info = node.node.clone().unwrap_or_default();
+        println!(
+            "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>8}ms",
+            info.node_id,
+            info.address,
+            info.weight,
+            node.owned_partitions,
+            node.serving_partitions,
+            node.applied_epoch,
+            node.last_heartbeat_ms_ago
+        );
+    }
+    Ok(())
+}
+
+async fn bench_waterfall(n: usize, redis: Option<String>, nodes: usize, partitions: u32) -> Result<()> {
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let store_name = if redis.is_some() { "redis" } else { "embedded" };
+    let cluster = LocalCluster::start(LocalOptions {
+        nodes,
+        redis_url: redis,
+        key_prefix: Some(format!("herald-bench-{}", ulid::Ulid::new())),
+        sandbox: SandboxConfig::default(),
+        partition_count: partitions,
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let addrs = cluster.node_addrs();
+    eprintln!("bench waterfall: seeding {n} recipients (not timed)");
+    workload::create_recipients(&addrs, DEMO_API_KEY, "r", n).await?;
+    let calls_before = cluster.provider_calls();
+    eprintln!("bench waterfall: {n} messages, {nodes} nodes, {store_name} store");
+    let report = workload::run_messages(
+        &addrs,
+        DEMO_API_KEY,
+        "r",
+        n,
+        Duration::from_secs(600),
+        true,
+    )
+    .await
+    .context("running the workload")?;
+    let attempts = cluster.provider_calls() - calls_before;
+    let elapsed = report.elapsed.as_secs_f64();
+    let line = json!({
+        "system": "herald",
+        "workload": "waterfall",
+        "n": n,
+        "nodes": nodes,
+        "store": store_name,
+        "total_s": (elapsed * 1000.0).round() / 1000.0,
+        "msgs_per_s": (n as f64 / elapsed).round(),
+        "attempts": attempts,
+        "p50_ms": (percentile(&report.latencies_ms, 0.50) * 10.0).round() / 10.0,
+        "p99_ms": (percentile(&report.latencies_ms, 0.99) * 10.0).round() / 10.0,
+        "max_ms": (percentile(&report.latencies_ms, 1.0) * 10.0).round() / 10.0,
+        "delivered_push": report.funnel.delivered_push,
+        "delivered_email": report.funnel.delivered_email,
+        "delivered_sms": report.funnel.delivered_sms,
+        "failed": report.funnel.failed,
+        "peak_rss_mib": peak_rss_kib().map(|k| k / 1024),
+    });
+    println!("{line}");
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,1 +1,31 @@
+//! # herald-node: the data plane
+//!
+//! A request's path, in six files: [`api`] (decode, authenticate, validate) → [`router`]
+//! (local or forwarded to the partition's owner) → [`actors::recipient`] (the RecipientActor:
+//! policy and the waterfall) → [`providers`] (sandbox, and real adapters), with [`store`] beside
+//! them and [`ownership`] deciding which partitions this node may write.
+//!
+//! ## Layout
+//! - [`server`]: assembles a node (gRPC server, loops) and shuts it down gracefully.
+//! - [`membership`]: joins the control plane, heartbeats, follows the partition table.
+//! - [`ownership`]: the table, partition leases and fences.
+//! - [`peers`]: node-to-node Forward streams.
+//! - [`actors`]: RecipientActor and its directory (activation, passivation).
+//! - [`validate`], [`auth`], [`config`], [`events`], [`watch`].
 
+pub mod actors;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod events;
+pub mod membership;
+pub mod ownership;
+pub mod peers;
+pub mod providers;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod test_support;
+pub mod validate;
+pub mod watch;

@@ -1,0 +1,113 @@
+//! # service: the `herald.v1.Control` gRPC service
+//!
+//! Owns decoding and validating requests, calling the leader ([`crate::leader`]) and mapping
+//! [`crate::Error`] to `tonic::Status`. It must never hold cluster state or decide anything
+//! itself: membership and tables belong to the leader's term.
+//!
+//! Only the leader serves Join, Heartbeat, Leave and WatchTable; a follower answers
+//! `UNAVAILABLE` with the message `not_leader{leader=<id>}` (`<id>` empty when it does not know
+//! the leader), and the node client tries its next control address. ClusterStatus works on
+//! every replica.
+
+use std::sync::Arc;
+
+use herald_proto::NodeId;
+use herald_proto::v1::control_server::Control;
+use herald_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, WatchTableRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::leader::{Controller, TableStream};
+use crate::membership::{self, MAX_NODE_ID_LEN};
+
+pub(crate) struct ControlService {
+    ctrl: Arc<Controller>,
+}
+
+impl ControlService {
+    pub(crate) fn new(ctrl: Arc<Controller>) -> Self {
+        Self { ctrl }
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let info = membership::normalize_node_info(request.into_inner().node)?;
+        let term = self.ctrl.leader_term()?;
+        let table = term.join(info).await?;
+        Ok(Response::new(JoinResponse {
+            table: Some((*table).clone()),
+            heartbeat_interval_ms: u32::try_from(self.ctrl.config.heartbeat_interval_ms)
+                .unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let node = node_id(request.node_id)?;
+        let term = self.ctrl.leader_term()?;
+        let (known, epoch) = term.heartbeat(&node, request.epoch, request.serving_partitions);
+        Ok(Response::new(HeartbeatResponse { epoch, known }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        let node = node_id(request.into_inner().node_id)?;
+        let term = self.ctrl.leader_term()?;
+        let table = term.leave(node).await?;
+        Ok(Response::new(LeaveResponse { epoch: table.epoch }))
+    }
+
+    type WatchTableStream = TableStream;
+
+    async fn watch_table(
+        &self,
+        _request: Request<WatchTableRequest>,
+    ) -> Result<Response<Self::WatchTableStream>, Status> {
+        // The node id in the request is informational: every watcher gets the same tables.
+        let term = self.ctrl.leader_term()?;
+        Ok(Response::new(self.ctrl.watch_tables(term)?))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.ctrl.cluster_status().await?))
+    }
+}
+
+fn node_id(raw: String) -> Result<NodeId, Status> {
+    if raw.is_empty() || raw.len() > MAX_NODE_ID_LEN {
+        return Err(herald_proto::error::Error::invalid(
+            "node_id",
+            format!("must be 1..={MAX_NODE_ID_LEN} bytes"),
+        )
+        .into());
+    }
+    Ok(NodeId(raw))
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match &error {
+            // Exactly `not_leader{leader=<id>}`: node clients parse it.
+            Error::NotLeader { .. } => Status::unavailable(error.to_string()),
+            // Transient: the caller retries (the same replica or the next one).
+            Error::Store(_) | Error::StoreTimeout | Error::TooManyWatchers { .. } => {
+                Status::unavailable(error.to_string())
+            }
+            Error::PartitionCountMismatch { .. } => Status::failed_precondition(error.to_string()),
+            _ => Status::internal(error.to_string()),
+        }
+    }
+}

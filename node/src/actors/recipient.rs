@@ -1,0 +1,480 @@
+//! # RecipientActor: one per active recipient
+//!
+//! Serialises everything that touches one person: the policy checks and the waterfall of each
+//! of their messages run here, one message at a time, so no distributed lock is ever needed.
+//! State lives in the store (the message's event log); the actor keeps none of it between
+//! messages, so it can be passivated or moved at any time.
+//!
+//! Every step first records its intent (`attempted`) durably, then calls the provider with the
+//! attempt id as idempotency key, then records the outcome. A write rejected by fencing means
+//! the partition moved: the actor stops working on the message at once; the new owner resumes
+//! it from the log. Must never call a provider for a step whose intent is not durable.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_proto::v1::{
+    Channel, ConsentState, Event, EventKind, MessageClass, MessageStatus, Recipient,
+    StoredMessage, SuccessCondition,
+};
+use herald_proto::{MessageId, TenantId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::warn;
+
+use super::directory::Activity;
+use super::waterfall::Progress;
+use crate::auth::Tenant;
+use crate::context::{NodeContext, now_unix_ms};
+use crate::providers::{Attempt, Outcome};
+use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
+
+/// Store errors are retried this many times (with backoff) before the message is dead-lettered.
+const STORE_RETRIES_MAX: u32 = 8;
+
+pub struct RecipientActor;
+
+pub struct RecipientArgs {
+    pub context: Weak<NodeContext>,
+    pub tenant: TenantId,
+    pub recipient_id: String,
+    pub activity: Arc<Activity>,
+}
+
+pub enum RecipientMsg {
+    /// Run (or resume) a message's life from its event log.
+    Run(Box<Job>),
+}
+
+pub struct Job {
+    pub tenant: Arc<Tenant>,
+    pub message: Arc<StoredMessage>,
+    pub fence: Fence,
+    /// The message's event log so far (`[accepted]` for a new message).
+    pub history: Vec<Event>,
+}
+
+impl Actor for RecipientActor {
+    type Msg = RecipientMsg;
+    type State = RecipientArgs;
+    type Arguments = RecipientArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RecipientArgs,
+    ) -> Result<RecipientArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut RecipientArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let RecipientMsg::Run(job) = message;
+        if let Some(context) = state.context.upgrade() {
+            run_with_retries(&context, &job).await;
+            state
+                .activity
+                .last_active_ms
+                .store(context.directory.elapsed_ms(), Ordering::Relaxed);
+        }
+        state.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("fenced: partition moved")]
+    Fenced,
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+    #[error("unexpected store outcome {0:?}")]
+    Unexpected(WriteOutcome),
+}
+
+async fn run_with_retries(context: &NodeContext, job: &Job) {
+    let mut history = job.history.clone();
+    for attempt in 0..=STORE_RETRIES_MAX {
+        match run(context, job, &history).await {
+            Ok(()) | Err(RunError::Fenced) => return,
+            Err(error) => {
+                warn!(message_id = %job.message.message_id, attempt, %error, "message run failed; retrying from the log");
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+                // Rebuild from the log: the failed write may or may not have been applied.
+                match context
+                    .store
+                    .get_message(&job.tenant.id, &MessageId(job.message.message_id.clone()))
+                    .await
+                {
+                    Ok(Some(record)) => history = record.events,
+                    Ok(None) => return,
+                    Err(error) => warn!(%error, "reloading message log failed"),
+                }
+            }
+        }
+    }
+    // Dead letter: the message ends, with the error, instead of looping forever.
+    let mut log = EventLog::new(context, job, &history);
+    log.push(
+        EventKind::EventFailed,
+        None,
+        Channel::Unspecified,
+        "",
+        "dead_letter: store kept failing",
+        MessageStatus::Failed,
+    );
+    if let Err(error) = log.flush(true, Vec::new()).await {
+        warn!(message_id = %job.message.message_id, %error, "dead-letter record failed; the message stays active for the next owner");
+    }
+}
+
+/// Buffers a message's new events and writes them fenced, in order.
+struct EventLog<'a> {
+    context: &'a NodeContext,
+    job: &'a Job,
+    seq: u32,
+    pending: Vec<Event>,
+}
+
+impl<'a> EventLog<'a> {
+    fn new(context: &'a NodeContext, job: &'a Job, history: &[Event]) -> Self {
+        Self {
+            context,
+            job,
+            seq: Progress::from_events(history).seq,
+            pending: Vec::with_capacity(4),
+        }
+    }
+
+    fn push(
+        &mut self,
+        kind: EventKind,
+        step: Option<u32>,
+        channel: Channel,
+        attempt_id: &str,
+        reason: &str,
+        status: MessageStatus,
+    ) {
+        self.seq += 1;
+        let message = &self.job.message;
+        self.pending.push(Event {
+            message_id: message.message_id.clone(),
+            recipient_id: message
+                .request
+                .as_ref()
+                .map(|r| r.recipient_id.clone())
+                .unwrap_or_default(),
+            kind: kind as i32,
+            at_unix_ms: now_unix_ms(),
+            step,
+            channel: channel as i32,
+            attempt_id: attempt_id.to_string(),
+            reason: reason.to_string(),
+            node_id: self.context.node_id.0.clone(),
+            epoch: self.job.fence.epoch.0,
+            partition: message.partition,
+            status: status as i32,
+            provider: String::new(),
+            seq: self.seq,
+        });
+    }
+
+    async fn flush(
+        &mut self,
+        terminal: bool,
+        mut extra: Vec<FencedOp>,
+    ) -> Result<Vec<WriteOutcome>, RunError> {
+        let events = std::mem::take(&mut self.pending);
+        if events.is_empty() && !terminal && extra.is_empty() {
+            return Ok(Vec::new());
+        }
+        extra.push(FencedOp {
+            fence: self.job.fence,
+            op: WriteOp::AppendEvents {
+                tenant: self.job.tenant.id.clone(),
+                message_id: MessageId(self.job.message.message_id.clone()),
+                events: events.clone(),
+                terminal,
+            },
+        });
+        let outcomes = self.context.store.write(extra).await?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
+        {
+            return Err(RunError::Fenced);
+        }
+        self.context.events.publish(&self.job.tenant.id, &events);
+        Ok(outcomes)
+    }
+}
+
+/// Why a step cannot run for this recipient, if it cannot.
+fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> Option<String> {
+    let has_contact = match channel {
+        Channel::Push => !recipient.push_tokens.is_empty(),
+        Channel::Email => !recipient.email.is_empty(),
+        Channel::Sms => !recipient.phone.is_empty(),
+        Channel::Unspecified => false,
+    };
+    let name = channel.as_str_name().to_ascii_lowercase();
+    if !has_contact {
+        return Some(format!("no_contact_point{{channel={name}}}"));
+    }
+    let consent = recipient
+        .consent
+        .iter()
+        .find(|c| c.channel == channel as i32)
+        .map(|c| c.state())
+        .unwrap_or(ConsentState::Unspecified);
+    match (consent, class) {
+        (ConsentState::OptedOut, _) => Some(format!("opted_out{{channel={name}}}")),
+        (ConsentState::OptedIn, _) => None,
+        (_, MessageClass::Marketing) => Some(format!(
+            "no_opt_in{{channel={name}, class=marketing, consent=unset}}"
+        )),
+        _ => None,
+    }
+}
+
+fn counter_key(tenant: &TenantId, recipient_id: &str) -> String {
+    let day = now_unix_ms() / 86_400_000;
+    format!("freq:{}:{}:{day}", tenant.0, recipient_id)
+}
+
+async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), RunError> {
+    let progress = Progress::from_events(history);
+    let mut log = EventLog::new(context, job, history);
+    if progress.terminal {
+        // Already done; make sure it left the active set.
+        log.flush(true, Vec::new()).await?;
+        return Ok(());
+    }
+    let Some(request) = job.message.request.as_ref() else {
+        log.push(
+            EventKind::EventFailed,
+            None,
+            Channel::Unspecified,
+            "",
+            "corrupt_message: no request",
+            MessageStatus::Failed,
+        );
+        log.flush(true, Vec::new()).await?;
+        return Ok(());
+    };
+    let class = request.class();
+    let recipient = context
+        .store
+        .get_recipient(&job.tenant.id, &request.recipient_id)
+        .await?;
+    let Some(recipient) = recipient else {
+        log.push(
+            EventKind::EventFailed,
+            None,
+            Channel::Unspecified,
+            "",
+            "recipient_erased",
+            MessageStatus::Failed,
+        );
+        log.flush(true, Vec::new()).await?;
+        return Ok(());
+    };
+
+    let mut extra_first_write = Vec::new();
+    if !progress.started {
+        let counter = FencedOp {
+            fence: job.fence,
+            op: WriteOp::IncrCounter {
+                key: counter_key(&job.tenant.id, &recipient.id),
+                delta: 1,
+                ttl: Duration::from_secs(2 * 86_400),
+            },
+        };
+        let cap = job.tenant.marketing_daily_cap;
+        if class == MessageClass::Marketing && cap > 0 {
+            let outcomes = log.flush(false, vec![counter]).await?;
+            if let Some(WriteOutcome::Counter(count)) = outcomes.first()
+                && *count > i64::from(cap)
+            {
+                log.push(
+                    EventKind::EventSuppressed,
+                    None,
+                    Channel::Unspecified,
+                    "",
+                    &format!("frequency_cap{{count={count}, limit={cap}, window=1d}}"),
+                    MessageStatus::Suppressed,
+                );
+                log.flush(true, Vec::new()).await?;
+                return Ok(());
+            }
+        } else {
+            extra_first_write.push(counter);
+        }
+    }
+
+    let content = request.content.clone().unwrap_or_default();
+    let steps = &request.waterfall;
+    let mut step = progress.next_step;
+    let mut resend: Option<String> = None;
+    if let Some((ambiguous_step, attempt_id)) = progress.ambiguous {
+        log.push(
+            EventKind::EventAmbiguous,
+            Some(ambiguous_step),
+            steps
+                .get(ambiguous_step as usize)
+                .map(|s| s.channel())
+                .unwrap_or_default(),
+            &attempt_id,
+            "outcome_unknown: owner changed between intent and outcome; one re-send with the same attempt id",
+            MessageStatus::Pending,
+        );
+        step = ambiguous_step;
+        resend = Some(attempt_id);
+    }
+
+    while (step as usize) < steps.len() {
+        let spec = &steps[step as usize];
+        let channel = spec.channel();
+        if resend.is_none()
+            && let Some(reason) = skip_reason(&recipient, channel, class)
+        {
+            log.push(
+                EventKind::EventSkipped,
+                Some(step),
+                channel,
+                "",
+                &reason,
+                MessageStatus::Pending,
+            );
+            step += 1;
+            continue;
+        }
+        let Some(provider) = context.provider(channel) else {
+            step += 1;
+            continue;
+        };
+        let attempt_id = resend
+            .take()
+            .unwrap_or_else(|| format!("{}.{step}", job.message.message_id));
+        log.push(
+            EventKind::EventAttempted,
+            Some(step),
+            channel,
+            &attempt_id,
+            "",
+            MessageStatus::Pending,
+        );
+        if let Some(last) = log.pending.last_mut() {
+            last.provider = provider.name().to_string();
+        }
+        log.flush(false, std::mem::take(&mut extra_first_write))
+            .await?;
+
+        let outcome = provider
+            .send(Attempt {
+                attempt_id: &attempt_id,
+                message_id: &job.message.message_id,
+                channel,
+                recipient: &recipient,
+                content: &content,
+            })
+            .await;
+        let failure = match outcome {
+            Outcome::Accepted {
+                provider_message_id,
+                delivered,
+                read,
+            } => {
+                let satisfied = match spec.success() {
+                    SuccessCondition::Delivered => delivered,
+                    SuccessCondition::Read => read,
+                    _ => true,
+                };
+                let final_status = |last: bool| {
+                    if satisfied && last {
+                        MessageStatus::Delivered
+                    } else {
+                        MessageStatus::Pending
+                    }
+                };
+                let wants_delivery = matches!(
+                    spec.success(),
+                    SuccessCondition::Delivered | SuccessCondition::Read
+                );
+                let wants_read = spec.success() == SuccessCondition::Read;
+                let reason = format!("provider_message_id={provider_message_id}");
+                log.push(
+                    EventKind::EventSent,
+                    Some(step),
+                    channel,
+                    &attempt_id,
+                    &reason,
+                    final_status(!wants_delivery || !delivered),
+                );
+                if wants_delivery && delivered {
+                    log.push(
+                        EventKind::EventDelivered,
+                        Some(step),
+                        channel,
+                        &attempt_id,
+                        "",
+                        final_status(!wants_read || !read),
+                    );
+                    if wants_read && read {
+                        log.push(
+                            EventKind::EventRead,
+                            Some(step),
+                            channel,
+                            &attempt_id,
+                            "",
+                            final_status(true),
+                        );
+                    }
+                }
+                if satisfied {
+                    log.flush(true, Vec::new()).await?;
+                    return Ok(());
+                }
+                format!(
+                    "no_receipt{{condition={}}}",
+                    spec.success().as_str_name().to_ascii_lowercase()
+                )
+            }
+            Outcome::Rejected { reason } => reason,
+            Outcome::Unavailable { reason } => format!("unavailable: {reason}"),
+        };
+        log.push(
+            EventKind::EventFailed,
+            Some(step),
+            channel,
+            &attempt_id,
+            &failure,
+            MessageStatus::Pending,
+        );
+        if (step as usize) + 1 < steps.len() {
+            log.push(
+                EventKind::EventFellBack,
+                Some(step),
+                channel,
+                &attempt_id,
+                &format!("{} step failed: {failure}", channel.as_str_name().to_ascii_lowercase()),
+                MessageStatus::Pending,
+            );
+        }
+        step += 1;
+    }
+    log.push(
+        EventKind::EventFailed,
+        None,
+        Channel::Unspecified,
+        "",
+        "waterfall_exhausted",
+        MessageStatus::Failed,
+    );
+    log.flush(true, extra_first_write).await?;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The public `Delivery` service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use herald_proto::error::Error;
+use herald_proto::v1::delivery_server::Delivery;
+use herald_proto::v1::{
+    Event, GetMessageRequest, GetMessageResponse, MessageStatus, MessageView, SendBatchRequest,
+    SendBatchResponse, SendRequest, SendResponse, WatchLocalRequest, WatchMessagesRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::item_status;
+use crate::router::{Item, ItemResult, Router, load_message};
+use crate::validate;
+use crate::watch::watch_cluster;
+
+pub struct DeliveryApi {
+    router: Router,
+}
+
+impl DeliveryApi {
+    pub fn new(router: Router) -> Self {
+        Self { router }
+    }
+}
+
+fn ensure_idempotency_key(request: &mut herald_proto::v1::MessageRequest) {
+    // Without a client key, a key made here still makes retries across forwarding safe.
+    if request.idempotency_key.is_empty() {
+        request.idempotency_key = format!("auto:{}", ulid::Ulid::new());
+    }
+}
+
+#[tonic::async_trait]
+impl Delivery for DeliveryApi {
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let context = self.router.context();
+        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let mut message = request
+            .into_inner()
+            .message
+            .ok_or_else(|| Error::invalid("message", "is required"))?;
+        validate::message("message", &mut message, context.config.max_message_bytes)?;
+        require_recipients(context, &tenant.id, std::slice::from_ref(&message), |_| "message".into()).await?;
+        ensure_idempotency_key(&mut message);
+        let mut results = self.router.route(&tenant, vec![Item::Send(message)]).await;
+        match results.pop() {
+            Some(Ok(ItemResult::Sent(sent))) => Ok(Response::new(sent)),
+            Some(Ok(_)) => Err(Status::internal("unexpected routing result")),
+            Some(Err(error)) => Err(item_status("message", error)),
+            None => Err(Status::internal("no routing result")),
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let context = self.router.context();
+        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let mut messages = request.into_inner().messages;
+        if messages.is_empty() {
+            return Err(Error::invalid("messages", "must hold at least one message").into());
+        }
+        if messages.len() > context.config.batch_max {
+            return Err(Error::invalid(
+                "messages",
+                format!(
+                    "batch of {} exceeds the limit of {}",
+                    messages.len(),
+                    context.config.batch_max
+                ),
+            )
+            .into());
+        }
+        for (index, message) in messages.iter_mut().enumerate() {
+            validate::message(
+                &format!("messages[{index}]"),
+                message,
+                context.config.max_message_bytes,
+            )?;
+        }
+        require_recipients(context, &tenant.id, &messages, |i| format!("messages[{i}]")).await?;
+        for message in &mut messages {
+            ensure_idempotency_key(message);
+        }
+        let results = self
+            .router
+            .route(&tenant, messages.into_iter().map(Item::Send).collect())
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(ItemResult::Sent(sent)) => out.push(sent),
+                Ok(_) => return Err(Status::internal("unexpected routing result")),
+                Err(error) => return Err(item_status(&format!("messages[{index}]"), error)),
+            }
+        }
+        Ok(Response::new(SendBatchResponse { results: out }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> Result<Response<GetMessageResponse>, Status> {
+        let context = self.router.context();
+        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let message_id = request.into_inner().message_id;
+        if message_id.is_empty() {
+            return Err(Error::invalid("message_id", "is required").into());
+        }
+        let record = load_message(context, &tenant.id, &message_id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("message {message_id}"),
+            })?;
+        let last = record.events.last();
+        let request = record.message.request.clone().unwrap_or_default();
+        let status = last.map(|e| e.status()).unwrap_or(MessageStatus::Pending);
+        let status_reason = record
+            .events
+            .iter()
+            .rev()
+            .find(|e| !e.reason.is_empty())
+            .map(|e| e.reason.clone())
+            .unwrap_or_default();
+        let view = MessageView {
+            message_id: record.message.message_id.clone(),
+            recipient_id: request.recipient_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            class: request.class,
+            status: status as i32,
+            status_reason,
+            waterfall: request.waterfall.clone(),
+            partition: record.message.partition,
+            created_unix_ms: record.message.created_unix_ms,
+            campaign_id: request.campaign_id.clone(),
+        };
+        Ok(Response::new(GetMessageResponse {
+            message: Some(view),
+            events: record.events,
+        }))
+    }
+
+    type WatchMessagesStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
+
+    async fn watch_messages(
+        &self,
+        request: Request<WatchMessagesRequest>,
+    ) -> Result<Response<Self::WatchMessagesStream>, Status> {
+        let context = self.router.context();
+        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let filter = request.into_inner();
+        let local = WatchLocalRequest {
+            tenant: tenant.id.0.clone(),
+            message_id: filter.message_id,
+            recipient_id: filter.recipient_id,
+            terminal_only: filter.terminal_only,
+        };
+        let stream = watch_cluster(Arc::clone(context), local).await?;
+        Ok(Response::new(stream))
+    }
+}
+
+/// "Missing recipient" is bad input: checked before anything is stored.
+async fn require_recipients(
+    context: &crate::context::NodeContext,
+    tenant: &herald_proto::TenantId,
+    messages: &[herald_proto::v1::MessageRequest],
+    field: impl Fn(usize) -> String,
+) -> Result<(), Status> {
+    let ids: Vec<String> = messages.iter().map(|m| m.recipient_id.clone()).collect();
+    let found = context
+        .store
+        .get_recipients(tenant, &ids)
+        .await
+        .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+    for (index, recipient) in found.iter().enumerate() {
+        if recipient.is_none() {
+            return Err(Error::invalid(
+                format!("{}.recipient_id", field(index)),
+                "no such recipient (upsert it first)",
+            )
+            .into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The internal `Forward` service: batches routed here by other nodes, and the local event feed.
+//!
+//! Items are already validated and authenticated by the sending node. This node runs the items
+//! it owns and answers `wrong_owner{epoch}` for the rest; it never forwards them again.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use herald_proto::error::Error;
+use herald_proto::v1::forward_server::Forward;
+use herald_proto::v1::{
+    Event, ForwardBatch, ForwardError, ForwardReply, ForwardResult, WatchLocalRequest,
+    forward_result,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::router::{Item, Router};
+use crate::watch::watch_local;
+
+/// Batches being executed per inbound stream before the stream waits.
+const BATCHES_IN_FLIGHT_MAX: usize = 64;
+
+pub struct ForwardApi {
+    router: Router,
+}
+
+impl ForwardApi {
+    pub fn new(router: Router) -> Self {
+        Self { router }
+    }
+}
+
+fn error_result(error: Error) -> ForwardResult {
+    let epoch = match &error {
+        Error::WrongOwner { epoch } => epoch.0,
+        _ => 0,
+    };
+    let code = error.code() as i32;
+    ForwardResult {
+        result: Some(forward_result::Result::Error(ForwardError {
+            code,
+            message: error.to_string(),
+            epoch,
+        })),
+    }
+}
+
+async fn execute(router: Router, batch: ForwardBatch) -> ForwardReply {
+    let count = batch.items.len();
+    let mut results: Vec<Option<ForwardResult>> = (0..count).map(|_| None).collect();
+    // Group by tenant: each tenant's items run as one local batch (one store round trip).
+    let mut by_tenant: HashMap<String, Vec<(usize, Item)>> = HashMap::new();
+    for (index, item) in batch.items.into_iter().enumerate() {
+        match Item::from_forward(item) {
+            Some((tenant, item)) => by_tenant.entry(tenant.0).or_default().push((index, item)),
+            None => results[index] = Some(error_result(Error::invalid("op", "is required"))),
+        }
+    }
+    let wait = Duration::from_millis(2 * router.context().config.lease_ttl_ms);
+    for (tenant, items) in by_tenant {
+        let tenant = router.context().auth.tenant(&tenant);
+        for (index, result) in router.execute_local(&tenant, items, wait).await {
+            results[index] = Some(match result {
+                Ok(item) => ForwardResult {
+                    result: Some(item.into_forward()),
+                },
+                Err(error) => error_result(error),
+            });
+        }
+    }
+    ForwardReply {
+        batch_id: batch.batch_id,
+        results: results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| error_result(Error::Internal("no result".into()))))
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Forward for ForwardApi {
+    type ForwardStream = Pin<Box<dyn Stream<Item = Result<ForwardReply, Status>> + Send + 'static>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (replies, outbound) = mpsc::channel::<Result<ForwardReply, Status>>(BATCHES_IN_FLIGHT_MAX);
+        let router = self.router.clone();
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+        tokio::spawn(async move {
+            while let Some(batch) = inbound.next().await {
+                let Ok(batch) = batch else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let router = router.clone();
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    let reply = execute(router, batch).await;
+                    let _ = replies.send(Ok(reply)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    type WatchLocalStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
+
+    async fn watch_local(
+        &self,
+        request: Request<WatchLocalRequest>,
+    ) -> Result<Response<Self::WatchLocalStream>, Status> {
+        Ok(Response::new(watch_local(
+            self.router.context(),
+            request.into_inner(),
+        )))
+    }
+}

@@ -1,0 +1,23 @@
+//! # api: the tonic service implementations
+//!
+//! Decode, authenticate, validate, call the router or the store, map errors. Nothing else:
+//! no policy and no routing decisions live here.
+
+pub mod delivery;
+pub mod forward;
+pub mod recipients;
+
+use herald_proto::error::Error;
+
+/// Maps an error of one item of a batch to a status naming the item.
+pub(crate) fn item_status(prefix: &str, error: Error) -> tonic::Status {
+    match error {
+        Error::InvalidArgument { field, reason } if field.is_empty() => {
+            Error::invalid(prefix, reason).into_status()
+        }
+        Error::IdempotencyConflict { message_id } => tonic::Status::already_exists(format!(
+            "{prefix}.idempotency_key: already used with a different payload (message {message_id})"
+        )),
+        other => other.into_status(),
+    }
+}

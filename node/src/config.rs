@@ -1,0 +1,258 @@
+//! Node configuration: one TOML file plus `HERALD_*` environment overrides.
+//!
+//! Owns the shape and defaults of every node knob (documented per field; README lists them).
+//! Must never read anything but the file and the environment: no store, no network.
+//!
+//! Environment overrides: `HERALD_<KEY>` sets top-level key `<key>` (lowercased), and `__`
+//! descends into tables: `HERALD_SANDBOX__LATENCY_MS=5` sets `sandbox.latency_ms`. Values are
+//! parsed as TOML (`5`, `true`, `"text"`, `["a","b"]`); a value that is not valid TOML is taken
+//! as a string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Loads `T` from an optional TOML file, then applies `HERALD_*` overrides from `env`.
+pub fn load<T: DeserializeOwned>(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, Error> {
+    let mut root = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            text.parse::<toml::Table>().map_err(|e| Error::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
+        // HERALD_CONFIG names the file itself; HERALD_LOG the log filter.
+        if key.is_empty() || key == "CONFIG" || key == "LOG" {
+            continue;
+        }
+        let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        set_path(&mut root, &path, parsed);
+    }
+    T::deserialize(toml::Value::Table(root)).map_err(|e| Error::Invalid {
+        origin: path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(environment)".into()),
+        message: e.to_string(),
+    })
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return;
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !entry.is_table() {
+        *entry = toml::Value::Table(toml::Table::new());
+    }
+    if let toml::Value::Table(inner) = entry {
+        set_path(inner, rest, value);
+    }
+}
+
+/// A tenant and its API keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant id: prefixes every stored key of the tenant.
+    pub id: String,
+    /// API keys of the tenant, sent as `authorization: Bearer <key>`. Keep the file private.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// Marketing messages per recipient per UTC day before further ones are suppressed
+    /// (`frequency_cap`). 0 = no cap.
+    #[serde(default = "default_marketing_daily_cap")]
+    pub marketing_daily_cap: u32,
+}
+
+fn default_marketing_daily_cap() -> u32 {
+    5
+}
+
+/// Where state lives.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Redis URL (`redis://host:port/db`). Set = Redis is the state of record (clusters).
+    /// Unset = the embedded store (single process only).
+    pub redis_url: Option<String>,
+    /// Embedded store: directory of its append-only log. Unset = memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Key prefix in Redis, so several clusters can share one Redis.
+    pub key_prefix: Option<String>,
+}
+
+/// The sandbox provider (demos, benchmarks, chaos): outcomes are deterministic per recipient.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Added latency per provider call, in milliseconds.
+    pub latency_ms: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self { latency_ms: 0 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Unique, stable node name. Default: `node-<listen port>`.
+    pub node_id: Option<String>,
+    /// Address the gRPC server binds (public API and node-to-node traffic).
+    pub listen_addr: SocketAddr,
+    /// Address other nodes and clients use to reach this node. Default: `listen_addr`.
+    pub advertise_addr: Option<String>,
+    /// Control plane replicas (`host:port`); the node follows whichever leads.
+    pub control_addrs: Vec<String>,
+    /// Relative capacity: a node of weight 2 owns twice the partitions of weight 1.
+    pub weight: u32,
+    pub store: StoreConfig,
+    /// Tenants and their API keys.
+    pub tenants: Vec<TenantConfig>,
+    /// A TOML file with more `[[tenants]]`, e.g. mounted from a secret.
+    pub tenants_file: Option<PathBuf>,
+    /// Also accept API keys registered in the store (by SHA-256 digest).
+    pub api_keys_in_store: bool,
+    /// Partition lease time to live. A dead node's partitions are taken over at most this long
+    /// after its last renewal.
+    pub lease_ttl_ms: u64,
+    /// How often leases are renewed (must be well below `lease_ttl_ms`).
+    pub lease_renew_interval_ms: u64,
+    /// How often a partition the table gives this node is retried while another holds its lease.
+    pub lease_acquire_retry_ms: u64,
+    /// A recipient actor with nothing to do for this long is stopped (its state is in the store).
+    pub actor_idle_ms: u64,
+    /// How long idempotency keys are kept, in seconds (default 7 days).
+    pub idempotency_ttl_s: u64,
+    /// Largest accepted message (encoded), in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages in one `SendBatch` (and recipients in one `UpsertRecipients`).
+    pub batch_max: usize,
+    /// How long a request may wait for routing (owner changes, lease take-over) before failing.
+    pub route_timeout_ms: u64,
+    /// Events buffered per `WatchMessages` subscriber before it is told it lagged.
+    pub watch_buffer: usize,
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            advertise_addr: None,
+            control_addrs: vec!["127.0.0.1:7400".into()],
+            weight: 1,
+            store: StoreConfig::default(),
+            tenants: Vec::new(),
+            tenants_file: None,
+            api_keys_in_store: false,
+            lease_ttl_ms: 2000,
+            lease_renew_interval_ms: 500,
+            lease_acquire_retry_ms: 100,
+            actor_idle_ms: 10_000,
+            idempotency_ttl_s: 7 * 24 * 3600,
+            max_message_bytes: 64 * 1024,
+            batch_max: 1000,
+            route_timeout_ms: 20_000,
+            watch_buffer: 65_536,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", self.listen_addr.port()))
+    }
+
+    /// Checks relations between knobs that serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |message: &str| Error::Invalid {
+            origin: "node config".into(),
+            message: message.into(),
+        };
+        if self.weight == 0 {
+            return Err(invalid("weight must be at least 1"));
+        }
+        if self.lease_renew_interval_ms * 2 > self.lease_ttl_ms {
+            return Err(invalid(
+                "lease_renew_interval_ms must be at most half of lease_ttl_ms",
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > 10_000 {
+            return Err(invalid("batch_max must be in 1..=10000"));
+        }
+        if self.control_addrs.is_empty() {
+            return Err(invalid("control_addrs must name at least one control replica"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let env = vec![
+            ("HERALD_WEIGHT".to_string(), "3".to_string()),
+            ("HERALD_SANDBOX__LATENCY_MS".to_string(), "7".to_string()),
+            ("HERALD_NODE_ID".to_string(), "n9".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let config: NodeConfig = load(None, env).expect("config");
+        assert_eq!(config.weight, 3);
+        assert_eq!(config.sandbox.latency_ms, 7);
+        assert_eq!(config.node_id(), "n9");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let env = vec![("HERALD_NO_SUCH_KNOB".to_string(), "1".to_string())];
+        let error = load::<NodeConfig>(None, env).expect_err("must fail");
+        assert!(error.to_string().contains("no_such_knob"), "{error}");
+    }
+}

@@ -1,0 +1,400 @@
+//! # router: every request to the owner of its partition
+//!
+//! Owns the path from a validated request to the node that owns the recipient's partition:
+//! local items run here ([`Router::execute_local`]); remote ones go in one batch per owner over
+//! the Forward stream. `wrong_owner` and unreachable owners are retried against newer tables
+//! until `route_timeout_ms`. Callers cannot tell local from remote.
+//!
+//! Must never validate (the API did), never write without the partition's fence, and never
+//! re-forward an item it received by Forward (the sender routes; the receiver owns or refuses).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::error::Error;
+use herald_proto::partition::partition_of;
+use herald_proto::v1::{
+    Event, EventKind, ForwardItem, MessageRequest, MessageStatus, Recipient, SendResponse,
+    StoredMessage, forward_item, forward_result,
+};
+use herald_proto::{MessageId, PartitionId, TenantId};
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::actors::recipient::{Job, RecipientMsg};
+use crate::auth::Tenant;
+use crate::context::{NodeContext, now_unix_ms};
+use crate::peers::Peers;
+use crate::store::{FencedOp, WriteOp, WriteOutcome};
+
+#[derive(Clone, Debug)]
+pub enum Item {
+    Send(MessageRequest),
+    Upsert(Recipient),
+    Erase(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum ItemResult {
+    Sent(SendResponse),
+    Recipient(Recipient),
+    Erased(bool),
+}
+
+impl Item {
+    fn recipient_id(&self) -> &str {
+        match self {
+            Item::Send(m) => &m.recipient_id,
+            Item::Upsert(r) => &r.id,
+            Item::Erase(id) => id,
+        }
+    }
+
+    pub fn into_forward(self, tenant: &TenantId) -> ForwardItem {
+        let op = match self {
+            Item::Send(m) => forward_item::Op::Send(m),
+            Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
+            Item::Erase(id) => forward_item::Op::EraseRecipient(id),
+        };
+        ForwardItem {
+            tenant: tenant.0.clone(),
+            op: Some(op),
+        }
+    }
+
+    pub fn from_forward(item: ForwardItem) -> Option<(TenantId, Item)> {
+        let item_op = match item.op? {
+            forward_item::Op::Send(m) => Item::Send(m),
+            forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
+            forward_item::Op::EraseRecipient(id) => Item::Erase(id),
+        };
+        Some((TenantId(item.tenant), item_op))
+    }
+}
+
+impl ItemResult {
+    pub fn into_forward(self) -> forward_result::Result {
+        match self {
+            ItemResult::Sent(s) => forward_result::Result::Sent(s),
+            ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
+            ItemResult::Erased(e) => forward_result::Result::Erased(e),
+        }
+    }
+
+    pub fn from_forward(result: Option<forward_result::Result>) -> Result<ItemResult, Error> {
+        match result {
+            Some(forward_result::Result::Sent(s)) => Ok(ItemResult::Sent(s)),
+            Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
+            Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
+            Some(forward_result::Result::Error(e)) => {
+                Err(Error::from_parts(e.code, e.message, e.epoch))
+            }
+            None => Err(Error::Internal("empty forward result".into())),
+        }
+    }
+}
+
+fn retryable(error: &Error) -> bool {
+    matches!(error, Error::WrongOwner { .. } | Error::Unavailable(_) | Error::Fenced { .. })
+}
+
+/// Hash of a request's payload: tells a retry (same bytes) from a reuse of the key.
+pub fn payload_hash(request: &MessageRequest) -> u64 {
+    let digest = Sha256::digest(prost::Message::encode_to_vec(request));
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+#[derive(Clone)]
+pub struct Router {
+    context: Arc<NodeContext>,
+    peers: Peers,
+}
+
+impl Router {
+    pub fn new(context: Arc<NodeContext>, peers: Peers) -> Self {
+        Self { context, peers }
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.context
+    }
+
+    /// Routes validated items to their owners; one result per item, in order.
+    pub async fn route(&self, tenant: &Arc<Tenant>, items: Vec<Item>) -> Vec<Result<ItemResult, Error>> {
+        let mut results: Vec<Option<Result<ItemResult, Error>>> = (0..items.len()).map(|_| None).collect();
+        let deadline = tokio::time::Instant::now() + self.context.route_timeout();
+        let mut tables = self.context.ownership.subscribe_table();
+        let mut last_error: Option<String> = None;
+        loop {
+            let pending: Vec<usize> = (0..items.len()).filter(|i| results[*i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let reason = last_error.clone().unwrap_or_else(|| "no owner reachable".into());
+                for i in pending {
+                    results[i] = Some(Err(Error::Unavailable(format!(
+                        "routing timed out: {reason}"
+                    ))));
+                }
+                break;
+            }
+            let table = self.context.ownership.table();
+            let count = table.partition_count;
+            let mut local: Vec<(usize, Item)> = Vec::new();
+            let mut remote: HashMap<String, Vec<usize>> = HashMap::new();
+            if count > 0 && !table.is_empty() {
+                for i in pending {
+                    let partition = partition_of(&tenant.id.0, items[i].recipient_id(), count);
+                    match table.owner(partition) {
+                        Some(owner) if owner.node_id == self.context.node_id.0 => {
+                            local.push((i, items[i].clone()));
+                        }
+                        Some(owner) => remote.entry(owner.address.clone()).or_default().push(i),
+                        None => {}
+                    }
+                }
+            }
+            let mut round = Vec::new();
+            if !local.is_empty() {
+                let this = self.clone();
+                let tenant = tenant.clone();
+                round.push(tokio::spawn(async move {
+                    let deadline = Duration::from_millis(2 * this.context.config.lease_ttl_ms);
+                    this.execute_local(&tenant, local, deadline).await
+                }));
+            }
+            for (address, indices) in remote {
+                let peers = self.peers.clone();
+                let batch: Vec<ForwardItem> = indices
+                    .iter()
+                    .map(|i| items[*i].clone().into_forward(&tenant.id))
+                    .collect();
+                let epoch = table.epoch;
+                round.push(tokio::spawn(async move {
+                    match peers.forward(&address, epoch, batch).await {
+                        Ok(replies) => indices
+                            .into_iter()
+                            .zip(replies.into_iter().map(|r| ItemResult::from_forward(r.result)))
+                            .collect(),
+                        Err(error) => indices
+                            .into_iter()
+                            .map(|i| (i, Err(Error::Unavailable(format!("forward to {address}: {error}")))))
+                            .collect::<Vec<_>>(),
+                    }
+                }));
+            }
+            let mut retry = false;
+            for handle in round {
+                let Ok(outcomes) = handle.await else {
+                    retry = true;
+                    continue;
+                };
+                for (i, outcome) in outcomes {
+                    match outcome {
+                        Err(error) if retryable(&error) => {
+                            debug!(%error, "routing retry");
+                            last_error = Some(error.to_string());
+                            retry = true;
+                        }
+                        other => results[i] = Some(other),
+                    }
+                }
+            }
+            if retry || results.iter().any(Option::is_none) {
+                // Wait for a newer table, or a short while (an owner may be taking its lease).
+                let _ = tokio::time::timeout(Duration::from_millis(100), tables.changed()).await;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("unrouted item".into()))))
+            .collect()
+    }
+
+    /// Runs items whose partitions this node should own. Items of partitions owned elsewhere get
+    /// `WrongOwner`; items of partitions whose lease is still being taken wait up to `wait`.
+    pub async fn execute_local(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: Vec<(usize, Item)>,
+        wait: Duration,
+    ) -> Vec<(usize, Result<ItemResult, Error>)> {
+        let count = self.context.ownership.partition_count();
+        let mut out = Vec::with_capacity(items.len());
+        let mut ops: Vec<FencedOp> = Vec::with_capacity(items.len());
+        let mut op_items: Vec<(usize, Item, PartitionId)> = Vec::with_capacity(items.len());
+        let mut accepted_at: Vec<Option<(StoredMessage, Event)>> = Vec::with_capacity(items.len());
+        for (index, item) in items {
+            if count == 0 {
+                out.push((index, Err(Error::Unavailable("no partition table yet".into()))));
+                continue;
+            }
+            let partition = partition_of(&tenant.id.0, item.recipient_id(), count);
+            let fence = match self.context.ownership.fence_or_wait(partition, wait).await {
+                Ok(fence) => fence,
+                Err(error) => {
+                    out.push((index, Err(error)));
+                    continue;
+                }
+            };
+            let op = match &item {
+                Item::Send(request) => {
+                    let message_id = ulid::Ulid::new().to_string();
+                    let stored = StoredMessage {
+                        message_id: message_id.clone(),
+                        tenant: tenant.id.0.clone(),
+                        payload_hash: payload_hash(request),
+                        request: Some(request.clone()),
+                        partition: partition.0,
+                        created_unix_ms: now_unix_ms(),
+                    };
+                    let accepted = Event {
+                        message_id,
+                        recipient_id: request.recipient_id.clone(),
+                        kind: EventKind::EventAccepted as i32,
+                        at_unix_ms: stored.created_unix_ms,
+                        node_id: self.context.node_id.0.clone(),
+                        epoch: fence.epoch.0,
+                        partition: partition.0,
+                        status: MessageStatus::Pending as i32,
+                        seq: 1,
+                        ..Default::default()
+                    };
+                    accepted_at.push(Some((stored.clone(), accepted.clone())));
+                    WriteOp::AcceptMessage {
+                        message: stored,
+                        accepted,
+                        idempotency_ttl: self.context.idempotency_ttl(),
+                    }
+                }
+                Item::Upsert(recipient) => {
+                    accepted_at.push(None);
+                    WriteOp::PutRecipient {
+                        tenant: tenant.id.clone(),
+                        recipient: recipient.clone(),
+                    }
+                }
+                Item::Erase(recipient_id) => {
+                    accepted_at.push(None);
+                    WriteOp::EraseRecipient {
+                        tenant: tenant.id.clone(),
+                        recipient_id: recipient_id.clone(),
+                    }
+                }
+            };
+            ops.push(FencedOp { fence, op });
+            op_items.push((index, item, partition));
+        }
+        if ops.is_empty() {
+            return out;
+        }
+        // Erase answers whether there was anything to erase.
+        let mut existed = HashMap::new();
+        for (_, item, _) in &op_items {
+            if let Item::Erase(id) = item {
+                let found = self.context.store.get_recipient(&tenant.id, id).await;
+                existed.insert(id.clone(), matches!(found, Ok(Some(_))));
+            }
+        }
+        let fences: Vec<_> = ops.iter().map(|op| op.fence).collect();
+        let outcomes = match self.context.store.write(ops).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                for (index, _, _) in op_items {
+                    out.push((index, Err(Error::Unavailable(format!("store: {error}")))));
+                }
+                return out;
+            }
+        };
+        for ((((index, item, partition), outcome), accepted), fence) in op_items
+            .into_iter()
+            .zip(outcomes)
+            .zip(accepted_at)
+            .zip(fences)
+        {
+            let result = match (outcome, item) {
+                (WriteOutcome::Fenced { stored }, _) => Err(Error::Fenced {
+                    partition: partition.0,
+                    stored: stored.0,
+                    writer: fence.epoch.0,
+                }),
+                (WriteOutcome::Accepted { message_id, duplicate }, Item::Send(_)) => {
+                    if !duplicate && let Some((stored, event)) = accepted {
+                        self.context.events.publish(&tenant.id, std::slice::from_ref(&event));
+                        self.dispatch(tenant, stored, fence, vec![event]);
+                    }
+                    Ok(ItemResult::Sent(SendResponse {
+                        message_id: message_id.0,
+                        duplicate,
+                    }))
+                }
+                (WriteOutcome::Conflict { message_id }, Item::Send(_)) => {
+                    Err(Error::IdempotencyConflict {
+                        message_id: message_id.0,
+                    })
+                }
+                (WriteOutcome::Done, Item::Upsert(recipient)) => Ok(ItemResult::Recipient(recipient)),
+                (WriteOutcome::Done, Item::Erase(id)) => {
+                    Ok(ItemResult::Erased(existed.get(&id).copied().unwrap_or(false)))
+                }
+                (other, _) => Err(Error::Internal(format!("unexpected store outcome {other:?}"))),
+            };
+            out.push((index, result));
+        }
+        out
+    }
+
+    /// Hands a message to its recipient's actor (new, or resumed from the log).
+    pub fn dispatch(
+        &self,
+        tenant: &Arc<Tenant>,
+        message: StoredMessage,
+        fence: crate::store::Fence,
+        history: Vec<Event>,
+    ) {
+        dispatch(&self.context, tenant.clone(), message, fence, history);
+    }
+}
+
+pub fn dispatch(
+    context: &Arc<NodeContext>,
+    tenant: Arc<Tenant>,
+    message: StoredMessage,
+    fence: crate::store::Fence,
+    history: Vec<Event>,
+) {
+    let recipient_id = message
+        .request
+        .as_ref()
+        .map(|r| r.recipient_id.clone())
+        .unwrap_or_default();
+    let key = (tenant.id.clone(), recipient_id);
+    context.directory.dispatch(
+        context,
+        key,
+        fence.partition,
+        RecipientMsg::Run(Box::new(Job {
+            tenant,
+            message: Arc::new(message),
+            fence,
+            history,
+        })),
+    );
+}
+
+/// Loads a message by id (any node can: reads need no fence).
+pub async fn load_message(
+    context: &NodeContext,
+    tenant: &TenantId,
+    message_id: &str,
+) -> Result<Option<crate::store::MessageRecord>, Error> {
+    context
+        .store
+        .get_message(tenant, &MessageId(message_id.to_string()))
+        .await
+        .map_err(|e| Error::Unavailable(format!("store: {e}")))
+}

@@ -1,0 +1,187 @@
+//! # store: Herald's state of record
+//!
+//! Owns durable state: recipients, accepted messages and their event logs, idempotency keys,
+//! counters, partition leases and fencing epochs, and the control plane's leader lease and table.
+//!
+//! One trait, [`Store`], two backends: [`redis::RedisStore`] (clusters) and
+//! [`embedded::EmbeddedStore`] (a single process). Both pass the same test suite
+//! (`store::tests`), so callers cannot tell them apart.
+//!
+//! Rules every backend keeps:
+//! - **Fencing**: every write for a partition carries a [`Fence`] — the partition and the epoch
+//!   at which the writer *acquired its lease* (not its latest table epoch). The write is
+//!   rejected with [`WriteOutcome::Fenced`] when the stored epoch of that partition is newer.
+//!   The check and the write are one atomic step (a Lua script in Redis).
+//! - **Atomic acceptance**: the idempotency check and the message insert are one atomic step.
+//! - **Group commit**: [`Store::write`] may be called by thousands of actors at once; backends
+//!   coalesce concurrent calls into few round trips. A call returns only when its ops are
+//!   durable (acked means durable).
+//!
+//! The store must never make policy decisions or hold per-recipient locks: the RecipientActor
+//! serialises everything that touches one person.
+
+pub mod embedded;
+pub mod redis;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_proto::v1::{Event, Recipient, StoredMessage};
+use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+
+/// Store failures that are not per-op outcomes (those are [`WriteOutcome`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The fencing token of a partition write: the partition and the epoch at which the writer
+/// acquired the partition's lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub partition: PartitionId,
+    pub epoch: Epoch,
+}
+
+/// One fenced write.
+#[derive(Clone, Debug)]
+pub struct FencedOp {
+    pub fence: Fence,
+    pub op: WriteOp,
+}
+
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Insert or replace a recipient.
+    PutRecipient {
+        tenant: TenantId,
+        recipient: Recipient,
+    },
+    /// Delete a recipient's record (personal data). Messages and events stay (they hold ids only).
+    EraseRecipient {
+        tenant: TenantId,
+        recipient_id: String,
+    },
+    /// Accept a message: in one atomic step, check the tenant-scoped idempotency key
+    /// (`message.request.idempotency_key`, kept for `idempotency_ttl`); if new, store the
+    /// message, append `accepted` to its event log and add it to the partition's active set.
+    /// Same key + same `payload_hash` → `Accepted { duplicate: true }` with the first id;
+    /// same key + other hash → `Conflict`.
+    AcceptMessage {
+        message: StoredMessage,
+        accepted: Event,
+        idempotency_ttl: Duration,
+    },
+    /// Append events to a message's log. `terminal` removes the message from its partition's
+    /// active set in the same step.
+    AppendEvents {
+        tenant: TenantId,
+        message_id: MessageId,
+        events: Vec<Event>,
+        terminal: bool,
+    },
+    /// Add `delta` to a counter that expires `ttl` after its creation; returns the new value.
+    IncrCounter { key: String, delta: i64, ttl: Duration },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Done,
+    Accepted { message_id: MessageId, duplicate: bool },
+    /// The idempotency key belongs to `message_id` with a different payload.
+    Conflict { message_id: MessageId },
+    Counter(i64),
+    /// Rejected: the partition is owned at a newer epoch.
+    Fenced { stored: Epoch },
+}
+
+/// A message as stored, with its event log in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageRecord {
+    pub message: StoredMessage,
+    pub events: Vec<Event>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` (each atomically, fenced) and returns one outcome per op, in order.
+    /// Returns only when every op is durable.
+    async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>>;
+
+    async fn get_recipient(&self, tenant: &TenantId, recipient_id: &str)
+    -> Result<Option<Recipient>>;
+
+    /// Several recipients at once (one round trip where the backend can), in order of `ids`.
+    async fn get_recipients(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<Option<Recipient>>> {
+        let reads = ids.iter().map(|id| self.get_recipient(tenant, id));
+        futures::future::join_all(reads).await.into_iter().collect()
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<Option<MessageRecord>>;
+
+    /// Non-terminal messages of a partition (a new owner resumes them).
+    async fn active_messages(&self, partition: PartitionId) -> Result<Vec<(TenantId, MessageId)>>;
+
+    /// Takes or extends the lease of each partition for `node` at `epoch`. A partition is
+    /// acquired when its lease is free or already `node`'s, and its stored epoch is not newer
+    /// than `epoch`; the stored epoch becomes `max(stored, epoch)`. Returns the acquired ones.
+    async fn acquire_leases(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+        partitions: &[PartitionId],
+        ttl: Duration,
+    ) -> Result<Vec<PartitionId>>;
+
+    /// Extends the leases `node` still holds; returns those it holds (the rest were lost).
+    async fn renew_leases(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+        ttl: Duration,
+    ) -> Result<Vec<PartitionId>>;
+
+    /// Gives up leases held by `node` (others' leases are left alone).
+    async fn release_leases(&self, node: &NodeId, partitions: &[PartitionId]) -> Result<()>;
+
+    /// The stored fencing epoch of a partition (0 when never acquired).
+    async fn partition_epoch(&self, partition: PartitionId) -> Result<Epoch>;
+
+    /// Takes or renews the named singleton lease (the control plane's leader lease).
+    /// Returns the holder after the call (`holder` when it got or kept the lease).
+    async fn try_singleton_lease(&self, name: &str, holder: &str, ttl: Duration)
+    -> Result<String>;
+
+    /// Current holder of the named singleton lease.
+    async fn singleton_holder(&self, name: &str) -> Result<Option<String>>;
+
+    /// Saves an opaque blob (the control plane's latest partition table).
+    async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()>;
+
+    async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The tenant of an API key, by the key's SHA-256 hex digest (keys kept in the store).
+    async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>>;
+
+    /// Registers an API key (by SHA-256 hex digest) for a tenant.
+    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()>;
+}

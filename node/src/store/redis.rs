@@ -1,0 +1,985 @@
+//! # store::redis: the Redis backend (clusters)
+//!
+//! Owns the Redis key layout, the Lua scripts that make fenced writes and lease changes atomic,
+//! and the group committer that turns thousands of concurrent [`Store::write`] calls into a few
+//! `EVALSHA` round trips. It must never parse keys back (except active-set members, see below),
+//! never write a partition's state outside the fenced write script, and never retry a write
+//! whose outcome is unknown (a timed-out script may have run; the caller decides).
+//!
+//! ## Keys
+//! `{p}` is the key prefix ([`RedisOptions::key_prefix`], default `herald`); values are
+//! prost-encoded unless said otherwise.
+//!
+//! | key | type | value |
+//! |---|---|---|
+//! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
+//! | `{p}:m:{tenant}:{message_id}` | string | `StoredMessage` |
+//! | `{p}:e:{tenant}:{message_id}` | list | `Event`s in append order (RPUSH) |
+//! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
+//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id` |
+//! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
+//! | `{p}:fence:{partition}` | string | fencing epoch (decimal); only lease acquisition raises it |
+//! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created |
+//! | `{p}:singleton:{name}` | string, PX ttl | holder of a singleton lease (control leader) |
+//! | `{p}:blob:{name}` | string | opaque bytes |
+//! | `{p}:apikeys` | hash | SHA-256 hex of an API key → tenant id |
+//!
+//! Keys are only ever built, so tenant ids, recipient ids and idempotency keys may contain `:`.
+//! Active-set members are split at their last `\x1f` (message ids are ULIDs).
+//!
+//! ## Writes: group commit and the write script
+//! [`Store::write`] encodes its ops into flat `ARGV` entries (prost bytes, decimal numbers,
+//! prebuilt keys; never JSON) in the caller's task, and queues them on a bounded channel. One
+//! committer task takes everything queued (up to [`RedisOptions::max_batch_ops`] ops and
+//! [`RedisOptions::max_batch_bytes`] bytes) and runs it as ONE `EVALSHA` of [`WRITE_SCRIPT`].
+//! Up to [`RedisOptions::commits_in_flight`] scripts are pipelined on the multiplexed
+//! connection; while they run, new calls queue up, so batches grow with load. Each caller gets
+//! its outcomes through a oneshot channel. A call's ops are never split across batches (unless
+//! the call alone exceeds the batch limit; then its chunks are committed one after the other),
+//! so the ops of one call are applied in order.
+//!
+//! The script walks the ops; for each it reads the partition's fence (cached for the script:
+//! writes never change fences) and rejects the op with `{stored}` when the stored epoch is newer
+//! than the op's, else applies it. Replies per op: `0` done, `1` accepted, a bulk string (the
+//! idempotency record already there: duplicate or conflict, decided here by its hash), an
+//! integer (counter value) or `{stored}` (fenced).
+//!
+//! Redis does not roll a script back: if one op fails with a Redis error (only possible when
+//! something else wrote our keys with the wrong type), the ops before it stay applied and every
+//! caller of that batch gets the error. Epochs and counters go through Lua numbers (doubles):
+//! exact below 2^53.
+//!
+//! This backend needs a single Redis primary (a batch spans many partitions), not Redis Cluster.
+//! Durability is Redis's own (AOF `appendfsync` on the server decides what "durable" means).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
+use async_trait::async_trait;
+use herald_proto::v1::{Event, Recipient, StoredMessage};
+use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use prost::Message as _;
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome};
+
+/// Applies a batch of fenced ops. `ARGV[1]` is the key prefix; then each op is
+/// `code, partition, epoch, fields...`:
+/// - `R` put recipient: key, bytes
+/// - `X` erase recipient: key
+/// - `A` accept message: idempotency key (empty = none), idempotency value, ttl ms,
+///   message key, message bytes, events key, accepted event bytes, active member
+/// - `E` append events: events key, active member to remove (empty = not terminal), count,
+///   event bytes...
+/// - `C` counter: key, delta, ttl ms
+pub const WRITE_SCRIPT: &str = r#"
+local P = ARGV[1]
+local fences = {}
+local out = {}
+local n = 0
+local i = 2
+local argc = #ARGV
+while i <= argc do
+  local code, p, epoch = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local stored = fences[p]
+  if stored == nil then
+    stored = tonumber(redis.call('GET', P .. ':fence:' .. p) or '0')
+    fences[p] = stored
+  end
+  local fenced = stored > epoch
+  n = n + 1
+  if code == 'E' then
+    local count = tonumber(ARGV[i + 5])
+    local last = i + 5 + count
+    if fenced then
+      out[n] = {stored}
+    else
+      -- RPUSH in chunks: unpack() is bounded by the Lua C stack.
+      local j = i + 6
+      while j <= last do
+        local k = math.min(j + 255, last)
+        redis.call('RPUSH', ARGV[i + 3], unpack(ARGV, j, k))
+        j = k + 1
+      end
+      if ARGV[i + 4] ~= '' then
+        redis.call('SREM', P .. ':a:' .. p, ARGV[i + 4])
+      end
+      out[n] = 0
+    end
+    i = last + 1
+  elseif code == 'A' then
+    if fenced then
+      out[n] = {stored}
+    else
+      local prior = false
+      if ARGV[i + 3] ~= '' then
+        prior = redis.call('GET', ARGV[i + 3])
+      end
+      if prior then
+        out[n] = prior
+      else
+        if ARGV[i + 3] ~= '' then
+          redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
+        end
+        redis.call('SET', ARGV[i + 6], ARGV[i + 7])
+        redis.call('RPUSH', ARGV[i + 8], ARGV[i + 9])
+        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 10])
+        out[n] = 1
+      end
+    end
+    i = i + 11
+  elseif code == 'R' then
+    if fenced then
+      out[n] = {stored}
+    else
+      redis.call('SET', ARGV[i + 3], ARGV[i + 4])
+      out[n] = 0
+    end
+    i = i + 5
+  elseif code == 'X' then
+    if fenced then
+      out[n] = {stored}
+    else
+      redis.call('DEL', ARGV[i + 3])
+      out[n] = 0
+    end
+    i = i + 4
+  elseif code == 'C' then
+    if fenced then
+      out[n] = {stored}
+    else
+      local v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
+      -- -1: no expiry yet, so this INCRBY created the counter.
+      if redis.call('PTTL', ARGV[i + 3]) == -1 then
+        redis.call('PEXPIRE', ARGV[i + 3], ARGV[i + 5])
+      end
+      out[n] = v
+    end
+    i = i + 6
+  else
+    return redis.error_reply('herald write script: unknown op code ' .. tostring(code))
+  end
+end
+return out
+"#;
+
+/// `ARGV`: prefix, node, epoch, ttl ms, partitions... Returns the acquired partitions.
+pub const ACQUIRE_SCRIPT: &str = r#"
+local P, node, epoch, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local out = {}
+for i = 5, #ARGV do
+  local p = ARGV[i]
+  local lease = P .. ':lease:' .. p
+  local holder = redis.call('GET', lease)
+  if (not holder) or holder == node then
+    local fence = P .. ':fence:' .. p
+    local stored = tonumber(redis.call('GET', fence) or '0')
+    if stored <= epoch then
+      redis.call('SET', lease, node, 'PX', ttl)
+      if stored < epoch then
+        redis.call('SET', fence, ARGV[3])
+      end
+      out[#out + 1] = tonumber(p)
+    end
+  end
+end
+return out
+"#;
+
+/// `ARGV`: prefix, node, ttl ms, partitions... Returns the partitions still held.
+pub const RENEW_SCRIPT: &str = r#"
+local P, node, ttl = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for i = 4, #ARGV do
+  local lease = P .. ':lease:' .. ARGV[i]
+  if redis.call('GET', lease) == node then
+    redis.call('PEXPIRE', lease, ttl)
+    out[#out + 1] = tonumber(ARGV[i])
+  end
+end
+return out
+"#;
+
+/// `ARGV`: prefix, node, partitions... Deletes the leases `node` holds.
+pub const RELEASE_SCRIPT: &str = r#"
+local P, node = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local lease = P .. ':lease:' .. ARGV[i]
+  if redis.call('GET', lease) == node then
+    redis.call('DEL', lease)
+  end
+end
+return 0
+"#;
+
+/// `KEYS[1]`: the singleton key; `ARGV`: holder, ttl ms. Returns the holder after the call.
+pub const SINGLETON_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return cur
+"#;
+
+/// Largest ttl passed to Redis (~35 years): `PX` rejects values that overflow its clock.
+const MAX_TTL_MS: u64 = 1 << 40;
+/// Separator inside idempotency values and active-set members (never in a ULID).
+const SEP: char = '\x1f';
+
+/// Settings of the Redis backend (the `[store.redis]` table of a node's config).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisOptions {
+    /// Prefix of every key, so several clusters (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// Most ops in one commit script (bounds the script's run time: Redis is single-threaded).
+    pub max_batch_ops: usize,
+    /// Most argument bytes in one commit script.
+    pub max_batch_bytes: usize,
+    /// Commit scripts pipelined at once on the connection.
+    pub commits_in_flight: usize,
+    /// `write` calls waiting for the committer before callers wait for room (backpressure).
+    pub queue_capacity: usize,
+    /// Time limit of one Redis command; a timed-out write has an unknown outcome.
+    pub response_timeout_ms: u64,
+    /// Time limit of one connection attempt.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            key_prefix: "herald".to_owned(),
+            max_batch_ops: 1024,
+            max_batch_bytes: 4 << 20,
+            commits_in_flight: 4,
+            queue_capacity: 8192,
+            response_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Group-commit figures since the store was connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Commit scripts run.
+    pub batches: u64,
+    /// Ops they carried.
+    pub ops: u64,
+}
+
+/// The Redis [`Store`]. Cheap to share behind an `Arc`; dropping it stops its committer once
+/// the queued writes are done.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Arc<Keys>,
+    queue: mpsc::Sender<Request>,
+    max_batch_ops: usize,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    singleton: Script,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects (one multiplexed connection that reconnects by itself), loads the scripts and
+    /// starts the committer task. Must be called inside a Tokio runtime.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<RedisStore> {
+        let client = ::redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(options.response_timeout_ms.max(1))))
+            .set_connection_timeout(Some(Duration::from_millis(
+                options.connect_timeout_ms.max(1),
+            )));
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let write = Script::new(WRITE_SCRIPT);
+        let acquire = Script::new(ACQUIRE_SCRIPT);
+        let renew = Script::new(RENEW_SCRIPT);
+        let release = Script::new(RELEASE_SCRIPT);
+        let singleton = Script::new(SINGLETON_SCRIPT);
+        // Loaded once here; EVALSHA reloads on NOSCRIPT (a restarted or flushed Redis).
+        for script in [&write, &acquire, &renew, &release, &singleton] {
+            script.load_async(&mut conn).await?;
+        }
+        let keys = Arc::new(Keys {
+            prefix: options.key_prefix.clone(),
+        });
+        let stats = Arc::new(Stats::default());
+        let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let committer = Committer {
+            conn: conn.clone(),
+            script: write,
+            prefix: options.key_prefix.clone(),
+            max_ops: options.max_batch_ops.max(1),
+            max_bytes: options.max_batch_bytes.max(1),
+            in_flight: Arc::new(Semaphore::new(options.commits_in_flight.max(1))),
+            stats: stats.clone(),
+        };
+        tokio::spawn(committer.run(rx));
+        Ok(RedisStore {
+            conn,
+            keys,
+            queue,
+            max_batch_ops: options.max_batch_ops.max(1),
+            acquire,
+            renew,
+            release,
+            singleton,
+            stats,
+        })
+    }
+
+    /// Group-commit figures (batches run and ops carried) since connect.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            ops: self.stats.ops.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        Ok(::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Runs a lease script over `partitions` and parses the partitions it returns.
+    async fn lease_script(
+        &self,
+        script: &Script,
+        head: &[&str],
+        partitions: &[PartitionId],
+    ) -> Result<Value> {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(0)
+            .arg(&self.keys.prefix)
+            .arg(head);
+        for p in partitions {
+            cmd.arg(p.0);
+        }
+        let mut conn = self.conn.clone();
+        Ok(eval(&mut conn, &cmd, script).await?)
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    batches: AtomicU64,
+    ops: AtomicU64,
+}
+
+/// Builds keys (never parses them).
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn recipient(&self, tenant: &TenantId, id: &str) -> String {
+        format!("{}:r:{}:{}", self.prefix, tenant, id)
+    }
+    fn message(&self, tenant: &str, id: &str) -> String {
+        format!("{}:m:{}:{}", self.prefix, tenant, id)
+    }
+    fn events(&self, tenant: &str, id: &str) -> String {
+        format!("{}:e:{}:{}", self.prefix, tenant, id)
+    }
+    fn idempotency(&self, tenant: &str, key: &str) -> String {
+        format!("{}:i:{}:{}", self.prefix, tenant, key)
+    }
+    fn active(&self, partition: PartitionId) -> String {
+        format!("{}:a:{}", self.prefix, partition.0)
+    }
+    fn fence(&self, partition: PartitionId) -> String {
+        format!("{}:fence:{}", self.prefix, partition.0)
+    }
+    fn counter(&self, key: &str) -> String {
+        format!("{}:c:{}", self.prefix, key)
+    }
+    fn singleton(&self, name: &str) -> String {
+        format!("{}:singleton:{}", self.prefix, name)
+    }
+    fn blob(&self, name: &str) -> String {
+        format!("{}:blob:{}", self.prefix, name)
+    }
+    fn api_keys(&self) -> String {
+        format!("{}:apikeys", self.prefix)
+    }
+}
+
+fn active_member(tenant: &str, message_id: &str) -> String {
+    format!("{tenant}{SEP}{message_id}")
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(MAX_TTL_MS)
+        .clamp(1, MAX_TTL_MS)
+}
+
+/// The `ARGV` entries of some ops, flat: one buffer, one end offset per entry.
+#[derive(Default)]
+struct Args {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.ends.push(self.buf.len());
+    }
+    fn push_u64(&mut self, n: u64) {
+        self.push(n.to_string().as_bytes());
+    }
+    fn push_i64(&mut self, n: i64) {
+        self.push(n.to_string().as_bytes());
+    }
+    fn push_message(&mut self, message: &impl prost::Message) {
+        self.push(&message.encode_to_vec());
+    }
+    fn append_to(&self, cmd: &mut Cmd) {
+        let mut start = 0;
+        for &end in &self.ends {
+            cmd.arg(&self.buf[start..end]);
+            start = end;
+        }
+    }
+}
+
+/// How to read one op's reply.
+enum Expect {
+    Done,
+    Accept { message_id: MessageId, hash: String },
+    Counter,
+}
+
+fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
+    let mut args = Args::default();
+    let mut expect = Vec::with_capacity(ops.len());
+    for FencedOp { fence, op } in ops {
+        let code: &[u8] = match op {
+            WriteOp::PutRecipient { .. } => b"R",
+            WriteOp::EraseRecipient { .. } => b"X",
+            WriteOp::AcceptMessage { .. } => b"A",
+            WriteOp::AppendEvents { .. } => b"E",
+            WriteOp::IncrCounter { .. } => b"C",
+        };
+        args.push(code);
+        args.push_u64(u64::from(fence.partition.0));
+        args.push_u64(fence.epoch.0);
+        match op {
+            WriteOp::PutRecipient { tenant, recipient } => {
+                args.push(keys.recipient(tenant, &recipient.id).as_bytes());
+                args.push_message(recipient);
+                expect.push(Expect::Done);
+            }
+            WriteOp::EraseRecipient {
+                tenant,
+                recipient_id,
+            } => {
+                args.push(keys.recipient(tenant, recipient_id).as_bytes());
+                expect.push(Expect::Done);
+            }
+            WriteOp::AcceptMessage {
+                message,
+                accepted,
+                idempotency_ttl,
+            } => {
+                let idempotency_key = message
+                    .request
+                    .as_ref()
+                    .map(|r| r.idempotency_key.as_str())
+                    .unwrap_or_default();
+                let hash = format!("{:016x}", message.payload_hash);
+                if idempotency_key.is_empty() {
+                    args.push(b"");
+                } else {
+                    args.push(keys.idempotency(&message.tenant, idempotency_key).as_bytes());
+                }
+                args.push(format!("{}{SEP}{hash}", message.message_id).as_bytes());
+                args.push_u64(ttl_ms(*idempotency_ttl));
+                args.push(keys.message(&message.tenant, &message.message_id).as_bytes());
+                args.push_message(message);
+                args.push(keys.events(&message.tenant, &message.message_id).as_bytes());
+                args.push_message(accepted);
+                args.push(active_member(&message.tenant, &message.message_id).as_bytes());
+                expect.push(Expect::Accept {
+                    message_id: MessageId(message.message_id.clone()),
+                    hash,
+                });
+            }
+            WriteOp::AppendEvents {
+                tenant,
+                message_id,
+                events,
+                terminal,
+            } => {
+                args.push(keys.events(tenant.as_str(), message_id.as_str()).as_bytes());
+                if *terminal {
+                    args.push(active_member(tenant.as_str(), message_id.as_str()).as_bytes());
+                } else {
+                    args.push(b"");
+                }
+                args.push_u64(events.len() as u64);
+                for event in events {
+                    args.push_message(event);
+                }
+                expect.push(Expect::Done);
+            }
+            WriteOp::IncrCounter { key, delta, ttl } => {
+                args.push(keys.counter(key).as_bytes());
+                args.push_i64(*delta);
+                args.push_u64(ttl_ms(*ttl));
+                expect.push(Expect::Counter);
+            }
+        }
+    }
+    (args, expect)
+}
+
+/// Reads one op's reply from the write script.
+fn decode_outcome(expect: &Expect, value: Value) -> Result<WriteOutcome> {
+    let bad = |value: &Value| Error::Corrupt {
+        key: "write script reply".to_owned(),
+        reason: format!("unexpected reply {value:?}"),
+    };
+    if let Value::Array(items) = &value {
+        return match items.as_slice() {
+            [Value::Int(stored)] => Ok(WriteOutcome::Fenced {
+                stored: Epoch(u64::try_from(*stored).map_err(|_| bad(&value))?),
+            }),
+            _ => Err(bad(&value)),
+        };
+    }
+    match (expect, value) {
+        (Expect::Done, Value::Int(0)) => Ok(WriteOutcome::Done),
+        (Expect::Counter, Value::Int(n)) => Ok(WriteOutcome::Counter(n)),
+        (Expect::Accept { message_id, .. }, Value::Int(1)) => Ok(WriteOutcome::Accepted {
+            message_id: message_id.clone(),
+            duplicate: false,
+        }),
+        (Expect::Accept { hash, .. }, Value::BulkString(prior)) => {
+            let prior = String::from_utf8(prior).map_err(|e| Error::Corrupt {
+                key: "idempotency record".to_owned(),
+                reason: e.to_string(),
+            })?;
+            let Some((first, stored_hash)) = prior.rsplit_once(SEP) else {
+                return Err(Error::Corrupt {
+                    key: "idempotency record".to_owned(),
+                    reason: format!("no separator in {prior:?}"),
+                });
+            };
+            let message_id = MessageId(first.to_owned());
+            if stored_hash == hash {
+                Ok(WriteOutcome::Accepted {
+                    message_id,
+                    duplicate: true,
+                })
+            } else {
+                Ok(WriteOutcome::Conflict { message_id })
+            }
+        }
+        (_, value) => Err(bad(&value)),
+    }
+}
+
+/// `EVALSHA`, loading the script once more when Redis does not know it (restart, flush). The
+/// retry is safe: a NOSCRIPT reply means nothing ran.
+async fn eval(conn: &mut ConnectionManager, cmd: &Cmd, script: &Script) -> RedisResult<Value> {
+    match cmd.query_async::<Value>(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+fn partitions_from(value: Value) -> Result<Vec<PartitionId>> {
+    let bad = |reason: String| Error::Corrupt {
+        key: "lease script reply".to_owned(),
+        reason,
+    };
+    let Value::Array(items) = value else {
+        return Err(bad(format!("not an array: {value:?}")));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Int(p) => u32::try_from(p)
+                .map(PartitionId)
+                .map_err(|_| bad(format!("bad partition {p}"))),
+            other => Err(bad(format!("bad partition {other:?}"))),
+        })
+        .collect()
+}
+
+/// One `write` call (or one chunk of a very large one) waiting for the committer.
+struct Request {
+    args: Args,
+    expect: Vec<Expect>,
+    reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
+}
+
+struct Committer {
+    conn: ConnectionManager,
+    script: Script,
+    prefix: String,
+    max_ops: usize,
+    max_bytes: usize,
+    in_flight: Arc<Semaphore>,
+    stats: Arc<Stats>,
+}
+
+impl Committer {
+    async fn run(self, mut rx: mpsc::Receiver<Request>) {
+        let this = Arc::new(self);
+        let mut carry: Option<Request> = None;
+        loop {
+            let first = match carry.take() {
+                Some(request) => request,
+                None => match rx.recv().await {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            // Wait for a commit slot *before* draining the queue: whatever arrives while the
+            // pipelined commits run joins this batch (that is the group commit).
+            let Ok(permit) = this.in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let mut ops = first.expect.len();
+            let mut bytes = first.args.buf.len();
+            let mut batch = vec![first];
+            while ops < this.max_ops && bytes < this.max_bytes {
+                let Ok(next) = rx.try_recv() else { break };
+                if ops + next.expect.len() > this.max_ops
+                    || bytes + next.args.buf.len() > this.max_bytes
+                {
+                    carry = Some(next);
+                    break;
+                }
+                ops += next.expect.len();
+                bytes += next.args.buf.len();
+                batch.push(next);
+            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.commit(batch, ops, bytes).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Request>, ops: usize, bytes: usize) {
+        let argc: usize = batch.iter().map(|r| r.args.ends.len()).sum();
+        let mut cmd = Cmd::with_capacity(argc + 4, bytes + self.prefix.len() + 64);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(0)
+            .arg(&self.prefix);
+        for request in &batch {
+            request.args.append_to(&mut cmd);
+        }
+        let mut conn = self.conn.clone();
+        let reply = eval(&mut conn, &cmd, &self.script).await;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        match reply {
+            Ok(Value::Array(items)) if items.len() == ops => {
+                let mut items = items.into_iter();
+                for request in batch {
+                    let outcomes: Result<Vec<WriteOutcome>> = request
+                        .expect
+                        .iter()
+                        .zip(items.by_ref())
+                        .map(|(expect, value)| decode_outcome(expect, value))
+                        .collect();
+                    // The caller may have given up (dropped its future): nothing to do then.
+                    let _ = request.reply.send(outcomes);
+                }
+            }
+            Ok(other) => {
+                let reason = match &other {
+                    Value::Array(items) => format!("{} replies for {ops} ops", items.len()),
+                    other => format!("unexpected reply {other:?}"),
+                };
+                for request in batch {
+                    let _ = request.reply.send(Err(Error::Corrupt {
+                        key: "write script reply".to_owned(),
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+            Err(e) => {
+                for request in batch {
+                    let _ = request.reply.send(Err(Error::Redis(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn decode<M: prost::Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn utf8(key: &str, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>> {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // Chunks of one call are committed one after the other, so its ops apply in order.
+        for chunk in ops.chunks(self.max_batch_ops) {
+            let (args, expect) = encode_ops(&self.keys, chunk);
+            let (reply, rx) = oneshot::channel();
+            self.queue
+                .send(Request {
+                    args,
+                    expect,
+                    reply,
+                })
+                .await
+                .map_err(|_| Error::Closed)?;
+            outcomes.extend(rx.await.map_err(|_| Error::Closed)??);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_recipient(
+        &self,
+        tenant: &TenantId,
+        recipient_id: &str,
+    ) -> Result<Option<Recipient>> {
+        let key = self.keys.recipient(tenant, recipient_id);
+        match self.get_bytes(&key).await? {
+            Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<Option<MessageRecord>> {
+        let key = self.keys.message(tenant.as_str(), message_id.as_str());
+        let events_key = self.keys.events(tenant.as_str(), message_id.as_str());
+        let mut conn = self.conn.clone();
+        // MULTI/EXEC: the message and its log as of one instant.
+        let (message, events): (Option<Vec<u8>>, Vec<Vec<u8>>) = ::redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(&key)
+            .cmd("LRANGE")
+            .arg(&events_key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let message: StoredMessage = decode(&key, &message)?;
+        let events = events
+            .iter()
+            .map(|bytes| decode::<Event>(&events_key, bytes))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(MessageRecord { message, events }))
+    }
+
+    async fn active_messages(&self, partition: PartitionId) -> Result<Vec<(TenantId, MessageId)>> {
+        let key = self.keys.active(partition);
+        let mut conn = self.conn.clone();
+        let members: Vec<Vec<u8>> = ::redis::cmd("SMEMBERS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        members
+            .into_iter()
+            .map(|member| {
+                let member = utf8(&key, member)?;
+                match member.rsplit_once(SEP) {
+                    Some((tenant, id)) => {
+                        Ok((TenantId(tenant.to_owned()), MessageId(id.to_owned())))
+                    }
+                    None => Err(Error::Corrupt {
+                        key: key.clone(),
+                        reason: format!("member without separator: {member:?}"),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    async fn acquire_leases(
+        &self,
+        node: &NodeId,
+        epoch: Epoch,
+        partitions: &[PartitionId],
+        ttl: Duration,
+    ) -> Result<Vec<PartitionId>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head = [
+            node.as_str(),
+            &epoch.0.to_string(),
+            &ttl_ms(ttl).to_string(),
+        ];
+        partitions_from(self.lease_script(&self.acquire, &head, partitions).await?)
+    }
+
+    async fn renew_leases(
+        &self,
+        node: &NodeId,
+        partitions: &[PartitionId],
+        ttl: Duration,
+    ) -> Result<Vec<PartitionId>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head = [node.as_str(), &ttl_ms(ttl).to_string()];
+        partitions_from(self.lease_script(&self.renew, &head, partitions).await?)
+    }
+
+    async fn release_leases(&self, node: &NodeId, partitions: &[PartitionId]) -> Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        self.lease_script(&self.release, &[node.as_str()], partitions)
+            .await?;
+        Ok(())
+    }
+
+    async fn partition_epoch(&self, partition: PartitionId) -> Result<Epoch> {
+        let key = self.keys.fence(partition);
+        match self.get_bytes(&key).await? {
+            None => Ok(Epoch(0)),
+            Some(bytes) => {
+                let text = utf8(&key, bytes)?;
+                text.parse().map(Epoch).map_err(|_| Error::Corrupt {
+                    key,
+                    reason: format!("not an epoch: {text:?}"),
+                })
+            }
+        }
+    }
+
+    async fn try_singleton_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let key = self.keys.singleton(name);
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(self.singleton.get_hash())
+            .arg(1)
+            .arg(&key)
+            .arg(holder)
+            .arg(ttl_ms(ttl));
+        let mut conn = self.conn.clone();
+        match eval(&mut conn, &cmd, &self.singleton).await? {
+            Value::BulkString(bytes) => utf8(&key, bytes),
+            other => Err(Error::Corrupt {
+                key,
+                reason: format!("unexpected singleton reply {other:?}"),
+            }),
+        }
+    }
+
+    async fn singleton_holder(&self, name: &str) -> Result<Option<String>> {
+        let key = self.keys.singleton(name);
+        match self.get_bytes(&key).await? {
+            Some(bytes) => Ok(Some(utf8(&key, bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        ::redis::cmd("SET")
+            .arg(self.keys.blob(name))
+            .arg(value)
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.get_bytes(&self.keys.blob(name)).await
+    }
+
+    async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>> {
+        let key = self.keys.api_keys();
+        let mut conn = self.conn.clone();
+        let tenant: Option<Vec<u8>> = ::redis::cmd("HGET")
+            .arg(&key)
+            .arg(key_sha256_hex)
+            .query_async(&mut conn)
+            .await?;
+        tenant.map(|t| utf8(&key, t).map(TenantId)).transpose()
+    }
+
+    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        ::redis::cmd("HSET")
+            .arg(self.keys.api_keys())
+            .arg(key_sha256_hex)
+            .arg(tenant.as_str())
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn options_defaults_and_unknown_fields() {
+        let options: RedisOptions = toml::from_str("key_prefix = \"x\"").expect("valid options");
+        assert_eq!(options.key_prefix, "x");
+        assert_eq!(options.max_batch_ops, 1024);
+        assert_eq!(options.commits_in_flight, 4);
+        assert!(toml::from_str::<RedisOptions>("max_batch = 3").is_err());
+    }
+
+    #[test]
+    fn fenced_reply_decodes() {
+        let outcome = decode_outcome(&Expect::Done, Value::Array(vec![Value::Int(6)]));
+        assert_eq!(
+            outcome.expect("decodes"),
+            WriteOutcome::Fenced { stored: Epoch(6) }
+        );
+    }
+}

@@ -1,0 +1,942 @@
+//! The one test suite every [`Store`] backend must pass, run against Redis (a real
+//! `redis-server` per test), the embedded store in memory, and the embedded store on disk;
+//! plus backend-specific tests (restart, torn log, script reload) and throughput checks
+//! (`#[ignore]`d: `cargo test --release -p herald-node store::tests::throughput -- --ignored
+//! --nocapture`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_proto::v1::{Event, EventKind, MessageRequest, Recipient, StoredMessage};
+use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+
+use super::embedded::EmbeddedStore;
+use super::redis::{RedisOptions, RedisStore};
+use super::{Fence, FencedOp, Store, WriteOp, WriteOutcome};
+use crate::test_support::RedisServer;
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(200);
+/// Comfortably past `SHORT`, also on a loaded machine.
+const PAST_SHORT: Duration = Duration::from_millis(450);
+
+fn tenant() -> TenantId {
+    TenantId("acme".to_owned())
+}
+
+fn node(name: &str) -> NodeId {
+    NodeId(name.to_owned())
+}
+
+fn fence(partition: u32, epoch: u64) -> Fence {
+    Fence {
+        partition: PartitionId(partition),
+        epoch: Epoch(epoch),
+    }
+}
+
+fn message(id: &str, key: &str, payload_hash: u64, partition: u32) -> StoredMessage {
+    StoredMessage {
+        message_id: id.to_owned(),
+        tenant: tenant().0,
+        request: Some(MessageRequest {
+            recipient_id: format!("r-{id}"),
+            idempotency_key: key.to_owned(),
+            ..Default::default()
+        }),
+        partition,
+        created_unix_ms: 1_700_000_000_000,
+        payload_hash,
+    }
+}
+
+fn event(message_id: &str, kind: EventKind, seq: u32) -> Event {
+    Event {
+        message_id: message_id.to_owned(),
+        recipient_id: format!("r-{message_id}"),
+        kind: kind as i32,
+        at_unix_ms: 1_700_000_000_000 + i64::from(seq),
+        node_id: "n1".to_owned(),
+        seq,
+        ..Default::default()
+    }
+}
+
+fn accept(fence: Fence, message: StoredMessage, ttl: Duration) -> FencedOp {
+    let accepted = event(&message.message_id, EventKind::EventAccepted, 1);
+    FencedOp {
+        fence,
+        op: WriteOp::AcceptMessage {
+            message,
+            accepted,
+            idempotency_ttl: ttl,
+        },
+    }
+}
+
+fn append(fence: Fence, message_id: &str, events: Vec<Event>, terminal: bool) -> FencedOp {
+    FencedOp {
+        fence,
+        op: WriteOp::AppendEvents {
+            tenant: tenant(),
+            message_id: MessageId(message_id.to_owned()),
+            events,
+            terminal,
+        },
+    }
+}
+
+fn recipient(id: &str, email: &str) -> Recipient {
+    Recipient {
+        id: id.to_owned(),
+        email: email.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn put_recipient(fence: Fence, recipient: Recipient) -> FencedOp {
+    FencedOp {
+        fence,
+        op: WriteOp::PutRecipient {
+            tenant: tenant(),
+            recipient,
+        },
+    }
+}
+
+fn incr(fence: Fence, key: &str, delta: i64, ttl: Duration) -> FencedOp {
+    FencedOp {
+        fence,
+        op: WriteOp::IncrCounter {
+            key: key.to_owned(),
+            delta,
+            ttl,
+        },
+    }
+}
+
+fn accepted(id: &str, duplicate: bool) -> WriteOutcome {
+    WriteOutcome::Accepted {
+        message_id: MessageId(id.to_owned()),
+        duplicate,
+    }
+}
+
+async fn write(store: &dyn Store, ops: Vec<FencedOp>) -> Vec<WriteOutcome> {
+    store.write(ops).await.expect("write")
+}
+
+async fn active_ids(store: &dyn Store, partition: u32) -> HashSet<String> {
+    store
+        .active_messages(PartitionId(partition))
+        .await
+        .expect("active messages")
+        .into_iter()
+        .map(|(t, m)| {
+            assert_eq!(t, tenant());
+            m.0
+        })
+        .collect()
+}
+
+async fn event_kinds(store: &dyn Store, id: &str) -> Vec<i32> {
+    store
+        .get_message(&tenant(), &MessageId(id.to_owned()))
+        .await
+        .expect("get message")
+        .expect("message exists")
+        .events
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite.
+
+async fn fencing(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let (a, b) = (node("a"), node("b"));
+    let p = PartitionId(3);
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(0));
+    assert_eq!(
+        store.acquire_leases(&a, Epoch(5), &[p], LONG).await.expect("acquire"),
+        vec![p]
+    );
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(5));
+    // A's lease is live: B cannot take it, even at a newer epoch, and the epoch stays.
+    assert!(store.acquire_leases(&b, Epoch(6), &[p], LONG).await.expect("acquire").is_empty());
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(5));
+    assert_eq!(
+        write(store, vec![put_recipient(fence(3, 5), recipient("r1", "old@x"))]).await,
+        vec![WriteOutcome::Done]
+    );
+
+    store.release_leases(&a, &[p]).await.expect("release");
+    assert_eq!(
+        store.acquire_leases(&b, Epoch(6), &[p], LONG).await.expect("acquire"),
+        vec![p]
+    );
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(6));
+
+    // A keeps running at epoch 5: every kind of write is rejected and changes nothing.
+    let stale = fence(3, 5);
+    let outcomes = write(
+        store,
+        vec![
+            put_recipient(stale, recipient("r1", "new@x")),
+            FencedOp {
+                fence: stale,
+                op: WriteOp::EraseRecipient {
+                    tenant: tenant(),
+                    recipient_id: "r1".to_owned(),
+                },
+            },
+            accept(stale, message("m1", "k1", 1, 3), LONG),
+            append(stale, "m1", vec![event("m1", EventKind::EventSent, 2)], true),
+            incr(stale, "c", 1, LONG),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes, vec![WriteOutcome::Fenced { stored: Epoch(6) }; 5]);
+    let r1 = store.get_recipient(&tenant(), "r1").await.expect("get");
+    assert_eq!(r1.map(|r| r.email), Some("old@x".to_owned()));
+    assert!(store.get_message(&tenant(), &MessageId("m1".into())).await.expect("get").is_none());
+    assert!(active_ids(store, 3).await.is_empty());
+    // The counter was never created: B's increment by 0 reads 0.
+    assert_eq!(write(store, vec![incr(fence(3, 6), "c", 0, LONG)]).await, vec![
+        WriteOutcome::Counter(0)
+    ]);
+
+    // Equal and newer epochs are accepted; writes never move the fence.
+    assert_eq!(
+        write(
+            store,
+            vec![
+                put_recipient(fence(3, 6), recipient("r1", "b@x")),
+                put_recipient(fence(3, 7), recipient("r2", "c@x")),
+            ]
+        )
+        .await,
+        vec![WriteOutcome::Done, WriteOutcome::Done]
+    );
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(6));
+
+    // A holder may re-acquire (extend) at its epoch; nobody acquires at an older epoch.
+    assert_eq!(
+        store.acquire_leases(&b, Epoch(6), &[p], LONG).await.expect("acquire"),
+        vec![p]
+    );
+    store.release_leases(&b, &[p]).await.expect("release");
+    assert!(store.acquire_leases(&a, Epoch(4), &[p], LONG).await.expect("acquire").is_empty());
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(6));
+    // Fences are per partition.
+    assert_eq!(write(store, vec![put_recipient(fence(4, 1), recipient("r3", "d@x"))]).await, vec![
+        WriteOutcome::Done
+    ]);
+}
+
+async fn lease_ttl_expiry(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let (a, b) = (node("a"), node("b"));
+    let p = PartitionId(9);
+    assert_eq!(
+        store.acquire_leases(&a, Epoch(1), &[p], SHORT).await.expect("acquire"),
+        vec![p]
+    );
+    assert!(store.acquire_leases(&b, Epoch(2), &[p], LONG).await.expect("acquire").is_empty());
+    tokio::time::sleep(PAST_SHORT).await;
+    // A never renewed: its lease ran out and B takes over at the next epoch.
+    assert_eq!(
+        store.acquire_leases(&b, Epoch(2), &[p], LONG).await.expect("acquire"),
+        vec![p]
+    );
+    assert!(store.renew_leases(&a, &[p], LONG).await.expect("renew").is_empty());
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(2));
+    assert_eq!(write(store, vec![incr(fence(9, 1), "x", 1, LONG)]).await, vec![
+        WriteOutcome::Fenced { stored: Epoch(2) }
+    ]);
+    // A renewed lease outlives its first ttl.
+    let q = PartitionId(10);
+    store.acquire_leases(&a, Epoch(1), &[q], SHORT).await.expect("acquire");
+    tokio::time::sleep(SHORT / 2).await;
+    assert_eq!(store.renew_leases(&a, &[q], LONG).await.expect("renew"), vec![q]);
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(store.renew_leases(&a, &[q], LONG).await.expect("renew"), vec![q]);
+}
+
+async fn renew_returns_only_held(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let (a, b, c) = (node("a"), node("b"), node("c"));
+    let ps: Vec<PartitionId> = (0..5).map(PartitionId).collect();
+    assert_eq!(
+        store.acquire_leases(&a, Epoch(1), &ps[1..3], LONG).await.expect("acquire"),
+        ps[1..3].to_vec()
+    );
+    assert_eq!(
+        store.acquire_leases(&b, Epoch(1), &ps[3..4], LONG).await.expect("acquire"),
+        vec![ps[3]]
+    );
+    assert_eq!(
+        store.renew_leases(&a, &ps, LONG).await.expect("renew"),
+        ps[1..3].to_vec()
+    );
+    // Releasing someone else's lease does nothing.
+    store.release_leases(&a, &[ps[2], ps[3]]).await.expect("release");
+    assert_eq!(store.renew_leases(&b, &[ps[3]], LONG).await.expect("renew"), vec![ps[3]]);
+    assert_eq!(store.renew_leases(&a, &ps, LONG).await.expect("renew"), vec![ps[1]]);
+    assert!(store.renew_leases(&c, &ps, LONG).await.expect("renew").is_empty());
+
+    // A node takes a whole table's worth of partitions in one call.
+    let many: Vec<PartitionId> = (0..1400).map(PartitionId).collect();
+    let got = store.acquire_leases(&c, Epoch(2), &many, LONG).await.expect("acquire");
+    let expected: Vec<PartitionId> =
+        many.iter().copied().filter(|p| *p != ps[1] && *p != ps[3]).collect();
+    assert_eq!(got, expected);
+    assert_eq!(store.renew_leases(&c, &many, LONG).await.expect("renew"), expected);
+    assert_eq!(store.partition_epoch(PartitionId(1399)).await.expect("epoch"), Epoch(2));
+    assert_eq!(store.partition_epoch(ps[1]).await.expect("epoch"), Epoch(1));
+    store.release_leases(&c, &many).await.expect("release");
+    assert!(store.renew_leases(&c, &many, LONG).await.expect("renew").is_empty());
+    assert!(store.acquire_leases(&c, Epoch(2), &[], LONG).await.expect("acquire").is_empty());
+}
+
+async fn idempotency(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(2, 1);
+    assert_eq!(write(store, vec![accept(f, message("m1", "k", 11, 2), LONG)]).await, vec![
+        accepted("m1", false)
+    ]);
+    // Same key, same payload: the first message, flagged duplicate; nothing new stored.
+    assert_eq!(write(store, vec![accept(f, message("m2", "k", 11, 2), LONG)]).await, vec![
+        accepted("m1", true)
+    ]);
+    // Same key, other payload: conflict naming the first message.
+    assert_eq!(write(store, vec![accept(f, message("m3", "k", 12, 2), LONG)]).await, vec![
+        WriteOutcome::Conflict {
+            message_id: MessageId("m1".to_owned())
+        }
+    ]);
+    for id in ["m2", "m3"] {
+        assert!(
+            store.get_message(&tenant(), &MessageId(id.into())).await.expect("get").is_none()
+        );
+    }
+    assert_eq!(event_kinds(store, "m1").await, vec![EventKind::EventAccepted as i32]);
+    assert_eq!(active_ids(store, 2).await, HashSet::from(["m1".to_owned()]));
+    let record = store
+        .get_message(&tenant(), &MessageId("m1".into()))
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(record.message, message("m1", "k", 11, 2));
+
+    // Both in one call: the second sees the first.
+    assert_eq!(
+        write(
+            store,
+            vec![
+                accept(f, message("m4", "k4", 1, 2), LONG),
+                accept(f, message("m5", "k4", 1, 2), LONG),
+            ]
+        )
+        .await,
+        vec![accepted("m4", false), accepted("m4", true)]
+    );
+    // No key: no deduplication.
+    assert_eq!(
+        write(
+            store,
+            vec![
+                accept(f, message("m6", "", 1, 2), LONG),
+                accept(f, message("m7", "", 1, 2), LONG),
+            ]
+        )
+        .await,
+        vec![accepted("m6", false), accepted("m7", false)]
+    );
+    // Keys are per tenant.
+    let mut other = message("m8", "k", 11, 2);
+    other.tenant = "globex".to_owned();
+    assert_eq!(write(store, vec![accept(f, other, LONG)]).await, vec![accepted("m8", false)]);
+    // A key expires after its ttl; then it is free again.
+    assert_eq!(write(store, vec![accept(f, message("m9", "k9", 1, 2), SHORT)]).await, vec![
+        accepted("m9", false)
+    ]);
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(write(store, vec![accept(f, message("m10", "k9", 2, 2), LONG)]).await, vec![
+        accepted("m10", false)
+    ]);
+}
+
+async fn events_and_active_set(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(5, 2);
+    write(
+        store,
+        vec![
+            accept(f, message("m1", "k1", 1, 5), LONG),
+            accept(f, message("m2", "k2", 2, 5), LONG),
+            accept(fence(6, 2), message("m3", "k3", 3, 6), LONG),
+        ],
+    )
+    .await;
+    assert_eq!(active_ids(store, 5).await, HashSet::from(["m1".into(), "m2".into()]));
+    assert_eq!(active_ids(store, 6).await, HashSet::from(["m3".into()]));
+    assert!(active_ids(store, 7).await.is_empty());
+
+    let outcomes = write(
+        store,
+        vec![
+            append(
+                f,
+                "m1",
+                vec![
+                    event("m1", EventKind::EventAttempted, 2),
+                    event("m1", EventKind::EventSent, 3),
+                ],
+                false,
+            ),
+            append(f, "m1", vec![event("m1", EventKind::EventDelivered, 4)], true),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes, vec![WriteOutcome::Done, WriteOutcome::Done]);
+    let record = store
+        .get_message(&tenant(), &MessageId("m1".into()))
+        .await
+        .expect("get")
+        .expect("stored");
+    let seqs: Vec<u32> = record.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert_eq!(record.events[3], event("m1", EventKind::EventDelivered, 4));
+    assert_eq!(active_ids(store, 5).await, HashSet::from(["m2".into()]));
+
+    // A long log in one op, then a terminal op without events.
+    let many: Vec<Event> = (2..602).map(|s| event("m2", EventKind::EventDeferred, s)).collect();
+    write(store, vec![append(f, "m2", many, false)]).await;
+    write(store, vec![append(f, "m2", Vec::new(), true)]).await;
+    let record = store
+        .get_message(&tenant(), &MessageId("m2".into()))
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(record.events.len(), 601);
+    assert!(record.events.iter().enumerate().all(|(i, e)| e.seq == i as u32 + 1));
+    assert!(active_ids(store, 5).await.is_empty());
+    assert_eq!(active_ids(store, 6).await, HashSet::from(["m3".into()]));
+    assert!(
+        store.get_message(&tenant(), &MessageId("nope".into())).await.expect("get").is_none()
+    );
+}
+
+async fn recipients(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(1, 1);
+    assert!(store.get_recipient(&tenant(), "r1").await.expect("get").is_none());
+    let mut r1 = recipient("r1", "a@x");
+    r1.phone = "+12125551234".to_owned();
+    write(store, vec![put_recipient(f, r1.clone())]).await;
+    assert_eq!(store.get_recipient(&tenant(), "r1").await.expect("get"), Some(r1));
+    write(store, vec![put_recipient(f, recipient("r1", "b@x"))]).await;
+    assert_eq!(
+        store.get_recipient(&tenant(), "r1").await.expect("get"),
+        Some(recipient("r1", "b@x"))
+    );
+    // Ids may contain the key separator.
+    write(store, vec![put_recipient(f, recipient("r:2", "c@x"))]).await;
+    assert_eq!(
+        store.get_recipient(&tenant(), "r:2").await.expect("get"),
+        Some(recipient("r:2", "c@x"))
+    );
+    assert!(store.get_recipient(&TenantId("globex".into()), "r1").await.expect("get").is_none());
+    let erase = FencedOp {
+        fence: f,
+        op: WriteOp::EraseRecipient {
+            tenant: tenant(),
+            recipient_id: "r1".to_owned(),
+        },
+    };
+    assert_eq!(write(store, vec![erase]).await, vec![WriteOutcome::Done]);
+    assert!(store.get_recipient(&tenant(), "r1").await.expect("get").is_none());
+    assert!(store.get_recipient(&tenant(), "r:2").await.expect("get").is_some());
+}
+
+async fn counters(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(1, 1);
+    let outcomes = write(
+        store,
+        vec![
+            incr(f, "cap:r1", 1, SHORT),
+            incr(f, "cap:r1", 2, LONG),
+            incr(f, "cap:r1", -1, LONG),
+            incr(f, "cap:r2", 7, LONG),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Counter(1),
+            WriteOutcome::Counter(3),
+            WriteOutcome::Counter(2),
+            WriteOutcome::Counter(7),
+        ]
+    );
+    // The ttl runs from creation: later increments do not extend it.
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(
+        write(store, vec![incr(f, "cap:r1", 5, LONG), incr(f, "cap:r2", 1, LONG)]).await,
+        vec![WriteOutcome::Counter(5), WriteOutcome::Counter(8)]
+    );
+}
+
+async fn singleton_lease(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    assert_eq!(store.singleton_holder("leader").await.expect("holder"), None);
+    assert_eq!(store.try_singleton_lease("leader", "c1", SHORT).await.expect("try"), "c1");
+    assert_eq!(store.try_singleton_lease("leader", "c2", LONG).await.expect("try"), "c1");
+    assert_eq!(
+        store.singleton_holder("leader").await.expect("holder"),
+        Some("c1".to_owned())
+    );
+    // Names are independent.
+    assert_eq!(store.try_singleton_lease("other", "c2", LONG).await.expect("try"), "c2");
+    // The holder renews; a renewal outlives the first ttl.
+    tokio::time::sleep(SHORT / 2).await;
+    assert_eq!(store.try_singleton_lease("leader", "c1", SHORT).await.expect("try"), "c1");
+    tokio::time::sleep(SHORT * 3 / 4).await;
+    assert_eq!(store.try_singleton_lease("leader", "c2", LONG).await.expect("try"), "c1");
+    // The leader dies (stops renewing): after the ttl another replica takes over.
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(store.singleton_holder("leader").await.expect("holder"), None);
+    assert_eq!(store.try_singleton_lease("leader", "c2", LONG).await.expect("try"), "c2");
+    assert_eq!(store.try_singleton_lease("leader", "c1", LONG).await.expect("try"), "c2");
+}
+
+async fn blobs_and_api_keys(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    assert_eq!(store.get_blob("table").await.expect("get"), None);
+    store.put_blob("table", vec![1, 2, 3]).await.expect("put");
+    store.put_blob("table", vec![0, 255, 7, 0]).await.expect("put");
+    assert_eq!(store.get_blob("table").await.expect("get"), Some(vec![0, 255, 7, 0]));
+    store.put_blob("empty", Vec::new()).await.expect("put");
+    assert_eq!(store.get_blob("empty").await.expect("get"), Some(Vec::new()));
+
+    let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    assert_eq!(store.tenant_for_api_key(digest).await.expect("get"), None);
+    store.put_api_key(digest, &tenant()).await.expect("put");
+    assert_eq!(store.tenant_for_api_key(digest).await.expect("get"), Some(tenant()));
+    assert_eq!(store.tenant_for_api_key("00").await.expect("get"), None);
+}
+
+/// 200 tasks × 50 ops (in calls of 10) at once: every caller gets its own outcomes, in order.
+async fn concurrent_writers(store: Arc<dyn Store>) {
+    const TASKS: usize = 200;
+    const OPS: usize = 50;
+    const PER_CALL: usize = 10;
+    let p = PartitionId(7);
+    store
+        .acquire_leases(&node("n1"), Epoch(3), &[p], LONG)
+        .await
+        .expect("acquire");
+    let current = fence(7, 3);
+    let stale = fence(7, 2);
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shared_values = Vec::new();
+            let mut own_sum = 0;
+            for call in 0..OPS / PER_CALL {
+                let mut ops = Vec::new();
+                let mut expected = Vec::new();
+                for k in 0..PER_CALL {
+                    let j = call * PER_CALL + k;
+                    let id = format!("m-{t}-{j}");
+                    match j % 5 {
+                        0 => ops.push(incr(current, "shared", 1, LONG)),
+                        1 => {
+                            ops.push(accept(current, message(&id, &id, j as u64, 7), LONG));
+                            expected.push((k, accepted(&id, false)));
+                        }
+                        2 => {
+                            let prev = format!("m-{t}-{}", j - 1);
+                            let sent = event(&prev, EventKind::EventSent, 2);
+                            ops.push(append(current, &prev, vec![sent], t % 2 == 0));
+                            expected.push((k, WriteOutcome::Done));
+                        }
+                        3 => {
+                            ops.push(accept(stale, message(&id, &id, 0, 7), LONG));
+                            expected.push((k, WriteOutcome::Fenced { stored: Epoch(3) }));
+                        }
+                        _ => {
+                            own_sum += j as i64;
+                            ops.push(incr(current, &format!("own-{t}"), j as i64, LONG));
+                            expected.push((k, WriteOutcome::Counter(own_sum)));
+                        }
+                    }
+                }
+                let outcomes = store.write(ops).await.expect("write");
+                assert_eq!(outcomes.len(), PER_CALL);
+                for (k, want) in expected {
+                    assert_eq!(outcomes[k], want, "task {t} call {call} op {k}");
+                }
+                for k in (0..PER_CALL).filter(|k| (call * PER_CALL + k) % 5 == 0) {
+                    match outcomes[k] {
+                        WriteOutcome::Counter(v) => shared_values.push(v),
+                        ref other => panic!("task {t}: shared counter gave {other:?}"),
+                    }
+                }
+            }
+            shared_values
+        }));
+    }
+    let mut shared_values = Vec::new();
+    for task in tasks {
+        shared_values.extend(task.await.expect("task"));
+    }
+    // Each increment by 1 saw a distinct value: outcomes went to the right callers.
+    shared_values.sort_unstable();
+    let total = (TASKS * OPS / 5) as i64;
+    assert_eq!(shared_values, (1..=total).collect::<Vec<_>>());
+
+    let active = active_ids(store.as_ref(), 7).await;
+    assert_eq!(active.len(), TASKS / 2 * OPS / 5, "odd tasks' messages stay active");
+    for t in [0, 1, TASKS - 1] {
+        let id = format!("m-{t}-1");
+        assert_eq!(
+            event_kinds(store.as_ref(), &id).await,
+            vec![EventKind::EventAccepted as i32, EventKind::EventSent as i32]
+        );
+        assert_eq!(active.contains(&id), t % 2 == 1);
+        assert!(
+            store
+                .get_message(&tenant(), &MessageId(format!("m-{t}-3")))
+                .await
+                .expect("get")
+                .is_none()
+        );
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        /// Each test on its own `redis-server`.
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_server, store) = super::redis_store(Default::default()).await;
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = super::EmbeddedStore::open(None).expect("open");
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+        mod on_disk {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let store = super::EmbeddedStore::open(Some(dir.path())).expect("open");
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+    };
+}
+
+suite!(
+    fencing,
+    lease_ttl_expiry,
+    renew_returns_only_held,
+    idempotency,
+    events_and_active_set,
+    recipients,
+    counters,
+    singleton_lease,
+    blobs_and_api_keys,
+    concurrent_writers,
+);
+
+async fn redis_store(options: RedisOptions) -> (RedisServer, RedisStore) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), options)
+        .await
+        .expect("connect to the test redis");
+    (server, store)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend-specific.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_restart_keeps_durable_state_and_drops_leases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = PartitionId(4);
+    {
+        let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+        store.acquire_leases(&node("a"), Epoch(4), &[p], LONG).await.expect("acquire");
+        let f = fence(4, 4);
+        write(
+            &store,
+            vec![
+                accept(f, message("m1", "k1", 1, 4), LONG),
+                accept(f, message("m2", "k2", 2, 4), LONG),
+                append(f, "m1", vec![event("m1", EventKind::EventSent, 2)], false),
+                append(f, "m2", vec![event("m2", EventKind::EventFailed, 2)], true),
+                put_recipient(f, recipient("r1", "a@x")),
+                put_recipient(f, recipient("r2", "b@x")),
+                FencedOp {
+                    fence: f,
+                    op: WriteOp::EraseRecipient {
+                        tenant: tenant(),
+                        recipient_id: "r2".to_owned(),
+                    },
+                },
+                incr(f, "c", 3, LONG),
+                incr(f, "c", 4, LONG),
+                incr(f, "short", 1, Duration::from_millis(1)),
+            ],
+        )
+        .await;
+        store.put_blob("table", vec![9, 9]).await.expect("blob");
+        store.put_api_key("abc", &tenant()).await.expect("api key");
+        store.try_singleton_lease("leader", "c1", LONG).await.expect("singleton");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
+    assert_eq!(
+        event_kinds(&store, "m1").await,
+        vec![EventKind::EventAccepted as i32, EventKind::EventSent as i32]
+    );
+    assert_eq!(
+        event_kinds(&store, "m2").await,
+        vec![EventKind::EventAccepted as i32, EventKind::EventFailed as i32]
+    );
+    assert_eq!(active_ids(&store, 4).await, HashSet::from(["m1".to_owned()]));
+    assert_eq!(
+        store.get_recipient(&tenant(), "r1").await.expect("get"),
+        Some(recipient("r1", "a@x"))
+    );
+    assert!(store.get_recipient(&tenant(), "r2").await.expect("get").is_none());
+    assert_eq!(store.get_blob("table").await.expect("blob"), Some(vec![9, 9]));
+    assert_eq!(store.tenant_for_api_key("abc").await.expect("key"), Some(tenant()));
+    // The fence survived; the leases did not.
+    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(4));
+    assert_eq!(store.singleton_holder("leader").await.expect("holder"), None);
+    assert!(store.renew_leases(&node("a"), &[p], LONG).await.expect("renew").is_empty());
+    assert!(store.acquire_leases(&node("b"), Epoch(3), &[p], LONG).await.expect("acq").is_empty());
+    assert_eq!(
+        store.acquire_leases(&node("b"), Epoch(4), &[p], LONG).await.expect("acquire"),
+        vec![p]
+    );
+    let f = fence(4, 4);
+    assert_eq!(
+        write(
+            &store,
+            vec![
+                accept(f, message("m3", "k1", 1, 4), LONG),
+                incr(f, "c", 1, LONG),
+                incr(f, "short", 1, LONG),
+                put_recipient(fence(4, 3), recipient("r1", "z@x")),
+            ]
+        )
+        .await,
+        vec![
+            accepted("m1", true),
+            WriteOutcome::Counter(8),
+            WriteOutcome::Counter(1),
+            WriteOutcome::Fenced { stored: Epoch(4) },
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_torn_tail_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(super::embedded::LOG_FILE);
+    {
+        let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+        write(&store, vec![put_recipient(fence(1, 1), recipient("r1", "a@x"))]).await;
+    }
+    let good_len = std::fs::metadata(&path).expect("log").len();
+    // A crash in the middle of a record: a header announcing 100 bytes, then 10 of them.
+    let mut torn = std::fs::read(&path).expect("read log");
+    torn.extend_from_slice(&100u32.to_le_bytes());
+    torn.extend_from_slice(&[0xAB; 14]);
+    std::fs::write(&path, &torn).expect("write log");
+    {
+        let store = EmbeddedStore::open(Some(dir.path())).expect("open torn");
+        assert_eq!(std::fs::metadata(&path).expect("log").len(), good_len, "tail cut");
+        assert!(store.get_recipient(&tenant(), "r1").await.expect("get").is_some());
+        write(&store, vec![put_recipient(fence(1, 1), recipient("r2", "b@x"))]).await;
+    }
+    // A zero-filled tail (file extended, data never written) is torn too.
+    let mut zeroed = std::fs::read(&path).expect("read log");
+    zeroed.extend_from_slice(&[0; 64]);
+    std::fs::write(&path, &zeroed).expect("write log");
+    let store = EmbeddedStore::open(Some(dir.path())).expect("open zeroed");
+    assert!(store.get_recipient(&tenant(), "r1").await.expect("get").is_some());
+    assert!(store.get_recipient(&tenant(), "r2").await.expect("get").is_some());
+    drop(store);
+
+    // Damage followed by good data is refused, not skipped.
+    let mut bytes = std::fs::read(&path).expect("read log");
+    bytes[9] ^= 0xFF;
+    std::fs::write(&path, &bytes).expect("write log");
+    assert!(matches!(
+        EmbeddedStore::open(Some(dir.path())),
+        Err(super::Error::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_is_compacted_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(super::embedded::LOG_FILE);
+    {
+        let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+        // ~10 MiB of overwrites of one 100 KiB blob.
+        for i in 0..100u8 {
+            store.put_blob("table", vec![i; 100 << 10]).await.expect("blob");
+        }
+        write(&store, vec![accept(fence(1, 1), message("m1", "k1", 1, 1), LONG)]).await;
+    }
+    assert!(std::fs::metadata(&path).expect("log").len() > 10 << 20);
+    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
+    assert!(std::fs::metadata(&path).expect("log").len() < 1 << 20, "compacted");
+    assert_eq!(store.get_blob("table").await.expect("blob"), Some(vec![99; 100 << 10]));
+    assert_eq!(active_ids(&store, 1).await, HashSet::from(["m1".to_owned()]));
+    assert_eq!(event_kinds(&store, "m1").await, vec![EventKind::EventAccepted as i32]);
+    drop(store);
+    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen compacted");
+    assert_eq!(write(&store, vec![accept(fence(1, 1), message("m2", "k1", 1, 1), LONG)]).await, vec![
+        accepted("m1", true)
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reloads_flushed_scripts() {
+    let (server, store) = redis_store(Default::default()).await;
+    let client = ::redis::Client::open(server.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .exec_async(&mut conn)
+        .await
+        .expect("script flush");
+    assert_eq!(write(&store, vec![incr(fence(1, 0), "c", 2, LONG)]).await, vec![
+        WriteOutcome::Counter(2)
+    ]);
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .exec_async(&mut conn)
+        .await
+        .expect("script flush");
+    assert_eq!(
+        store.acquire_leases(&node("a"), Epoch(1), &[PartitionId(1)], LONG).await.expect("acq"),
+        vec![PartitionId(1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_prefixes_isolate_stores() {
+    let server = RedisServer::start();
+    let options = |prefix: &str| RedisOptions {
+        key_prefix: prefix.to_owned(),
+        ..Default::default()
+    };
+    let one = RedisStore::connect(&server.url(), options("one")).await.expect("connect");
+    let two = RedisStore::connect(&server.url(), options("two")).await.expect("connect");
+    one.acquire_leases(&node("a"), Epoch(5), &[PartitionId(1)], LONG).await.expect("acq");
+    assert_eq!(two.partition_epoch(PartitionId(1)).await.expect("epoch"), Epoch(0));
+    assert_eq!(write(&two, vec![incr(fence(1, 1), "c", 1, LONG)]).await, vec![
+        WriteOutcome::Counter(1)
+    ]);
+}
+
+/// Small batches and a single commit slot still give every caller its outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tiny_batches() {
+    let options = RedisOptions {
+        max_batch_ops: 3,
+        max_batch_bytes: 64,
+        commits_in_flight: 1,
+        queue_capacity: 2,
+        ..Default::default()
+    };
+    let (_server, store) = redis_store(options).await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    concurrent_writers(store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput (ignored by default; run in release mode).
+
+const THROUGHPUT_OPS: usize = 100_000;
+const THROUGHPUT_TASKS: usize = 500;
+
+/// `THROUGHPUT_OPS` single-op AppendEvents calls from `THROUGHPUT_TASKS` tasks; returns ops/s.
+async fn append_throughput(store: Arc<dyn Store>) -> f64 {
+    let per_task = THROUGHPUT_OPS / THROUGHPUT_TASKS;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(THROUGHPUT_TASKS);
+    for t in 0..THROUGHPUT_TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let id = format!("01JTHROUGHPUT{t:05}{i:06}");
+                let mut sent = event(&id, EventKind::EventSent, 2);
+                sent.attempt_id = format!("{id}-0");
+                sent.provider = "sandbox".to_owned();
+                let partition = ((t * per_task + i) % 4096) as u32;
+                let op = append(fence(partition, 0), &id, vec![sent], false);
+                let outcomes = store.write(vec![op]).await.expect("write");
+                assert_eq!(outcomes, vec![WriteOutcome::Done]);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    (per_task * THROUGHPUT_TASKS) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput figure; run with --release --ignored --nocapture"]
+async fn throughput_redis_append_events() {
+    let (_server, store) = redis_store(Default::default()).await;
+    let store = Arc::new(store);
+    let rate = append_throughput(store.clone()).await;
+    let stats = store.commit_stats();
+    println!(
+        "redis: {rate:.0} ops/s ({} ops in {} batches, {:.1} ops/batch)",
+        stats.ops,
+        stats.batches,
+        stats.ops as f64 / stats.batches.max(1) as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput figure; run with --release --ignored --nocapture"]
+async fn throughput_embedded_append_events() {
+    let memory = append_throughput(Arc::new(EmbeddedStore::open(None).expect("open"))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = EmbeddedStore::open(Some(dir.path())).expect("open");
+    let disk = append_throughput(Arc::new(disk)).await;
+    println!("embedded: {memory:.0} ops/s in memory, {disk:.0} ops/s with the log (fdatasync)");
+}

@@ -1,0 +1,413 @@
+//! Input validation: sizes, formats, waterfall shape.
+//!
+//! Owns every rule that rejects a request before anything is stored. Each error names the field
+//! (`messages[3].waterfall[1].channel`) so a client can fix its request without reading logs.
+//! Must never touch the store or the network: validation is pure and runs on the receiving
+//! node, before routing.
+
+use herald_proto::error::Error;
+use herald_proto::v1::{
+    Channel, ConsentState, MessageClass, MessageRequest, PushPlatform, Recipient, SuccessCondition,
+    WaterfallStep,
+};
+
+/// Longest id or key accepted (recipient ids, idempotency keys, campaign ids), in bytes.
+pub const ID_MAX_BYTES: usize = 128;
+/// Longest waterfall step timeout: 7 days.
+pub const STEP_TIMEOUT_MAX_MS: u32 = 7 * 24 * 3600 * 1000;
+/// SMS bodies longer than this are refused (10 concatenated UCS-2 segments is 670; providers cap
+/// near 1,600).
+pub const SMS_TEXT_MAX_CHARS: usize = 1600;
+/// FCM and APNs both cap a push payload at 4 KiB.
+pub const PUSH_PAYLOAD_MAX_BYTES: usize = 4096;
+/// RFC 5322 line limit for the subject.
+pub const EMAIL_SUBJECT_MAX_BYTES: usize = 998;
+
+/// The default waterfall: push → email → SMS, each "accepted by the provider" counts.
+pub fn default_waterfall() -> Vec<WaterfallStep> {
+    [Channel::Push, Channel::Email, Channel::Sms]
+        .into_iter()
+        .map(|channel| WaterfallStep {
+            channel: channel as i32,
+            success: SuccessCondition::Accepted as i32,
+            timeout_ms: 0,
+            provider_account: String::new(),
+        })
+        .collect()
+}
+
+fn check_id(field: &str, value: &str, required: bool) -> Result<(), Error> {
+    if value.is_empty() {
+        if required {
+            return Err(Error::invalid(field, "is required"));
+        }
+        return Ok(());
+    }
+    if value.len() > ID_MAX_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, the limit is {ID_MAX_BYTES}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Validates a message and fills in defaults (waterfall, success condition). `prefix` is the
+/// field path of the message in its request (`message` or `messages[3]`).
+pub fn message(
+    prefix: &str,
+    request: &mut MessageRequest,
+    max_message_bytes: usize,
+) -> Result<(), Error> {
+    check_id(&format!("{prefix}.recipient_id"), &request.recipient_id, true)?;
+    check_id(
+        &format!("{prefix}.idempotency_key"),
+        &request.idempotency_key,
+        false,
+    )?;
+    check_id(&format!("{prefix}.campaign_id"), &request.campaign_id, false)?;
+    match MessageClass::try_from(request.class) {
+        Ok(MessageClass::Transactional | MessageClass::Marketing) => {}
+        _ => {
+            return Err(Error::invalid(
+                format!("{prefix}.class"),
+                "must be TRANSACTIONAL or MARKETING",
+            ));
+        }
+    }
+    if request.waterfall.is_empty() {
+        request.waterfall = default_waterfall();
+    }
+    if request.waterfall.len() > 3 {
+        return Err(Error::invalid(
+            format!("{prefix}.waterfall"),
+            format!("has {} steps, at most 3 (one per channel)", request.waterfall.len()),
+        ));
+    }
+    let mut seen = Vec::with_capacity(3);
+    for (index, step) in request.waterfall.iter_mut().enumerate() {
+        let field = format!("{prefix}.waterfall[{index}]");
+        let channel = match Channel::try_from(step.channel) {
+            Ok(c @ (Channel::Push | Channel::Email | Channel::Sms)) => c,
+            _ => {
+                return Err(Error::invalid(
+                    format!("{field}.channel"),
+                    "must be PUSH, EMAIL or SMS",
+                ));
+            }
+        };
+        if seen.contains(&channel) {
+            return Err(Error::invalid(
+                format!("{field}.channel"),
+                format!("repeats {} (each channel at most once)", channel.as_str_name()),
+            ));
+        }
+        seen.push(channel);
+        match SuccessCondition::try_from(step.success) {
+            Ok(SuccessCondition::Unspecified) => step.success = SuccessCondition::Accepted as i32,
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Error::invalid(
+                    format!("{field}.success"),
+                    "must be ACCEPTED, DELIVERED or READ",
+                ));
+            }
+        }
+        if step.timeout_ms > STEP_TIMEOUT_MAX_MS {
+            return Err(Error::invalid(
+                format!("{field}.timeout_ms"),
+                format!("is {} ms, the limit is 7 days", step.timeout_ms),
+            ));
+        }
+        check_id(&format!("{field}.provider_account"), &step.provider_account, false)?;
+        check_content(prefix, &field, channel, request.content.as_ref())?;
+    }
+    let size = prost::Message::encoded_len(request);
+    if size > max_message_bytes {
+        return Err(Error::invalid(
+            format!("{prefix}.content"),
+            format!("message is {size} bytes, the limit is {max_message_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_content(
+    prefix: &str,
+    step_field: &str,
+    channel: Channel,
+    content: Option<&herald_proto::v1::Content>,
+) -> Result<(), Error> {
+    let missing = |name: &str| {
+        Error::invalid(
+            format!("{prefix}.content.{name}"),
+            format!("is required by {step_field}"),
+        )
+    };
+    match channel {
+        Channel::Push => {
+            let push = content.and_then(|c| c.push.as_ref()).ok_or_else(|| missing("push"))?;
+            if push.title.is_empty() && push.body.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.push.body"),
+                    "title or body is required",
+                ));
+            }
+            let size = push.title.len()
+                + push.body.len()
+                + push.data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if size > PUSH_PAYLOAD_MAX_BYTES {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.push"),
+                    format!("payload is {size} bytes, the limit is {PUSH_PAYLOAD_MAX_BYTES}"),
+                ));
+            }
+        }
+        Channel::Email => {
+            let email = content.and_then(|c| c.email.as_ref()).ok_or_else(|| missing("email"))?;
+            if email.subject.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.email.subject"),
+                    "is required",
+                ));
+            }
+            if email.subject.len() > EMAIL_SUBJECT_MAX_BYTES || email.subject.contains(['\r', '\n'])
+            {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.email.subject"),
+                    "must be one line of at most 998 bytes",
+                ));
+            }
+            if email.text_body.is_empty() && email.html_body.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.email.text_body"),
+                    "text_body or html_body is required",
+                ));
+            }
+        }
+        Channel::Sms => {
+            let sms = content.and_then(|c| c.sms.as_ref()).ok_or_else(|| missing("sms"))?;
+            let chars = sms.text.chars().count();
+            if chars == 0 {
+                return Err(Error::invalid(format!("{prefix}.content.sms.text"), "is required"));
+            }
+            if chars > SMS_TEXT_MAX_CHARS {
+                return Err(Error::invalid(
+                    format!("{prefix}.content.sms.text"),
+                    format!("is {chars} characters, the limit is {SMS_TEXT_MAX_CHARS}"),
+                ));
+            }
+        }
+        Channel::Unspecified => {}
+    }
+    Ok(())
+}
+
+/// Validates a recipient for upsert. `prefix` is its field path (`recipient`, `recipients[2]`).
+pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
+    check_id(&format!("{prefix}.id"), &recipient.id, true)?;
+    if recipient.push_tokens.len() > 16 {
+        return Err(Error::invalid(
+            format!("{prefix}.push_tokens"),
+            "at most 16 push tokens per recipient",
+        ));
+    }
+    for (index, token) in recipient.push_tokens.iter().enumerate() {
+        let field = format!("{prefix}.push_tokens[{index}]");
+        if token.token.is_empty() || token.token.len() > 4096 || token.token.contains(char::is_whitespace) {
+            return Err(Error::invalid(
+                format!("{field}.token"),
+                "must be 1..4096 bytes without whitespace",
+            ));
+        }
+        if !matches!(
+            PushPlatform::try_from(token.platform),
+            Ok(PushPlatform::Fcm | PushPlatform::Apns)
+        ) {
+            return Err(Error::invalid(format!("{field}.platform"), "must be FCM or APNS"));
+        }
+    }
+    if !recipient.email.is_empty() && !is_email(&recipient.email) {
+        return Err(Error::invalid(
+            format!("{prefix}.email"),
+            "is not an email address (local@domain.tld)",
+        ));
+    }
+    if !recipient.phone.is_empty() {
+        check_phone(&format!("{prefix}.phone"), &recipient.phone)?;
+    }
+    if !recipient.time_zone.is_empty() && recipient.time_zone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(Error::invalid(
+            format!("{prefix}.time_zone"),
+            "is not an IANA time zone (e.g. America/New_York)",
+        ));
+    }
+    let mut channels = Vec::new();
+    for (index, consent) in recipient.consent.iter().enumerate() {
+        let field = format!("{prefix}.consent[{index}]");
+        let channel = match Channel::try_from(consent.channel) {
+            Ok(c @ (Channel::Push | Channel::Email | Channel::Sms)) => c,
+            _ => return Err(Error::invalid(format!("{field}.channel"), "must be PUSH, EMAIL or SMS")),
+        };
+        if channels.contains(&channel) {
+            return Err(Error::invalid(format!("{field}.channel"), "repeats a channel"));
+        }
+        channels.push(channel);
+        if !matches!(
+            ConsentState::try_from(consent.state),
+            Ok(ConsentState::OptedIn | ConsentState::OptedOut)
+        ) {
+            return Err(Error::invalid(format!("{field}.state"), "must be OPTED_IN or OPTED_OUT"));
+        }
+    }
+    Ok(())
+}
+
+/// A pragmatic address check: one `@`, a non-empty local part, a dotted domain, no spaces.
+/// Deliverability is the provider's job; this catches typos and injection.
+pub fn is_email(address: &str) -> bool {
+    if address.len() > 254 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+}
+
+fn check_phone(field: &str, phone: &str) -> Result<(), Error> {
+    let shape_ok = phone.len() >= 8
+        && phone.len() <= 16
+        && phone.starts_with('+')
+        && phone[1..].chars().all(|c| c.is_ascii_digit());
+    if !shape_ok {
+        return Err(Error::invalid(
+            field,
+            "must be E.164: + then 7 to 15 digits, e.g. +12125551234",
+        ));
+    }
+    let parsed = phonenumber::parse(None, phone)
+        .map_err(|_| Error::invalid(field, "is not a dialable E.164 number"))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(Error::invalid(field, "is not a valid number for its country"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_proto::v1::{Content, EmailContent, PushContent, SmsContent};
+
+    fn good() -> MessageRequest {
+        MessageRequest {
+            recipient_id: "r1".into(),
+            idempotency_key: "k1".into(),
+            class: MessageClass::Transactional as i32,
+            content: Some(Content {
+                push: Some(PushContent {
+                    title: "t".into(),
+                    body: "b".into(),
+                    data: Default::default(),
+                }),
+                email: Some(EmailContent {
+                    subject: "s".into(),
+                    text_body: "b".into(),
+                    html_body: String::new(),
+                }),
+                sms: Some(SmsContent { text: "b".into() }),
+            }),
+            waterfall: vec![],
+            campaign_id: String::new(),
+        }
+    }
+
+    fn field_of(result: Result<(), Error>) -> String {
+        match result {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let mut m = good();
+        message("message", &mut m, 65536).expect("valid");
+        assert_eq!(m.waterfall.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut m = good();
+        m.recipient_id.clear();
+        assert_eq!(field_of(message("message", &mut m, 65536)), "message.recipient_id");
+
+        let mut m = good();
+        m.waterfall = default_waterfall();
+        m.waterfall[2].channel = Channel::Push as i32;
+        assert_eq!(
+            field_of(message("messages[4]", &mut m, 65536)),
+            "messages[4].waterfall[2].channel"
+        );
+
+        let mut m = good();
+        m.waterfall = default_waterfall();
+        m.waterfall[1].channel = 0;
+        assert_eq!(field_of(message("message", &mut m, 65536)), "message.waterfall[1].channel");
+
+        let mut m = good();
+        if let Some(c) = m.content.as_mut() {
+            c.email = None;
+        }
+        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content.email");
+
+        let mut m = good();
+        if let Some(c) = m.content.as_mut() {
+            c.sms = Some(SmsContent { text: "x".repeat(1601) });
+        }
+        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content.sms.text");
+
+        let mut m = good();
+        if let Some(c) = m.content.as_mut()
+            && let Some(e) = c.email.as_mut()
+        {
+            e.html_body = "x".repeat(70_000);
+        }
+        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content");
+    }
+
+    #[test]
+    fn recipients() {
+        let mut r = Recipient {
+            id: "r".into(),
+            email: "a@example.com".into(),
+            phone: "+12125551234".into(),
+            ..Default::default()
+        };
+        recipient("recipient", &r).expect("valid");
+        r.phone = "2125551234".into();
+        assert_eq!(field_of(recipient("recipient", &r)), "recipient.phone");
+        r.phone = "+1999".into();
+        assert_eq!(field_of(recipient("recipient", &r)), "recipient.phone");
+        r.phone.clear();
+        r.email = "not an email".into();
+        assert_eq!(field_of(recipient("recipient", &r)), "recipient.email");
+        r.email = "a@b".into();
+        assert_eq!(field_of(recipient("recipient", &r)), "recipient.email");
+        r.email.clear();
+        r.time_zone = "Mars/Olympus".into();
+        assert_eq!(field_of(recipient("recipient", &r)), "recipient.time_zone");
+    }
+}

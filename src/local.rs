@@ -1,0 +1,131 @@
+//! A whole cluster in this process: one control plane and N nodes on loopback, talking real
+//! gRPC to each other, on the embedded store or a Redis. Used by `herald up` and `herald bench`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use herald_control::{ControlConfig, ControlHandle, ControlPlane};
+use herald_node::config::{NodeConfig, SandboxConfig, StoreConfig, TenantConfig};
+use herald_node::server::{Node, NodeHandle, open_store};
+use herald_node::store::Store;
+
+pub const DEMO_TENANT: &str = "demo";
+pub const DEMO_API_KEY: &str = "demo-key";
+
+pub struct LocalCluster {
+    pub control: Option<ControlHandle>,
+    pub nodes: Vec<NodeHandle>,
+    pub store: Arc<dyn Store>,
+    pub partition_count: u32,
+}
+
+pub struct LocalOptions {
+    pub nodes: usize,
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub sandbox: SandboxConfig,
+    pub partition_count: u32,
+}
+
+impl LocalCluster {
+    pub async fn start(options: LocalOptions) -> Result<Self> {
+        if options.nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        let store_config = StoreConfig {
+            redis_url: options.redis_url.clone(),
+            data_dir: None,
+            key_prefix: options.key_prefix.clone(),
+        };
+        let store = open_store(&store_config)
+            .await
+            .context("opening the store")?;
+        let control_config = ControlConfig {
+            listen_addr: "127.0.0.1:0".parse()?,
+            partition_count: options.partition_count,
+            control_id: "control-local".into(),
+            ..ControlConfig::default()
+        };
+        let control = ControlPlane::start(control_config, store.clone())
+            .await
+            .context("starting the control plane")?;
+        let control_addr = control.local_addr().to_string();
+        let mut nodes = Vec::with_capacity(options.nodes);
+        for index in 0..options.nodes {
+            let config = NodeConfig {
+                node_id: Some(format!("node-{}", index + 1)),
+                listen_addr: "127.0.0.1:0".parse()?,
+                control_addrs: vec![control_addr.clone()],
+                store: store_config.clone(),
+                tenants: vec![TenantConfig {
+                    id: DEMO_TENANT.into(),
+                    api_keys: vec![DEMO_API_KEY.into()],
+                    marketing_daily_cap: 5,
+                }],
+                sandbox: options.sandbox.clone(),
+                ..NodeConfig::default()
+            };
+            let node = Node::start(config, store.clone())
+                .await
+                .with_context(|| format!("starting node {}", index + 1))?;
+            nodes.push(node);
+        }
+        Ok(Self {
+            control: Some(control),
+            nodes,
+            store,
+            partition_count: options.partition_count,
+        })
+    }
+
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.local_addr.to_string()).collect()
+    }
+
+    /// Waits until every partition is served by some node.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let serving: u32 = self
+                .nodes
+                .iter()
+                .map(|n| n.context.ownership.serving_count())
+                .sum();
+            if serving >= self.partition_count {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "cluster not ready after {timeout:?}: {serving} of {} partitions served",
+                    self.partition_count
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn provider_calls(&self) -> u64 {
+        self.nodes.iter().map(|n| n.context.sandbox.calls()).sum()
+    }
+
+    pub async fn shutdown(mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        futures::future::join_all(nodes.into_iter().map(NodeHandle::shutdown)).await;
+        if let Some(control) = self.control.take() {
+            let _ = control.shutdown().await;
+        }
+    }
+}
+
+/// Peak resident set size of this process, in KiB (Linux `VmHWM`).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

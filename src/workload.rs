@@ -1,0 +1,300 @@
+//! The demo and benchmark workload: N recipients, N messages through the default waterfall,
+//! watched to their terminal states. Talks to the cluster only through its public gRPC API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use herald_proto::v1::delivery_client::DeliveryClient;
+use herald_proto::v1::recipients_client::RecipientsClient;
+use herald_proto::v1::{
+    Channel, ChannelConsent, ConsentState, Content, EmailContent, MessageClass, MessageRequest,
+    MessageStatus, PushContent, PushPlatform, PushToken, Recipient, SendBatchRequest, SmsContent,
+    UpsertRecipientsRequest, WatchMessagesRequest,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tonic::transport::Channel as GrpcChannel;
+
+const BATCH: usize = 1000;
+const BATCHES_IN_FLIGHT: usize = 8;
+
+pub fn authed<T>(message: T, api_key: &str) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {api_key}")
+            .parse()
+            .context("api key is not valid metadata")?,
+    );
+    Ok(request)
+}
+
+pub async fn connect(address: &str) -> Result<GrpcChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    Ok(channel)
+}
+
+pub fn demo_recipient(id: String, index: usize) -> Recipient {
+    let consent = [Channel::Push, Channel::Email, Channel::Sms]
+        .into_iter()
+        .map(|channel| ChannelConsent {
+            channel: channel as i32,
+            state: ConsentState::OptedIn as i32,
+        })
+        .collect();
+    Recipient {
+        push_tokens: vec![PushToken {
+            token: format!("sandbox-token-{index}"),
+            platform: PushPlatform::Fcm as i32,
+        }],
+        email: format!("user{index}@example.com"),
+        phone: format!("+1212{:07}", 2_000_000 + (index % 7_000_000)),
+        time_zone: String::new(),
+        consent,
+        id,
+    }
+}
+
+pub fn demo_message(recipient_id: String, key: String) -> MessageRequest {
+    MessageRequest {
+        recipient_id,
+        idempotency_key: key,
+        class: MessageClass::Transactional as i32,
+        content: Some(Content {
+            push: Some(PushContent {
+                title: "Your order shipped".into(),
+                body: "It arrives tomorrow.".into(),
+                data: Default::default(),
+            }),
+            email: Some(EmailContent {
+                subject: "Your order shipped".into(),
+                text_body: "It arrives tomorrow.".into(),
+                html_body: String::new(),
+            }),
+            sms: Some(SmsContent {
+                text: "Your order shipped; it arrives tomorrow.".into(),
+            }),
+        }),
+        waterfall: Vec::new(),
+        campaign_id: String::new(),
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Funnel {
+    pub submitted: u64,
+    pub terminal: u64,
+    pub delivered_push: u64,
+    pub delivered_email: u64,
+    pub delivered_sms: u64,
+    pub failed: u64,
+    pub suppressed: u64,
+    pub expired: u64,
+}
+
+#[derive(Default)]
+struct Tracker {
+    funnel: Funnel,
+    submitted_at: HashMap<String, Instant>,
+    finished_at: HashMap<String, Instant>,
+}
+
+pub struct Report {
+    pub funnel: Funnel,
+    pub elapsed: Duration,
+    pub latencies_ms: Vec<f64>,
+}
+
+/// Creates `n` recipients named `{prefix}{i}` (all channels, opted in), round-robin over nodes.
+pub async fn create_recipients(addrs: &[String], api_key: &str, prefix: &str, n: usize) -> Result<()> {
+    let mut clients = Vec::new();
+    for address in addrs {
+        clients.push(RecipientsClient::new(connect(address).await?));
+    }
+    let batches: Vec<(usize, usize)> = (0..n).step_by(BATCH).map(|s| (s, (s + BATCH).min(n))).collect();
+    let results = futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
+        let mut client = clients[b % clients.len()].clone();
+        let recipients: Vec<Recipient> = (start..end)
+            .map(|i| demo_recipient(format!("{prefix}{i}"), i))
+            .collect();
+        async move {
+            client
+                .upsert_recipients(authed(UpsertRecipientsRequest { recipients }, api_key)?)
+                .await
+                .context("upserting recipients")?;
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(BATCHES_IN_FLIGHT)
+    .collect::<Vec<_>>()
+    .await;
+    results.into_iter().collect()
+}
+
+/// Sends one message to each of `n` recipients and waits for every terminal state.
+pub async fn run_messages(
+    addrs: &[String],
+    api_key: &str,
+    prefix: &str,
+    n: usize,
+    timeout: Duration,
+    progress: bool,
+) -> Result<Report> {
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    // Watch first, so no terminal event is missed.
+    let mut watcher = DeliveryClient::new(connect(&addrs[0]).await?)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut events = watcher
+        .watch_messages(authed(
+            WatchMessagesRequest {
+                message_id: String::new(),
+                recipient_id: String::new(),
+                terminal_only: true,
+            },
+            api_key,
+        )?)
+        .await
+        .context("opening the watch stream")?
+        .into_inner();
+    let watch_tracker = tracker.clone();
+    let watch_task = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(status) => return Err(anyhow::anyhow!("watch ended: {status}")),
+            };
+            let now = Instant::now();
+            let mut t = watch_tracker.lock();
+            if t.finished_at.insert(event.message_id.clone(), now).is_some() {
+                continue;
+            }
+            t.funnel.terminal += 1;
+            match (event.status(), event.channel()) {
+                (MessageStatus::Delivered, Channel::Push) => t.funnel.delivered_push += 1,
+                (MessageStatus::Delivered, Channel::Email) => t.funnel.delivered_email += 1,
+                (MessageStatus::Delivered, Channel::Sms) => t.funnel.delivered_sms += 1,
+                (MessageStatus::Suppressed, _) => t.funnel.suppressed += 1,
+                (MessageStatus::Expired, _) => t.funnel.expired += 1,
+                _ => t.funnel.failed += 1,
+            }
+        }
+        Ok(())
+    });
+
+    let mut clients = Vec::new();
+    for address in addrs {
+        clients.push(
+            DeliveryClient::new(connect(address).await?).max_decoding_message_size(64 * 1024 * 1024),
+        );
+    }
+    let started = Instant::now();
+    let run_id = ulid::Ulid::new().to_string();
+    let batches: Vec<(usize, usize)> = (0..n).step_by(BATCH).map(|s| (s, (s + BATCH).min(n))).collect();
+    let submit_tracker = tracker.clone();
+    let submit = futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
+        let mut client = clients[b % clients.len()].clone();
+        let messages: Vec<MessageRequest> = (start..end)
+            .map(|i| demo_message(format!("{prefix}{i}"), format!("{run_id}-{i}")))
+            .collect();
+        let tracker = submit_tracker.clone();
+        async move {
+            let sent_at = Instant::now();
+            let reply = client
+                .send_batch(authed(SendBatchRequest { messages }, api_key)?)
+                .await
+                .context("sending a batch")?
+                .into_inner();
+            let mut t = tracker.lock();
+            t.funnel.submitted += reply.results.len() as u64;
+            for result in reply.results {
+                t.submitted_at.insert(result.message_id, sent_at);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(BATCHES_IN_FLIGHT)
+    .collect::<Vec<_>>();
+
+    let progress_tracker = tracker.clone();
+    let progress_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if progress {
+                let f = progress_tracker.lock().funnel.clone();
+                eprintln!(
+                    "  {:>6.1}s  submitted {:>8}  terminal {:>8}  push {:>8}  email {:>7}  sms {:>7}  failed {:>6}",
+                    started.elapsed().as_secs_f64(),
+                    f.submitted,
+                    f.terminal,
+                    f.delivered_push,
+                    f.delivered_email,
+                    f.delivered_sms,
+                    f.failed + f.suppressed + f.expired
+                );
+            }
+        }
+    });
+    for result in submit.await {
+        result?;
+    }
+    let deadline = Instant::now() + timeout;
+    let elapsed = loop {
+        {
+            let t = tracker.lock();
+            if t.funnel.terminal >= n as u64 {
+                let last = t.finished_at.values().max().copied().unwrap_or_else(Instant::now);
+                break last.duration_since(started);
+            }
+        }
+        if watch_task.is_finished() {
+            progress_task.abort();
+            return match watch_task.await {
+                Ok(Err(error)) => Err(error),
+                _ => Err(anyhow::anyhow!("watch stream ended early")),
+            };
+        }
+        if Instant::now() > deadline {
+            progress_task.abort();
+            let t = tracker.lock();
+            bail!(
+                "timed out after {timeout:?}: {} of {n} messages terminal",
+                t.funnel.terminal
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    progress_task.abort();
+    watch_task.abort();
+    let t = tracker.lock();
+    let mut latencies_ms: Vec<f64> = t
+        .finished_at
+        .iter()
+        .filter_map(|(id, done)| {
+            let sent = t.submitted_at.get(id)?;
+            Some(done.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(Report {
+        funnel: t.funnel.clone(),
+        elapsed,
+        latencies_ms,
+    })
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64) * p).floor() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
