@@ -1,14 +1,12 @@
 //! A whole cluster in this process: one control plane and N nodes on loopback, talking real
 //! gRPC to each other, on the embedded store or a Redis. Used by `herald up` and `herald bench`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use herald_control::{ControlConfig, ControlHandle, ControlPlane};
 use herald_node::config::{NodeConfig, SandboxConfig, StoreConfig, TenantConfig};
 use herald_node::server::{Node, NodeHandle, open_store};
-use herald_node::store::Store;
 
 pub const DEMO_TENANT: &str = "demo";
 pub const DEMO_API_KEY: &str = "demo-key";
@@ -16,7 +14,6 @@ pub const DEMO_API_KEY: &str = "demo-key";
 pub struct LocalCluster {
     pub control: Option<ControlHandle>,
     pub nodes: Vec<NodeHandle>,
-    pub store: Arc<dyn Store>,
     pub partition_count: u32,
 }
 
@@ -64,6 +61,7 @@ impl LocalCluster {
                     marketing_daily_cap: 5,
                 }],
                 sandbox: options.sandbox.clone(),
+                actor_idle_ms: std::env::var("HERALD_BENCH_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
                 ..NodeConfig::default()
             };
             let node = Node::start(config, store.clone())
@@ -74,7 +72,6 @@ impl LocalCluster {
         Ok(Self {
             control: Some(control),
             nodes,
-            store,
             partition_count: options.partition_count,
         })
     }

@@ -9,17 +9,17 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
+use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::v1::{
-    Channel, ChannelConsent, ConsentState, Content, EmailContent, MessageClass, MessageRequest,
-    MessageStatus, PushContent, PushPlatform, PushToken, Recipient, SendBatchRequest, SmsContent,
-    UpsertRecipientsRequest, WatchMessagesRequest,
+    Channel, MessageRequest, MessageStatus, Recipient, SendBatchRequest, UpsertRecipientsRequest,
+    WatchMessagesRequest,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
 use tonic::transport::Channel as GrpcChannel;
 
 const BATCH: usize = 1000;
-const BATCHES_IN_FLIGHT: usize = 8;
+const BATCHES_IN_FLIGHT: usize = 32;
 
 pub fn authed<T>(message: T, api_key: &str) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
@@ -40,52 +40,6 @@ pub async fn connect(address: &str) -> Result<GrpcChannel> {
         .await
         .with_context(|| format!("connecting to {address}"))?;
     Ok(channel)
-}
-
-pub fn demo_recipient(id: String, index: usize) -> Recipient {
-    let consent = [Channel::Push, Channel::Email, Channel::Sms]
-        .into_iter()
-        .map(|channel| ChannelConsent {
-            channel: channel as i32,
-            state: ConsentState::OptedIn as i32,
-        })
-        .collect();
-    Recipient {
-        push_tokens: vec![PushToken {
-            token: format!("sandbox-token-{index}"),
-            platform: PushPlatform::Fcm as i32,
-        }],
-        email: format!("user{index}@example.com"),
-        phone: format!("+1212{:07}", 2_000_000 + (index % 7_000_000)),
-        time_zone: String::new(),
-        consent,
-        id,
-    }
-}
-
-pub fn demo_message(recipient_id: String, key: String) -> MessageRequest {
-    MessageRequest {
-        recipient_id,
-        idempotency_key: key,
-        class: MessageClass::Transactional as i32,
-        content: Some(Content {
-            push: Some(PushContent {
-                title: "Your order shipped".into(),
-                body: "It arrives tomorrow.".into(),
-                data: Default::default(),
-            }),
-            email: Some(EmailContent {
-                subject: "Your order shipped".into(),
-                text_body: "It arrives tomorrow.".into(),
-                html_body: String::new(),
-            }),
-            sms: Some(SmsContent {
-                text: "Your order shipped; it arrives tomorrow.".into(),
-            }),
-        }),
-        waterfall: Vec::new(),
-        campaign_id: String::new(),
-    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -144,7 +144,8 @@ fn default_control_id() -> String {
         .filter(|h| {
             !h.is_empty()
                 && h.len() < MAX_CONTROL_ID_LEN - 12
-                && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         });
     match hostname {
         Some(host) => format!("{host}-{}", std::process::id()),

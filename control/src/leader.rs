@@ -55,7 +55,9 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) enum Role {
     /// Someone else leads (or nobody does, as far as this replica knows).
-    Follower { leader: Option<String> },
+    Follower {
+        leader: Option<String>,
+    },
     Leader(Arc<Term>),
     /// Shut down: the lease loop has ended.
     Stopped,
@@ -129,15 +131,13 @@ impl Controller {
         if let Ok(term) = self.leader_term() {
             return Ok(term.status());
         }
-        let table = Arc::new(
-            with_timeout(load_table(&*self.store, self.config.partition_count)).await?,
-        );
+        let table =
+            Arc::new(with_timeout(load_table(&*self.store, self.config.partition_count)).await?);
         self.remember(&table);
-        let leader_id = with_timeout(async {
-            Ok(self.store.singleton_holder(LEADER_LEASE).await?)
-        })
-        .await?
-        .unwrap_or_default();
+        let leader_id =
+            with_timeout(async { Ok(self.store.singleton_holder(LEADER_LEASE).await?) })
+                .await?
+                .unwrap_or_default();
         let owned = membership::owned_counts(&table);
         let nodes = table
             .nodes
@@ -161,13 +161,13 @@ impl Controller {
     /// The current table now, then every newer one (intermediate ones may be skipped: only the
     /// newest matters). Ends with `UNAVAILABLE not_leader{..}` when this term ends.
     pub(crate) fn watch_tables(&self, term: Arc<Term>) -> Result<TableStream, Error> {
-        let permit = self
-            .watchers
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::TooManyWatchers {
-                limit: MAX_WATCHERS,
-            })?;
+        let permit =
+            self.watchers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::TooManyWatchers {
+                    limit: MAX_WATCHERS,
+                })?;
         let mut tables = term.tables.subscribe();
         // The first `changed()` then yields the current table at once.
         tables.mark_changed();
@@ -225,6 +225,44 @@ impl Controller {
                 reason,
                 "stepped down"
             );
+        }
+    }
+
+    /// After a graceful step-down, lets the lease lapse now instead of at its TTL, so a
+    /// successor takes over within one renew interval. Best effort: on any failure the lease
+    /// simply expires.
+    async fn hand_off(&self, term: &Term) {
+        // No table write may still be in flight when a successor can start: it must read the
+        // last one. Commits are bounded by the lease, so this wait is too.
+        let Ok(_writer) = tokio::time::timeout(STORE_CALL_TIMEOUT, term.writer.lock()).await else {
+            return;
+        };
+        // The store has no release call; renewing with a 1 ms TTL has the same effect, and does
+        // nothing if another replica holds the lease meanwhile.
+        let released = tokio::time::timeout(
+            STORE_CALL_TIMEOUT,
+            self.store.try_singleton_lease(
+                LEADER_LEASE,
+                &self.config.control_id,
+                Duration::from_millis(1),
+            ),
+        )
+        .await;
+        match released {
+            Ok(Ok(_)) => info!(control = %self.config.control_id, "leader lease handed off"),
+            Ok(Err(e)) => {
+                warn!(
+                    control = %self.config.control_id,
+                    error = %e,
+                    "could not hand off the leader lease; it will expire"
+                )
+            }
+            Err(_) => {
+                warn!(
+                    control = %self.config.control_id,
+                    "handing off the leader lease timed out; it will expire"
+                )
+            }
         }
     }
 
@@ -296,12 +334,20 @@ pub(crate) async fn run_lease_loop(
                     None => match ctrl.become_leader(until).await {
                         Ok(()) => {}
                         Err(e) if e.is_fatal() => {
-                            error!(control = %id, error = %e, "cannot lead: giving up leadership for good");
+                            error!(
+                                control = %id,
+                                error = %e,
+                                "cannot lead: giving up leadership for good"
+                            );
                             break Err(e);
                         }
                         Err(e) => {
                             ctrl.follow(None);
-                            warn!(control = %id, error = %e, "could not load the table to lead; retrying");
+                            warn!(
+                                control = %id,
+                                error = %e,
+                                "could not load the table to lead; retrying"
+                            );
                         }
                     },
                 }
@@ -318,7 +364,13 @@ pub(crate) async fn run_lease_loop(
             }
             // Keep leading until the deadline: one failed renewal is what the TTL margin is for.
             Ok(Err(e)) => warn!(control = %id, error = %e, "leader lease request failed"),
-            Err(_) => warn!(control = %id, timeout_ms = renew.as_millis() as u64, "leader lease request timed out"),
+            Err(_) => {
+                warn!(
+                    control = %id,
+                    timeout_ms = renew.as_millis() as u64,
+                    "leader lease request timed out"
+                )
+            }
         }
         let next = tokio::time::Instant::from_std(started + renew);
         tokio::select! {
@@ -330,7 +382,11 @@ pub(crate) async fn run_lease_loop(
             () = tokio::time::sleep_until(next) => {}
         }
     };
+    let last_term = ctrl.term();
     ctrl.step_down("shutting down", Role::Stopped).await;
+    if let Some(term) = last_term {
+        ctrl.hand_off(&term).await;
+    }
     result
 }
 
@@ -376,8 +432,8 @@ pub(crate) async fn load_table(
             owners: Vec::new(),
         });
     };
-    let table = PartitionTable::decode(bytes.as_slice())
-        .map_err(|e| Error::CorruptTable(e.to_string()))?;
+    let table =
+        PartitionTable::decode(bytes.as_slice()).map_err(|e| Error::CorruptTable(e.to_string()))?;
     if table.partition_count != partition_count {
         return Err(Error::PartitionCountMismatch {
             stored: table.partition_count,
@@ -493,8 +549,17 @@ impl Term {
         let address = info.address.clone();
         let table = self.commit(Change::Join(info)).await?;
         match kind {
-            JoinKind::New => info!(node = %node, address = %address, epoch = table.epoch, "node joined"),
-            _ => info!(node = %node, address = %address, epoch = table.epoch, "node rejoined with a new address or weight"),
+            JoinKind::New => {
+                info!(node = %node, address = %address, epoch = table.epoch, "node joined")
+            }
+            _ => {
+                info!(
+                    node = %node,
+                    address = %address,
+                    epoch = table.epoch,
+                    "node rejoined with a new address or weight"
+                )
+            }
         }
         Ok(table)
     }

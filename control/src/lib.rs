@@ -103,7 +103,10 @@ impl ControlPlane {
     /// Validates `config`, checks the stored table against it, binds the gRPC server (Control,
     /// `grpc.health.v1` — `herald.v1.Control` is SERVING only while this replica leads — and
     /// reflection v1), and spawns the lease loop and the failure detector.
-    pub async fn start(config: ControlConfig, store: Arc<dyn Store>) -> Result<ControlHandle, Error> {
+    pub async fn start(
+        config: ControlConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<ControlHandle, Error> {
         config.validate()?;
         // Fail fast on a store made for another partition count (or a corrupt table) instead
         // of serving as a follower that can never lead.
@@ -148,7 +151,9 @@ impl ControlPlane {
             .concurrency_limit_per_connection(MAX_CONCURRENT_RPCS_PER_CONNECTION)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(ControlServer::new(service::ControlService::new(ctrl.clone())));
+            .add_service(ControlServer::new(service::ControlService::new(
+                ctrl.clone(),
+            )));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = spawn_task("grpc-server", async move {
             let stop = async move {
@@ -211,8 +216,8 @@ impl ControlHandle {
 
     /// Graceful stop: steps down (ending WatchTable streams with UNAVAILABLE), stops the loops,
     /// then drains the gRPC server. Returns when every task has ended, with the first task
-    /// error. The leader lease is not released (the store has no call for it): a successor
-    /// takes over when it expires.
+    /// error. A leader hands its lease off (lets it lapse at once) after its last table write,
+    /// so a successor takes over within one renew interval rather than a whole TTL.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         info!(control = %self.ctrl.config.control_id, "control plane shutting down");
         self.stop_loops.send_replace(true);

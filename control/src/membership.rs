@@ -269,7 +269,11 @@ pub fn check_table(table: &PartitionTable) -> Result<(), String> {
             table.partition_count
         ));
     }
-    if let Some(bad) = table.owners.iter().find(|&&i| i as usize >= table.nodes.len()) {
+    if let Some(bad) = table
+        .owners
+        .iter()
+        .find(|&&i| i as usize >= table.nodes.len())
+    {
         return Err(format!(
             "owner index {bad} out of range ({} nodes)",
             table.nodes.len()
@@ -308,11 +312,8 @@ pub fn build_table(
     // such tables anyway).
     let previous_owners =
         owner_ids(previous).filter(|_| previous.partition_count == partition_count);
-    let owners = partition_table::compute_owners(
-        partition_count,
-        &members,
-        previous_owners.as_deref(),
-    )?;
+    let owners =
+        partition_table::compute_owners(partition_count, &members, previous_owners.as_deref())?;
     let index: HashMap<&str, u32> = nodes
         .iter()
         .zip(0u32..)
@@ -327,9 +328,10 @@ pub fn build_table(
     let owners = owners
         .iter()
         .map(|owner| {
-            index.get(owner.as_str()).copied().ok_or_else(|| {
-                Error::InconsistentTable(format!("owner {owner} is not a member"))
-            })
+            index
+                .get(owner.as_str())
+                .copied()
+                .ok_or_else(|| Error::InconsistentTable(format!("owner {owner} is not a member")))
         })
         .collect::<Result<Vec<u32>, Error>>()?;
     Ok(PartitionTable {

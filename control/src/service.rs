@@ -14,8 +14,8 @@ use std::sync::Arc;
 use herald_proto::NodeId;
 use herald_proto::v1::control_server::Control;
 use herald_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, WatchTableRequest,
+    ClusterStatusRequest, ClusterStatusResponse, HeartbeatRequest, HeartbeatResponse, JoinRequest,
+    JoinResponse, LeaveRequest, LeaveResponse, WatchTableRequest,
 };
 use tonic::{Request, Response, Status};
 

@@ -171,6 +171,10 @@ pub struct NodeConfig {
     pub route_timeout_ms: u64,
     /// Events buffered per `WatchMessages` subscriber before it is told it lagged.
     pub watch_buffer: usize,
+    /// Admission control: messages being worked on by this node's actors at once. Beyond it,
+    /// acks of new messages wait (they are durable already), so an overload slows clients
+    /// down instead of piling actors up in memory.
+    pub max_messages_in_progress: usize,
     pub sandbox: SandboxConfig,
 }
 
@@ -195,6 +199,7 @@ impl Default for NodeConfig {
             batch_max: 1000,
             route_timeout_ms: 20_000,
             watch_buffer: 65_536,
+            max_messages_in_progress: 10_000,
             sandbox: SandboxConfig::default(),
         }
     }

@@ -28,6 +28,8 @@ pub struct NodeContext {
     pub push: Arc<dyn Provider>,
     pub email: Arc<dyn Provider>,
     pub sms: Arc<dyn Provider>,
+    /// Permits for messages in progress (see `max_messages_in_progress`).
+    pub admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
     pub sandbox: Arc<crate::providers::sandbox::SandboxProvider>,
 }

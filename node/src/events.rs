@@ -16,32 +16,52 @@ pub struct TenantEvent {
     pub event: Event,
 }
 
+/// Two feeds: every event, and terminal events only (most watchers want only outcomes, and a
+/// separate feed keeps them from lagging behind the 5–7 events of each message's life).
 #[derive(Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<Arc<TenantEvent>>,
+    all: broadcast::Sender<Arc<TenantEvent>>,
+    terminal: broadcast::Sender<Arc<TenantEvent>>,
 }
 
 impl EventBus {
     pub fn new(buffer: usize) -> Self {
         Self {
-            sender: broadcast::channel(buffer.max(16)).0,
+            all: broadcast::channel(buffer.max(16)).0,
+            terminal: broadcast::channel(buffer.max(16)).0,
         }
     }
 
     pub fn publish(&self, tenant: &TenantId, events: &[Event]) {
+        let all = self.all.receiver_count() > 0;
+        let terminal = self.terminal.receiver_count() > 0;
         // Skip the clones when nobody watches (the common case under load).
-        if self.sender.receiver_count() == 0 {
+        if !all && !terminal {
             return;
         }
         for event in events {
-            let _ = self.sender.send(Arc::new(TenantEvent {
+            let is_terminal = crate::actors::waterfall::is_terminal(event.status());
+            if !all && !is_terminal {
+                continue;
+            }
+            let item = Arc::new(TenantEvent {
                 tenant: tenant.clone(),
                 event: event.clone(),
-            }));
+            });
+            if terminal && is_terminal {
+                let _ = self.terminal.send(item.clone());
+            }
+            if all {
+                let _ = self.all.send(item);
+            }
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<TenantEvent>> {
-        self.sender.subscribe()
+    pub fn subscribe(&self, terminal_only: bool) -> broadcast::Receiver<Arc<TenantEvent>> {
+        if terminal_only {
+            self.terminal.subscribe()
+        } else {
+            self.all.subscribe()
+        }
     }
 }

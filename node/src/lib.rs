@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod context;
+pub mod demo;
 pub mod events;
 pub mod membership;
 pub mod ownership;

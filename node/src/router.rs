@@ -300,6 +300,22 @@ impl Router {
                 existed.insert(id.clone(), matches!(found, Ok(Some(_))));
             }
         }
+        // The actors need the recipients; one batched read here saves one read per message there.
+        let send_recipients: Vec<String> = op_items
+            .iter()
+            .filter_map(|(_, item, _)| match item {
+                Item::Send(request) => Some(request.recipient_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut recipients: HashMap<String, Recipient> = HashMap::new();
+        if !send_recipients.is_empty()
+            && let Ok(found) = self.context.store.get_recipients(&tenant.id, &send_recipients).await
+        {
+            for recipient in found.into_iter().flatten() {
+                recipients.insert(recipient.id.clone(), recipient);
+            }
+        }
         let fences: Vec<_> = ops.iter().map(|op| op.fence).collect();
         let outcomes = match self.context.store.write(ops).await {
             Ok(outcomes) => outcomes,
@@ -317,21 +333,33 @@ impl Router {
             .zip(fences)
         {
             let result = match (outcome, item) {
-                (WriteOutcome::Fenced { stored }, _) => Err(Error::Fenced {
-                    partition: partition.0,
-                    stored: stored.0,
-                    writer: fence.epoch.0,
-                }),
-                (WriteOutcome::Accepted { message_id, duplicate }, Item::Send(_)) => {
+                (WriteOutcome::Accepted { message_id, duplicate }, Item::Send(request)) => {
                     if !duplicate && let Some((stored, event)) = accepted {
                         self.context.events.publish(&tenant.id, std::slice::from_ref(&event));
-                        self.dispatch(tenant, stored, fence, vec![event]);
+                        let recipient = recipients.remove(&request.recipient_id);
+                        // Admission control: the ack waits while the node is saturated.
+                        match self.context.admission.clone().acquire_owned().await {
+                            Ok(permit) => self.dispatch(
+                                tenant,
+                                stored,
+                                fence,
+                                Some(vec![event]),
+                                recipient,
+                                permit,
+                            ),
+                            Err(_) => debug!("node shutting down; message resumes on the next owner"),
+                        }
                     }
                     Ok(ItemResult::Sent(SendResponse {
                         message_id: message_id.0,
                         duplicate,
                     }))
                 }
+                (WriteOutcome::Fenced { stored }, _) => Err(Error::Fenced {
+                    partition: partition.0,
+                    stored: stored.0,
+                    writer: fence.epoch.0,
+                }),
                 (WriteOutcome::Conflict { message_id }, Item::Send(_)) => {
                     Err(Error::IdempotencyConflict {
                         message_id: message_id.0,
@@ -354,9 +382,11 @@ impl Router {
         tenant: &Arc<Tenant>,
         message: StoredMessage,
         fence: crate::store::Fence,
-        history: Vec<Event>,
+        history: Option<Vec<Event>>,
+        recipient: Option<Recipient>,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        dispatch(&self.context, tenant.clone(), message, fence, history);
+        dispatch(&self.context, tenant.clone(), message, fence, history, recipient, permit);
     }
 }
 
@@ -365,7 +395,9 @@ pub fn dispatch(
     tenant: Arc<Tenant>,
     message: StoredMessage,
     fence: crate::store::Fence,
-    history: Vec<Event>,
+    history: Option<Vec<Event>>,
+    recipient: Option<Recipient>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let recipient_id = message
         .request
@@ -382,6 +414,8 @@ pub fn dispatch(
             message: Arc::new(message),
             fence,
             history,
+            recipient,
+            permit,
         })),
     );
 }

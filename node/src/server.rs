@@ -115,7 +115,11 @@ async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(Partition
             match context.store.get_message(&tenant, &message_id).await {
                 Ok(Some(record)) => {
                     let tenant = context.auth.tenant(&tenant.0);
-                    router::dispatch(&context, tenant, record.message, fence, record.events);
+                    let Ok(permit) = context.admission.clone().acquire_owned().await else {
+                        return;
+                    };
+                    // The actor re-reads the log when it gets to the job.
+                    router::dispatch(&context, tenant, record.message, fence, None, None, permit);
                     resumed += 1;
                 }
                 Ok(None) => warn!(%partition, message_id = %MessageId::as_str(&message_id), "active message without record"),
@@ -204,6 +208,7 @@ impl Node {
             email: sandbox.clone(),
             sms: sandbox.clone(),
             sandbox,
+            admission: Arc::new(tokio::sync::Semaphore::new(config.max_messages_in_progress.max(1))),
             config: config.clone(),
         });
         let router = Router::new(context.clone(), Peers::default());

@@ -20,7 +20,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send +
 
 /// Events recorded by this node's actors that match the filter.
 pub fn watch_local(context: &NodeContext, filter: WatchLocalRequest) -> EventStream {
-    let mut receiver = context.events.subscribe();
+    let mut receiver = context.events.subscribe(filter.terminal_only);
     let stream = async_stream_events(move |sender| async move {
         loop {
             match receiver.recv().await {

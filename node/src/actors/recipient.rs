@@ -10,6 +10,7 @@
 //! the partition moved: the actor stops working on the message at once; the new owner resumes
 //! it from the log. Must never call a provider for a step whose intent is not durable.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -41,6 +42,16 @@ pub struct RecipientArgs {
     pub activity: Arc<Activity>,
 }
 
+pub struct RecipientState {
+    args: RecipientArgs,
+    /// Messages this activation already ran. A second job for one of them (a resume racing the
+    /// original dispatch) must re-read the log instead of trusting the history it carries.
+    seen: HashSet<String>,
+}
+
+/// Bound on `seen`; an actor that ran this many messages forgets them (jobs then re-read).
+const SEEN_MAX: usize = 4096;
+
 pub enum RecipientMsg {
     /// Run (or resume) a message's life from its event log.
     Run(Box<Job>),
@@ -50,38 +61,57 @@ pub struct Job {
     pub tenant: Arc<Tenant>,
     pub message: Arc<StoredMessage>,
     pub fence: Fence,
-    /// The message's event log so far (`[accepted]` for a new message).
-    pub history: Vec<Event>,
+    /// The message's event log so far: `Some([accepted])` for a new message; `None` when the
+    /// actor must read it from the store (resumed messages: the log may have grown since the
+    /// job was queued, e.g. by a run of the same message queued before it).
+    pub history: Option<Vec<Event>>,
+    /// The recipient as read when the message was accepted; `None` = read it from the store.
+    pub recipient: Option<Recipient>,
+    /// Admission permit, released when the job is done.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Actor for RecipientActor {
     type Msg = RecipientMsg;
-    type State = RecipientArgs;
+    type State = RecipientState;
     type Arguments = RecipientArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
         args: RecipientArgs,
-    ) -> Result<RecipientArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<RecipientState, ActorProcessingErr> {
+        Ok(RecipientState {
+            args,
+            seen: HashSet::new(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        state: &mut RecipientArgs,
+        state: &mut RecipientState,
     ) -> Result<(), ActorProcessingErr> {
-        let RecipientMsg::Run(job) = message;
-        if let Some(context) = state.context.upgrade() {
-            run_with_retries(&context, &job).await;
+        let RecipientMsg::Run(mut job) = message;
+        if let Some(context) = state.args.context.upgrade() {
+            if state.seen.len() >= SEEN_MAX {
+                state.seen.clear();
+            }
+            if !state.seen.insert(job.message.message_id.clone()) {
+                job.history = None;
+                job.recipient = None;
+            }
+            // Boxed: the waterfall's future is several KiB; inline, every idle actor's task
+            // would keep that much memory for as long as the actor lives.
+            Box::pin(run_with_retries(&context, &job)).await;
             state
+                .args
                 .activity
                 .last_active_ms
                 .store(context.directory.elapsed_ms(), Ordering::Relaxed);
         }
-        state.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        state.args.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
         Ok(())
     }
 }
@@ -92,12 +122,16 @@ enum RunError {
     Fenced,
     #[error("store: {0}")]
     Store(#[from] store::Error),
-    #[error("unexpected store outcome {0:?}")]
-    Unexpected(WriteOutcome),
 }
 
 async fn run_with_retries(context: &NodeContext, job: &Job) {
-    let mut history = job.history.clone();
+    let mut history = match &job.history {
+        Some(history) => history.clone(),
+        None => match load_history(context, job).await {
+            Some(history) => history,
+            None => return,
+        },
+    };
     for attempt in 0..=STORE_RETRIES_MAX {
         match run(context, job, &history).await {
             Ok(()) | Err(RunError::Fenced) => return,
@@ -105,14 +139,8 @@ async fn run_with_retries(context: &NodeContext, job: &Job) {
                 warn!(message_id = %job.message.message_id, attempt, %error, "message run failed; retrying from the log");
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
                 // Rebuild from the log: the failed write may or may not have been applied.
-                match context
-                    .store
-                    .get_message(&job.tenant.id, &MessageId(job.message.message_id.clone()))
-                    .await
-                {
-                    Ok(Some(record)) => history = record.events,
-                    Ok(None) => return,
-                    Err(error) => warn!(%error, "reloading message log failed"),
+                if let Some(reloaded) = load_history(context, job).await {
+                    history = reloaded;
                 }
             }
         }
@@ -130,6 +158,22 @@ async fn run_with_retries(context: &NodeContext, job: &Job) {
     if let Err(error) = log.flush(true, Vec::new()).await {
         warn!(message_id = %job.message.message_id, %error, "dead-letter record failed; the message stays active for the next owner");
     }
+}
+
+/// The message's log as stored now; `None` when the message is gone.
+async fn load_history(context: &NodeContext, job: &Job) -> Option<Vec<Event>> {
+    let id = MessageId(job.message.message_id.clone());
+    for attempt in 0..=STORE_RETRIES_MAX {
+        match context.store.get_message(&job.tenant.id, &id).await {
+            Ok(Some(record)) => return Some(record.events),
+            Ok(None) => return None,
+            Err(error) => {
+                warn!(message_id = %id, attempt, %error, "reading message log failed");
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+            }
+        }
+    }
+    None
 }
 
 /// Buffers a message's new events and writes them fenced, in order.
@@ -267,10 +311,15 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         return Ok(());
     };
     let class = request.class();
-    let recipient = context
-        .store
-        .get_recipient(&job.tenant.id, &request.recipient_id)
-        .await?;
+    let recipient = match &job.recipient {
+        Some(recipient) => Some(recipient.clone()),
+        None => {
+            context
+                .store
+                .get_recipient(&job.tenant.id, &request.recipient_id)
+                .await?
+        }
+    };
     let Some(recipient) = recipient else {
         log.push(
             EventKind::EventFailed,

@@ -212,8 +212,8 @@ pub mod log_format {
 }
 
 use log_format::{
-    Accept, Append, Entry, EraseRecipient, LogEntry, LogRecord, PutApiKey, PutBlob,
-    PutIdempotency, PutMessage, PutRecipient, SetCounter, SetFence,
+    Accept, Append, Entry, EraseRecipient, LogEntry, LogRecord, PutApiKey, PutBlob, PutIdempotency,
+    PutMessage, PutRecipient, SetCounter, SetFence,
 };
 
 /// The in-process [`Store`]. Cheap to share behind an `Arc`.
@@ -441,7 +441,10 @@ impl State {
                     }
                 }
                 insert2(&mut self.messages, &tenant, &id, message);
-                self.active.entry(partition).or_default().insert((tenant, id));
+                self.active
+                    .entry(partition)
+                    .or_default()
+                    .insert((tenant, id));
             }
             Entry::Append(Append {
                 tenant,
@@ -512,7 +515,10 @@ impl State {
                 let (tenant, id) = (message.tenant.clone(), message.message_id.clone());
                 insert2(&mut self.messages, &tenant, &id, message);
                 if let Some(partition) = active_partition {
-                    self.active.entry(partition).or_default().insert((tenant, id));
+                    self.active
+                        .entry(partition)
+                        .or_default()
+                        .insert((tenant, id));
                 }
             }
             Entry::PutIdempotency(PutIdempotency {
@@ -531,10 +537,7 @@ impl State {
                     expires_ms: expires_unix_ms,
                 };
                 insert2(&mut self.idempotency, &tenant, &key, record);
-                self.track_expiry(
-                    expires_unix_ms,
-                    Expiring::Idempotency { tenant, key },
-                );
+                self.track_expiry(expires_unix_ms, Expiring::Idempotency { tenant, key });
             }
         }
     }
@@ -605,7 +608,9 @@ impl State {
             }
             PreparedKind::Counter { key, delta, ttl_ms } => {
                 let (value, expires_unix_ms) = match self.counters.get(&key) {
-                    Some(c) if c.expires_ms > now_ms => (c.value.saturating_add(delta), c.expires_ms),
+                    Some(c) if c.expires_ms > now_ms => {
+                        (c.value.saturating_add(delta), c.expires_ms)
+                    }
                     _ => (delta, now_ms.saturating_add(ttl_ms)),
                 };
                 let entry = SetCounter {
@@ -746,16 +751,35 @@ fn encode_entry(entry: Entry) -> (Entry, Vec<u8>) {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "short-lived, and nearly every op is an Effect: boxing would only add an allocation"
+)]
 enum PreparedKind {
     /// An op whose effect is known before the lock (`encoded` is empty without a log).
     Effect { entry: Entry, encoded: Vec<u8> },
     /// A counter's effect depends on the stored value.
-    Counter { key: String, delta: i64, ttl_ms: u64 },
+    Counter {
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    },
 }
 
 struct Prepared {
     fence: Fence,
     kind: PreparedKind,
+}
+
+impl Prepared {
+    /// The most this op can add to its call's log record.
+    fn record_len_bound(&self) -> usize {
+        match &self.kind {
+            PreparedKind::Effect { encoded, .. } => encoded.len(),
+            // A SetCounter entry: the key plus a few varints and tags.
+            PreparedKind::Counter { key, .. } => key.len() + 48,
+        }
+    }
 }
 
 /// Turns an op into its effect (and its log encoding) outside the lock.
@@ -819,8 +843,8 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
 
 /// Appends one framed record to `out`.
 fn frame(payload: &[u8], out: &mut Vec<u8>) {
-    // Records are bounded well below 4 GiB by MAX_RECORD_LEN checks on replay; a larger write
-    // would be refused there, so saturating here only makes it visible as damage.
+    // Callers refuse records over MAX_RECORD_LEN (see `check_record_len`), so this never
+    // saturates; if it did, replay would see damage rather than a wrong length.
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&fnv1a32(payload).to_le_bytes());
@@ -960,6 +984,7 @@ impl EmbeddedStore {
                 ready.push(entry);
             }
         }
+        check_record_len(encoded.len())?;
         let (seq, start_flusher) = {
             let mut state = self.inner.state.lock();
             check_poisoned(&state)?;
@@ -1000,6 +1025,21 @@ impl EmbeddedStore {
     }
 }
 
+/// Refuses a call whose log record could exceed [`MAX_RECORD_LEN`] *before* it changes
+/// anything: replay treats larger records as damage.
+fn check_record_len(upper_bound: usize) -> Result<()> {
+    if upper_bound > MAX_RECORD_LEN {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a write of about {upper_bound} bytes exceeds the store log's record limit of \
+                 {MAX_RECORD_LEN} bytes; split it"
+            ),
+        )));
+    }
+    Ok(())
+}
+
 fn check_poisoned(state: &State) -> Result<()> {
     match &state.poisoned {
         Some(reason) => Err(Error::Io(std::io::Error::other(format!(
@@ -1023,8 +1063,7 @@ impl Inner {
                 }
                 (std::mem::take(&mut state.pending), state.appended)
             };
-            let mut out =
-                Vec::with_capacity(records.iter().map(|r| r.len() + HEADER_LEN).sum());
+            let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + HEADER_LEN).sum());
             for record in &records {
                 frame(record, &mut out);
             }
@@ -1059,6 +1098,9 @@ impl Store for EmbeddedStore {
             .into_iter()
             .map(|op| prepare(op, now_ms, durable))
             .collect();
+        if durable {
+            check_record_len(prepared.iter().map(Prepared::record_len_bound).sum())?;
+        }
         let (outcomes, seq, start_flusher) = {
             let mut state = self.inner.state.lock();
             check_poisoned(&state)?;
@@ -1125,6 +1167,10 @@ impl Store for EmbeddedStore {
         let now = Instant::now();
         let now_ms = unix_ms();
         let durable = self.durable();
+        if durable {
+            // A SetFence entry with its framing takes at most 24 bytes.
+            check_record_len(partitions.len().saturating_mul(24))?;
+        }
         let until = deadline(now, ttl);
         let (acquired, seq, start_flusher) = {
             let mut state = self.inner.state.lock();
@@ -1211,12 +1257,7 @@ impl Store for EmbeddedStore {
         Ok(Epoch(self.inner.state.lock().stored_epoch(partition)))
     }
 
-    async fn try_singleton_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<String> {
+    async fn try_singleton_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<String> {
         let now = Instant::now();
         let mut state = self.inner.state.lock();
         if let Some(lease) = state.singletons.get(name)

@@ -16,7 +16,7 @@
 //! | `{p}:m:{tenant}:{message_id}` | string | `StoredMessage` |
 //! | `{p}:e:{tenant}:{message_id}` | list | `Event`s in append order (RPUSH) |
 //! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
-//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id` |
+//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence |
 //! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
 //! | `{p}:fence:{partition}` | string | fencing epoch (decimal); only lease acquisition raises it |
 //! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created |
@@ -36,7 +36,8 @@
 //! connection; while they run, new calls queue up, so batches grow with load. Each caller gets
 //! its outcomes through a oneshot channel. A call's ops are never split across batches (unless
 //! the call alone exceeds the batch limit; then its chunks are committed one after the other),
-//! so the ops of one call are applied in order.
+//! so the ops of one call are applied in order. Dropping a `write` future does not withdraw
+//! ops already queued: they are applied, and their outcomes discarded.
 //!
 //! The script walks the ops; for each it reads the partition's fence (cached for the script:
 //! writes never change fences) and rejects the op with `{stored}` when the stored epoch is newer
@@ -61,7 +62,6 @@ use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use herald_proto::v1::{Event, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
-use prost::Message as _;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -115,16 +115,16 @@ while i <= argc do
     if fenced then
       out[n] = {stored}
     else
+      -- SET NX first: one call in the common (new key) case, GET only for a repeat.
       local prior = false
       if ARGV[i + 3] ~= '' then
-        prior = redis.call('GET', ARGV[i + 3])
+        if not redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
+          prior = redis.call('GET', ARGV[i + 3])
+        end
       end
       if prior then
         out[n] = prior
       else
-        if ARGV[i + 3] ~= '' then
-          redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
-        end
         redis.call('SET', ARGV[i + 6], ARGV[i + 7])
         redis.call('RPUSH', ARGV[i + 8], ARGV[i + 9])
         redis.call('SADD', P .. ':a:' .. p, ARGV[i + 10])
@@ -153,8 +153,9 @@ while i <= argc do
       out[n] = {stored}
     else
       local v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
-      -- -1: no expiry yet, so this INCRBY created the counter.
-      if redis.call('PTTL', ARGV[i + 3]) == -1 then
+      -- The value equals the delta only when this INCRBY created the counter: set its expiry
+      -- then, and save a PTTL round on every other increment.
+      if v == tonumber(ARGV[i + 4]) then
         redis.call('PEXPIRE', ARGV[i + 3], ARGV[i + 5])
       end
       out[n] = v
@@ -302,7 +303,9 @@ impl RedisStore {
     pub async fn connect(url: &str, options: RedisOptions) -> Result<RedisStore> {
         let client = ::redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(options.response_timeout_ms.max(1))))
+            .set_response_timeout(Some(Duration::from_millis(
+                options.response_timeout_ms.max(1),
+            )))
             .set_connection_timeout(Some(Duration::from_millis(
                 options.connect_timeout_ms.max(1),
             )));
@@ -354,10 +357,7 @@ impl RedisStore {
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut conn = self.conn.clone();
-        Ok(::redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
-            .await?)
+        Ok(::redis::cmd("GET").arg(key).query_async(&mut conn).await?)
     }
 
     /// Runs a lease script over `partitions` and parses the partitions it returns.
@@ -512,11 +512,17 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 if idempotency_key.is_empty() {
                     args.push(b"");
                 } else {
-                    args.push(keys.idempotency(&message.tenant, idempotency_key).as_bytes());
+                    args.push(
+                        keys.idempotency(&message.tenant, idempotency_key)
+                            .as_bytes(),
+                    );
                 }
                 args.push(format!("{}{SEP}{hash}", message.message_id).as_bytes());
                 args.push_u64(ttl_ms(*idempotency_ttl));
-                args.push(keys.message(&message.tenant, &message.message_id).as_bytes());
+                args.push(
+                    keys.message(&message.tenant, &message.message_id)
+                        .as_bytes(),
+                );
                 args.push_message(message);
                 args.push(keys.events(&message.tenant, &message.message_id).as_bytes());
                 args.push_message(accepted);
@@ -785,6 +791,25 @@ impl Store for RedisStore {
         }
     }
 
+    async fn get_recipients(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<Option<Recipient>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One MGET instead of one GET per recipient: a batch of 1,000 is one round trip.
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.recipient(tenant, id)).collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<Vec<u8>>> =
+            ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, value)| value.map(|bytes| decode(key, &bytes)).transpose())
+            .collect()
+    }
+
     async fn get_message(
         &self,
         tenant: &TenantId,
@@ -893,12 +918,7 @@ impl Store for RedisStore {
         }
     }
 
-    async fn try_singleton_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<String> {
+    async fn try_singleton_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<String> {
         let key = self.keys.singleton(name);
         let mut cmd = ::redis::cmd("EVALSHA");
         cmd.arg(self.singleton.get_hash())

@@ -1,0 +1,266 @@
+//! Multi-process acceptance test: `redis-server`, `herald control` and 3 `herald node` processes
+//! on loopback. 10,000 messages round-robin through all nodes; then `kill -9` one node mid-run.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald_node::demo::{demo_message, demo_recipient};
+use herald_proto::partition::partition_of;
+use herald_proto::v1::{
+    EventKind, GetMessageRequest, GetMessageResponse, PartitionTable, SendBatchRequest,
+    UpsertRecipientsRequest,
+};
+use support::{API_KEY, Cluster, NodeSpec, TENANT, authed};
+
+const MESSAGES: usize = 10_000;
+const BATCH: usize = 100;
+
+fn owner(table: &PartitionTable, partition: u32) -> String {
+    let index = table.owners[partition as usize] as usize;
+    table.nodes[index].node_id.clone()
+}
+
+async fn create_recipients(cluster: &Cluster, prefix: &str, n: usize) {
+    let nodes = cluster.node_addrs.len();
+    for (b, start) in (0..n).step_by(1000).enumerate() {
+        let recipients = (start..(start + 1000).min(n))
+            .map(|i| demo_recipient(format!("{prefix}{i}"), i))
+            .collect();
+        cluster
+            .recipients(b % nodes)
+            .await
+            .upsert_recipients(authed(UpsertRecipientsRequest { recipients }, API_KEY))
+            .await
+            .expect("upsert recipients");
+    }
+}
+
+/// Submits `n` messages round-robin in batches; a batch whose node fails is retried on the next
+/// node with the same idempotency keys. Returns the acked message ids.
+async fn submit(
+    cluster: &Cluster,
+    prefix: &str,
+    n: usize,
+    alive: &[usize],
+    on_batch: impl Fn(usize),
+) -> Vec<String> {
+    let mut acked = Vec::with_capacity(n);
+    let mut clients = Vec::new();
+    for index in alive {
+        clients.push(cluster.delivery(*index).await);
+    }
+    for (b, start) in (0..n).step_by(BATCH).enumerate() {
+        on_batch(b);
+        let messages: Vec<_> = (start..(start + BATCH).min(n))
+            .map(|i| demo_message(format!("{prefix}{i}"), format!("{prefix}-key-{i}")))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = b;
+        loop {
+            let count = clients.len();
+            let client = &mut clients[attempt % count];
+            match client
+                .send_batch(authed(SendBatchRequest { messages: messages.clone() }, API_KEY))
+                .await
+            {
+                Ok(reply) => {
+                    acked.extend(reply.into_inner().results.into_iter().map(|r| r.message_id));
+                    break;
+                }
+                Err(status) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "batch {b} never acked: {status:?}"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Polls every message until all are terminal; returns their logs.
+async fn wait_terminal(cluster: &Cluster, ids: &[String], alive: usize, timeout: Duration) -> HashMap<String, GetMessageResponse> {
+    let deadline = Instant::now() + timeout;
+    let mut done: HashMap<String, GetMessageResponse> = HashMap::new();
+    let client = cluster.delivery(alive).await;
+    loop {
+        let pending: Vec<String> = ids.iter().filter(|id| !done.contains_key(*id)).cloned().collect();
+        if pending.is_empty() {
+            return done;
+        }
+        let results = futures::stream::iter(pending.into_iter().map(|id| {
+            let mut client = client.clone();
+            async move {
+                let reply = client
+                    .get_message(authed(GetMessageRequest { message_id: id.clone() }, API_KEY))
+                    .await;
+                (id, reply.map(|r| r.into_inner()))
+            }
+        }))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+        let mut pending_left = 0;
+        for (id, reply) in results {
+            let reply = reply.unwrap_or_else(|s| panic!("get_message {id}: {s:?}"));
+            let status = reply.message.as_ref().map(|m| m.status()).unwrap_or_default();
+            if herald_node::actors::waterfall::is_terminal(status) {
+                done.insert(id, reply);
+            } else {
+                pending_left += 1;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending_left} acked messages not terminal after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The invariants every message's log must hold. `allowed_owners(partition)` names the nodes
+/// that may have acted for it.
+fn check_logs(
+    logs: &HashMap<String, GetMessageResponse>,
+    partition_count: u32,
+    allowed_owners: impl Fn(u32) -> Vec<String>,
+) -> (usize, usize) {
+    let mut attempts = 0;
+    let mut ambiguous = 0;
+    for (id, log) in logs {
+        let view = log.message.as_ref().expect("message view");
+        let expected_partition = partition_of(TENANT, &view.recipient_id, partition_count).0;
+        assert_eq!(view.partition, expected_partition, "{id}: partition");
+        // Exactly one terminal state.
+        let terminal_events = log
+            .events
+            .iter()
+            .filter(|e| herald_node::actors::waterfall::is_terminal(e.status()))
+            .count();
+        let compact: Vec<String> = log
+            .events
+            .iter()
+            .map(|e| format!("#{} {:?} step={:?} {} e{} {:?}", e.seq, e.kind(), e.step, e.node_id, e.epoch, e.status()))
+            .collect();
+        assert_eq!(terminal_events, 1, "{id}: terminal events {compact:#?}");
+        assert!(
+            herald_node::actors::waterfall::is_terminal(log.events.last().map(|e| e.status()).unwrap_or_default()),
+            "{id}: last event not terminal"
+        );
+        // Gap-free sequence.
+        for (i, event) in log.events.iter().enumerate() {
+            assert_eq!(event.seq as usize, i + 1, "{id}: seq gap {compact:#?}");
+        }
+        // Processed by an owner of its partition.
+        let owners = allowed_owners(view.partition);
+        for event in &log.events {
+            assert!(
+                owners.contains(&event.node_id),
+                "{id}: event by {} but partition {} belongs to {owners:?}",
+                event.node_id,
+                view.partition
+            );
+        }
+        // No provider attempt duplicated (one extra only after a recorded ambiguous outcome).
+        let mut per_step: HashMap<u32, (usize, usize)> = HashMap::new();
+        for event in &log.events {
+            let step = event.step.unwrap_or(u32::MAX);
+            match event.kind() {
+                EventKind::EventAttempted => per_step.entry(step).or_default().0 += 1,
+                EventKind::EventAmbiguous => per_step.entry(step).or_default().1 += 1,
+                _ => {}
+            }
+        }
+        for (step, (tries, ambiguities)) in per_step {
+            assert!(
+                tries <= 1 + ambiguities,
+                "{id}: step {step} attempted {tries} times with {ambiguities} ambiguous"
+            );
+            attempts += tries;
+            ambiguous += ambiguities;
+        }
+    }
+    (attempts, ambiguous)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_then_kill_a_node() {
+    let started = Instant::now();
+    let cluster = Cluster::start(3, NodeSpec { sandbox_latency_ms: 2 }).await;
+    eprintln!("cluster ready in {:?}", started.elapsed());
+    let table = cluster.table().await;
+    assert_eq!(table.owners.len(), 4096);
+
+    // Phase 1: 10,000 messages round-robin through all 3 nodes, no failures.
+    create_recipients(&cluster, "a", MESSAGES).await;
+    let phase = Instant::now();
+    let acked = submit(&cluster, "a", MESSAGES, &[0, 1, 2], |_| {}).await;
+    assert_eq!(acked.len(), MESSAGES);
+    assert_eq!(acked.iter().collect::<HashSet<_>>().len(), MESSAGES, "ids are unique");
+    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let (attempts, ambiguous) = check_logs(&logs, 4096, |p| vec![owner(&table, p)]);
+    assert_eq!(ambiguous, 0);
+    eprintln!(
+        "phase 1: {MESSAGES} messages terminal in {:?}, {attempts} provider attempts",
+        phase.elapsed()
+    );
+
+    // Phase 2: kill -9 node-2 while messages are in flight.
+    create_recipients(&cluster, "b", MESSAGES).await;
+    let victim = 2usize;
+    let victim_id = format!("node-{victim}");
+    let killed_at = std::sync::Mutex::new(None::<Instant>);
+    let phase = Instant::now();
+    let submitting = submit(&cluster, "b", MESSAGES, &[0, 1, 2], |batch| {
+        if batch == 30 {
+            cluster.nodes[victim].kill_9();
+            *killed_at.lock().expect("lock") = Some(Instant::now());
+        }
+    });
+    let measuring = async {
+        // Served again = the control plane dropped the dead node and the survivors serve every
+        // partition at the new epoch (as they report it in their heartbeats).
+        let killed = loop {
+            if let Some(at) = *killed_at.lock().expect("lock") {
+                break at;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        cluster.wait_ready(2, Duration::from_secs(30)).await;
+        killed.elapsed()
+    };
+    let (acked, failover) = tokio::join!(submitting, measuring);
+    eprintln!(
+        "FAILOVER: node {victim_id} killed with -9; its partitions were served again after {:.2} s",
+        failover.as_secs_f64()
+    );
+    assert!(
+        failover < Duration::from_secs(5),
+        "dead node's partitions took {failover:?} to be served again"
+    );
+    assert_eq!(acked.len(), MESSAGES);
+    let after = cluster.table().await;
+    assert!(after.nodes.iter().all(|n| n.node_id != victim_id));
+    assert!(after.epoch > table.epoch);
+    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let (attempts, ambiguous) = check_logs(&logs, 4096, |p| {
+        let mut owners = vec![owner(&table, p), owner(&after, p)];
+        owners.dedup();
+        owners
+    });
+    eprintln!(
+        "phase 2: {MESSAGES} acked messages terminal in {:?}, {attempts} attempts, {ambiguous} ambiguous (recorded) re-sends",
+        phase.elapsed()
+    );
+    // Partitions that did not belong to the victim did not move.
+    let moved_elsewhere = (0..4096u32)
+        .filter(|p| owner(&table, *p) != victim_id && owner(&table, *p) != owner(&after, *p))
+        .count();
+    assert_eq!(moved_elsewhere, 0, "only the dead node's partitions move");
+}
