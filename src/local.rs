@@ -61,7 +61,6 @@ impl LocalCluster {
                     marketing_daily_cap: 5,
                 }],
                 sandbox: options.sandbox.clone(),
-                actor_idle_ms: std::env::var("HERALD_BENCH_IDLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
                 ..NodeConfig::default()
             };
             let node = Node::start(config, store.clone())

@@ -6,7 +6,8 @@ mod local;
 mod workload;
 
 // glibc malloc spent ~40% of the benchmark's CPU in lock contention and chunk consolidation
-// (perf); mimalloc's per-thread heaps remove most of it.
+// (perf); mimalloc's per-thread heaps remove most of it. Built with `no_thp`: with transparent
+// huge pages every fresh 2 MiB region was zeroed on first touch (perf: clear_page_erms ~30%).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -278,26 +279,66 @@ async fn run_node(config: Option<PathBuf>) -> Result<()> {
 }
 
 async fn run_control(config: Option<PathBuf>) -> Result<()> {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
-    struct ControlFile {
-        #[serde(flatten)]
-        control: herald_control::ControlConfig,
-        /// Where the leader lease and the table live.
-        redis_url: Option<String>,
-        key_prefix: Option<String>,
-    }
-    let file: ControlFile = herald_node::config::load(config.as_deref(), std::env::vars())?;
+    // The file holds `ControlConfig` plus the two store keys. serde cannot combine `flatten`
+    // with `deny_unknown_fields` (keys went missing or typos passed silently), so: read the
+    // file as a table with the HERALD_* overrides applied, take the store keys out, and
+    // deserialize the rest strictly, so an unknown or misspelt key is an error naming it.
+    let origin = config
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(environment)".into());
+    let invalid = |message: String| herald_node::config::Error::Invalid {
+        origin: origin.clone(),
+        message,
+    };
+    let mut table: toml::Table =
+        herald_node::config::load(config.as_deref(), std::env::vars())?;
+    let mut take_string = |key: &str| -> Result<Option<String>, herald_node::config::Error> {
+        match table.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(value)) => Ok(Some(value)),
+            Some(other) => Err(invalid(format!(
+                "{key} must be a string, found {}",
+                other.type_str()
+            ))),
+        }
+    };
+    // Where the leader lease and the table live; must match the nodes' `[store]`.
+    let redis_url = take_string("redis_url")?;
+    let key_prefix = take_string("key_prefix")?;
+    let parse = |table: toml::Table| {
+        toml::Value::Table(table).try_into::<herald_control::ControlConfig>()
+    };
+    let control = match parse(table.clone()) {
+        Ok(control) => control,
+        Err(error) => {
+            // serde's message names an unknown key but not the key of a wrongly typed value:
+            // find the key that fails on its own and name it.
+            let culprit = table.iter().find_map(|(key, value)| {
+                let single = toml::Table::from_iter([(key.clone(), value.clone())]);
+                parse(single).is_err().then_some(key)
+            });
+            let mut message = error.message().trim_end().to_owned();
+            if message.starts_with("unknown field") {
+                message.push_str(", or the store keys `redis_url`, `key_prefix`");
+            } else if let Some(key) = culprit {
+                message = format!("{key}: {message}");
+            }
+            return Err(invalid(message).into());
+        }
+    };
+    // Before connecting to the store, so a bad value is reported at once.
+    control.validate()?;
     let store = herald_node::server::open_store(&herald_node::config::StoreConfig {
-        redis_url: file.redis_url.clone(),
+        redis_url: redis_url.clone(),
         data_dir: None,
-        key_prefix: file.key_prefix.clone(),
+        key_prefix,
     })
     .await?;
-    if file.redis_url.is_none() {
+    if redis_url.is_none() {
         tracing::warn!("no redis_url: the control plane keeps its table in memory only");
     }
-    let control = herald_control::ControlPlane::start(file.control, store).await?;
+    let control = herald_control::ControlPlane::start(control, store).await?;
     tracing::info!(addr = %control.local_addr(), "control plane serving");
     wait_for_signal().await?;
     control.shutdown().await?;

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    EventKind, GetMessageRequest, GetMessageResponse, PartitionTable, SendBatchRequest,
+    GetMessageRequest, GetMessageResponse, PartitionTable, SendBatchRequest,
     UpsertRecipientsRequest,
 };
 use support::{API_KEY, Cluster, NodeSpec, TENANT, authed};
@@ -124,69 +124,23 @@ async fn wait_terminal(cluster: &Cluster, ids: &[String], alive: usize, timeout:
     }
 }
 
-/// The invariants every message's log must hold. `allowed_owners(partition)` names the nodes
-/// that may have acted for it.
+/// The invariants of ARCHITECTURE.md over every log, judged by the chaos crate's checker.
 fn check_logs(
     logs: &HashMap<String, GetMessageResponse>,
     partition_count: u32,
     allowed_owners: impl Fn(u32) -> Vec<String>,
 ) -> (usize, usize) {
-    let mut attempts = 0;
-    let mut ambiguous = 0;
-    for (id, log) in logs {
-        let view = log.message.as_ref().expect("message view");
-        let expected_partition = partition_of(TENANT, &view.recipient_id, partition_count).0;
-        assert_eq!(view.partition, expected_partition, "{id}: partition");
-        // Exactly one terminal state.
-        let terminal_events = log
-            .events
-            .iter()
-            .filter(|e| herald_node::actors::waterfall::is_terminal(e.status()))
-            .count();
-        let compact: Vec<String> = log
-            .events
-            .iter()
-            .map(|e| format!("#{} {:?} step={:?} {} e{} {:?}", e.seq, e.kind(), e.step, e.node_id, e.epoch, e.status()))
-            .collect();
-        assert_eq!(terminal_events, 1, "{id}: terminal events {compact:#?}");
-        assert!(
-            herald_node::actors::waterfall::is_terminal(log.events.last().map(|e| e.status()).unwrap_or_default()),
-            "{id}: last event not terminal"
-        );
-        // Gap-free sequence.
-        for (i, event) in log.events.iter().enumerate() {
-            assert_eq!(event.seq as usize, i + 1, "{id}: seq gap {compact:#?}");
-        }
-        // Processed by an owner of its partition.
-        let owners = allowed_owners(view.partition);
-        for event in &log.events {
-            assert!(
-                owners.contains(&event.node_id),
-                "{id}: event by {} but partition {} belongs to {owners:?}",
-                event.node_id,
-                view.partition
-            );
-        }
-        // No provider attempt duplicated (one extra only after a recorded ambiguous outcome).
-        let mut per_step: HashMap<u32, (usize, usize)> = HashMap::new();
-        for event in &log.events {
-            let step = event.step.unwrap_or(u32::MAX);
-            match event.kind() {
-                EventKind::EventAttempted => per_step.entry(step).or_default().0 += 1,
-                EventKind::EventAmbiguous => per_step.entry(step).or_default().1 += 1,
-                _ => {}
-            }
-        }
-        for (step, (tries, ambiguities)) in per_step {
-            assert!(
-                tries <= 1 + ambiguities,
-                "{id}: step {step} attempted {tries} times with {ambiguities} ambiguous"
-            );
-            attempts += tries;
-            ambiguous += ambiguities;
-        }
-    }
-    (attempts, ambiguous)
+    let partition = |recipient: &str| partition_of(TENANT, recipient, partition_count).0;
+    let summary = herald_chaos::history::check(
+        logs.values(),
+        &herald_chaos::history::Expectations {
+            partition_of: &partition,
+            allowed_owners: &allowed_owners,
+        },
+    )
+    .unwrap_or_else(|violation| panic!("invariant violated: {violation}"));
+    assert_eq!(summary.messages, logs.len());
+    (summary.attempts, summary.ambiguous)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

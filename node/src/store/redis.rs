@@ -13,8 +13,7 @@
 //! | key | type | value |
 //! |---|---|---|
 //! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
-//! | `{p}:m:{tenant}:{message_id}` | string | `StoredMessage` |
-//! | `{p}:e:{tenant}:{message_id}` | list | `Event`s in append order (RPUSH) |
+//! | `{p}:e:{tenant}:{message_id}` | list | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event) |
 //! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
 //! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence |
 //! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
@@ -125,13 +124,13 @@ while i <= argc do
       if prior then
         out[n] = prior
       else
-        redis.call('SET', ARGV[i + 6], ARGV[i + 7])
-        redis.call('RPUSH', ARGV[i + 8], ARGV[i + 9])
-        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 10])
+        -- The log's first element is the message itself: one RPUSH stores both.
+        redis.call('RPUSH', ARGV[i + 6], ARGV[i + 7], ARGV[i + 8])
+        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 9])
         out[n] = 1
       end
     end
-    i = i + 11
+    i = i + 10
   elseif code == 'R' then
     if fenced then
       out[n] = {stored}
@@ -395,9 +394,6 @@ impl Keys {
     fn recipient(&self, tenant: &TenantId, id: &str) -> String {
         format!("{}:r:{}:{}", self.prefix, tenant, id)
     }
-    fn message(&self, tenant: &str, id: &str) -> String {
-        format!("{}:m:{}:{}", self.prefix, tenant, id)
-    }
     fn events(&self, tenant: &str, id: &str) -> String {
         format!("{}:e:{}:{}", self.prefix, tenant, id)
     }
@@ -519,12 +515,8 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 }
                 args.push(format!("{}{SEP}{hash}", message.message_id).as_bytes());
                 args.push_u64(ttl_ms(*idempotency_ttl));
-                args.push(
-                    keys.message(&message.tenant, &message.message_id)
-                        .as_bytes(),
-                );
-                args.push_message(message);
                 args.push(keys.events(&message.tenant, &message.message_id).as_bytes());
+                args.push_message(message);
                 args.push_message(accepted);
                 args.push(active_member(&message.tenant, &message.message_id).as_bytes());
                 expect.push(Expect::Accept {
@@ -815,25 +807,20 @@ impl Store for RedisStore {
         tenant: &TenantId,
         message_id: &MessageId,
     ) -> Result<Option<MessageRecord>> {
-        let key = self.keys.message(tenant.as_str(), message_id.as_str());
         let events_key = self.keys.events(tenant.as_str(), message_id.as_str());
         let mut conn = self.conn.clone();
-        // MULTI/EXEC: the message and its log as of one instant.
-        let (message, events): (Option<Vec<u8>>, Vec<Vec<u8>>) = ::redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(&key)
-            .cmd("LRANGE")
+        // One LRANGE: the log's first element is the message, the rest its events.
+        let mut log: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
             .arg(&events_key)
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await?;
-        let Some(message) = message else {
+        if log.is_empty() {
             return Ok(None);
-        };
-        let message: StoredMessage = decode(&key, &message)?;
-        let events = events
+        }
+        let message: StoredMessage = decode(&events_key, &log.remove(0))?;
+        let events = log
             .iter()
             .map(|bytes| decode::<Event>(&events_key, bytes))
             .collect::<Result<Vec<_>>>()?;
