@@ -76,7 +76,10 @@ impl LocalCluster {
     }
 
     pub fn node_addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.local_addr.to_string()).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.local_addr.to_string())
+            .collect()
     }
 
     /// Waits until every partition is served by some node.

@@ -28,7 +28,11 @@ use crate::local::{DEMO_API_KEY, LocalCluster, LocalOptions, peak_rss_kib};
 use crate::workload::{authed, connect, percentile};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald: a distributed, actor-based delivery cluster")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: a distributed, actor-based delivery cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -211,7 +215,9 @@ async fn up(
     partitions: u32,
 ) -> Result<()> {
     let store_name = if redis.is_some() { "redis" } else { "embedded" };
-    eprintln!("herald up: control plane + {nodes} nodes on loopback, {store_name} store, sandbox providers");
+    eprintln!(
+        "herald up: control plane + {nodes} nodes on loopback, {store_name} store, sandbox providers"
+    );
     let cluster = LocalCluster::start(LocalOptions {
         nodes,
         redis_url: redis,
@@ -248,8 +254,14 @@ async fn up(
         eprintln!("  submitted        {:>8}", f.submitted);
         eprintln!("  terminal         {:>8}", f.terminal);
         eprintln!("  delivered push   {:>8}", f.delivered_push);
-        eprintln!("  delivered email  {:>8}  (fell back from push)", f.delivered_email);
-        eprintln!("  delivered sms    {:>8}  (fell back from push and email)", f.delivered_sms);
+        eprintln!(
+            "  delivered email  {:>8}  (fell back from push)",
+            f.delivered_email
+        );
+        eprintln!(
+            "  delivered sms    {:>8}  (fell back from push and email)",
+            f.delivered_sms
+        );
         eprintln!("  failed           {:>8}", f.failed);
         eprintln!("  suppressed       {:>8}", f.suppressed);
         if json {
@@ -291,8 +303,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
         origin: origin.clone(),
         message,
     };
-    let mut table: toml::Table =
-        herald_node::config::load(config.as_deref(), std::env::vars())?;
+    let mut table: toml::Table = herald_node::config::load(config.as_deref(), std::env::vars())?;
     let mut take_string = |key: &str| -> Result<Option<String>, herald_node::config::Error> {
         match table.remove(key) {
             None => Ok(None),
@@ -306,27 +317,18 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
     // Where the leader lease and the table live; must match the nodes' `[store]`.
     let redis_url = take_string("redis_url")?;
     let key_prefix = take_string("key_prefix")?;
-    let parse = |table: toml::Table| {
-        toml::Value::Table(table).try_into::<herald_control::ControlConfig>()
-    };
-    let control = match parse(table.clone()) {
-        Ok(control) => control,
-        Err(error) => {
-            // serde's message names an unknown key but not the key of a wrongly typed value:
-            // find the key that fails on its own and name it.
-            let culprit = table.iter().find_map(|(key, value)| {
-                let single = toml::Table::from_iter([(key.clone(), value.clone())]);
-                parse(single).is_err().then_some(key)
-            });
-            let mut message = error.message().trim_end().to_owned();
-            if message.starts_with("unknown field") {
-                message.push_str(", or the store keys `redis_url`, `key_prefix`");
-            } else if let Some(key) = culprit {
-                message = format!("{key}: {message}");
-            }
-            return Err(invalid(message).into());
-        }
-    };
+    let control: herald_control::ControlConfig =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|error: toml::de::Error| {
+                // The message names the key: "unknown field `x`, expected one of …" or
+                // "invalid type: …\nin `x`".
+                let mut message = error.to_string().trim_end().to_owned();
+                if message.starts_with("unknown field") {
+                    message.push_str(", or the store keys `redis_url`, `key_prefix`");
+                }
+                invalid(message)
+            })?;
     // Before connecting to the store, so a bad value is reported at once.
     control.validate()?;
     let store = herald_node::server::open_store(&herald_node::config::StoreConfig {
@@ -410,10 +412,17 @@ async fn send(
     println!(
         "message {} {}",
         reply.message_id,
-        if reply.duplicate { "(duplicate)" } else { "accepted" }
+        if reply.duplicate {
+            "(duplicate)"
+        } else {
+            "accepted"
+        }
     );
+    if wait_s == 0 {
+        return Ok(());
+    }
     let deadline = Instant::now() + Duration::from_secs(wait_s);
-    while wait_s > 0 {
+    loop {
         let view = client
             .get_message(authed(
                 GetMessageRequest {
@@ -424,19 +433,33 @@ async fn send(
             .await
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
             .into_inner();
-        let status = view.message.as_ref().map(|m| m.status()).unwrap_or_default();
+        let status = view
+            .message
+            .as_ref()
+            .map(|m| m.status())
+            .unwrap_or_default();
         if herald_node::actors::waterfall::is_terminal(status) || Instant::now() > deadline {
             for event in &view.events {
                 println!(
                     "  #{:<2} {:<16} step {:<2} {:<6} {}",
                     event.seq,
-                    event.kind().as_str_name().trim_start_matches("EVENT_").to_lowercase(),
-                    event.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    event
+                        .kind()
+                        .as_str_name()
+                        .trim_start_matches("EVENT_")
+                        .to_lowercase(),
+                    event
+                        .step
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     event.channel().as_str_name().to_lowercase(),
                     event.reason
                 );
             }
-            println!("status {}", status.as_str_name().trim_start_matches("MESSAGE_STATUS_"));
+            println!(
+                "status {}",
+                status.as_str_name().trim_start_matches("MESSAGE_STATUS_")
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -495,7 +518,12 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn bench_waterfall(n: usize, redis: Option<String>, nodes: usize, partitions: u32) -> Result<()> {
+async fn bench_waterfall(
+    n: usize,
+    redis: Option<String>,
+    nodes: usize,
+    partitions: u32,
+) -> Result<()> {
     if n == 0 {
         bail!("--n must be at least 1");
     }
@@ -514,16 +542,10 @@ async fn bench_waterfall(n: usize, redis: Option<String>, nodes: usize, partitio
     workload::create_recipients(&addrs, DEMO_API_KEY, "r", n).await?;
     let calls_before = cluster.provider_calls();
     eprintln!("bench waterfall: {n} messages, {nodes} nodes, {store_name} store");
-    let report = workload::run_messages(
-        &addrs,
-        DEMO_API_KEY,
-        "r",
-        n,
-        Duration::from_secs(600),
-        true,
-    )
-    .await
-    .context("running the workload")?;
+    let report =
+        workload::run_messages(&addrs, DEMO_API_KEY, "r", n, Duration::from_secs(600), true)
+            .await
+            .context("running the workload")?;
     let attempts = cluster.provider_calls() - calls_before;
     let elapsed = report.elapsed.as_secs_f64();
     let line = json!({

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
+use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
-use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::v1::{
     Channel, MessageRequest, MessageStatus, Recipient, SendBatchRequest, UpsertRecipientsRequest,
     WatchMessagesRequest,
@@ -68,28 +68,37 @@ pub struct Report {
 }
 
 /// Creates `n` recipients named `{prefix}{i}` (all channels, opted in), round-robin over nodes.
-pub async fn create_recipients(addrs: &[String], api_key: &str, prefix: &str, n: usize) -> Result<()> {
+pub async fn create_recipients(
+    addrs: &[String],
+    api_key: &str,
+    prefix: &str,
+    n: usize,
+) -> Result<()> {
     let mut clients = Vec::new();
     for address in addrs {
         clients.push(RecipientsClient::new(connect(address).await?));
     }
-    let batches: Vec<(usize, usize)> = (0..n).step_by(BATCH).map(|s| (s, (s + BATCH).min(n))).collect();
-    let results = futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
-        let mut client = clients[b % clients.len()].clone();
-        let recipients: Vec<Recipient> = (start..end)
-            .map(|i| demo_recipient(format!("{prefix}{i}"), i))
-            .collect();
-        async move {
-            client
-                .upsert_recipients(authed(UpsertRecipientsRequest { recipients }, api_key)?)
-                .await
-                .context("upserting recipients")?;
-            Ok::<_, anyhow::Error>(())
-        }
-    }))
-    .buffer_unordered(BATCHES_IN_FLIGHT)
-    .collect::<Vec<_>>()
-    .await;
+    let batches: Vec<(usize, usize)> = (0..n)
+        .step_by(BATCH)
+        .map(|s| (s, (s + BATCH).min(n)))
+        .collect();
+    let results =
+        futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
+            let mut client = clients[b % clients.len()].clone();
+            let recipients: Vec<Recipient> = (start..end)
+                .map(|i| demo_recipient(format!("{prefix}{i}"), i))
+                .collect();
+            async move {
+                client
+                    .upsert_recipients(authed(UpsertRecipientsRequest { recipients }, api_key)?)
+                    .await
+                    .context("upserting recipients")?;
+                Ok::<_, anyhow::Error>(())
+            }
+        }))
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
     results.into_iter().collect()
 }
 
@@ -104,8 +113,8 @@ pub async fn run_messages(
 ) -> Result<Report> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     // Watch first, so no terminal event is missed.
-    let mut watcher = DeliveryClient::new(connect(&addrs[0]).await?)
-        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut watcher =
+        DeliveryClient::new(connect(&addrs[0]).await?).max_decoding_message_size(64 * 1024 * 1024);
     let mut events = watcher
         .watch_messages(authed(
             WatchMessagesRequest {
@@ -127,7 +136,10 @@ pub async fn run_messages(
             };
             let now = Instant::now();
             let mut t = watch_tracker.lock();
-            if t.finished_at.insert(event.message_id.clone(), now).is_some() {
+            if t.finished_at
+                .insert(event.message_id.clone(), now)
+                .is_some()
+            {
                 continue;
             }
             t.funnel.terminal += 1;
@@ -146,12 +158,16 @@ pub async fn run_messages(
     let mut clients = Vec::new();
     for address in addrs {
         clients.push(
-            DeliveryClient::new(connect(address).await?).max_decoding_message_size(64 * 1024 * 1024),
+            DeliveryClient::new(connect(address).await?)
+                .max_decoding_message_size(64 * 1024 * 1024),
         );
     }
     let started = Instant::now();
     let run_id = ulid::Ulid::new().to_string();
-    let batches: Vec<(usize, usize)> = (0..n).step_by(BATCH).map(|s| (s, (s + BATCH).min(n))).collect();
+    let batches: Vec<(usize, usize)> = (0..n)
+        .step_by(BATCH)
+        .map(|s| (s, (s + BATCH).min(n)))
+        .collect();
     let submit_tracker = tracker.clone();
     let submit = futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
         let mut client = clients[b % clients.len()].clone();
@@ -205,7 +221,12 @@ pub async fn run_messages(
         {
             let t = tracker.lock();
             if t.funnel.terminal >= n as u64 {
-                let last = t.finished_at.values().max().copied().unwrap_or_else(Instant::now);
+                let last = t
+                    .finished_at
+                    .values()
+                    .max()
+                    .copied()
+                    .unwrap_or_else(Instant::now);
                 break last.duration_since(started);
             }
         }

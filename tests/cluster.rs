@@ -63,7 +63,12 @@ async fn submit(
             let count = clients.len();
             let client = &mut clients[attempt % count];
             match client
-                .send_batch(authed(SendBatchRequest { messages: messages.clone() }, API_KEY))
+                .send_batch(authed(
+                    SendBatchRequest {
+                        messages: messages.clone(),
+                    },
+                    API_KEY,
+                ))
                 .await
             {
                 Ok(reply) => {
@@ -85,12 +90,21 @@ async fn submit(
 }
 
 /// Polls every message until all are terminal; returns their logs.
-async fn wait_terminal(cluster: &Cluster, ids: &[String], alive: usize, timeout: Duration) -> HashMap<String, GetMessageResponse> {
+async fn wait_terminal(
+    cluster: &Cluster,
+    ids: &[String],
+    alive: usize,
+    timeout: Duration,
+) -> HashMap<String, GetMessageResponse> {
     let deadline = Instant::now() + timeout;
     let mut done: HashMap<String, GetMessageResponse> = HashMap::new();
     let client = cluster.delivery(alive).await;
     loop {
-        let pending: Vec<String> = ids.iter().filter(|id| !done.contains_key(*id)).cloned().collect();
+        let pending: Vec<String> = ids
+            .iter()
+            .filter(|id| !done.contains_key(*id))
+            .cloned()
+            .collect();
         if pending.is_empty() {
             return done;
         }
@@ -98,7 +112,12 @@ async fn wait_terminal(cluster: &Cluster, ids: &[String], alive: usize, timeout:
             let mut client = client.clone();
             async move {
                 let reply = client
-                    .get_message(authed(GetMessageRequest { message_id: id.clone() }, API_KEY))
+                    .get_message(authed(
+                        GetMessageRequest {
+                            message_id: id.clone(),
+                        },
+                        API_KEY,
+                    ))
                     .await;
                 (id, reply.map(|r| r.into_inner()))
             }
@@ -109,7 +128,11 @@ async fn wait_terminal(cluster: &Cluster, ids: &[String], alive: usize, timeout:
         let mut pending_left = 0;
         for (id, reply) in results {
             let reply = reply.unwrap_or_else(|s| panic!("get_message {id}: {s:?}"));
-            let status = reply.message.as_ref().map(|m| m.status()).unwrap_or_default();
+            let status = reply
+                .message
+                .as_ref()
+                .map(|m| m.status())
+                .unwrap_or_default();
             if herald_node::actors::waterfall::is_terminal(status) {
                 done.insert(id, reply);
             } else {
@@ -146,7 +169,13 @@ fn check_logs(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_then_kill_a_node() {
     let started = Instant::now();
-    let cluster = Cluster::start(3, NodeSpec { sandbox_latency_ms: 2 }).await;
+    let cluster = Cluster::start(
+        3,
+        NodeSpec {
+            sandbox_latency_ms: 2,
+        },
+    )
+    .await;
     eprintln!("cluster ready in {:?}", started.elapsed());
     let table = cluster.table().await;
     assert_eq!(table.owners.len(), 4096);
@@ -156,7 +185,11 @@ async fn ten_thousand_messages_then_kill_a_node() {
     let phase = Instant::now();
     let acked = submit(&cluster, "a", MESSAGES, &[0, 1, 2], |_| {}).await;
     assert_eq!(acked.len(), MESSAGES);
-    assert_eq!(acked.iter().collect::<HashSet<_>>().len(), MESSAGES, "ids are unique");
+    assert_eq!(
+        acked.iter().collect::<HashSet<_>>().len(),
+        MESSAGES,
+        "ids are unique"
+    );
     let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
     let (attempts, ambiguous) = check_logs(&logs, 4096, |p| vec![owner(&table, p)]);
     assert_eq!(ambiguous, 0);

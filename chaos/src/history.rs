@@ -109,14 +109,20 @@ pub fn check<'a>(
         }
         for (index, event) in log.events.iter().enumerate() {
             if event.seq as usize != index + 1 {
-                return Err(violation("gap-free seq", format!("event {index} has seq {}", event.seq)));
+                return Err(violation(
+                    "gap-free seq",
+                    format!("event {index} has seq {}", event.seq),
+                ));
             }
         }
         let owners = (expect.allowed_owners)(view.partition);
         if let Some(event) = log.events.iter().find(|e| !owners.contains(&e.node_id)) {
             return Err(violation(
                 "owner acted",
-                format!("event by {} but partition {} belongs to {owners:?}", event.node_id, view.partition),
+                format!(
+                    "event by {} but partition {} belongs to {owners:?}",
+                    event.node_id, view.partition
+                ),
             ));
         }
         let mut per_step: HashMap<u32, (usize, usize)> = HashMap::new();
@@ -143,10 +149,10 @@ pub fn check<'a>(
                     per_step.entry(step).or_default().1 += 1;
                     summary.ambiguous += 1;
                 }
-                EventKind::EventFailed | EventKind::EventSent | EventKind::EventSkipped => {
-                    if open_step == Some(step) {
-                        open_step = None;
-                    }
+                EventKind::EventFailed | EventKind::EventSent | EventKind::EventSkipped
+                    if open_step == Some(step) =>
+                {
+                    open_step = None;
                 }
                 EventKind::EventFellBack => summary.fallbacks += 1,
                 _ => {}
@@ -156,7 +162,9 @@ pub fn check<'a>(
             if tries > 1 + ambiguities {
                 return Err(violation(
                     "at most one attempt per step",
-                    format!("step {step} attempted {tries} times with {ambiguities} ambiguous outcomes"),
+                    format!(
+                        "step {step} attempted {tries} times with {ambiguities} ambiguous outcomes"
+                    ),
                 ));
             }
             summary.attempts += tries;
@@ -237,7 +245,10 @@ mod tests {
             event(3, EventAttempted, Some(0), Pending),
             event(4, EventSent, Some(0), Delivered),
         ]);
-        assert_eq!(run(&duplicate).expect_err("dup").rule, "at most one attempt per step");
+        assert_eq!(
+            run(&duplicate).expect_err("dup").rule,
+            "at most one attempt per step"
+        );
         // The same with the ambiguous record is allowed.
         let recorded = log(vec![
             event(1, EventAccepted, None, Pending),
@@ -253,7 +264,10 @@ mod tests {
             event(2, EventSent, Some(0), Delivered),
             event(3, EventSent, Some(0), Delivered),
         ]);
-        assert_eq!(run(&twice).expect_err("twice").rule, "exactly one terminal state, last");
+        assert_eq!(
+            run(&twice).expect_err("twice").rule,
+            "exactly one terminal state, last"
+        );
         // Not terminal.
         let open = log(vec![event(1, EventAccepted, None, Pending)]);
         assert!(run(&open).is_err());
@@ -264,7 +278,10 @@ mod tests {
             event(3, EventAttempted, Some(1), Pending),
             event(4, EventSent, Some(1), Delivered),
         ]);
-        assert_eq!(run(&early).expect_err("early").rule, "fallback after the previous step ended");
+        assert_eq!(
+            run(&early).expect_err("early").rule,
+            "fallback after the previous step ended"
+        );
         // Seq gap.
         let gap = log(vec![
             event(1, EventAccepted, None, Pending),

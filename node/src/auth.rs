@@ -50,7 +50,10 @@ impl Authenticator {
     }
 
     /// Resolves the `authorization: Bearer <key>` metadata of a request.
-    pub async fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Arc<Tenant>, Error> {
+    pub async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Arc<Tenant>, Error> {
         let header = metadata
             .get("authorization")
             .ok_or_else(|| Error::Unauthenticated("missing authorization metadata".into()))?;
@@ -62,7 +65,9 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <api key>`".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated("authorization must be `Bearer <api key>`".into())
+            })?;
         let digest = key_digest(key);
         if let Some(tenant) = self.by_digest.read().get(&digest) {
             return Ok(tenant.clone());

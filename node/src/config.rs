@@ -119,17 +119,11 @@ pub struct StoreConfig {
 }
 
 /// The sandbox provider (demos, benchmarks, chaos): outcomes are deterministic per recipient.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// Added latency per provider call, in milliseconds.
     pub latency_ms: u64,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self { latency_ms: 0 }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -230,7 +224,9 @@ impl NodeConfig {
             return Err(invalid("batch_max must be in 1..=10000"));
         }
         if self.control_addrs.is_empty() {
-            return Err(invalid("control_addrs must name at least one control replica"));
+            return Err(invalid(
+                "control_addrs must name at least one control replica",
+            ));
         }
         Ok(())
     }

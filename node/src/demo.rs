@@ -52,4 +52,3 @@ pub fn demo_message(recipient_id: String, key: String) -> MessageRequest {
         campaign_id: String::new(),
     }
 }
-

@@ -47,10 +47,13 @@ impl RoutingTable {
     }
 
     pub fn partitions_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = PartitionId> + 'a {
-        self.owners.iter().enumerate().filter_map(move |(p, owner)| {
-            let info = self.nodes.get(*owner as usize)?;
-            (info.node_id == node).then_some(PartitionId(p as u32))
-        })
+        self.owners
+            .iter()
+            .enumerate()
+            .filter_map(move |(p, owner)| {
+                let info = self.nodes.get(*owner as usize)?;
+                (info.node_id == node).then_some(PartitionId(p as u32))
+            })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,8 +190,10 @@ impl Ownership {
                 *serving = (0..count).map(|_| AtomicU64::new(0)).collect();
             }
         }
-        self.partition_count.store(u64::from(count), Ordering::Release);
-        self.table.send_replace(Arc::new(RoutingTable::from_proto(table)));
+        self.partition_count
+            .store(u64::from(count), Ordering::Release);
+        self.table
+            .send_replace(Arc::new(RoutingTable::from_proto(table)));
         true
     }
 

@@ -96,7 +96,10 @@ impl ItemResult {
 }
 
 fn retryable(error: &Error) -> bool {
-    matches!(error, Error::WrongOwner { .. } | Error::Unavailable(_) | Error::Fenced { .. })
+    matches!(
+        error,
+        Error::WrongOwner { .. } | Error::Unavailable(_) | Error::Fenced { .. }
+    )
 }
 
 /// Hash of a request's payload: tells a retry (same bytes) from a reuse of the key.
@@ -123,8 +126,13 @@ impl Router {
     }
 
     /// Routes validated items to their owners; one result per item, in order.
-    pub async fn route(&self, tenant: &Arc<Tenant>, items: Vec<Item>) -> Vec<Result<ItemResult, Error>> {
-        let mut results: Vec<Option<Result<ItemResult, Error>>> = (0..items.len()).map(|_| None).collect();
+    pub async fn route(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: Vec<Item>,
+    ) -> Vec<Result<ItemResult, Error>> {
+        let mut results: Vec<Option<Result<ItemResult, Error>>> =
+            (0..items.len()).map(|_| None).collect();
         let deadline = tokio::time::Instant::now() + self.context.route_timeout();
         let mut tables = self.context.ownership.subscribe_table();
         let mut last_error: Option<String> = None;
@@ -134,7 +142,9 @@ impl Router {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                let reason = last_error.clone().unwrap_or_else(|| "no owner reachable".into());
+                let reason = last_error
+                    .clone()
+                    .unwrap_or_else(|| "no owner reachable".into());
                 for i in pending {
                     results[i] = Some(Err(Error::Unavailable(format!(
                         "routing timed out: {reason}"
@@ -178,11 +188,22 @@ impl Router {
                     match peers.forward(&address, epoch, batch).await {
                         Ok(replies) => indices
                             .into_iter()
-                            .zip(replies.into_iter().map(|r| ItemResult::from_forward(r.result)))
+                            .zip(
+                                replies
+                                    .into_iter()
+                                    .map(|r| ItemResult::from_forward(r.result)),
+                            )
                             .collect(),
                         Err(error) => indices
                             .into_iter()
-                            .map(|i| (i, Err(Error::Unavailable(format!("forward to {address}: {error}")))))
+                            .map(|i| {
+                                (
+                                    i,
+                                    Err(Error::Unavailable(format!(
+                                        "forward to {address}: {error}"
+                                    ))),
+                                )
+                            })
                             .collect::<Vec<_>>(),
                     }
                 }));
@@ -230,7 +251,10 @@ impl Router {
         let mut accepted_at: Vec<Option<(StoredMessage, Event)>> = Vec::with_capacity(items.len());
         for (index, item) in items {
             if count == 0 {
-                out.push((index, Err(Error::Unavailable("no partition table yet".into()))));
+                out.push((
+                    index,
+                    Err(Error::Unavailable("no partition table yet".into())),
+                ));
                 continue;
             }
             let partition = partition_of(&tenant.id.0, item.recipient_id(), count);
@@ -310,7 +334,11 @@ impl Router {
             .collect();
         let mut recipients: HashMap<String, Recipient> = HashMap::new();
         if !send_recipients.is_empty()
-            && let Ok(found) = self.context.store.get_recipients(&tenant.id, &send_recipients).await
+            && let Ok(found) = self
+                .context
+                .store
+                .get_recipients(&tenant.id, &send_recipients)
+                .await
         {
             for recipient in found.into_iter().flatten() {
                 recipients.insert(recipient.id.clone(), recipient);
@@ -333,9 +361,17 @@ impl Router {
             .zip(fences)
         {
             let result = match (outcome, item) {
-                (WriteOutcome::Accepted { message_id, duplicate }, Item::Send(request)) => {
+                (
+                    WriteOutcome::Accepted {
+                        message_id,
+                        duplicate,
+                    },
+                    Item::Send(request),
+                ) => {
                     if !duplicate && let Some((stored, event)) = accepted {
-                        self.context.events.publish(&tenant.id, std::slice::from_ref(&event));
+                        self.context
+                            .events
+                            .publish(&tenant.id, std::slice::from_ref(&event));
                         let recipient = recipients.remove(&request.recipient_id);
                         // Admission control: the ack waits while the node is saturated.
                         match self.context.admission.clone().acquire_owned().await {
@@ -347,7 +383,9 @@ impl Router {
                                 recipient,
                                 permit,
                             ),
-                            Err(_) => debug!("node shutting down; message resumes on the next owner"),
+                            Err(_) => {
+                                debug!("node shutting down; message resumes on the next owner")
+                            }
                         }
                     }
                     Ok(ItemResult::Sent(SendResponse {
@@ -365,11 +403,15 @@ impl Router {
                         message_id: message_id.0,
                     })
                 }
-                (WriteOutcome::Done, Item::Upsert(recipient)) => Ok(ItemResult::Recipient(recipient)),
-                (WriteOutcome::Done, Item::Erase(id)) => {
-                    Ok(ItemResult::Erased(existed.get(&id).copied().unwrap_or(false)))
+                (WriteOutcome::Done, Item::Upsert(recipient)) => {
+                    Ok(ItemResult::Recipient(recipient))
                 }
-                (other, _) => Err(Error::Internal(format!("unexpected store outcome {other:?}"))),
+                (WriteOutcome::Done, Item::Erase(id)) => Ok(ItemResult::Erased(
+                    existed.get(&id).copied().unwrap_or(false),
+                )),
+                (other, _) => Err(Error::Internal(format!(
+                    "unexpected store outcome {other:?}"
+                ))),
             };
             out.push((index, result));
         }
@@ -386,7 +428,15 @@ impl Router {
         recipient: Option<Recipient>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        dispatch(&self.context, tenant.clone(), message, fence, history, recipient, permit);
+        dispatch(
+            &self.context,
+            tenant.clone(),
+            message,
+            fence,
+            history,
+            recipient,
+            permit,
+        );
     }
 }
 

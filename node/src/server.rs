@@ -55,7 +55,9 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Error> {
             if let Some(prefix) = &config.key_prefix {
                 options.key_prefix = prefix.clone();
             }
-            Ok(Arc::new(crate::store::redis::RedisStore::connect(url, options).await?))
+            Ok(Arc::new(
+                crate::store::redis::RedisStore::connect(url, options).await?,
+            ))
         }
         None => Ok(Arc::new(crate::store::embedded::EmbeddedStore::open(
             config.data_dir.as_deref(),
@@ -84,7 +86,9 @@ struct Lifecycle {
 
 impl PartitionLifecycle for Lifecycle {
     fn acquired(&self, partitions: Vec<(PartitionId, Epoch)>) {
-        let Some(context) = self.context.upgrade() else { return };
+        let Some(context) = self.context.upgrade() else {
+            return;
+        };
         tokio::spawn(resume_partitions(context, partitions));
     }
 
@@ -122,7 +126,9 @@ async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(Partition
                     router::dispatch(&context, tenant, record.message, fence, None, None, permit);
                     resumed += 1;
                 }
-                Ok(None) => warn!(%partition, message_id = %MessageId::as_str(&message_id), "active message without record"),
+                Ok(None) => {
+                    warn!(%partition, message_id = %MessageId::as_str(&message_id), "active message without record")
+                }
                 Err(error) => warn!(%partition, %error, "loading active message failed"),
             }
         }
@@ -191,10 +197,7 @@ impl Node {
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
         let tenants = load_tenants(&config)?;
-        let auth = Authenticator::new(
-            &tenants,
-            config.api_keys_in_store.then(|| store.clone()),
-        );
+        let auth = Authenticator::new(&tenants, config.api_keys_in_store.then(|| store.clone()));
         let sandbox: Arc<SandboxProvider> = Arc::new(SandboxProvider::new(&config.sandbox));
         let ownership = Ownership::new(node_id.clone());
         let context = Arc::new(NodeContext {
@@ -208,7 +211,9 @@ impl Node {
             email: sandbox.clone(),
             sms: sandbox.clone(),
             sandbox,
-            admission: Arc::new(tokio::sync::Semaphore::new(config.max_messages_in_progress.max(1))),
+            admission: Arc::new(tokio::sync::Semaphore::new(
+                config.max_messages_in_progress.max(1),
+            )),
             config: config.clone(),
         });
         let router = Router::new(context.clone(), Peers::default());
@@ -223,12 +228,15 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| Error::Store(crate::store::Error::Corrupt {
-                key: "reflection".into(),
-                reason: e.to_string(),
-            }))?;
+            .map_err(|e| {
+                Error::Store(crate::store::Error::Corrupt {
+                    key: "reflection".into(),
+                    reason: e.to_string(),
+                })
+            })?;
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)

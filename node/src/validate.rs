@@ -62,13 +62,21 @@ pub fn message(
     request: &mut MessageRequest,
     max_message_bytes: usize,
 ) -> Result<(), Error> {
-    check_id(&format!("{prefix}.recipient_id"), &request.recipient_id, true)?;
+    check_id(
+        &format!("{prefix}.recipient_id"),
+        &request.recipient_id,
+        true,
+    )?;
     check_id(
         &format!("{prefix}.idempotency_key"),
         &request.idempotency_key,
         false,
     )?;
-    check_id(&format!("{prefix}.campaign_id"), &request.campaign_id, false)?;
+    check_id(
+        &format!("{prefix}.campaign_id"),
+        &request.campaign_id,
+        false,
+    )?;
     match MessageClass::try_from(request.class) {
         Ok(MessageClass::Transactional | MessageClass::Marketing) => {}
         _ => {
@@ -84,7 +92,10 @@ pub fn message(
     if request.waterfall.len() > 3 {
         return Err(Error::invalid(
             format!("{prefix}.waterfall"),
-            format!("has {} steps, at most 3 (one per channel)", request.waterfall.len()),
+            format!(
+                "has {} steps, at most 3 (one per channel)",
+                request.waterfall.len()
+            ),
         ));
     }
     let mut seen = Vec::with_capacity(3);
@@ -102,7 +113,10 @@ pub fn message(
         if seen.contains(&channel) {
             return Err(Error::invalid(
                 format!("{field}.channel"),
-                format!("repeats {} (each channel at most once)", channel.as_str_name()),
+                format!(
+                    "repeats {} (each channel at most once)",
+                    channel.as_str_name()
+                ),
             ));
         }
         seen.push(channel);
@@ -122,7 +136,11 @@ pub fn message(
                 format!("is {} ms, the limit is 7 days", step.timeout_ms),
             ));
         }
-        check_id(&format!("{field}.provider_account"), &step.provider_account, false)?;
+        check_id(
+            &format!("{field}.provider_account"),
+            &step.provider_account,
+            false,
+        )?;
         check_content(prefix, &field, channel, request.content.as_ref())?;
     }
     let size = prost::Message::encoded_len(request);
@@ -149,7 +167,9 @@ fn check_content(
     };
     match channel {
         Channel::Push => {
-            let push = content.and_then(|c| c.push.as_ref()).ok_or_else(|| missing("push"))?;
+            let push = content
+                .and_then(|c| c.push.as_ref())
+                .ok_or_else(|| missing("push"))?;
             if push.title.is_empty() && push.body.is_empty() {
                 return Err(Error::invalid(
                     format!("{prefix}.content.push.body"),
@@ -158,7 +178,11 @@ fn check_content(
             }
             let size = push.title.len()
                 + push.body.len()
-                + push.data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                + push
+                    .data
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
             if size > PUSH_PAYLOAD_MAX_BYTES {
                 return Err(Error::invalid(
                     format!("{prefix}.content.push"),
@@ -167,7 +191,9 @@ fn check_content(
             }
         }
         Channel::Email => {
-            let email = content.and_then(|c| c.email.as_ref()).ok_or_else(|| missing("email"))?;
+            let email = content
+                .and_then(|c| c.email.as_ref())
+                .ok_or_else(|| missing("email"))?;
             if email.subject.is_empty() {
                 return Err(Error::invalid(
                     format!("{prefix}.content.email.subject"),
@@ -189,10 +215,15 @@ fn check_content(
             }
         }
         Channel::Sms => {
-            let sms = content.and_then(|c| c.sms.as_ref()).ok_or_else(|| missing("sms"))?;
+            let sms = content
+                .and_then(|c| c.sms.as_ref())
+                .ok_or_else(|| missing("sms"))?;
             let chars = sms.text.chars().count();
             if chars == 0 {
-                return Err(Error::invalid(format!("{prefix}.content.sms.text"), "is required"));
+                return Err(Error::invalid(
+                    format!("{prefix}.content.sms.text"),
+                    "is required",
+                ));
             }
             if chars > SMS_TEXT_MAX_CHARS {
                 return Err(Error::invalid(
@@ -217,7 +248,10 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
     }
     for (index, token) in recipient.push_tokens.iter().enumerate() {
         let field = format!("{prefix}.push_tokens[{index}]");
-        if token.token.is_empty() || token.token.len() > 4096 || token.token.contains(char::is_whitespace) {
+        if token.token.is_empty()
+            || token.token.len() > 4096
+            || token.token.contains(char::is_whitespace)
+        {
             return Err(Error::invalid(
                 format!("{field}.token"),
                 "must be 1..4096 bytes without whitespace",
@@ -227,7 +261,10 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
             PushPlatform::try_from(token.platform),
             Ok(PushPlatform::Fcm | PushPlatform::Apns)
         ) {
-            return Err(Error::invalid(format!("{field}.platform"), "must be FCM or APNS"));
+            return Err(Error::invalid(
+                format!("{field}.platform"),
+                "must be FCM or APNS",
+            ));
         }
     }
     if !recipient.email.is_empty() && !is_email(&recipient.email) {
@@ -250,17 +287,28 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
         let field = format!("{prefix}.consent[{index}]");
         let channel = match Channel::try_from(consent.channel) {
             Ok(c @ (Channel::Push | Channel::Email | Channel::Sms)) => c,
-            _ => return Err(Error::invalid(format!("{field}.channel"), "must be PUSH, EMAIL or SMS")),
+            _ => {
+                return Err(Error::invalid(
+                    format!("{field}.channel"),
+                    "must be PUSH, EMAIL or SMS",
+                ));
+            }
         };
         if channels.contains(&channel) {
-            return Err(Error::invalid(format!("{field}.channel"), "repeats a channel"));
+            return Err(Error::invalid(
+                format!("{field}.channel"),
+                "repeats a channel",
+            ));
         }
         channels.push(channel);
         if !matches!(
             ConsentState::try_from(consent.state),
             Ok(ConsentState::OptedIn | ConsentState::OptedOut)
         ) {
-            return Err(Error::invalid(format!("{field}.state"), "must be OPTED_IN or OPTED_OUT"));
+            return Err(Error::invalid(
+                format!("{field}.state"),
+                "must be OPTED_IN or OPTED_OUT",
+            ));
         }
     }
     Ok(())
@@ -301,7 +349,10 @@ fn check_phone(field: &str, phone: &str) -> Result<(), Error> {
     let parsed = phonenumber::parse(None, phone)
         .map_err(|_| Error::invalid(field, "is not a dialable E.164 number"))?;
     if !phonenumber::is_valid(&parsed) {
-        return Err(Error::invalid(field, "is not a valid number for its country"));
+        return Err(Error::invalid(
+            field,
+            "is not a valid number for its country",
+        ));
     }
     Ok(())
 }
@@ -352,7 +403,10 @@ mod tests {
     fn errors_name_the_field() {
         let mut m = good();
         m.recipient_id.clear();
-        assert_eq!(field_of(message("message", &mut m, 65536)), "message.recipient_id");
+        assert_eq!(
+            field_of(message("message", &mut m, 65536)),
+            "message.recipient_id"
+        );
 
         let mut m = good();
         m.waterfall = default_waterfall();
@@ -365,19 +419,30 @@ mod tests {
         let mut m = good();
         m.waterfall = default_waterfall();
         m.waterfall[1].channel = 0;
-        assert_eq!(field_of(message("message", &mut m, 65536)), "message.waterfall[1].channel");
+        assert_eq!(
+            field_of(message("message", &mut m, 65536)),
+            "message.waterfall[1].channel"
+        );
 
         let mut m = good();
         if let Some(c) = m.content.as_mut() {
             c.email = None;
         }
-        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content.email");
+        assert_eq!(
+            field_of(message("message", &mut m, 65536)),
+            "message.content.email"
+        );
 
         let mut m = good();
         if let Some(c) = m.content.as_mut() {
-            c.sms = Some(SmsContent { text: "x".repeat(1601) });
+            c.sms = Some(SmsContent {
+                text: "x".repeat(1601),
+            });
         }
-        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content.sms.text");
+        assert_eq!(
+            field_of(message("message", &mut m, 65536)),
+            "message.content.sms.text"
+        );
 
         let mut m = good();
         if let Some(c) = m.content.as_mut()
@@ -385,7 +450,10 @@ mod tests {
         {
             e.html_body = "x".repeat(70_000);
         }
-        assert_eq!(field_of(message("message", &mut m, 65536)), "message.content");
+        assert_eq!(
+            field_of(message("message", &mut m, 65536)),
+            "message.content"
+        );
     }
 
     #[test]

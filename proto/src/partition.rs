@@ -67,7 +67,10 @@ mod tests {
     #[test]
     fn hash_is_stable() {
         // Pinned values: a change here breaks every existing cluster.
-        assert_eq!(partition_of("acme", "r1", 4096), partition_of("acme", "r1", 4096));
+        assert_eq!(
+            partition_of("acme", "r1", 4096),
+            partition_of("acme", "r1", 4096)
+        );
         assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c_292c);

@@ -13,7 +13,9 @@ use herald_node::test_support::RedisServer;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
-use herald_proto::v1::{ClusterStatusRequest, ClusterStatusResponse, PartitionTable, WatchTableRequest};
+use herald_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, PartitionTable, WatchTableRequest,
+};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -157,7 +159,12 @@ api_keys = ["{OTHER_API_KEY}"]
             ),
         )
         .expect("write node config");
-        let process = Process::spawn(&format!("node-{index}"), &["node"], &config, self.dir.path());
+        let process = Process::spawn(
+            &format!("node-{index}"),
+            &["node"],
+            &config,
+            self.dir.path(),
+        );
         self.nodes.push(process);
         self.node_addrs.push(addr);
     }
@@ -185,11 +192,7 @@ api_keys = ["{OTHER_API_KEY}"]
             .await
             .expect("watch table")
             .into_inner();
-        stream
-            .next()
-            .await
-            .expect("a table")
-            .expect("table ok")
+        stream.next().await.expect("a table").expect("table ok")
     }
 
     /// Waits until `nodes` nodes are members and every partition is served at the current epoch.

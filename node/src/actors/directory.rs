@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_proto::{PartitionId, TenantId};
@@ -135,7 +135,10 @@ impl RecipientDirectory {
         };
         let waits = stopping.into_iter().map(|actor| async move {
             let _ = actor
-                .stop_and_wait(Some("partition moved".into()), Some(Duration::from_secs(30)))
+                .stop_and_wait(
+                    Some("partition moved".into()),
+                    Some(Duration::from_secs(30)),
+                )
                 .await;
         });
         futures::future::join_all(waits).await;
@@ -150,7 +153,8 @@ impl RecipientDirectory {
             .iter()
             .filter(|(_, e)| {
                 e.activity.in_flight.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(e.activity.last_active_ms.load(Ordering::Relaxed)) >= idle_ms
+                    && now.saturating_sub(e.activity.last_active_ms.load(Ordering::Relaxed))
+                        >= idle_ms
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -164,10 +168,15 @@ impl RecipientDirectory {
 
     /// Runs passivation until the context is gone.
     pub async fn run_passivation(context: Weak<NodeContext>, idle: Duration) {
-        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(50)));
+        let mut tick = tokio::time::interval(
+            idle.min(Duration::from_secs(1))
+                .max(Duration::from_millis(50)),
+        );
         loop {
             tick.tick().await;
-            let Some(context) = context.upgrade() else { return };
+            let Some(context) = context.upgrade() else {
+                return;
+            };
             context.directory.passivate_idle(idle);
         }
     }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_proto::v1::{
-    Channel, ConsentState, Event, EventKind, MessageClass, MessageStatus, Recipient,
-    StoredMessage, SuccessCondition,
+    Channel, ConsentState, Event, EventKind, MessageClass, MessageStatus, Recipient, StoredMessage,
+    SuccessCondition,
 };
 use herald_proto::{MessageId, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -510,7 +510,10 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                 Some(step),
                 channel,
                 &attempt_id,
-                &format!("{} step failed: {failure}", channel.as_str_name().to_ascii_lowercase()),
+                &format!(
+                    "{} step failed: {failure}",
+                    channel.as_str_name().to_ascii_lowercase()
+                ),
                 MessageStatus::Pending,
             );
         }

@@ -45,10 +45,10 @@ impl Progress {
                 EventKind::EventSent
                 | EventKind::EventDelivered
                 | EventKind::EventRead
-                | EventKind::EventFailed => {
-                    if open_attempt.as_ref().is_some_and(|(s, _)| *s == step) {
-                        open_attempt = None;
-                    }
+                | EventKind::EventFailed
+                    if open_attempt.as_ref().is_some_and(|(s, _)| *s == step) =>
+                {
+                    open_attempt = None;
                 }
                 EventKind::EventAmbiguous => {
                     // The re-send after an ambiguous outcome opens a new attempt record.
@@ -83,7 +83,12 @@ mod tests {
 
     #[test]
     fn fresh_message_starts_at_step_zero() {
-        let p = Progress::from_events(&[event(EventKind::EventAccepted, None, 1, MessageStatus::Pending)]);
+        let p = Progress::from_events(&[event(
+            EventKind::EventAccepted,
+            None,
+            1,
+            MessageStatus::Pending,
+        )]);
         assert_eq!(p.next_step, 0);
         assert!(!p.started && !p.terminal && p.ambiguous.is_none());
     }
@@ -92,10 +97,20 @@ mod tests {
     fn open_attempt_is_ambiguous() {
         let p = Progress::from_events(&[
             event(EventKind::EventAccepted, None, 1, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(0), 2, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(0),
+                2,
+                MessageStatus::Pending,
+            ),
             event(EventKind::EventFailed, Some(0), 3, MessageStatus::Pending),
             event(EventKind::EventFellBack, Some(0), 4, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(1), 5, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(1),
+                5,
+                MessageStatus::Pending,
+            ),
         ]);
         assert_eq!(p.next_step, 1);
         assert_eq!(p.ambiguous, Some((1, "a1".into())));
@@ -106,7 +121,12 @@ mod tests {
     fn fell_back_moves_on() {
         let p = Progress::from_events(&[
             event(EventKind::EventAccepted, None, 1, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(0), 2, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(0),
+                2,
+                MessageStatus::Pending,
+            ),
             event(EventKind::EventFailed, Some(0), 3, MessageStatus::Pending),
             event(EventKind::EventFellBack, Some(0), 4, MessageStatus::Pending),
         ]);
@@ -118,9 +138,19 @@ mod tests {
     fn terminal_is_seen() {
         let p = Progress::from_events(&[
             event(EventKind::EventAccepted, None, 1, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(0), 2, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(0),
+                2,
+                MessageStatus::Pending,
+            ),
             event(EventKind::EventSent, Some(0), 3, MessageStatus::Pending),
-            event(EventKind::EventDelivered, Some(0), 4, MessageStatus::Delivered),
+            event(
+                EventKind::EventDelivered,
+                Some(0),
+                4,
+                MessageStatus::Delivered,
+            ),
         ]);
         assert!(p.terminal);
     }

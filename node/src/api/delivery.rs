@@ -44,7 +44,10 @@ impl Delivery for DeliveryApi {
             .message
             .ok_or_else(|| Error::invalid("message", "is required"))?;
         validate::message("message", &mut message, context.config.max_message_bytes)?;
-        require_recipients(context, &tenant.id, std::slice::from_ref(&message), |_| "message".into()).await?;
+        require_recipients(context, &tenant.id, std::slice::from_ref(&message), |_| {
+            "message".into()
+        })
+        .await?;
         ensure_idempotency_key(&mut message);
         let mut results = self.router.route(&tenant, vec![Item::Send(message)]).await;
         match results.pop() {

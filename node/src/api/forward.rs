@@ -91,13 +91,16 @@ impl Forward for ForwardApi {
         request: Request<Streaming<ForwardBatch>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
         let mut inbound = request.into_inner();
-        let (replies, outbound) = mpsc::channel::<Result<ForwardReply, Status>>(BATCHES_IN_FLIGHT_MAX);
+        let (replies, outbound) =
+            mpsc::channel::<Result<ForwardReply, Status>>(BATCHES_IN_FLIGHT_MAX);
         let router = self.router.clone();
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
         tokio::spawn(async move {
             while let Some(batch) = inbound.next().await {
                 let Ok(batch) = batch else { break };
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
                 let router = router.clone();
                 let replies = replies.clone();
                 tokio::spawn(async move {

@@ -36,11 +36,16 @@ impl Recipients for RecipientsApi {
             .recipient
             .ok_or_else(|| Error::invalid("recipient", "is required"))?;
         validate::recipient("recipient", &recipient)?;
-        let mut results = self.router.route(&tenant, vec![Item::Upsert(recipient)]).await;
+        let mut results = self
+            .router
+            .route(&tenant, vec![Item::Upsert(recipient)])
+            .await;
         match results.pop() {
-            Some(Ok(ItemResult::Recipient(recipient))) => Ok(Response::new(UpsertRecipientResponse {
-                recipient: Some(recipient),
-            })),
+            Some(Ok(ItemResult::Recipient(recipient))) => {
+                Ok(Response::new(UpsertRecipientResponse {
+                    recipient: Some(recipient),
+                }))
+            }
             Some(Ok(_)) | None => Err(Status::internal("unexpected routing result")),
             Some(Err(error)) => Err(item_status("recipient", error)),
         }

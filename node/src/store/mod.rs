@@ -61,6 +61,9 @@ pub struct FencedOp {
     pub op: WriteOp,
 }
 
+// AcceptMessage carries the whole message inline on purpose: ops live for one group commit,
+// and boxing would cost an allocation per message on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum WriteOp {
     /// Insert or replace a recipient.
@@ -92,18 +95,29 @@ pub enum WriteOp {
         terminal: bool,
     },
     /// Add `delta` to a counter that expires `ttl` after its creation; returns the new value.
-    IncrCounter { key: String, delta: i64, ttl: Duration },
+    IncrCounter {
+        key: String,
+        delta: i64,
+        ttl: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     Done,
-    Accepted { message_id: MessageId, duplicate: bool },
+    Accepted {
+        message_id: MessageId,
+        duplicate: bool,
+    },
     /// The idempotency key belongs to `message_id` with a different payload.
-    Conflict { message_id: MessageId },
+    Conflict {
+        message_id: MessageId,
+    },
     Counter(i64),
     /// Rejected: the partition is owned at a newer epoch.
-    Fenced { stored: Epoch },
+    Fenced {
+        stored: Epoch,
+    },
 }
 
 /// A message as stored, with its event log in order.
@@ -119,8 +133,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns only when every op is durable.
     async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>>;
 
-    async fn get_recipient(&self, tenant: &TenantId, recipient_id: &str)
-    -> Result<Option<Recipient>>;
+    async fn get_recipient(
+        &self,
+        tenant: &TenantId,
+        recipient_id: &str,
+    ) -> Result<Option<Recipient>>;
 
     /// Several recipients at once (one round trip where the backend can), in order of `ids`.
     async fn get_recipients(
@@ -168,8 +185,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes or renews the named singleton lease (the control plane's leader lease).
     /// Returns the holder after the call (`holder` when it got or kept the lease).
-    async fn try_singleton_lease(&self, name: &str, holder: &str, ttl: Duration)
-    -> Result<String>;
+    async fn try_singleton_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<String>;
 
     /// Current holder of the named singleton lease.
     async fn singleton_holder(&self, name: &str) -> Result<Option<String>>;

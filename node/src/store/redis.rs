@@ -792,10 +792,15 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         // One MGET instead of one GET per recipient: a batch of 1,000 is one round trip.
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.recipient(tenant, id)).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.recipient(tenant, id))
+            .collect();
         let mut conn = self.conn.clone();
-        let values: Vec<Option<Vec<u8>>> =
-            ::redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let values: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await?;
         keys.iter()
             .zip(values)
             .map(|(key, value)| value.map(|bytes| decode(key, &bytes)).transpose())
