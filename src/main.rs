@@ -94,6 +94,27 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         wait_s: u64,
     },
+    /// Create or replace a recipient (all given channels opted in).
+    Recipient {
+        /// A node's address.
+        #[arg(long, default_value = "127.0.0.1:7500")]
+        addr: String,
+        #[arg(long, env = "HERALD_API_KEY")]
+        api_key: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// E.164, e.g. +12125551234.
+        #[arg(long)]
+        phone: Option<String>,
+        /// An FCM registration token.
+        #[arg(long)]
+        push_token: Option<String>,
+        /// IANA time zone, e.g. Europe/Berlin.
+        #[arg(long)]
+        time_zone: Option<String>,
+    },
     /// Cluster operations.
     Cluster {
         #[command(subcommand)]
@@ -191,6 +212,15 @@ async fn main() -> Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { control, json },
         } => cluster_status(&control, json).await,
+        Command::Recipient {
+            addr,
+            api_key,
+            id,
+            email,
+            phone,
+            push_token,
+            time_zone,
+        } => put_recipient(&addr, &api_key, id, email, phone, push_token, time_zone).await,
         Command::Bench {
             command:
                 BenchCommand::Waterfall {
@@ -280,8 +310,9 @@ async fn up(
 }
 
 async fn run_node(config: Option<PathBuf>) -> Result<()> {
-    let config: herald_node::config::NodeConfig =
-        herald_node::config::load(config.as_deref(), std::env::vars())?;
+    use herald_node::config::{NodeConfig, load, relevant_env, top_level_keys};
+    let env = relevant_env(&top_level_keys::<NodeConfig>(), std::env::vars());
+    let config: NodeConfig = load(config.as_deref(), env)?;
     let store = herald_node::server::open_store(&config.store).await?;
     let node = herald_node::server::Node::start(config, store).await?;
     tracing::info!(addr = %node.local_addr, node = %node.node_id(), "serving");
@@ -303,7 +334,10 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
         origin: origin.clone(),
         message,
     };
-    let mut table: toml::Table = herald_node::config::load(config.as_deref(), std::env::vars())?;
+    let mut keys = herald_node::config::top_level_keys::<herald_control::ControlConfig>();
+    keys.extend(["redis_url".to_string(), "key_prefix".to_string()]);
+    let env = herald_node::config::relevant_env(&keys, std::env::vars());
+    let mut table: toml::Table = herald_node::config::load(config.as_deref(), env)?;
     let mut take_string = |key: &str| -> Result<Option<String>, herald_node::config::Error> {
         match table.remove(key) {
             None => Ok(None),
@@ -467,6 +501,67 @@ async fn send(
     Ok(())
 }
 
+async fn put_recipient(
+    addr: &str,
+    api_key: &str,
+    id: String,
+    email: Option<String>,
+    phone: Option<String>,
+    push_token: Option<String>,
+    time_zone: Option<String>,
+) -> Result<()> {
+    use herald_proto::v1::recipients_client::RecipientsClient;
+    use herald_proto::v1::{
+        ChannelConsent, ConsentState, PushPlatform, PushToken, Recipient, UpsertRecipientRequest,
+    };
+    let mut consent = Vec::new();
+    let mut opt_in = |channel: Channel| {
+        consent.push(ChannelConsent {
+            channel: channel as i32,
+            state: ConsentState::OptedIn as i32,
+        })
+    };
+    if push_token.is_some() {
+        opt_in(Channel::Push);
+    }
+    if email.is_some() {
+        opt_in(Channel::Email);
+    }
+    if phone.is_some() {
+        opt_in(Channel::Sms);
+    }
+    let recipient = Recipient {
+        id,
+        push_tokens: push_token
+            .map(|token| PushToken {
+                token,
+                platform: PushPlatform::Fcm as i32,
+            })
+            .into_iter()
+            .collect(),
+        email: email.unwrap_or_default(),
+        phone: phone.unwrap_or_default(),
+        time_zone: time_zone.unwrap_or_default(),
+        consent,
+    };
+    let mut client = RecipientsClient::new(connect(addr).await?);
+    let reply = client
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(recipient),
+            },
+            api_key,
+        )?)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    println!(
+        "recipient {} stored",
+        reply.recipient.map(|r| r.id).unwrap_or_default()
+    );
+    Ok(())
+}
+
 async fn cluster_status(control: &str, json: bool) -> Result<()> {
     let mut client = ControlClient::new(connect(control).await?);
     let status = client
@@ -498,6 +593,11 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
         "epoch {}  leader {}  partitions {}",
         status.epoch, status.leader_id, status.partition_count
     );
+    if status.nodes.iter().all(|n| n.applied_epoch == 0 && n.last_heartbeat_ms_ago == 0)
+        && !status.nodes.is_empty()
+    {
+        println!("(answered by a follower replica: heartbeat figures are only known to the leader)");
+    }
     println!(
         "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>10}",
         "node", "address", "weight", "owned", "serving", "epoch", "heartbeat"

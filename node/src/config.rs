@@ -6,13 +6,15 @@
 //! Environment overrides: `HERALD_<KEY>` sets top-level key `<key>` (lowercased), and `__`
 //! descends into tables: `HERALD_SANDBOX__LATENCY_MS=5` sets `sandbox.latency_ms`. Values are
 //! parsed as TOML (`5`, `true`, `"text"`, `["a","b"]`); a value that is not valid TOML is taken
-//! as a string.
+//! as a string. Only variables whose first segment names a key of the config are applied
+//! ([`relevant_env`]): `HERALD_API_KEY` (the CLI's) or the `HERALD_CONTROL_PORT` that
+//! Kubernetes injects for a Service must not stop a node from starting.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,6 +69,31 @@ pub fn load<T: DeserializeOwned>(
     })
 }
 
+/// The top-level keys of a config type, from its default value.
+pub fn top_level_keys<T: serde::Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The `HERALD_*` variables of `env` whose first segment is one of `keys` (plus everything that
+/// is not `HERALD_*`, which [`load`] ignores anyway).
+pub fn relevant_env(
+    keys: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    env.into_iter()
+        .filter(|(name, _)| {
+            let Some(key) = name.strip_prefix("HERALD_") else {
+                return false;
+            };
+            let first = key.split("__").next().unwrap_or_default().to_ascii_lowercase();
+            keys.iter().any(|k| *k == first)
+        })
+        .collect()
+}
+
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     let Some((first, rest)) = path.split_first() else {
         return;
@@ -87,7 +114,7 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
 }
 
 /// A tenant and its API keys.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant id: prefixes every stored key of the tenant.
@@ -106,7 +133,7 @@ fn default_marketing_daily_cap() -> u32 {
 }
 
 /// Where state lives.
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Redis URL (`redis://host:port/db`). Set = Redis is the state of record (clusters).
@@ -119,14 +146,14 @@ pub struct StoreConfig {
 }
 
 /// The sandbox provider (demos, benchmarks, chaos): outcomes are deterministic per recipient.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// Added latency per provider call, in milliseconds.
     pub latency_ms: u64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Unique, stable node name. Default: `node-<listen port>`.
@@ -193,7 +220,7 @@ impl Default for NodeConfig {
             batch_max: 1000,
             route_timeout_ms: 20_000,
             watch_buffer: 65_536,
-            max_messages_in_progress: 10_000,
+            max_messages_in_progress: 2_000,
             sandbox: SandboxConfig::default(),
         }
     }
@@ -248,6 +275,22 @@ mod tests {
         assert_eq!(config.weight, 3);
         assert_eq!(config.sandbox.latency_ms, 7);
         assert_eq!(config.node_id(), "n9");
+    }
+
+    #[test]
+    fn foreign_herald_variables_are_ignored() {
+        let keys = top_level_keys::<NodeConfig>();
+        assert!(keys.contains(&"node_id".to_string()) && keys.contains(&"sandbox".to_string()));
+        let env = relevant_env(
+            &keys,
+            vec![
+                ("HERALD_API_KEY".to_string(), "k".to_string()),
+                ("HERALD_CONTROL_PORT".to_string(), "tcp://10.0.0.1:7400".to_string()),
+                ("HERALD_WEIGHT".to_string(), "2".to_string()),
+            ],
+        );
+        let config: NodeConfig = load(None, env).expect("config");
+        assert_eq!(config.weight, 2);
     }
 
     #[test]

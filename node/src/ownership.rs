@@ -147,6 +147,10 @@ impl Ownership {
         partition: PartitionId,
         timeout: Duration,
     ) -> Result<Fence, Error> {
+        // Fast path first: the common case needs no subscription.
+        if let Some(fence) = self.fence(partition) {
+            return Ok(fence);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.changes.subscribe();
         let mut tables = self.table.subscribe();

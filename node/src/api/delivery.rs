@@ -176,19 +176,17 @@ async fn require_recipients(
     field: impl Fn(usize) -> String,
 ) -> Result<(), Status> {
     let ids: Vec<String> = messages.iter().map(|m| m.recipient_id.clone()).collect();
-    let found = context
+    let missing = context
         .store
-        .get_recipients(tenant, &ids)
+        .missing_recipients(tenant, &ids)
         .await
         .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
-    for (index, recipient) in found.iter().enumerate() {
-        if recipient.is_none() {
-            return Err(Error::invalid(
-                format!("{}.recipient_id", field(index)),
-                "no such recipient (upsert it first)",
-            )
-            .into());
-        }
+    if let Some(index) = missing.first() {
+        return Err(Error::invalid(
+            format!("{}.recipient_id", field(*index)),
+            "no such recipient (upsert it first)",
+        )
+        .into());
     }
     Ok(())
 }

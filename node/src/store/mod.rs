@@ -149,6 +149,17 @@ pub trait Store: Send + Sync + 'static {
         futures::future::join_all(reads).await.into_iter().collect()
     }
 
+    /// Indexes into `ids` of recipients that do not exist (validation: "missing recipient").
+    async fn missing_recipients(&self, tenant: &TenantId, ids: &[String]) -> Result<Vec<usize>> {
+        let found = self.get_recipients(tenant, ids).await?;
+        Ok(found
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(i, _)| i)
+            .collect())
+    }
+
     async fn get_message(
         &self,
         tenant: &TenantId,

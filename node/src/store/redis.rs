@@ -231,7 +231,8 @@ const MAX_TTL_MS: u64 = 1 << 40;
 /// Separator inside idempotency values and active-set members (never in a ULID).
 const SEP: char = '\x1f';
 
-/// Settings of the Redis backend (the `[store.redis]` table of a node's config).
+/// Settings of the Redis backend. A node's config reaches only `key_prefix` (as
+/// `store.key_prefix`); the rest are tuned in code, with these defaults.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisOptions {
@@ -449,7 +450,10 @@ impl Args {
         self.push(n.to_string().as_bytes());
     }
     fn push_message(&mut self, message: &impl prost::Message) {
-        self.push(&message.encode_to_vec());
+        // Encode straight into the shared buffer: no temporary Vec per message.
+        self.buf.reserve(message.encoded_len());
+        message.encode_raw(&mut self.buf);
+        self.ends.push(self.buf.len());
     }
     fn append_to(&self, cmd: &mut Cmd) {
         let mut start = 0;
@@ -805,6 +809,27 @@ impl Store for RedisStore {
             .zip(values)
             .map(|(key, value)| value.map(|bytes| decode(key, &bytes)).transpose())
             .collect()
+    }
+
+    async fn missing_recipients(&self, tenant: &TenantId, ids: &[String]) -> Result<Vec<usize>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // EXISTS counts every argument, so all exist iff the count is ids.len(): no values are
+        // copied or decoded on the (common) valid path.
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.recipient(tenant, id)).collect();
+        let mut conn = self.conn.clone();
+        let count: usize = ::redis::cmd("EXISTS").arg(&keys).query_async(&mut conn).await?;
+        if count == ids.len() {
+            return Ok(Vec::new());
+        }
+        let found = self.get_recipients(tenant, ids).await?;
+        Ok(found
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none())
+            .map(|(i, _)| i)
+            .collect())
     }
 
     async fn get_message(
