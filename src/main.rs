@@ -593,10 +593,15 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
         "epoch {}  leader {}  partitions {}",
         status.epoch, status.leader_id, status.partition_count
     );
-    if status.nodes.iter().all(|n| n.applied_epoch == 0 && n.last_heartbeat_ms_ago == 0)
+    if status
+        .nodes
+        .iter()
+        .all(|n| n.applied_epoch == 0 && n.last_heartbeat_ms_ago == 0)
         && !status.nodes.is_empty()
     {
-        println!("(answered by a follower replica: heartbeat figures are only known to the leader)");
+        println!(
+            "(answered by a follower replica: heartbeat figures are only known to the leader)"
+        );
     }
     println!(
         "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>10}",

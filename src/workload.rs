@@ -182,6 +182,12 @@ pub async fn run_messages(
                 .await
                 .context("sending a batch")?
                 .into_inner();
+            if let Some(failed) = reply.results.iter().find_map(|r| r.error.as_ref()) {
+                anyhow::bail!(
+                    "a message of the batch was not accepted: {}",
+                    failed.message
+                );
+            }
             let mut t = tracker.lock();
             t.funnel.submitted += reply.results.len() as u64;
             for result in reply.results {

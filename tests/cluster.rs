@@ -54,35 +54,54 @@ async fn submit(
     }
     for (b, start) in (0..n).step_by(BATCH).enumerate() {
         on_batch(b);
-        let messages: Vec<_> = (start..(start + BATCH).min(n))
-            .map(|i| demo_message(format!("{prefix}{i}"), format!("{prefix}-key-{i}")))
-            .collect();
+        // Messages not acked yet, by index; a batch may be accepted in part (an owner died):
+        // what failed is retried on the next node with the same idempotency keys.
+        let mut pending: Vec<usize> = (start..(start + BATCH).min(n)).collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut attempt = b;
-        loop {
+        while !pending.is_empty() {
+            let messages: Vec<_> = pending
+                .iter()
+                .map(|i| demo_message(format!("{prefix}{i}"), format!("{prefix}-key-{i}")))
+                .collect();
             let count = clients.len();
             let client = &mut clients[attempt % count];
             match client
-                .send_batch(authed(
-                    SendBatchRequest {
-                        messages: messages.clone(),
-                    },
-                    API_KEY,
-                ))
+                .send_batch(authed(SendBatchRequest { messages }, API_KEY))
                 .await
             {
                 Ok(reply) => {
-                    acked.extend(reply.into_inner().results.into_iter().map(|r| r.message_id));
-                    break;
+                    let mut still = Vec::new();
+                    for (i, result) in pending.iter().zip(reply.into_inner().results) {
+                        match result.error {
+                            None => acked.push(result.message_id),
+                            Some(error) => {
+                                assert_eq!(
+                                    error.code,
+                                    tonic::Code::Unavailable as i32,
+                                    "{error:?}"
+                                );
+                                still.push(*i);
+                            }
+                        }
+                    }
+                    pending = still;
                 }
                 Err(status) => {
                     assert!(
                         Instant::now() < deadline,
                         "batch {b} never acked: {status:?}"
                     );
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+            }
+            if !pending.is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "batch {b}: {} never acked",
+                    pending.len()
+                );
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

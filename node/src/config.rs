@@ -88,7 +88,11 @@ pub fn relevant_env(
             let Some(key) = name.strip_prefix("HERALD_") else {
                 return false;
             };
-            let first = key.split("__").next().unwrap_or_default().to_ascii_lowercase();
+            let first = key
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             keys.iter().any(|k| *k == first)
         })
         .collect()
@@ -285,7 +289,10 @@ mod tests {
             &keys,
             vec![
                 ("HERALD_API_KEY".to_string(), "k".to_string()),
-                ("HERALD_CONTROL_PORT".to_string(), "tcp://10.0.0.1:7400".to_string()),
+                (
+                    "HERALD_CONTROL_PORT".to_string(),
+                    "tcp://10.0.0.1:7400".to_string(),
+                ),
                 ("HERALD_WEIGHT".to_string(), "2".to_string()),
             ],
         );

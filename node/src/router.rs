@@ -391,6 +391,7 @@ impl Router {
                     Ok(ItemResult::Sent(SendResponse {
                         message_id: message_id.0,
                         duplicate,
+                        error: None,
                     }))
                 }
                 (WriteOutcome::Fenced { stored }, _) => Err(Error::Fenced {

@@ -7,8 +7,9 @@ use futures::Stream;
 use herald_proto::error::Error;
 use herald_proto::v1::delivery_server::Delivery;
 use herald_proto::v1::{
-    Event, GetMessageRequest, GetMessageResponse, MessageStatus, MessageView, SendBatchRequest,
-    SendBatchResponse, SendRequest, SendResponse, WatchLocalRequest, WatchMessagesRequest,
+    Event, GetMessageRequest, GetMessageResponse, ItemError, MessageStatus, MessageView,
+    SendBatchRequest, SendBatchResponse, SendRequest, SendResponse, WatchLocalRequest,
+    WatchMessagesRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -99,7 +100,22 @@ impl Delivery for DeliveryApi {
             match result {
                 Ok(ItemResult::Sent(sent)) => out.push(sent),
                 Ok(_) => return Err(Status::internal("unexpected routing result")),
-                Err(error) => return Err(item_status(&format!("messages[{index}]"), error)),
+                Err(error) => {
+                    // Past validation, one message's failure must not hide the others' ids.
+                    let message_id = match &error {
+                        Error::IdempotencyConflict { message_id } => message_id.clone(),
+                        _ => String::new(),
+                    };
+                    let status = item_status(&format!("messages[{index}]"), error);
+                    out.push(SendResponse {
+                        message_id,
+                        duplicate: false,
+                        error: Some(ItemError {
+                            code: status.code() as i32,
+                            message: status.message().to_string(),
+                        }),
+                    });
+                }
             }
         }
         Ok(Response::new(SendBatchResponse { results: out }))

@@ -41,10 +41,16 @@ fn error_result(error: Error) -> ForwardResult {
         _ => 0,
     };
     let code = error.code() as i32;
+    // A conflict travels as the bare id that holds the key, so the receiving node words the
+    // error exactly as it would for a local owner.
+    let message = match &error {
+        Error::IdempotencyConflict { message_id } => message_id.clone(),
+        _ => error.to_string(),
+    };
     ForwardResult {
         result: Some(forward_result::Result::Error(ForwardError {
             code,
-            message: error.to_string(),
+            message,
             epoch,
         })),
     }

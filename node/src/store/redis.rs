@@ -17,7 +17,7 @@
 //! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
 //! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence |
 //! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
-//! | `{p}:fence:{partition}` | string | fencing epoch (decimal); only lease acquisition raises it |
+//! | `{p}:fences` | hash | partition → fencing epoch (decimal); only lease acquisition raises it |
 //! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created |
 //! | `{p}:singleton:{name}` | string, PX ttl | holder of a singleton lease (control leader) |
 //! | `{p}:blob:{name}` | string | opaque bytes |
@@ -77,16 +77,28 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 /// - `C` counter: key, delta, ttl ms
 pub const WRITE_SCRIPT: &str = r#"
 local P = ARGV[1]
+-- ARGV[2] = k, then the k distinct partitions of the batch: their fences are read with one
+-- HMGET per 256 instead of one GET per op (the fence reads were a sixth of the script's time).
+local k = tonumber(ARGV[2])
 local fences = {}
+local j = 3
+while j <= 2 + k do
+  local last = math.min(j + 255, 2 + k)
+  local values = redis.call('HMGET', P .. ':fences', unpack(ARGV, j, last))
+  for x = j, last do
+    fences[ARGV[x]] = tonumber(values[x - j + 1] or '0')
+  end
+  j = last + 1
+end
 local out = {}
 local n = 0
-local i = 2
+local i = 3 + k
 local argc = #ARGV
 while i <= argc do
   local code, p, epoch = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local stored = fences[p]
   if stored == nil then
-    stored = tonumber(redis.call('GET', P .. ':fence:' .. p) or '0')
+    stored = tonumber(redis.call('HGET', P .. ':fences', p) or '0')
     fences[p] = stored
   end
   local fenced = stored > epoch
@@ -176,12 +188,11 @@ for i = 5, #ARGV do
   local lease = P .. ':lease:' .. p
   local holder = redis.call('GET', lease)
   if (not holder) or holder == node then
-    local fence = P .. ':fence:' .. p
-    local stored = tonumber(redis.call('GET', fence) or '0')
+    local stored = tonumber(redis.call('HGET', P .. ':fences', p) or '0')
     if stored <= epoch then
       redis.call('SET', lease, node, 'PX', ttl)
       if stored < epoch then
-        redis.call('SET', fence, ARGV[3])
+        redis.call('HSET', P .. ':fences', p, ARGV[3])
       end
       out[#out + 1] = tonumber(p)
     end
@@ -404,8 +415,8 @@ impl Keys {
     fn active(&self, partition: PartitionId) -> String {
         format!("{}:a:{}", self.prefix, partition.0)
     }
-    fn fence(&self, partition: PartitionId) -> String {
-        format!("{}:fence:{}", self.prefix, partition.0)
+    fn fences(&self) -> String {
+        format!("{}:fences", self.prefix)
     }
     fn counter(&self, key: &str) -> String {
         format!("{}:c:{}", self.prefix, key)
@@ -636,6 +647,8 @@ fn partitions_from(value: Value) -> Result<Vec<PartitionId>> {
 
 /// One `write` call (or one chunk of a very large one) waiting for the committer.
 struct Request {
+    /// Partitions of the ops, distinct, for the script's one fence read.
+    partitions: Vec<u32>,
     args: Args,
     expect: Vec<Expect>,
     reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
@@ -694,10 +707,20 @@ impl Committer {
     async fn commit(&self, batch: Vec<Request>, ops: usize, bytes: usize) {
         let argc: usize = batch.iter().map(|r| r.args.ends.len()).sum();
         let mut cmd = Cmd::with_capacity(argc + 4, bytes + self.prefix.len() + 64);
+        let mut partitions: Vec<u32> = batch
+            .iter()
+            .flat_map(|r| r.partitions.iter().copied())
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(0)
-            .arg(&self.prefix);
+            .arg(&self.prefix)
+            .arg(partitions.len());
+        for partition in &partitions {
+            cmd.arg(*partition);
+        }
         for request in &batch {
             request.args.append_to(&mut cmd);
         }
@@ -761,9 +784,13 @@ impl Store for RedisStore {
         // Chunks of one call are committed one after the other, so its ops apply in order.
         for chunk in ops.chunks(self.max_batch_ops) {
             let (args, expect) = encode_ops(&self.keys, chunk);
+            let mut partitions: Vec<u32> = chunk.iter().map(|op| op.fence.partition.0).collect();
+            partitions.sort_unstable();
+            partitions.dedup();
             let (reply, rx) = oneshot::channel();
             self.queue
                 .send(Request {
+                    partitions,
                     args,
                     expect,
                     reply,
@@ -817,9 +844,15 @@ impl Store for RedisStore {
         }
         // EXISTS counts every argument, so all exist iff the count is ids.len(): no values are
         // copied or decoded on the (common) valid path.
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.recipient(tenant, id)).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.keys.recipient(tenant, id))
+            .collect();
         let mut conn = self.conn.clone();
-        let count: usize = ::redis::cmd("EXISTS").arg(&keys).query_async(&mut conn).await?;
+        let count: usize = ::redis::cmd("EXISTS")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await?;
         if count == ids.len() {
             return Ok(Vec::new());
         }
@@ -922,8 +955,14 @@ impl Store for RedisStore {
     }
 
     async fn partition_epoch(&self, partition: PartitionId) -> Result<Epoch> {
-        let key = self.keys.fence(partition);
-        match self.get_bytes(&key).await? {
+        let key = self.keys.fences();
+        let mut conn = self.conn.clone();
+        let value: Option<Vec<u8>> = ::redis::cmd("HGET")
+            .arg(&key)
+            .arg(partition.0)
+            .query_async(&mut conn)
+            .await?;
+        match value {
             None => Ok(Epoch(0)),
             Some(bytes) => {
                 let text = utf8(&key, bytes)?;
