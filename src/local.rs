@@ -82,16 +82,30 @@ impl LocalCluster {
             .collect()
     }
 
-    /// Waits until every partition is served by some node.
+    /// Waits until the table has settled: every node applied the same epoch and serves exactly
+    /// the partitions that table gives it (so no partition moves during a timed run).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
+            let tables: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| n.context.ownership.table())
+                .collect();
+            let epoch = tables.first().map(|t| t.epoch);
+            let settled = tables
+                .iter()
+                .all(|t| Some(t.epoch) == epoch && t.nodes.len() == self.nodes.len())
+                && self.nodes.iter().zip(&tables).all(|(node, table)| {
+                    let owned = table.partitions_of(node.node_id().as_str()).count() as u32;
+                    owned == node.context.ownership.serving_count()
+                });
             let serving: u32 = self
                 .nodes
                 .iter()
                 .map(|n| n.context.ownership.serving_count())
                 .sum();
-            if serving >= self.partition_count {
+            if settled && serving == self.partition_count {
                 return Ok(());
             }
             if started.elapsed() > timeout {

@@ -276,6 +276,7 @@ async fn up(
             demo,
             Duration::from_secs(120 + demo as u64 / 500),
             true,
+            workload::Observer::Grpc,
         )
         .await?;
         let f = &report.funnel;
@@ -647,10 +648,24 @@ async fn bench_waterfall(
     workload::create_recipients(&addrs, DEMO_API_KEY, "r", n).await?;
     let calls_before = cluster.provider_calls();
     eprintln!("bench waterfall: {n} messages, {nodes} nodes, {store_name} store");
-    let report =
-        workload::run_messages(&addrs, DEMO_API_KEY, "r", n, Duration::from_secs(600), true)
-            .await
-            .context("running the workload")?;
+    let report = workload::run_messages(
+        &addrs,
+        DEMO_API_KEY,
+        "r",
+        n,
+        Duration::from_secs(600),
+        true,
+        // The instrument reads the nodes' terminal-event feeds in process.
+        workload::Observer::InProcess(
+            cluster
+                .nodes
+                .iter()
+                .map(|node| node.context.events.subscribe(true))
+                .collect(),
+        ),
+    )
+    .await
+    .context("running the workload")?;
     let attempts = cluster.provider_calls() - calls_before;
     let elapsed = report.elapsed.as_secs_f64();
     let line = json!({

@@ -102,6 +102,47 @@ pub async fn create_recipients(
     results.into_iter().collect()
 }
 
+/// Where terminal events are observed.
+pub enum Observer {
+    /// `WatchMessages` (terminal only) through the first node: the public API, as a client sees it.
+    Grpc,
+    /// The nodes' own terminal-event feeds, in process (benchmarks: the instrument should not
+    /// cost the system under test two extra gRPC hops per message).
+    InProcess(Vec<tokio::sync::broadcast::Receiver<Arc<herald_node::events::TenantEvent>>>),
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<herald_proto::v1::Event, String>> + Send>>;
+
+async fn observe(addrs: &[String], api_key: &str, observer: Observer) -> Result<EventStream> {
+    match observer {
+        Observer::Grpc => {
+            let mut watcher = DeliveryClient::new(connect(&addrs[0]).await?)
+                .max_decoding_message_size(64 * 1024 * 1024);
+            let events = watcher
+                .watch_messages(authed(
+                    WatchMessagesRequest {
+                        message_id: String::new(),
+                        recipient_id: String::new(),
+                        terminal_only: true,
+                    },
+                    api_key,
+                )?)
+                .await
+                .context("opening the watch stream")?
+                .into_inner();
+            Ok(Box::pin(events.map(|e| e.map_err(|s| s.to_string()))))
+        }
+        Observer::InProcess(receivers) => {
+            let streams = receivers.into_iter().map(|receiver| {
+                tokio_stream::wrappers::BroadcastStream::new(receiver)
+                    .map(|item| item.map(|e| e.event.clone()).map_err(|e| e.to_string()))
+            });
+            Ok(Box::pin(futures::stream::select_all(streams)))
+        }
+    }
+}
+
 /// Sends one message to each of `n` recipients and waits for every terminal state.
 pub async fn run_messages(
     addrs: &[String],
@@ -110,29 +151,17 @@ pub async fn run_messages(
     n: usize,
     timeout: Duration,
     progress: bool,
+    observer: Observer,
 ) -> Result<Report> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     // Watch first, so no terminal event is missed.
-    let mut watcher =
-        DeliveryClient::new(connect(&addrs[0]).await?).max_decoding_message_size(64 * 1024 * 1024);
-    let mut events = watcher
-        .watch_messages(authed(
-            WatchMessagesRequest {
-                message_id: String::new(),
-                recipient_id: String::new(),
-                terminal_only: true,
-            },
-            api_key,
-        )?)
-        .await
-        .context("opening the watch stream")?
-        .into_inner();
+    let mut events = observe(addrs, api_key, observer).await?;
     let watch_tracker = tracker.clone();
     let watch_task = tokio::spawn(async move {
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,
-                Err(status) => return Err(anyhow::anyhow!("watch ended: {status}")),
+                Err(reason) => return Err(anyhow::anyhow!("watch ended: {reason}")),
             };
             let now = Instant::now();
             let mut t = watch_tracker.lock();

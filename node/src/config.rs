@@ -93,7 +93,7 @@ pub fn relevant_env(
                 .next()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            keys.iter().any(|k| *k == first)
+            keys.contains(&first)
         })
         .collect()
 }

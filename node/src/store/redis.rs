@@ -163,11 +163,12 @@ while i <= argc do
     if fenced then
       out[n] = {stored}
     else
-      local v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
-      -- The value equals the delta only when this INCRBY created the counter: set its expiry
-      -- then, and save a PTTL round on every other increment.
-      if v == tonumber(ARGV[i + 4]) then
-        redis.call('PEXPIRE', ARGV[i + 3], ARGV[i + 5])
+      -- Create with its expiry in one call (SET NX PX); only an existing counter needs INCRBY.
+      local v
+      if redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
+        v = tonumber(ARGV[i + 4])
+      else
+        v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
       end
       out[n] = v
     end
@@ -241,6 +242,7 @@ return cur
 const MAX_TTL_MS: u64 = 1 << 40;
 /// Separator inside idempotency values and active-set members (never in a ULID).
 const SEP: char = '\x1f';
+const SEP_BYTES: &[u8] = b"\x1f";
 
 /// Settings of the Redis backend. A node's config reaches only `key_prefix` (as
 /// `store.key_prefix`); the rest are tuned in code, with these defaults.
@@ -418,9 +420,6 @@ impl Keys {
     fn fences(&self) -> String {
         format!("{}:fences", self.prefix)
     }
-    fn counter(&self, key: &str) -> String {
-        format!("{}:c:{}", self.prefix, key)
-    }
     fn singleton(&self, name: &str) -> String {
         format!("{}:singleton:{}", self.prefix, name)
     }
@@ -430,10 +429,6 @@ impl Keys {
     fn api_keys(&self) -> String {
         format!("{}:apikeys", self.prefix)
     }
-}
-
-fn active_member(tenant: &str, message_id: &str) -> String {
-    format!("{tenant}{SEP}{message_id}")
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {
@@ -454,11 +449,33 @@ impl Args {
         self.buf.extend_from_slice(bytes);
         self.ends.push(self.buf.len());
     }
-    fn push_u64(&mut self, n: u64) {
-        self.push(n.to_string().as_bytes());
+    /// One entry made of several pieces (a key), without building a String first.
+    fn push_parts(&mut self, parts: &[&[u8]]) {
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.ends.push(self.buf.len());
+    }
+    fn push_u64(&mut self, mut n: u64) {
+        // Decimal digits straight into the buffer (this runs several times per op).
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
     }
     fn push_i64(&mut self, n: i64) {
-        self.push(n.to_string().as_bytes());
+        if n < 0 {
+            self.push(n.to_string().as_bytes());
+        } else {
+            self.push_u64(n.unsigned_abs());
+        }
     }
     fn push_message(&mut self, message: &impl prost::Message) {
         // Encode straight into the shared buffer: no temporary Vec per message.
@@ -528,12 +545,22 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                             .as_bytes(),
                     );
                 }
-                args.push(format!("{}{SEP}{hash}", message.message_id).as_bytes());
+                args.push_parts(&[message.message_id.as_bytes(), SEP_BYTES, hash.as_bytes()]);
                 args.push_u64(ttl_ms(*idempotency_ttl));
-                args.push(keys.events(&message.tenant, &message.message_id).as_bytes());
+                args.push_parts(&[
+                    keys.prefix.as_bytes(),
+                    b":e:",
+                    message.tenant.as_bytes(),
+                    b":",
+                    message.message_id.as_bytes(),
+                ]);
                 args.push_message(message);
                 args.push_message(accepted);
-                args.push(active_member(&message.tenant, &message.message_id).as_bytes());
+                args.push_parts(&[
+                    message.tenant.as_bytes(),
+                    SEP_BYTES,
+                    message.message_id.as_bytes(),
+                ]);
                 expect.push(Expect::Accept {
                     message_id: MessageId(message.message_id.clone()),
                     hash,
@@ -545,9 +572,19 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 events,
                 terminal,
             } => {
-                args.push(keys.events(tenant.as_str(), message_id.as_str()).as_bytes());
+                args.push_parts(&[
+                    keys.prefix.as_bytes(),
+                    b":e:",
+                    tenant.as_str().as_bytes(),
+                    b":",
+                    message_id.as_str().as_bytes(),
+                ]);
                 if *terminal {
-                    args.push(active_member(tenant.as_str(), message_id.as_str()).as_bytes());
+                    args.push_parts(&[
+                        tenant.as_str().as_bytes(),
+                        SEP_BYTES,
+                        message_id.as_str().as_bytes(),
+                    ]);
                 } else {
                     args.push(b"");
                 }
@@ -558,7 +595,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 expect.push(Expect::Done);
             }
             WriteOp::IncrCounter { key, delta, ttl } => {
-                args.push(keys.counter(key).as_bytes());
+                args.push_parts(&[keys.prefix.as_bytes(), b":c:", key.as_bytes()]);
                 args.push_i64(*delta);
                 args.push_u64(ttl_ms(*ttl));
                 expect.push(Expect::Counter);
