@@ -49,8 +49,14 @@ enum Command {
         #[arg(long)]
         redis: Option<String>,
         /// Demo messages to send (0 = none).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 5000)]
         demo: usize,
+        /// Sandbox provider latency per call, in ms.
+        #[arg(long, default_value_t = 20)]
+        sandbox_latency_ms: u64,
+        /// Demo messages submitted per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
         /// Stop once the demo is done instead of serving until Ctrl-C.
         #[arg(long)]
         exit_when_done: bool,
@@ -172,12 +178,28 @@ async fn main() -> Result<()> {
             nodes,
             redis,
             demo,
+            sandbox_latency_ms,
+            rate,
             exit_when_done,
             json,
             partitions,
         } => {
             init_tracing("warn");
-            up(nodes, redis, demo, exit_when_done, json, partitions).await
+            let sandbox = SandboxConfig {
+                latency_ms: sandbox_latency_ms,
+            };
+            let pace = (rate > 0).then_some(rate);
+            up(
+                nodes,
+                redis,
+                demo,
+                sandbox,
+                pace,
+                exit_when_done,
+                json,
+                partitions,
+            )
+            .await
         }
         Command::Node { config } => {
             init_tracing("info");
@@ -240,6 +262,8 @@ async fn up(
     nodes: usize,
     redis: Option<String>,
     demo: usize,
+    sandbox: SandboxConfig,
+    pace: Option<u32>,
     exit_when_done: bool,
     json: bool,
     partitions: u32,
@@ -252,7 +276,7 @@ async fn up(
         nodes,
         redis_url: redis,
         key_prefix: Some(format!("herald-up-{}", ulid::Ulid::new())),
-        sandbox: SandboxConfig::default(),
+        sandbox,
         partition_count: partitions,
     })
     .await?;
@@ -277,6 +301,7 @@ async fn up(
             Duration::from_secs(120 + demo as u64 / 500),
             true,
             workload::Observer::Grpc,
+            pace,
         )
         .await?;
         let f = &report.funnel;
@@ -663,6 +688,7 @@ async fn bench_waterfall(
                 .map(|node| node.context.events.subscribe(true))
                 .collect(),
         ),
+        None,
     )
     .await
     .context("running the workload")?;

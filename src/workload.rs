@@ -152,6 +152,7 @@ pub async fn run_messages(
     timeout: Duration,
     progress: bool,
     observer: Observer,
+    pace_per_s: Option<u32>,
 ) -> Result<Report> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     // Watch first, so no terminal event is missed.
@@ -193,18 +194,28 @@ pub async fn run_messages(
     }
     let started = Instant::now();
     let run_id = ulid::Ulid::new().to_string();
+    // Paced (the demo): batches of a tenth of a second's worth, one at a time, on a schedule.
+    let (batch_size, in_flight) = match pace_per_s {
+        Some(rate) => (((rate / 10) as usize).clamp(1, BATCH), 1),
+        None => (BATCH, BATCHES_IN_FLIGHT),
+    };
     let batches: Vec<(usize, usize)> = (0..n)
-        .step_by(BATCH)
-        .map(|s| (s, (s + BATCH).min(n)))
+        .step_by(batch_size)
+        .map(|s| (s, (s + batch_size).min(n)))
         .collect();
     let submit_tracker = tracker.clone();
     let submit = futures::stream::iter(batches.into_iter().enumerate().map(|(b, (start, end))| {
+        let due = pace_per_s
+            .map(|rate| started + Duration::from_secs_f64(start as f64 / f64::from(rate.max(1))));
         let mut client = clients[b % clients.len()].clone();
         let messages: Vec<MessageRequest> = (start..end)
             .map(|i| demo_message(format!("{prefix}{i}"), format!("{run_id}-{i}")))
             .collect();
         let tracker = submit_tracker.clone();
         async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due.into()).await;
+            }
             let sent_at = Instant::now();
             let reply = client
                 .send_batch(authed(SendBatchRequest { messages }, api_key)?)
@@ -225,7 +236,7 @@ pub async fn run_messages(
             Ok::<_, anyhow::Error>(())
         }
     }))
-    .buffer_unordered(BATCHES_IN_FLIGHT)
+    .buffer_unordered(in_flight)
     .collect::<Vec<_>>();
 
     let progress_tracker = tracker.clone();

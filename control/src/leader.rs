@@ -214,17 +214,29 @@ impl Controller {
     /// Stops acting as leader at once: the term refuses every request from now on and its
     /// WatchTable streams end with UNAVAILABLE.
     async fn step_down(&self, reason: &str, next: Role) {
+        let stopping = matches!(next, Role::Stopped);
         let previous = self.role.send_replace(next);
         if let Role::Leader(term) = previous {
             term.active.store(false, Ordering::Release);
             self.set_health(ServingStatus::NotServing).await;
-            warn!(
-                control = %self.config.control_id,
-                term = term.number,
-                epoch = term.table().epoch,
-                reason,
-                "stepped down"
-            );
+            // A planned shutdown is routine; losing the lease otherwise is worth a warning.
+            if stopping {
+                info!(
+                    control = %self.config.control_id,
+                    term = term.number,
+                    epoch = term.table().epoch,
+                    reason,
+                    "stepped down"
+                );
+            } else {
+                warn!(
+                    control = %self.config.control_id,
+                    term = term.number,
+                    epoch = term.table().epoch,
+                    reason,
+                    "stepped down"
+                );
+            }
         }
     }
 
