@@ -258,6 +258,8 @@ async fn main() -> Result<()> {
     }
 }
 
+// The CLI flags map one to one onto these parameters.
+#[allow(clippy::too_many_arguments)]
 async fn up(
     nodes: usize,
     redis: Option<String>,

@@ -144,6 +144,8 @@ async fn observe(addrs: &[String], api_key: &str, observer: Observer) -> Result<
 }
 
 /// Sends one message to each of `n` recipients and waits for every terminal state.
+// The CLI flags map one to one onto these parameters.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_messages(
     addrs: &[String],
     api_key: &str,
