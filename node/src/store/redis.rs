@@ -173,6 +173,36 @@ while i <= argc do
       out[n] = v
     end
     i = i + 6
+  elseif code == 'F' then
+    -- A counter increment and an event append of one message under one fence (an actor's
+    -- first write): one op, so one fence check and one op's overhead. Two replies.
+    local count = tonumber(ARGV[i + 8])
+    local last = i + 8 + count
+    if fenced then
+      out[n] = {stored}
+      n = n + 1
+      out[n] = {stored}
+    else
+      local v
+      if redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
+        v = tonumber(ARGV[i + 4])
+      else
+        v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
+      end
+      out[n] = v
+      local j = i + 9
+      while j <= last do
+        local k = math.min(j + 255, last)
+        redis.call('RPUSH', ARGV[i + 6], unpack(ARGV, j, k))
+        j = k + 1
+      end
+      if ARGV[i + 7] ~= '' then
+        redis.call('SREM', P .. ':a:' .. p, ARGV[i + 7])
+      end
+      n = n + 1
+      out[n] = 0
+    end
+    i = last + 1
   else
     return redis.error_reply('herald write script: unknown op code ' .. tostring(code))
   end
@@ -499,10 +529,77 @@ enum Expect {
     Counter,
 }
 
+/// `key, delta, ttl` of a counter op.
+fn push_counter(args: &mut Args, keys: &Keys, key: &str, delta: i64, ttl: Duration) {
+    args.push_parts(&[keys.prefix.as_bytes(), b":c:", key.as_bytes()]);
+    args.push_i64(delta);
+    args.push_u64(ttl_ms(ttl));
+}
+
+/// `events key, active member or '', count, events...` of an append op.
+fn push_append(
+    args: &mut Args,
+    keys: &Keys,
+    tenant: &TenantId,
+    message_id: &MessageId,
+    events: &[Event],
+    terminal: bool,
+) {
+    args.push_parts(&[
+        keys.prefix.as_bytes(),
+        b":e:",
+        tenant.as_str().as_bytes(),
+        b":",
+        message_id.as_str().as_bytes(),
+    ]);
+    if terminal {
+        args.push_parts(&[
+            tenant.as_str().as_bytes(),
+            SEP_BYTES,
+            message_id.as_str().as_bytes(),
+        ]);
+    } else {
+        args.push(b"");
+    }
+    args.push_u64(events.len() as u64);
+    for event in events {
+        args.push_message(event);
+    }
+}
+
 fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
     let mut args = Args::default();
     let mut expect = Vec::with_capacity(ops.len());
-    for FencedOp { fence, op } in ops {
+    let mut index = 0;
+    while index < ops.len() {
+        let FencedOp { fence, op } = &ops[index];
+        index += 1;
+        // A counter followed by an append under the same fence travels as one 'F' op.
+        if let (
+            WriteOp::IncrCounter { key, delta, ttl },
+            Some(FencedOp {
+                fence: next_fence,
+                op:
+                    WriteOp::AppendEvents {
+                        tenant,
+                        message_id,
+                        events,
+                        terminal,
+                    },
+            }),
+        ) = (op, ops.get(index))
+            && next_fence == fence
+        {
+            index += 1;
+            args.push(b"F");
+            args.push_u64(u64::from(fence.partition.0));
+            args.push_u64(fence.epoch.0);
+            push_counter(&mut args, keys, key, *delta, *ttl);
+            push_append(&mut args, keys, tenant, message_id, events, *terminal);
+            expect.push(Expect::Counter);
+            expect.push(Expect::Done);
+            continue;
+        }
         let code: &[u8] = match op {
             WriteOp::PutRecipient { .. } => b"R",
             WriteOp::EraseRecipient { .. } => b"X",
@@ -572,32 +669,11 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 events,
                 terminal,
             } => {
-                args.push_parts(&[
-                    keys.prefix.as_bytes(),
-                    b":e:",
-                    tenant.as_str().as_bytes(),
-                    b":",
-                    message_id.as_str().as_bytes(),
-                ]);
-                if *terminal {
-                    args.push_parts(&[
-                        tenant.as_str().as_bytes(),
-                        SEP_BYTES,
-                        message_id.as_str().as_bytes(),
-                    ]);
-                } else {
-                    args.push(b"");
-                }
-                args.push_u64(events.len() as u64);
-                for event in events {
-                    args.push_message(event);
-                }
+                push_append(&mut args, keys, tenant, message_id, events, *terminal);
                 expect.push(Expect::Done);
             }
             WriteOp::IncrCounter { key, delta, ttl } => {
-                args.push_parts(&[keys.prefix.as_bytes(), b":c:", key.as_bytes()]);
-                args.push_i64(*delta);
-                args.push_u64(ttl_ms(*ttl));
+                push_counter(&mut args, keys, key, *delta, *ttl);
                 expect.push(Expect::Counter);
             }
         }

@@ -677,6 +677,64 @@ async fn counters(store: Arc<dyn Store>) {
     );
 }
 
+/// An actor's first write: a counter and an append under one fence (Redis sends them as one
+/// op). Each keeps its own outcome, and fencing rejects both.
+async fn counter_then_append(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(3, 1);
+    write(store, vec![accept(f, message("m-ca", "k-ca", 1, 3), LONG)]).await;
+    let outcomes = write(
+        store,
+        vec![
+            incr(f, "freq:ca", 1, LONG),
+            append(f, "m-ca", vec![event("m-ca", EventKind::EventAttempted, 2)], false),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes, vec![WriteOutcome::Counter(1), WriteOutcome::Done]);
+    let outcomes = write(
+        store,
+        vec![
+            incr(f, "freq:ca", 1, LONG),
+            append(f, "m-ca", vec![event("m-ca", EventKind::EventSent, 3)], true),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes, vec![WriteOutcome::Counter(2), WriteOutcome::Done]);
+    assert!(!active_ids(store, 3).await.contains("m-ca"), "terminal left the active set");
+    // A newer owner takes partition 3: both ops of the stale writer are rejected.
+    let node = NodeId("newer".into());
+    let taken = store
+        .acquire_leases(&node, Epoch(5), &[PartitionId(3)], LONG)
+        .await
+        .expect("acquire");
+    assert_eq!(taken, vec![PartitionId(3)]);
+    let outcomes = write(
+        store,
+        vec![
+            incr(f, "freq:ca", 1, LONG),
+            append(f, "m-ca", vec![event("m-ca", EventKind::EventRead, 4)], false),
+        ],
+    )
+    .await;
+    let fenced = WriteOutcome::Fenced { stored: Epoch(5) };
+    assert_eq!(outcomes, vec![fenced.clone(), fenced]);
+    assert_eq!(
+        event_kinds(store, "m-ca").await,
+        vec![
+            EventKind::EventAccepted as i32,
+            EventKind::EventAttempted as i32,
+            EventKind::EventSent as i32
+        ]
+    );
+    let newer = fence(3, 5);
+    assert_eq!(
+        write(store, vec![incr(newer, "freq:ca", 1, LONG)]).await,
+        vec![WriteOutcome::Counter(3)],
+        "the fenced increment changed nothing"
+    );
+}
+
 async fn singleton_lease(store: Arc<dyn Store>) {
     let store = store.as_ref();
     assert_eq!(
@@ -919,6 +977,7 @@ suite!(
     events_and_active_set,
     recipients,
     counters,
+    counter_then_append,
     singleton_lease,
     blobs_and_api_keys,
     concurrent_writers,
