@@ -57,6 +57,20 @@ impl EventBus {
         }
     }
 
+    /// Copies of the events some subscriber would receive (none when nobody watches).
+    pub fn wanted(&self, events: &[Event]) -> Vec<Event> {
+        let all = self.all.receiver_count() > 0;
+        let terminal = self.terminal.receiver_count() > 0;
+        if !all && !terminal {
+            return Vec::new();
+        }
+        events
+            .iter()
+            .filter(|e| all || crate::actors::waterfall::is_terminal(e.status()))
+            .cloned()
+            .collect()
+    }
+
     pub fn subscribe(&self, terminal_only: bool) -> broadcast::Receiver<Arc<TenantEvent>> {
         if terminal_only {
             self.terminal.subscribe()

@@ -248,7 +248,8 @@ impl Router {
         let mut out = Vec::with_capacity(items.len());
         let mut ops: Vec<FencedOp> = Vec::with_capacity(items.len());
         let mut op_items: Vec<(usize, Item, PartitionId)> = Vec::with_capacity(items.len());
-        let mut accepted_at: Vec<Option<(StoredMessage, Event)>> = Vec::with_capacity(items.len());
+        let mut accepted_at: Vec<Option<(Arc<StoredMessage>, Event)>> =
+            Vec::with_capacity(items.len());
         for (index, item) in items {
             if count == 0 {
                 out.push((
@@ -265,20 +266,34 @@ impl Router {
                     continue;
                 }
             };
-            let op = match &item {
+            let mut item = item;
+            let op = match &mut item {
                 Item::Send(request) => {
                     let message_id = ulid::Ulid::new().to_string();
+                    // The request moves into the stored message; only its recipient id is
+                    // needed here afterwards.
+                    let request = std::mem::replace(
+                        request,
+                        MessageRequest {
+                            recipient_id: request.recipient_id.clone(),
+                            ..Default::default()
+                        },
+                    );
                     let stored = StoredMessage {
                         message_id: message_id.clone(),
                         tenant: tenant.id.0.clone(),
-                        payload_hash: payload_hash(request),
-                        request: Some(request.clone()),
+                        payload_hash: payload_hash(&request),
                         partition: partition.0,
                         created_unix_ms: now_unix_ms(),
+                        request: Some(request),
                     };
                     let accepted = Event {
                         message_id,
-                        recipient_id: request.recipient_id.clone(),
+                        recipient_id: stored
+                            .request
+                            .as_ref()
+                            .map(|r| r.recipient_id.clone())
+                            .unwrap_or_default(),
                         kind: EventKind::EventAccepted as i32,
                         at_unix_ms: stored.created_unix_ms,
                         node_id: self.context.node_id.0.clone(),
@@ -288,6 +303,7 @@ impl Router {
                         seq: 1,
                         ..Default::default()
                     };
+                    let stored = Arc::new(stored);
                     accepted_at.push(Some((stored.clone(), accepted.clone())));
                     WriteOp::AcceptMessage {
                         message: stored,
@@ -423,7 +439,7 @@ impl Router {
     pub fn dispatch(
         &self,
         tenant: &Arc<Tenant>,
-        message: StoredMessage,
+        message: Arc<StoredMessage>,
         fence: crate::store::Fence,
         history: Option<Vec<Event>>,
         recipient: Option<Recipient>,
@@ -444,7 +460,7 @@ impl Router {
 pub fn dispatch(
     context: &Arc<NodeContext>,
     tenant: Arc<Tenant>,
-    message: StoredMessage,
+    message: Arc<StoredMessage>,
     fence: crate::store::Fence,
     history: Option<Vec<Event>>,
     recipient: Option<Recipient>,
@@ -462,7 +478,7 @@ pub fn dispatch(
         fence.partition,
         RecipientMsg::Run(Box::new(Job {
             tenant,
-            message: Arc::new(message),
+            message,
             fence,
             history,
             recipient,

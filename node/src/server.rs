@@ -123,7 +123,15 @@ async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(Partition
                         return;
                     };
                     // The actor re-reads the log when it gets to the job.
-                    router::dispatch(&context, tenant, record.message, fence, None, None, permit);
+                    router::dispatch(
+                        &context,
+                        tenant,
+                        Arc::new(record.message),
+                        fence,
+                        None,
+                        None,
+                        permit,
+                    );
                     resumed += 1;
                 }
                 Ok(None) => {

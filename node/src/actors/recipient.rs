@@ -236,12 +236,15 @@ impl<'a> EventLog<'a> {
         if events.is_empty() && !terminal && extra.is_empty() {
             return Ok(Vec::new());
         }
+        // Copies only of what a watcher wants (usually nothing): the events themselves go to
+        // the store.
+        let watched = self.context.events.wanted(&events);
         extra.push(FencedOp {
             fence: self.job.fence,
             op: WriteOp::AppendEvents {
                 tenant: self.job.tenant.id.clone(),
                 message_id: MessageId(self.job.message.message_id.clone()),
-                events: events.clone(),
+                events,
                 terminal,
             },
         });
@@ -252,7 +255,7 @@ impl<'a> EventLog<'a> {
         {
             return Err(RunError::Fenced);
         }
-        self.context.events.publish(&self.job.tenant.id, &events);
+        self.context.events.publish(&self.job.tenant.id, &watched);
         Ok(outcomes)
     }
 }

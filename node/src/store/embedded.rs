@@ -802,7 +802,7 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
             accepted,
             idempotency_ttl,
         } => Entry::Accept(Accept {
-            message: Some(message),
+            message: Some(Arc::unwrap_or_clone(message)),
             accepted: Some(accepted),
             partition: fence.partition.0,
             idempotency_expires_unix_ms: now_ms.saturating_add(ttl_ms(idempotency_ttl)),

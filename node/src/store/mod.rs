@@ -25,6 +25,7 @@ pub mod redis;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,9 +62,6 @@ pub struct FencedOp {
     pub op: WriteOp,
 }
 
-// AcceptMessage carries the whole message inline on purpose: ops live for one group commit,
-// and boxing would cost an allocation per message on the hot path.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum WriteOp {
     /// Insert or replace a recipient.
@@ -82,7 +80,8 @@ pub enum WriteOp {
     /// Same key + same `payload_hash` → `Accepted { duplicate: true }` with the first id;
     /// same key + other hash → `Conflict`.
     AcceptMessage {
-        message: StoredMessage,
+        /// Shared with the actor that runs the message: no deep copy on the hot path.
+        message: Arc<StoredMessage>,
         accepted: Event,
         idempotency_ttl: Duration,
     },

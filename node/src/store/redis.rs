@@ -651,7 +651,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                     b":",
                     message.message_id.as_bytes(),
                 ]);
-                args.push_message(message);
+                args.push_message(message.as_ref());
                 args.push_message(accepted);
                 args.push_parts(&[
                     message.tenant.as_bytes(),

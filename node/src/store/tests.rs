@@ -68,7 +68,7 @@ fn accept(fence: Fence, message: StoredMessage, ttl: Duration) -> FencedOp {
     FencedOp {
         fence,
         op: WriteOp::AcceptMessage {
-            message,
+            message: Arc::new(message),
             accepted,
             idempotency_ttl: ttl,
         },
@@ -687,7 +687,12 @@ async fn counter_then_append(store: Arc<dyn Store>) {
         store,
         vec![
             incr(f, "freq:ca", 1, LONG),
-            append(f, "m-ca", vec![event("m-ca", EventKind::EventAttempted, 2)], false),
+            append(
+                f,
+                "m-ca",
+                vec![event("m-ca", EventKind::EventAttempted, 2)],
+                false,
+            ),
         ],
     )
     .await;
@@ -696,12 +701,20 @@ async fn counter_then_append(store: Arc<dyn Store>) {
         store,
         vec![
             incr(f, "freq:ca", 1, LONG),
-            append(f, "m-ca", vec![event("m-ca", EventKind::EventSent, 3)], true),
+            append(
+                f,
+                "m-ca",
+                vec![event("m-ca", EventKind::EventSent, 3)],
+                true,
+            ),
         ],
     )
     .await;
     assert_eq!(outcomes, vec![WriteOutcome::Counter(2), WriteOutcome::Done]);
-    assert!(!active_ids(store, 3).await.contains("m-ca"), "terminal left the active set");
+    assert!(
+        !active_ids(store, 3).await.contains("m-ca"),
+        "terminal left the active set"
+    );
     // A newer owner takes partition 3: both ops of the stale writer are rejected.
     let node = NodeId("newer".into());
     let taken = store
@@ -713,7 +726,12 @@ async fn counter_then_append(store: Arc<dyn Store>) {
         store,
         vec![
             incr(f, "freq:ca", 1, LONG),
-            append(f, "m-ca", vec![event("m-ca", EventKind::EventRead, 4)], false),
+            append(
+                f,
+                "m-ca",
+                vec![event("m-ca", EventKind::EventRead, 4)],
+                false,
+            ),
         ],
     )
     .await;
