@@ -216,7 +216,7 @@ impl Default for NodeConfig {
             tenants_file: None,
             api_keys_in_store: false,
             lease_ttl_ms: 2000,
-            lease_renew_interval_ms: 500,
+            lease_renew_interval_ms: 650,
             lease_acquire_retry_ms: 100,
             actor_idle_ms: 2_000,
             idempotency_ttl_s: 7 * 24 * 3600,
