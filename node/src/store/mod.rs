@@ -126,6 +126,16 @@ pub struct MessageRecord {
     pub events: Vec<Event>,
 }
 
+/// Indexes of the `None`s: the recipients a batched read did not find.
+pub fn missing_indexes(found: &[Option<Recipient>]) -> Vec<usize> {
+    found
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_none())
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` (each atomically, fenced) and returns one outcome per op, in order.
@@ -150,13 +160,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Indexes into `ids` of recipients that do not exist (validation: "missing recipient").
     async fn missing_recipients(&self, tenant: &TenantId, ids: &[String]) -> Result<Vec<usize>> {
-        let found = self.get_recipients(tenant, ids).await?;
-        Ok(found
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_none())
-            .map(|(i, _)| i)
-            .collect())
+        Ok(missing_indexes(&self.get_recipients(tenant, ids).await?))
     }
 
     async fn get_message(

@@ -90,6 +90,27 @@ while j <= 2 + k do
   end
   j = last + 1
 end
+-- Appends ARGV[first..last] to `key` (in chunks: unpack() is bounded by the Lua C stack) and,
+-- when `member` is not empty, takes the message out of partition p's active set.
+local function append(key, member, p, first, last)
+  local j = first
+  while j <= last do
+    local chunk_end = math.min(j + 255, last)
+    redis.call('RPUSH', key, unpack(ARGV, j, chunk_end))
+    j = chunk_end + 1
+  end
+  if member ~= '' then
+    redis.call('SREM', P .. ':a:' .. p, member)
+  end
+end
+-- Adds `delta` to a counter, creating it with its expiry in one call (SET NX PX); only an
+-- existing counter needs INCRBY.
+local function incr(key, delta, ttl)
+  if redis.call('SET', key, delta, 'PX', ttl, 'NX') then
+    return tonumber(delta)
+  end
+  return redis.call('INCRBY', key, delta)
+end
 local out = {}
 local n = 0
 local i = 3 + k
@@ -109,16 +130,7 @@ while i <= argc do
     if fenced then
       out[n] = {stored}
     else
-      -- RPUSH in chunks: unpack() is bounded by the Lua C stack.
-      local j = i + 6
-      while j <= last do
-        local k = math.min(j + 255, last)
-        redis.call('RPUSH', ARGV[i + 3], unpack(ARGV, j, k))
-        j = k + 1
-      end
-      if ARGV[i + 4] ~= '' then
-        redis.call('SREM', P .. ':a:' .. p, ARGV[i + 4])
-      end
+      append(ARGV[i + 3], ARGV[i + 4], p, i + 6, last)
       out[n] = 0
     end
     i = last + 1
@@ -163,14 +175,7 @@ while i <= argc do
     if fenced then
       out[n] = {stored}
     else
-      -- Create with its expiry in one call (SET NX PX); only an existing counter needs INCRBY.
-      local v
-      if redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
-        v = tonumber(ARGV[i + 4])
-      else
-        v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
-      end
-      out[n] = v
+      out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
     end
     i = i + 6
   elseif code == 'F' then
@@ -183,22 +188,8 @@ while i <= argc do
       n = n + 1
       out[n] = {stored}
     else
-      local v
-      if redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
-        v = tonumber(ARGV[i + 4])
-      else
-        v = redis.call('INCRBY', ARGV[i + 3], ARGV[i + 4])
-      end
-      out[n] = v
-      local j = i + 9
-      while j <= last do
-        local k = math.min(j + 255, last)
-        redis.call('RPUSH', ARGV[i + 6], unpack(ARGV, j, k))
-        j = k + 1
-      end
-      if ARGV[i + 7] ~= '' then
-        redis.call('SREM', P .. ':a:' .. p, ARGV[i + 7])
-      end
+      out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+      append(ARGV[i + 6], ARGV[i + 7], p, i + 9, last)
       n = n + 1
       out[n] = 0
     end
@@ -969,13 +960,9 @@ impl Store for RedisStore {
         if count == ids.len() {
             return Ok(Vec::new());
         }
-        let found = self.get_recipients(tenant, ids).await?;
-        Ok(found
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_none())
-            .map(|(i, _)| i)
-            .collect())
+        Ok(super::missing_indexes(
+            &self.get_recipients(tenant, ids).await?,
+        ))
     }
 
     async fn get_message(
