@@ -36,21 +36,26 @@ pub fn default_waterfall() -> Vec<WaterfallStep> {
         .collect()
 }
 
-fn check_id(field: &str, value: &str, required: bool) -> Result<(), Error> {
+/// `field` builds the field's name, only when there is an error to report: validation runs
+/// for every message, and naming fields eagerly cost several allocations per message.
+fn check_id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), Error> {
     if value.is_empty() {
         if required {
-            return Err(Error::invalid(field, "is required"));
+            return Err(Error::invalid(field(), "is required"));
         }
         return Ok(());
     }
     if value.len() > ID_MAX_BYTES {
         return Err(Error::invalid(
-            field,
+            field(),
             format!("is {} bytes, the limit is {ID_MAX_BYTES}", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+        return Err(Error::invalid(
+            field(),
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -63,17 +68,17 @@ pub fn message(
     max_message_bytes: usize,
 ) -> Result<(), Error> {
     check_id(
-        &format!("{prefix}.recipient_id"),
+        || format!("{prefix}.recipient_id"),
         &request.recipient_id,
         true,
     )?;
     check_id(
-        &format!("{prefix}.idempotency_key"),
+        || format!("{prefix}.idempotency_key"),
         &request.idempotency_key,
         false,
     )?;
     check_id(
-        &format!("{prefix}.campaign_id"),
+        || format!("{prefix}.campaign_id"),
         &request.campaign_id,
         false,
     )?;
@@ -100,19 +105,19 @@ pub fn message(
     }
     let mut seen = Vec::with_capacity(3);
     for (index, step) in request.waterfall.iter_mut().enumerate() {
-        let field = format!("{prefix}.waterfall[{index}]");
+        let field = || format!("{prefix}.waterfall[{index}]");
         let channel = match Channel::try_from(step.channel) {
             Ok(c @ (Channel::Push | Channel::Email | Channel::Sms)) => c,
             _ => {
                 return Err(Error::invalid(
-                    format!("{field}.channel"),
+                    format!("{}.channel", field()),
                     "must be PUSH, EMAIL or SMS",
                 ));
             }
         };
         if seen.contains(&channel) {
             return Err(Error::invalid(
-                format!("{field}.channel"),
+                format!("{}.channel", field()),
                 format!(
                     "repeats {} (each channel at most once)",
                     channel.as_str_name()
@@ -125,23 +130,23 @@ pub fn message(
             Ok(_) => {}
             Err(_) => {
                 return Err(Error::invalid(
-                    format!("{field}.success"),
+                    format!("{}.success", field()),
                     "must be ACCEPTED, DELIVERED or READ",
                 ));
             }
         }
         if step.timeout_ms > STEP_TIMEOUT_MAX_MS {
             return Err(Error::invalid(
-                format!("{field}.timeout_ms"),
+                format!("{}.timeout_ms", field()),
                 format!("is {} ms, the limit is 7 days", step.timeout_ms),
             ));
         }
         check_id(
-            &format!("{field}.provider_account"),
+            || format!("{}.provider_account", field()),
             &step.provider_account,
             false,
         )?;
-        check_content(prefix, &field, channel, request.content.as_ref())?;
+        check_content(prefix, index, channel, request.content.as_ref())?;
     }
     let size = prost::Message::encoded_len(request);
     if size > max_message_bytes {
@@ -155,14 +160,14 @@ pub fn message(
 
 fn check_content(
     prefix: &str,
-    step_field: &str,
+    step: usize,
     channel: Channel,
     content: Option<&herald_proto::v1::Content>,
 ) -> Result<(), Error> {
     let missing = |name: &str| {
         Error::invalid(
             format!("{prefix}.content.{name}"),
-            format!("is required by {step_field}"),
+            format!("is required by {prefix}.waterfall[{step}]"),
         )
     };
     match channel {
@@ -239,7 +244,7 @@ fn check_content(
 
 /// Validates a recipient for upsert. `prefix` is its field path (`recipient`, `recipients[2]`).
 pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
-    check_id(&format!("{prefix}.id"), &recipient.id, true)?;
+    check_id(|| format!("{prefix}.id"), &recipient.id, true)?;
     if recipient.push_tokens.len() > 16 {
         return Err(Error::invalid(
             format!("{prefix}.push_tokens"),

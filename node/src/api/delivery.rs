@@ -80,12 +80,12 @@ impl Delivery for DeliveryApi {
             )
             .into());
         }
+        let mut prefix = String::with_capacity(16);
         for (index, message) in messages.iter_mut().enumerate() {
-            validate::message(
-                &format!("messages[{index}]"),
-                message,
-                context.config.max_message_bytes,
-            )?;
+            use std::fmt::Write as _;
+            prefix.clear();
+            let _ = write!(prefix, "messages[{index}]");
+            validate::message(&prefix, message, context.config.max_message_bytes)?;
         }
         require_recipients(context, &tenant.id, &messages, |i| format!("messages[{i}]")).await?;
         for message in &mut messages {
