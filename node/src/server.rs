@@ -103,47 +103,69 @@ impl PartitionLifecycle for Lifecycle {
     }
 }
 
+/// Messages read concurrently while resuming a taken-over partition.
+const RESUME_READS_IN_FLIGHT: usize = 32;
+
 /// Resumes the active messages of newly acquired partitions from their event logs.
 async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(PartitionId, Epoch)>) {
-    let mut resumed = 0usize;
+    use futures::StreamExt;
+    let mut pending = Vec::new();
     for (partition, epoch) in partitions {
-        let active = match context.store.active_messages(partition).await {
-            Ok(active) => active,
-            Err(error) => {
-                warn!(%partition, %error, "listing active messages failed");
-                continue;
+        match context.store.active_messages(partition).await {
+            Ok(active) => {
+                let fence = Fence { partition, epoch };
+                pending.extend(active.into_iter().map(|(tenant, id)| (tenant, id, fence)));
             }
-        };
-        let fence = Fence { partition, epoch };
-        for (tenant, message_id) in active {
-            match context.store.get_message(&tenant, &message_id).await {
-                Ok(Some(record)) => {
-                    let tenant = context.auth.tenant(&tenant.0);
-                    let Ok(permit) = context.admission.clone().acquire_owned().await else {
-                        return;
-                    };
-                    // The actor re-reads the log when it gets to the job.
-                    router::dispatch(
-                        &context,
-                        tenant,
-                        Arc::new(record.message),
-                        fence,
-                        None,
-                        None,
-                        permit,
-                    );
-                    resumed += 1;
-                }
-                Ok(None) => {
-                    warn!(%partition, message_id = %MessageId::as_str(&message_id), "active message without record")
-                }
-                Err(error) => warn!(%partition, %error, "loading active message failed"),
+            Err(error) => warn!(%partition, %error, "listing active messages failed"),
+        }
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let count = pending.len();
+    // Message ids are ULIDs: sorted, they are in acceptance order, and `buffered` keeps that
+    // order for dispatch while the reads run in parallel (a takeover can bring thousands).
+    pending.sort_by(|a, b| a.1.cmp(&b.1));
+    let reads = futures::stream::iter(pending.into_iter().map(|(tenant, id, fence)| {
+        let context = context.clone();
+        async move {
+            let record = context.store.get_message(&tenant, &id).await;
+            (tenant, id, fence, record)
+        }
+    }))
+    .buffered(RESUME_READS_IN_FLIGHT);
+    futures::pin_mut!(reads);
+    let mut resumed = 0usize;
+    while let Some((tenant, id, fence, record)) = reads.next().await {
+        match record {
+            Ok(Some(record)) => {
+                let tenant = context.auth.tenant(&tenant.0);
+                let Ok(permit) = context.admission.clone().acquire_owned().await else {
+                    return;
+                };
+                // The actor re-reads the log when it gets to the job.
+                router::dispatch(
+                    &context,
+                    tenant,
+                    Arc::new(record.message),
+                    fence,
+                    None,
+                    None,
+                    permit,
+                );
+                resumed += 1;
+            }
+            Ok(None) => warn!(
+                partition = %fence.partition,
+                message_id = %MessageId::as_str(&id),
+                "active message without record"
+            ),
+            Err(error) => {
+                warn!(partition = %fence.partition, %error, "loading active message failed")
             }
         }
     }
-    if resumed > 0 {
-        info!(node = %context.node_id, resumed, "resumed active messages");
-    }
+    info!(node = %context.node_id, resumed, listed = count, "resumed active messages");
 }
 
 /// A running node.
