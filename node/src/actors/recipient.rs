@@ -104,7 +104,8 @@ impl Actor for RecipientActor {
             }
             // Boxed: the waterfall's future is several KiB; inline, every idle actor's task
             // would keep that much memory for as long as the actor lives.
-            Box::pin(run_with_retries(&context, &job)).await;
+            let history = job.history.take();
+            Box::pin(run_with_retries(&context, &job, history)).await;
             state
                 .args
                 .activity
@@ -124,9 +125,10 @@ enum RunError {
     Store(#[from] store::Error),
 }
 
-async fn run_with_retries(context: &NodeContext, job: &Job) {
-    let mut history = match &job.history {
-        Some(history) => history.clone(),
+/// Runs `job` from `history` (the log as the job carried it; `None` = read it from the store).
+async fn run_with_retries(context: &NodeContext, job: &Job, history: Option<Vec<Event>>) {
+    let mut history = match history {
+        Some(history) => history,
         None => match load_history(context, job).await {
             Some(history) => history,
             None => return,
@@ -268,9 +270,10 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
         Channel::Sms => !recipient.phone.is_empty(),
         Channel::Unspecified => false,
     };
-    let name = channel.as_str_name().to_ascii_lowercase();
+    // Lowercase channel name for reasons; built only when there is a reason to give.
+    let name = || channel.as_str_name().to_ascii_lowercase();
     if !has_contact {
-        return Some(format!("no_contact_point{{channel={name}}}"));
+        return Some(format!("no_contact_point{{channel={}}}", name()));
     }
     let consent = recipient
         .consent
@@ -279,10 +282,11 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
         .map(|c| c.state())
         .unwrap_or(ConsentState::Unspecified);
     match (consent, class) {
-        (ConsentState::OptedOut, _) => Some(format!("opted_out{{channel={name}}}")),
+        (ConsentState::OptedOut, _) => Some(format!("opted_out{{channel={}}}", name())),
         (ConsentState::OptedIn, _) => None,
         (_, MessageClass::Marketing) => Some(format!(
-            "no_opt_in{{channel={name}, class=marketing, consent=unset}}"
+            "no_opt_in{{channel={}, class=marketing, consent=unset}}",
+            name()
         )),
         _ => None,
     }
@@ -368,7 +372,8 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         }
     }
 
-    let content = request.content.clone().unwrap_or_default();
+    let no_content = herald_proto::v1::Content::default();
+    let content = request.content.as_ref().unwrap_or(&no_content);
     let steps = &request.waterfall;
     let mut step = progress.next_step;
     let mut resend: Option<String> = None;
@@ -432,7 +437,7 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                 message_id: &job.message.message_id,
                 channel,
                 recipient: &recipient,
-                content: &content,
+                content,
             })
             .await;
         let failure = match outcome {
