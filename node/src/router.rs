@@ -248,7 +248,7 @@ impl Router {
         let mut out = Vec::with_capacity(items.len());
         let mut ops: Vec<FencedOp> = Vec::with_capacity(items.len());
         let mut op_items: Vec<(usize, Item, PartitionId)> = Vec::with_capacity(items.len());
-        let mut accepted_at: Vec<Option<(Arc<StoredMessage>, Event)>> =
+        let mut accepted_at: Vec<Option<(Arc<StoredMessage>, Vec<Event>)>> =
             Vec::with_capacity(items.len());
         for (index, item) in items {
             if count == 0 {
@@ -304,7 +304,10 @@ impl Router {
                         ..Default::default()
                     };
                     let stored = Arc::new(stored);
-                    accepted_at.push(Some((stored.clone(), accepted.clone())));
+                    // A copy of the event only when someone watches; the actor's history
+                    // needs only its position in the log (`fresh_history`).
+                    let watched = self.context.events.wanted(std::slice::from_ref(&accepted));
+                    accepted_at.push(Some((stored.clone(), watched)));
                     WriteOp::AcceptMessage {
                         message: stored,
                         accepted,
@@ -384,10 +387,8 @@ impl Router {
                     },
                     Item::Send(request),
                 ) => {
-                    if !duplicate && let Some((stored, event)) = accepted {
-                        self.context
-                            .events
-                            .publish(&tenant.id, std::slice::from_ref(&event));
+                    if !duplicate && let Some((stored, watched)) = accepted {
+                        self.context.events.publish(&tenant.id, &watched);
                         let recipient = recipients.remove(&request.recipient_id);
                         // Admission control: the ack waits while the node is saturated.
                         match self.context.admission.clone().acquire_owned().await {
@@ -395,7 +396,7 @@ impl Router {
                                 tenant,
                                 stored,
                                 fence,
-                                Some(vec![event]),
+                                Some(crate::actors::waterfall::fresh_history()),
                                 recipient,
                                 permit,
                             ),

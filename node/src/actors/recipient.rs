@@ -44,9 +44,36 @@ pub struct RecipientArgs {
 
 pub struct RecipientState {
     args: RecipientArgs,
-    /// Messages this activation already ran. A second job for one of them (a resume racing the
-    /// original dispatch) must re-read the log instead of trusting the history it carries.
-    seen: HashSet<String>,
+    /// Messages this activation already ran (hashes of their ids). A second job for one of
+    /// them (a resume racing the original dispatch) must re-read the log instead of trusting
+    /// the history it carries. Most actors run one message: the first few ids live inline,
+    /// without an allocation; a hash collision only costs a re-read.
+    seen_inline: [u64; SEEN_INLINE],
+    seen_count: usize,
+    seen_more: HashSet<u64>,
+}
+
+const SEEN_INLINE: usize = 4;
+
+impl RecipientState {
+    /// Records `message_id`; false when it was already recorded.
+    fn first_time(&mut self, message_id: &str) -> bool {
+        let hash = herald_proto::partition::key_hash("", message_id);
+        let inline = self.seen_count.min(SEEN_INLINE);
+        if self.seen_inline[..inline].contains(&hash) || self.seen_more.contains(&hash) {
+            return false;
+        }
+        if self.seen_count < SEEN_INLINE {
+            self.seen_inline[self.seen_count] = hash;
+        } else {
+            if self.seen_more.len() >= SEEN_MAX {
+                self.seen_more.clear();
+            }
+            self.seen_more.insert(hash);
+        }
+        self.seen_count += 1;
+        true
+    }
 }
 
 /// Bound on `seen`; an actor that ran this many messages forgets them (jobs then re-read).
@@ -83,7 +110,9 @@ impl Actor for RecipientActor {
     ) -> Result<RecipientState, ActorProcessingErr> {
         Ok(RecipientState {
             args,
-            seen: HashSet::new(),
+            seen_inline: [0; SEEN_INLINE],
+            seen_count: 0,
+            seen_more: HashSet::new(),
         })
     }
 
@@ -95,10 +124,7 @@ impl Actor for RecipientActor {
     ) -> Result<(), ActorProcessingErr> {
         let RecipientMsg::Run(mut job) = message;
         if let Some(context) = state.args.context.upgrade() {
-            if state.seen.len() >= SEEN_MAX {
-                state.seen.clear();
-            }
-            if !state.seen.insert(job.message.message_id.clone()) {
+            if !state.first_time(&job.message.message_id) {
                 job.history = None;
                 job.recipient = None;
             }

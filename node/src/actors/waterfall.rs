@@ -19,6 +19,17 @@ pub struct Progress {
     pub started: bool,
 }
 
+/// The history of a message just accepted, as far as progress is concerned: its `accepted`
+/// event at seq 1 (ids left empty: only kind, status and seq matter here).
+pub fn fresh_history() -> Vec<Event> {
+    vec![Event {
+        kind: EventKind::EventAccepted as i32,
+        status: MessageStatus::Pending as i32,
+        seq: 1,
+        ..Default::default()
+    }]
+}
+
 pub fn is_terminal(status: MessageStatus) -> bool {
     !matches!(
         status,
