@@ -337,6 +337,11 @@ async fn up(
     Ok(())
 }
 
+/// A gRPC error as the CLI prints it: its code, then its message (which names the field).
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", status.code(), status.message())
+}
+
 async fn run_node(config: Option<PathBuf>) -> Result<()> {
     use herald_node::config::{NodeConfig, load, relevant_env, top_level_keys};
     let env = relevant_env(&top_level_keys::<NodeConfig>(), std::env::vars());
@@ -469,7 +474,7 @@ async fn send(
             api_key,
         )?)
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .map_err(status_error)?
         .into_inner();
     println!(
         "message {} {}",
@@ -493,7 +498,7 @@ async fn send(
                 api_key,
             )?)
             .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .map_err(status_error)?
             .into_inner();
         let status = view
             .message
@@ -581,7 +586,7 @@ async fn put_recipient(
             api_key,
         )?)
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .map_err(status_error)?
         .into_inner();
     println!(
         "recipient {} stored",
@@ -595,7 +600,7 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
     let status = client
         .cluster_status(ClusterStatusRequest {})
         .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        .map_err(status_error)?
         .into_inner();
     if json {
         let nodes: Vec<_> = status

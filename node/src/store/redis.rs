@@ -429,6 +429,9 @@ impl Keys {
     fn recipient(&self, tenant: &TenantId, id: &str) -> String {
         format!("{}:r:{}:{}", self.prefix, tenant, id)
     }
+    fn recipients(&self, tenant: &TenantId, ids: &[String]) -> Vec<String> {
+        ids.iter().map(|id| self.recipient(tenant, id)).collect()
+    }
     fn events(&self, tenant: &str, id: &str) -> String {
         format!("{}:e:{}:{}", self.prefix, tenant, id)
     }
@@ -927,10 +930,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         // One MGET instead of one GET per recipient: a batch of 1,000 is one round trip.
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.keys.recipient(tenant, id))
-            .collect();
+        let keys = self.keys.recipients(tenant, ids);
         let mut conn = self.conn.clone();
         let values: Vec<Option<Vec<u8>>> = ::redis::cmd("MGET")
             .arg(&keys)
@@ -948,10 +948,7 @@ impl Store for RedisStore {
         }
         // EXISTS counts every argument, so all exist iff the count is ids.len(): no values are
         // copied or decoded on the (common) valid path.
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.keys.recipient(tenant, id))
-            .collect();
+        let keys = self.keys.recipients(tenant, ids);
         let mut conn = self.conn.clone();
         let count: usize = ::redis::cmd("EXISTS")
             .arg(&keys)
