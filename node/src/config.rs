@@ -149,13 +149,7 @@ pub struct StoreConfig {
     pub key_prefix: Option<String>,
 }
 
-/// The sandbox provider (demos, benchmarks, chaos): outcomes are deterministic per recipient.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxConfig {
-    /// Added latency per provider call, in milliseconds.
-    pub latency_ms: u64,
-}
+pub use herald_providers::sandbox::SandboxConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -14,7 +14,7 @@ use crate::auth::Authenticator;
 use crate::config::NodeConfig;
 use crate::events::EventBus;
 use crate::ownership::Ownership;
-use crate::providers::Provider;
+use herald_providers::Provider;
 use crate::store::Store;
 
 pub struct NodeContext {
@@ -31,7 +31,7 @@ pub struct NodeContext {
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
-    pub sandbox: Arc<crate::providers::sandbox::SandboxProvider>,
+    pub sandbox: Arc<herald_providers::sandbox::SandboxProvider>,
 }
 
 impl NodeContext {

@@ -23,7 +23,7 @@ pub mod events;
 pub mod membership;
 pub mod ownership;
 pub mod peers;
-pub mod providers;
+pub use herald_providers as providers;
 pub mod router;
 pub mod server;
 pub mod store;

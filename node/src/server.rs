@@ -27,7 +27,7 @@ use crate::context::NodeContext;
 use crate::events::EventBus;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
-use crate::providers::sandbox::SandboxProvider;
+use herald_providers::sandbox::SandboxProvider;
 use crate::router::{self, Router};
 use crate::store::{Fence, Store};
 

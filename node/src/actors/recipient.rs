@@ -27,7 +27,7 @@ use super::directory::Activity;
 use super::waterfall::Progress;
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
-use crate::providers::{Attempt, Outcome};
+use herald_providers::{Attempt, Outcome};
 use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
 
 /// Store errors are retried this many times (with backoff) before the message is dead-lettered.
@@ -318,6 +318,20 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
     }
 }
 
+/// The address a step sends to (the first push token for push).
+fn contact_point(recipient: &Recipient, channel: Channel) -> &str {
+    match channel {
+        Channel::Push => recipient
+            .push_tokens
+            .first()
+            .map(|t| t.token.as_str())
+            .unwrap_or(""),
+        Channel::Email => &recipient.email,
+        Channel::Sms => &recipient.phone,
+        Channel::Unspecified => "",
+    }
+}
+
 fn counter_key(tenant: &TenantId, recipient_id: &str) -> String {
     let day = now_unix_ms() / 86_400_000;
     format!("freq:{}:{}:{day}", tenant.0, recipient_id)
@@ -461,9 +475,11 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
             .send(Attempt {
                 attempt_id: &attempt_id,
                 message_id: &job.message.message_id,
+                recipient_key: &recipient.id,
                 channel,
-                recipient: &recipient,
+                to: contact_point(&recipient, channel),
                 content,
+                list_unsubscribe: None,
             })
             .await;
         let failure = match outcome {
@@ -527,8 +543,9 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                     spec.success().as_str_name().to_ascii_lowercase()
                 )
             }
-            Outcome::Rejected { reason } => reason,
-            Outcome::Unavailable { reason } => format!("unavailable: {reason}"),
+            Outcome::Rejected { reason, .. } => reason,
+            Outcome::Unavailable { reason, .. } => format!("unavailable: {reason}"),
+            Outcome::Ambiguous { reason } => format!("ambiguous: {reason}"),
         };
         log.push(
             EventKind::EventFailed,

@@ -12,8 +12,17 @@ use async_trait::async_trait;
 use herald_proto::partition::fnv1a32;
 use herald_proto::v1::Channel;
 
-use super::{Attempt, Outcome, Provider};
-use crate::config::SandboxConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{Attempt, Outcome, Provider};
+
+/// The sandbox provider (demos, benchmarks, chaos): outcomes are deterministic per recipient.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Added latency per provider call, in milliseconds.
+    pub latency_ms: u64,
+}
 
 pub struct SandboxProvider {
     latency: Duration,
@@ -51,21 +60,27 @@ impl Provider for SandboxProvider {
         "sandbox"
     }
 
+    fn kind(&self) -> &'static str {
+        "sandbox"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Unspecified
+    }
+
     async fn send(&self, attempt: Attempt<'_>) -> Outcome {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        if Self::succeeds(&attempt.recipient.id, attempt.channel) {
+        if Self::succeeds(attempt.recipient_key, attempt.channel) {
             Outcome::Accepted {
                 provider_message_id: format!("sbx-{}", attempt.attempt_id),
                 delivered: true,
                 read: true,
             }
         } else {
-            Outcome::Rejected {
-                reason: "sandbox_undeliverable".into(),
-            }
+            Outcome::rejected("sandbox_undeliverable")
         }
     }
 }

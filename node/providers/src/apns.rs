@@ -1,0 +1,1 @@
+//! apns: to be written.

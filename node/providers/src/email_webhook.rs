@@ -1,0 +1,1 @@
+//! email_webhook: to be written.

@@ -1,0 +1,1 @@
+//! fcm: to be written.

@@ -1,0 +1,1 @@
+//! push peer: to be written.

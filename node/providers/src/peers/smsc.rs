@@ -1,0 +1,1 @@
+//! smsc peer: to be written.

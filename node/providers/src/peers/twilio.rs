@@ -1,0 +1,1 @@
+//! twilio peer: to be written.

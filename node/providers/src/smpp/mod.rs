@@ -1,0 +1,1 @@
+//! smpp: to be written.

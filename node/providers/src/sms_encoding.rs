@@ -1,0 +1,1 @@
+//! sms_encoding: to be written.

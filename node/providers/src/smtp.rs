@@ -1,0 +1,1 @@
+//! smtp: to be written.

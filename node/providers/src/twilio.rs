@@ -1,0 +1,1 @@
+//! twilio: to be written.
