@@ -78,7 +78,7 @@ pub mod log_format {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LogEntry {
-        #[prost(oneof = "Entry", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+        #[prost(oneof = "Entry", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
         pub entry: Option<Entry>,
     }
 
@@ -106,6 +106,8 @@ pub mod log_format {
         /// Snapshot only: a live idempotency key.
         #[prost(message, tag = "10")]
         PutIdempotency(PutIdempotency),
+        #[prost(message, tag = "11")]
+        PutValue(PutValue),
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -209,11 +211,21 @@ pub mod log_format {
         #[prost(uint64, tag = "5")]
         pub expires_unix_ms: u64,
     }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+        #[prost(uint64, tag = "3")]
+        pub expires_unix_ms: u64,
+    }
 }
 
 use log_format::{
     Accept, Append, Entry, EraseRecipient, LogEntry, LogRecord, PutApiKey, PutBlob, PutIdempotency,
-    PutMessage, PutRecipient, SetCounter, SetFence,
+    PutMessage, PutRecipient, PutValue, SetCounter, SetFence,
 };
 
 /// The in-process [`Store`]. Cheap to share behind an `Arc`.
@@ -296,6 +308,7 @@ struct Lease {
 enum Expiring {
     Idempotency { tenant: String, key: String },
     Counter(String),
+    Value(String),
 }
 
 #[derive(Default)]
@@ -309,6 +322,8 @@ struct State {
     active: HashMap<u32, HashSet<(String, String)>>,
     fences: HashMap<u32, u64>,
     counters: HashMap<String, Counter>,
+    /// Expiring values (`WriteOp::PutValue`): bytes and expiry (unix ms).
+    values: HashMap<String, (Vec<u8>, u64)>,
     blobs: HashMap<String, Vec<u8>>,
     api_keys: HashMap<String, String>,
     /// `(expiry unix ms, tiebreak)` → key, for the bounded sweep.
@@ -387,6 +402,11 @@ impl State {
                         .is_some_and(|c| c.expires_ms == expires_ms)
                     {
                         self.counters.remove(&key);
+                    }
+                }
+                Expiring::Value(key) => {
+                    if self.values.get(&key).is_some_and(|v| v.1 == expires_ms) {
+                        self.values.remove(&key);
                     }
                 }
             }
@@ -493,6 +513,18 @@ impl State {
                         expires_ms: expires_unix_ms,
                     },
                 );
+            }
+            Entry::PutValue(PutValue {
+                key,
+                value,
+                expires_unix_ms,
+            }) => {
+                if expires_unix_ms <= now_ms {
+                    self.values.remove(&key);
+                    return;
+                }
+                self.track_expiry(expires_unix_ms, Expiring::Value(key.clone()));
+                self.values.insert(key, (value, expires_unix_ms));
             }
             Entry::SetFence(SetFence { partition, epoch }) => {
                 let stored = self.fences.entry(partition).or_default();
@@ -708,6 +740,15 @@ impl State {
                 }));
             }
         }
+        for (key, (value, expires_unix_ms)) in &self.values {
+            if *expires_unix_ms > now_ms {
+                entries.push(Entry::PutValue(PutValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expires_unix_ms: *expires_unix_ms,
+                }));
+            }
+        }
         for (name, value) in &self.blobs {
             entries.push(Entry::PutBlob(PutBlob {
                 name: name.clone(),
@@ -818,6 +859,11 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
             events,
             terminal,
             partition: fence.partition.0,
+        }),
+        WriteOp::PutValue { key, value, ttl } => Entry::PutValue(PutValue {
+            key,
+            value,
+            expires_unix_ms: now_ms.saturating_add(ttl_ms(ttl)),
         }),
         WriteOp::IncrCounter { key, delta, ttl } => {
             return Prepared {
@@ -1292,6 +1338,18 @@ impl Store for EmbeddedStore {
             value,
         })])
         .await
+    }
+
+    async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let now_ms = unix_ms();
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .values
+            .get(key)
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(value, _)| value.clone()))
     }
 
     async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -1,7 +1,7 @@
 //! # store: Herald's state of record
 //!
 //! Owns durable state: recipients, accepted messages and their event logs, idempotency keys,
-//! counters, partition leases and fencing epochs, and the control plane's leader lease and table.
+//! counters, expiring values (receipt indexes), partition leases and fencing epochs, and the control plane's leader lease and table.
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (clusters) and
 //! [`embedded::EmbeddedStore`] (a single process). Both pass the same test suite
@@ -92,6 +92,14 @@ pub enum WriteOp {
         message_id: MessageId,
         events: Vec<Event>,
         terminal: bool,
+    },
+    /// Set `key` to `value`, expiring `ttl` after this write (replaces an earlier value and
+    /// its expiry). Indexes that must be found without the partition, e.g. a provider's
+    /// message id → the attempt it belongs to.
+    PutValue {
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
     },
     /// Add `delta` to a counter that expires `ttl` after its creation; returns the new value.
     IncrCounter {
@@ -208,6 +216,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_blob(&self, name: &str, value: Vec<u8>) -> Result<()>;
 
     async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// A value written by [`WriteOp::PutValue`], unless it expired.
+    async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
     /// The tenant of an API key, by the key's SHA-256 hex digest (keys kept in the store).
     async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>>;

@@ -75,6 +75,7 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 /// - `E` append events: events key, active member to remove (empty = not terminal), count,
 ///   event bytes...
 /// - `C` counter: key, delta, ttl ms
+/// - `S` expiring value: key, bytes, ttl ms
 pub const WRITE_SCRIPT: &str = r#"
 local P = ARGV[1]
 -- ARGV[2] = k, then the k distinct partitions of the batch: their fences are read with one
@@ -171,6 +172,14 @@ while i <= argc do
       out[n] = 0
     end
     i = i + 4
+  elseif code == 'S' then
+    if fenced then
+      out[n] = {stored}
+    else
+      redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
+      out[n] = 0
+    end
+    i = i + 6
   elseif code == 'C' then
     if fenced then
       out[n] = {stored}
@@ -600,6 +609,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             WriteOp::AcceptMessage { .. } => b"A",
             WriteOp::AppendEvents { .. } => b"E",
             WriteOp::IncrCounter { .. } => b"C",
+            WriteOp::PutValue { .. } => b"S",
         };
         args.push(code);
         args.push_u64(u64::from(fence.partition.0));
@@ -669,6 +679,12 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             WriteOp::IncrCounter { key, delta, ttl } => {
                 push_counter(&mut args, keys, key, *delta, *ttl);
                 expect.push(Expect::Counter);
+            }
+            WriteOp::PutValue { key, value, ttl } => {
+                args.push_parts(&[keys.prefix.as_bytes(), b":v:", key.as_bytes()]);
+                args.push(value);
+                args.push_u64(ttl_ms(*ttl));
+                expect.push(Expect::Done);
             }
         }
     }
@@ -1109,6 +1125,11 @@ impl Store for RedisStore {
 
     async fn get_blob(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.get_bytes(&self.keys.blob(name)).await
+    }
+
+    async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_bytes(&format!("{}:v:{key}", self.keys.prefix))
+            .await
     }
 
     async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>> {

@@ -677,6 +677,57 @@ async fn counters(store: Arc<dyn Store>) {
     );
 }
 
+fn put_value(fence: Fence, key: &str, value: &[u8], ttl: Duration) -> FencedOp {
+    FencedOp {
+        fence,
+        op: WriteOp::PutValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            ttl,
+        },
+    }
+}
+
+/// Expiring values: written fenced, replaced by a later write, gone after their ttl.
+async fn expiring_values(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(2, 5);
+    store
+        .acquire_leases(&node("a"), Epoch(5), &[PartitionId(2)], LONG)
+        .await
+        .expect("acquire");
+    assert_eq!(store.get_value("rcpt:x").await.expect("get"), None);
+    let outcomes = write(
+        store,
+        vec![
+            put_value(f, "rcpt:a", b"first", LONG),
+            put_value(f, "rcpt:a", b"second", LONG),
+            put_value(f, "rcpt:short", b"gone soon", SHORT),
+            // A stale writer changes nothing.
+            put_value(fence(2, 4), "rcpt:b", b"stale", LONG),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Done,
+            WriteOutcome::Done,
+            WriteOutcome::Done,
+            WriteOutcome::Fenced { stored: Epoch(5) },
+        ]
+    );
+    assert_eq!(
+        store.get_value("rcpt:a").await.expect("get").as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(store.get_value("rcpt:b").await.expect("get"), None);
+    assert!(store.get_value("rcpt:short").await.expect("get").is_some());
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(store.get_value("rcpt:short").await.expect("get"), None);
+    assert!(store.get_value("rcpt:a").await.expect("get").is_some());
+}
+
 /// An actor's first write: a counter and an append under one fence (Redis sends them as one
 /// op). Each keeps its own outcome, and fencing rejects both.
 async fn counter_then_append(store: Arc<dyn Store>) {
@@ -995,6 +1046,7 @@ suite!(
     events_and_active_set,
     recipients,
     counters,
+    expiring_values,
     counter_then_append,
     singleton_lease,
     blobs_and_api_keys,
