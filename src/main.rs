@@ -187,6 +187,7 @@ async fn main() -> Result<()> {
             init_tracing("warn");
             let sandbox = SandboxConfig {
                 latency_ms: sandbox_latency_ms,
+                ..Default::default()
             };
             let pace = (rate > 0).then_some(rate);
             up(
@@ -576,6 +577,7 @@ async fn put_recipient(
         phone: phone.unwrap_or_default(),
         time_zone: time_zone.unwrap_or_default(),
         consent,
+        ..Default::default()
     };
     let mut client = RecipientsClient::new(connect(addr).await?);
     let reply = client

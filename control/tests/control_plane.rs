@@ -866,6 +866,10 @@ impl Store for Flaky {
         self.check()?;
         self.inner.get_blob(name).await
     }
+    async fn get_value(&self, key: &str) -> store::Result<Option<Vec<u8>>> {
+        self.check()?;
+        self.inner.get_value(key).await
+    }
     async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> store::Result<Option<TenantId>> {
         self.check()?;
         self.inner.tenant_for_api_key(key_sha256_hex).await

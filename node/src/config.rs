@@ -10,6 +10,7 @@
 //! ([`relevant_env`]): `HERALD_API_KEY` (the CLI's) or the `HERALD_CONTROL_PORT` that
 //! Kubernetes injects for a Service must not stop a node from starting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -149,6 +150,8 @@ pub struct StoreConfig {
     pub key_prefix: Option<String>,
 }
 
+pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
+pub use crate::failover::FailoverConfig;
 pub use herald_providers::sandbox::SandboxConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -194,7 +197,21 @@ pub struct NodeConfig {
     /// acks of new messages wait (they are durable already), so an overload slows clients
     /// down instead of piling actors up in memory.
     pub max_messages_in_progress: usize,
+    /// The built-in `sandbox` provider account (serves every channel without its own list).
     pub sandbox: SandboxConfig,
+    /// Provider accounts by name: `[providers.<name>]` with `kind = "sandbox" | ...` and the
+    /// adapter's own fields.
+    pub providers: BTreeMap<String, ProviderAccountConfig>,
+    /// Per channel, the accounts to use in failover order. Empty = `["sandbox"]`.
+    pub channels: ChannelsConfig,
+    /// Retries and circuit breakers of provider calls.
+    pub failover: FailoverConfig,
+    /// A waterfall step's wait for its success condition when the step gives no timeout, ms.
+    pub default_step_timeout_ms: u64,
+    /// How long a provider message id stays matchable to its attempt (receipts), seconds.
+    pub receipt_index_ttl_s: u64,
+    /// Address of the HTTP listener for provider callbacks and `/metrics`. Unset = none.
+    pub http_listen_addr: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -220,6 +237,12 @@ impl Default for NodeConfig {
             watch_buffer: 65_536,
             max_messages_in_progress: 2_000,
             sandbox: SandboxConfig::default(),
+            providers: BTreeMap::new(),
+            channels: ChannelsConfig::default(),
+            failover: FailoverConfig::default(),
+            default_step_timeout_ms: 300_000,
+            receipt_index_ttl_s: 7 * 24 * 3600,
+            http_listen_addr: None,
         }
     }
 }

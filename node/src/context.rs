@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_proto::NodeId;
-use herald_proto::v1::Channel;
 
 use crate::actors::directory::RecipientDirectory;
 use crate::auth::Authenticator;
 use crate::config::NodeConfig;
 use crate::events::EventBus;
 use crate::ownership::Ownership;
-use herald_providers::Provider;
+use crate::failover::ProviderRegistry;
+use crate::receipts::ReceiptStats;
+use crate::timers::Timers;
 use crate::store::Store;
 
 pub struct NodeContext {
@@ -25,9 +26,11 @@ pub struct NodeContext {
     pub events: EventBus,
     pub auth: Authenticator,
     pub directory: RecipientDirectory,
-    pub push: Arc<dyn Provider>,
-    pub email: Arc<dyn Provider>,
-    pub sms: Arc<dyn Provider>,
+    /// Provider accounts, channel chains, retries and circuit breakers.
+    pub providers: ProviderRegistry,
+    /// The in-memory schedule of this node's durable timers.
+    pub timers: Timers,
+    pub receipts_stats: ReceiptStats,
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
@@ -35,15 +38,6 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    pub fn provider(&self, channel: Channel) -> Option<&Arc<dyn Provider>> {
-        match channel {
-            Channel::Push => Some(&self.push),
-            Channel::Email => Some(&self.email),
-            Channel::Sms => Some(&self.sms),
-            Channel::Unspecified => None,
-        }
-    }
-
     pub fn route_timeout(&self) -> Duration {
         Duration::from_millis(self.config.route_timeout_ms)
     }

@@ -25,6 +25,7 @@ pub fn demo_recipient(id: String, index: usize) -> Recipient {
         time_zone: String::new(),
         consent,
         id,
+        ..Default::default()
     }
 }
 
@@ -49,6 +50,6 @@ pub fn demo_message(recipient_id: String, key: String) -> MessageRequest {
             }),
         }),
         waterfall: Vec::new(),
-        campaign_id: String::new(),
+        ..Default::default()
     }
 }

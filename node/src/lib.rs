@@ -11,8 +11,13 @@
 //! - [`ownership`]: the table, partition leases and fences.
 //! - [`peers`]: node-to-node Forward streams.
 //! - [`actors`]: RecipientActor and its directory (activation, passivation).
+//! - [`accounts`], [`failover`]: provider accounts, channel chains, retries, circuit breakers.
+//! - [`timers`]: the in-memory schedule of durable waits (the durable part is in the log).
+//! - [`receipts`]: matching receipts and engagement reports to attempts.
+//! - [`http`]: provider callbacks and `/metrics`.
 //! - [`validate`], [`auth`], [`config`], [`events`], [`watch`].
 
+pub mod accounts;
 pub mod actors;
 pub mod api;
 pub mod auth;
@@ -20,13 +25,17 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod events;
+pub mod failover;
+pub mod http;
 pub mod membership;
 pub mod ownership;
 pub mod peers;
+pub mod receipts;
 pub use herald_providers as providers;
 pub mod router;
 pub mod server;
 pub mod store;
 pub mod test_support;
+pub mod timers;
 pub mod validate;
 pub mod watch;

@@ -15,14 +15,14 @@ use std::time::Duration;
 use herald_proto::error::Error;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    Event, EventKind, ForwardItem, MessageRequest, MessageStatus, Recipient, SendResponse,
-    StoredMessage, forward_item, forward_result,
+    Event, EventKind, ForwardItem, ForwardSignal, MessageRequest, MessageStatus, Recipient,
+    ReportResult, ReportStatus, SendResponse, StoredMessage, forward_item, forward_result,
 };
 use herald_proto::{MessageId, PartitionId, TenantId};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::actors::recipient::{Job, RecipientMsg};
+use crate::actors::recipient::{Job, RecipientMsg, Signal};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::peers::Peers;
@@ -33,6 +33,8 @@ pub enum Item {
     Send(MessageRequest),
     Upsert(Recipient),
     Erase(String),
+    /// A receipt or engagement report for one of the recipient's messages.
+    Signal(ForwardSignal),
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +42,7 @@ pub enum ItemResult {
     Sent(SendResponse),
     Recipient(Recipient),
     Erased(bool),
+    Signal(ReportResult),
 }
 
 impl Item {
@@ -48,6 +51,7 @@ impl Item {
             Item::Send(m) => &m.recipient_id,
             Item::Upsert(r) => &r.id,
             Item::Erase(id) => id,
+            Item::Signal(signal) => &signal.recipient_id,
         }
     }
 
@@ -56,6 +60,7 @@ impl Item {
             Item::Send(m) => forward_item::Op::Send(m),
             Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
+            Item::Signal(signal) => forward_item::Op::Signal(signal),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -68,6 +73,7 @@ impl Item {
             forward_item::Op::Send(m) => Item::Send(m),
             forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
+            forward_item::Op::Signal(signal) => Item::Signal(signal),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -79,6 +85,7 @@ impl ItemResult {
             ItemResult::Sent(s) => forward_result::Result::Sent(s),
             ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
+            ItemResult::Signal(r) => forward_result::Result::Signal(r),
         }
     }
 
@@ -87,6 +94,7 @@ impl ItemResult {
             Some(forward_result::Result::Sent(s)) => Ok(ItemResult::Sent(s)),
             Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
+            Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }
@@ -250,6 +258,7 @@ impl Router {
         let mut op_items: Vec<(usize, Item, PartitionId)> = Vec::with_capacity(items.len());
         let mut accepted_at: Vec<Option<(Arc<StoredMessage>, Vec<Event>)>> =
             Vec::with_capacity(items.len());
+        let mut signals = Vec::new();
         for (index, item) in items {
             if count == 0 {
                 out.push((
@@ -267,6 +276,10 @@ impl Router {
                 }
             };
             let mut item = item;
+            if let Item::Signal(signal) = item {
+                signals.push((index, signal, fence));
+                continue;
+            }
             let op = match &mut item {
                 Item::Send(request) => {
                     let message_id = ulid::Ulid::new().to_string();
@@ -328,9 +341,14 @@ impl Router {
                         recipient_id: recipient_id.clone(),
                     }
                 }
+                Item::Signal(_) => continue,
             };
             ops.push(FencedOp { fence, op });
             op_items.push((index, item, partition));
+        }
+        for (index, signal, fence) in signals {
+            let status = self.deliver_signal(tenant, signal, fence).await;
+            out.push((index, status.map(ItemResult::Signal)));
         }
         if ops.is_empty() {
             return out;
@@ -436,6 +454,69 @@ impl Router {
         out
     }
 
+    /// Hands a signal to the actor of its recipient and waits for the verdict.
+    async fn deliver_signal(
+        &self,
+        tenant: &Arc<Tenant>,
+        signal: ForwardSignal,
+        fence: crate::store::Fence,
+    ) -> Result<ReportResult, Error> {
+        let unknown = |message_id: String| ReportResult {
+            status: ReportStatus::ReportUnknown as i32,
+            message_id,
+        };
+        let record = load_message(&self.context, &tenant.id, &signal.message_id).await?;
+        let Some(record) = record else {
+            return Ok(unknown(signal.message_id));
+        };
+        let belongs = record
+            .message
+            .request
+            .as_ref()
+            .is_some_and(|r| r.recipient_id == signal.recipient_id);
+        if !belongs {
+            return Ok(unknown(signal.message_id));
+        }
+        let Ok(permit) = self.context.admission.clone().acquire_owned().await else {
+            return Err(Error::Unavailable("node shutting down".into()));
+        };
+        let (reply, verdict) = tokio::sync::oneshot::channel();
+        let message_id = signal.message_id.clone();
+        let key = (tenant.id.clone(), signal.recipient_id.clone());
+        let job = Job {
+            tenant: tenant.clone(),
+            message: Arc::new(record.message),
+            fence,
+            history: None,
+            recipient: None,
+            permit,
+            signal: Some(Signal {
+                step: signal.step,
+                kind: signal.kind(),
+                detail: signal.detail,
+                reply_text: signal.reply_text,
+                source: signal.source,
+                reply: Some(reply),
+            }),
+        };
+        self.context.directory.dispatch(
+            &self.context,
+            key,
+            fence.partition,
+            RecipientMsg::Run(Box::new(job)),
+        );
+        match tokio::time::timeout(self.context.route_timeout(), verdict).await {
+            Ok(Ok(status)) if status != ReportStatus::Unspecified => Ok(ReportResult {
+                status: status as i32,
+                message_id,
+            }),
+            // The actor stopped on a fence (the partition moved) or gave up: let the caller
+            // route again.
+            Ok(_) => Err(Error::Unavailable("receipt not applied; partition moving".into())),
+            Err(_) => Err(Error::Unavailable("receipt not applied in time".into())),
+        }
+    }
+
     /// Hands a message to its recipient's actor (new, or resumed from the log).
     pub fn dispatch(
         &self,
@@ -484,6 +565,7 @@ pub fn dispatch(
             history,
             recipient,
             permit,
+            signal: None,
         })),
     );
 }

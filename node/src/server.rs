@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use herald_proto::v1::NodeInfo;
 use herald_proto::v1::delivery_server::DeliveryServer;
+use herald_proto::v1::engagement_server::EngagementServer;
 use herald_proto::v1::forward_server::ForwardServer;
 use herald_proto::v1::recipients_server::RecipientsServer;
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId};
@@ -20,14 +21,16 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::actors::directory::RecipientDirectory;
-use crate::api::{delivery::DeliveryApi, forward::ForwardApi, recipients::RecipientsApi};
+use crate::api::{
+    delivery::DeliveryApi, engagement::EngagementApi, forward::ForwardApi,
+    recipients::RecipientsApi,
+};
 use crate::auth::Authenticator;
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
 use crate::context::NodeContext;
 use crate::events::EventBus;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
-use herald_providers::sandbox::SandboxProvider;
 use crate::router::{self, Router};
 use crate::store::{Fence, Store};
 
@@ -171,6 +174,8 @@ async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(Partition
 /// A running node.
 pub struct NodeHandle {
     pub local_addr: SocketAddr,
+    /// The HTTP listener (callbacks, `/metrics`), when configured.
+    pub http_addr: Option<SocketAddr>,
     pub context: Arc<NodeContext>,
     shutdown: watch::Sender<bool>,
     membership: Option<JoinHandle<()>>,
@@ -228,7 +233,16 @@ impl Node {
             .unwrap_or_else(|| local_addr.to_string());
         let tenants = load_tenants(&config)?;
         let auth = Authenticator::new(&tenants, config.api_keys_in_store.then(|| store.clone()));
-        let sandbox: Arc<SandboxProvider> = Arc::new(SandboxProvider::new(&config.sandbox));
+        // What adapters report on their own connections, and the sandbox's delayed receipts.
+        let (provider_events, provider_events_rx) = tokio::sync::mpsc::channel(4096);
+        let accounts = crate::accounts::build(&config, provider_events)
+            .await
+            .map_err(|e| Error::Config(crate::config::Error::Invalid {
+                origin: "node config".into(),
+                message: e.to_string(),
+            }))?;
+        let (timers, timer_queue) = crate::timers::Timers::new();
+        let timer_stats = timers.stats.clone();
         let ownership = Ownership::new(node_id.clone());
         let context = Arc::new(NodeContext {
             node_id: node_id.clone(),
@@ -237,10 +251,10 @@ impl Node {
             events: EventBus::new(config.watch_buffer),
             auth,
             directory: RecipientDirectory::default(),
-            push: sandbox.clone(),
-            email: sandbox.clone(),
-            sms: sandbox.clone(),
-            sandbox,
+            providers: accounts.registry,
+            timers,
+            receipts_stats: Default::default(),
+            sandbox: accounts.sandbox,
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config.max_messages_in_progress.max(1),
             )),
@@ -281,6 +295,11 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
             .add_service(
+                EngagementServer::new(EngagementApi::new(router.clone()))
+                    .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
+                    .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
+            )
+            .add_service(
                 ForwardServer::new(ForwardApi::new(router.clone()))
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
@@ -309,6 +328,24 @@ impl Node {
             timings,
             shutdown_rx.clone(),
         ));
+        tokio::spawn(crate::timers::run(
+            Arc::downgrade(&context),
+            timer_queue,
+            timer_stats,
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::receipts::consume(
+            router.clone(),
+            provider_events_rx,
+        ));
+        let http_addr = match config.http_listen_addr {
+            Some(addr) => Some(
+                crate::http::serve(addr, router.clone(), shutdown_rx.clone())
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         tokio::spawn(RecipientDirectory::run_passivation(
             Arc::downgrade(&context),
             Duration::from_millis(config.actor_idle_ms),
@@ -327,6 +364,7 @@ impl Node {
         info!(node = %node_id, addr = %local_addr, "node started");
         Ok(NodeHandle {
             local_addr,
+            http_addr,
             context,
             shutdown,
             membership: Some(membership),

@@ -386,7 +386,7 @@ mod tests {
                 sms: Some(SmsContent { text: "b".into() }),
             }),
             waterfall: vec![],
-            campaign_id: String::new(),
+            ..Default::default()
         }
     }
 

@@ -105,6 +105,11 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     fn channel(&self) -> Channel;
     async fn send(&self, attempt: Attempt<'_>) -> Outcome;
+    /// Whether receipts for accepted attempts may arrive later (the node then indexes the
+    /// provider message id so they can be matched). The sandbox with immediate receipts says no.
+    fn late_receipts(&self) -> bool {
+        true
+    }
 }
 
 /// What a receipt says happened to a sent message.

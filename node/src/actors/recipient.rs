@@ -16,18 +16,20 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use herald_proto::v1::{
-    Channel, ConsentState, Event, EventKind, MessageClass, MessageStatus, Recipient, StoredMessage,
-    SuccessCondition,
+    Channel, ConsentState, EngagementKind, Event, EventKind, MessageClass, MessageStatus,
+    Recipient, ReportStatus, StoredMessage, SuccessCondition, SuppressedContact, WaterfallStep,
 };
 use herald_proto::{MessageId, TenantId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::warn;
 
 use super::directory::Activity;
-use super::waterfall::Progress;
+use super::waterfall::{Progress, Waiting};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
-use herald_providers::{Attempt, Outcome};
+use crate::failover::StepCall;
+use crate::timers::TimerEntry;
+use herald_providers::Outcome;
 use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
 
 /// Store errors are retried this many times (with backoff) before the message is dead-lettered.
@@ -96,6 +98,21 @@ pub struct Job {
     pub recipient: Option<Recipient>,
     /// Admission permit, released when the job is done.
     pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// A receipt or engagement report to apply instead of running the waterfall.
+    pub signal: Option<Signal>,
+}
+
+/// A receipt or engagement report for one of the recipient's messages.
+pub struct Signal {
+    /// The attempt's step; `None` = the message's latest attempt.
+    pub step: Option<u32>,
+    pub kind: EngagementKind,
+    pub detail: String,
+    pub reply_text: String,
+    /// `api` or the provider account it came from.
+    pub source: String,
+    /// Where the verdict goes (the router waits for it).
+    pub reply: Option<tokio::sync::oneshot::Sender<ReportStatus>>,
 }
 
 impl Actor for RecipientActor {
@@ -131,7 +148,10 @@ impl Actor for RecipientActor {
             // Boxed: the waterfall's future is several KiB; inline, every idle actor's task
             // would keep that much memory for as long as the actor lives.
             let history = job.history.take();
-            Box::pin(run_with_retries(&context, &job, history)).await;
+            match job.signal.take() {
+                Some(signal) => Box::pin(apply_signal(&context, &job, signal)).await,
+                None => Box::pin(run_with_retries(&context, &job, history)).await,
+            }
             state
                 .args
                 .activity
@@ -230,7 +250,7 @@ impl<'a> EventLog<'a> {
         attempt_id: &str,
         reason: &str,
         status: MessageStatus,
-    ) {
+    ) -> &mut Event {
         self.seq += 1;
         let message = &self.job.message;
         self.pending.push(Event {
@@ -252,7 +272,11 @@ impl<'a> EventLog<'a> {
             status: status as i32,
             provider: String::new(),
             seq: self.seq,
+            due_unix_ms: 0,
+            cost_micros: 0,
         });
+        let last = self.pending.len() - 1;
+        &mut self.pending[last]
     }
 
     async fn flush(
@@ -288,6 +312,10 @@ impl<'a> EventLog<'a> {
     }
 }
 
+fn channel_name(channel: Channel) -> String {
+    channel.as_str_name().to_ascii_lowercase()
+}
+
 /// Why a step cannot run for this recipient, if it cannot.
 fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> Option<String> {
     let has_contact = match channel {
@@ -297,9 +325,18 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
         Channel::Unspecified => false,
     };
     // Lowercase channel name for reasons; built only when there is a reason to give.
-    let name = || channel.as_str_name().to_ascii_lowercase();
+    let name = || channel_name(channel);
     if !has_contact {
         return Some(format!("no_contact_point{{channel={}}}", name()));
+    }
+    if crate::failover::contact_point(recipient, channel, None).is_none() {
+        let why = recipient
+            .suppressed
+            .iter()
+            .find(|s| s.channel == channel as i32)
+            .map(|s| s.reason.as_str())
+            .unwrap_or("unknown");
+        return Some(format!("suppressed{{channel={}, reason={why}}}", name()));
     }
     let consent = recipient
         .consent
@@ -318,23 +355,91 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
     }
 }
 
-/// The address a step sends to (the first push token for push).
-fn contact_point(recipient: &Recipient, channel: Channel) -> &str {
-    match channel {
-        Channel::Push => recipient
-            .push_tokens
-            .first()
-            .map(|t| t.token.as_str())
-            .unwrap_or(""),
-        Channel::Email => &recipient.email,
-        Channel::Sms => &recipient.phone,
-        Channel::Unspecified => "",
-    }
-}
-
 fn counter_key(tenant: &TenantId, recipient_id: &str) -> String {
     let day = now_unix_ms() / 86_400_000;
     format!("freq:{}:{}:{day}", tenant.0, recipient_id)
+}
+
+/// Re-runs the message at `due_unix_ms` (the durable part is the `waiting` event).
+fn schedule(context: &NodeContext, job: &Job, due_unix_ms: i64) {
+    context.timers.schedule(TimerEntry {
+        due_unix_ms,
+        tenant: job.tenant.clone(),
+        message: job.message.clone(),
+        fence: job.fence,
+    });
+}
+
+/// The recipient with `address` suppressed on `channel`, and the fenced write that stores it.
+fn suppress(
+    job: &Job,
+    recipient: &Recipient,
+    channel: Channel,
+    address: &str,
+    reason: &str,
+) -> (Recipient, FencedOp) {
+    let mut updated = recipient.clone();
+    if !updated
+        .suppressed
+        .iter()
+        .any(|s| s.channel == channel as i32 && s.address == address)
+    {
+        updated.suppressed.push(SuppressedContact {
+            channel: channel as i32,
+            address: address.to_owned(),
+            reason: reason.to_owned(),
+            at_unix_ms: now_unix_ms(),
+        });
+    }
+    let op = FencedOp {
+        fence: job.fence,
+        op: WriteOp::PutRecipient {
+            tenant: job.tenant.id.clone(),
+            recipient: updated.clone(),
+        },
+    };
+    (updated, op)
+}
+
+fn step_timeout_ms(context: &NodeContext, spec: &WaterfallStep) -> i64 {
+    let ms = if spec.timeout_ms > 0 {
+        u64::from(spec.timeout_ms)
+    } else {
+        context.config.default_step_timeout_ms
+    };
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Records that the wait of `waiting` ran out (and the fallback, when there is a next step).
+fn time_out(log: &mut EventLog<'_>, steps: &[WaterfallStep], waiting: &Waiting, now: i64) {
+    let spec = steps.get(waiting.step as usize);
+    let channel = spec.map(|s| s.channel()).unwrap_or_default();
+    let condition = spec
+        .map(|s| s.success().as_str_name().to_ascii_lowercase())
+        .unwrap_or_default();
+    let reason = format!(
+        "timeout{{condition={condition}, waited_ms={}, due_unix_ms={}}}",
+        now.saturating_sub(waiting.since_unix_ms),
+        waiting.due_unix_ms
+    );
+    log.push(
+        EventKind::EventFailed,
+        Some(waiting.step),
+        channel,
+        &waiting.attempt_id,
+        &reason,
+        MessageStatus::Pending,
+    );
+    if (waiting.step as usize) + 1 < steps.len() {
+        log.push(
+            EventKind::EventFellBack,
+            Some(waiting.step),
+            channel,
+            &waiting.attempt_id,
+            &format!("{} step timed out", channel_name(channel)),
+            MessageStatus::Pending,
+        );
+    }
 }
 
 async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), RunError> {
@@ -357,6 +462,14 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         log.flush(true, Vec::new()).await?;
         return Ok(());
     };
+    // A wait that has not run out: only the timer is rebuilt (after a takeover or a stale
+    // timer), nothing is written.
+    if let Some(waiting) = &progress.waiting
+        && now_unix_ms() < waiting.due_unix_ms
+    {
+        schedule(context, job, waiting.due_unix_ms);
+        return Ok(());
+    }
     let class = request.class();
     let recipient = match &job.recipient {
         Some(recipient) => Some(recipient.clone()),
@@ -412,12 +525,13 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         }
     }
 
-    let no_content = herald_proto::v1::Content::default();
-    let content = request.content.as_ref().unwrap_or(&no_content);
     let steps = &request.waterfall;
     let mut step = progress.next_step;
     let mut resend: Option<String> = None;
-    if let Some((ambiguous_step, attempt_id)) = progress.ambiguous {
+    if let Some(waiting) = &progress.waiting {
+        time_out(&mut log, steps, waiting, now_unix_ms());
+        step = waiting.step + 1;
+    } else if let Some((ambiguous_step, attempt_id)) = progress.ambiguous {
         log.push(
             EventKind::EventAmbiguous,
             Some(ambiguous_step),
@@ -432,7 +546,36 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         step = ambiguous_step;
         resend = Some(attempt_id);
     }
+    walk(
+        context,
+        job,
+        &mut log,
+        recipient,
+        step,
+        resend,
+        extra_first_write,
+    )
+    .await
+}
 
+/// Runs the waterfall from `step` until a step succeeds, a step waits for its receipt, or no
+/// step is left. `extra` is written with the first flush.
+async fn walk(
+    context: &NodeContext,
+    job: &Job,
+    log: &mut EventLog<'_>,
+    mut recipient: Recipient,
+    mut step: u32,
+    mut resend: Option<String>,
+    mut extra: Vec<FencedOp>,
+) -> Result<(), RunError> {
+    let Some(request) = job.message.request.as_ref() else {
+        return Ok(());
+    };
+    let class = request.class();
+    let no_content = herald_proto::v1::Content::default();
+    let content = request.content.as_ref().unwrap_or(&no_content);
+    let steps = &request.waterfall;
     while (step as usize) < steps.len() {
         let spec = &steps[step as usize];
         let channel = spec.channel();
@@ -450,7 +593,16 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
             step += 1;
             continue;
         }
-        let Some(provider) = context.provider(channel) else {
+        let chain = context.providers.chain(channel, &spec.provider_account);
+        let Some(first) = chain.first() else {
+            log.push(
+                EventKind::EventSkipped,
+                Some(step),
+                channel,
+                "",
+                &format!("no_provider_account{{channel={}}}", channel_name(channel)),
+                MessageStatus::Pending,
+            );
             step += 1;
             continue;
         };
@@ -464,56 +616,66 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
             &attempt_id,
             "",
             MessageStatus::Pending,
-        );
-        if let Some(last) = log.pending.last_mut() {
-            last.provider = provider.name().to_string();
-        }
-        log.flush(false, std::mem::take(&mut extra_first_write))
-            .await?;
+        )
+        .provider = first.provider.name().to_owned();
+        log.flush(false, std::mem::take(&mut extra)).await?;
 
-        let outcome = provider
-            .send(Attempt {
-                attempt_id: &attempt_id,
-                message_id: &job.message.message_id,
-                recipient_key: &recipient.id,
-                channel,
-                to: contact_point(&recipient, channel),
-                content,
-                list_unsubscribe: None,
-            })
+        let delivery = context
+            .providers
+            .send(
+                &chain,
+                StepCall {
+                    attempt_id: &attempt_id,
+                    message_id: &job.message.message_id,
+                    recipient: &recipient,
+                    channel,
+                    content,
+                    list_unsubscribe: None,
+                },
+            )
             .await;
-        let failure = match outcome {
+        let trail = if delivery.trail.is_empty() {
+            String::new()
+        } else {
+            format!(", after={{{}}}", delivery.trail)
+        };
+        let failure = match delivery.outcome {
             Outcome::Accepted {
                 provider_message_id,
                 delivered,
                 read,
             } => {
-                let satisfied = match spec.success() {
+                let condition = spec.success();
+                let wants_delivery =
+                    matches!(condition, SuccessCondition::Delivered | SuccessCondition::Read);
+                let wants_read = condition == SuccessCondition::Read;
+                let satisfied = match condition {
                     SuccessCondition::Delivered => delivered,
                     SuccessCondition::Read => read,
                     _ => true,
                 };
-                let final_status = |last: bool| {
-                    if satisfied && last {
-                        MessageStatus::Delivered
-                    } else {
-                        MessageStatus::Pending
-                    }
-                };
-                let wants_delivery = matches!(
-                    spec.success(),
-                    SuccessCondition::Delivered | SuccessCondition::Read
-                );
-                let wants_read = spec.success() == SuccessCondition::Read;
-                let reason = format!("provider_message_id={provider_message_id}");
-                log.push(
+                let mut index = Vec::new();
+                if let Some(account) = context.providers.account(&delivery.account)
+                    && account.provider.late_receipts()
+                    && !provider_message_id.is_empty()
+                {
+                    index.push(crate::receipts::index_op(
+                        context,
+                        job,
+                        &delivery.account,
+                        &provider_message_id,
+                        step,
+                    ));
+                }
+                let sent = log.push(
                     EventKind::EventSent,
                     Some(step),
                     channel,
                     &attempt_id,
-                    &reason,
-                    final_status(!wants_delivery || !delivered),
+                    &format!("provider_message_id={provider_message_id}{trail}"),
+                    MessageStatus::Pending,
                 );
+                sent.provider = delivery.account.clone();
                 if wants_delivery && delivered {
                     log.push(
                         EventKind::EventDelivered,
@@ -521,7 +683,7 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                         channel,
                         &attempt_id,
                         "",
-                        final_status(!wants_read || !read),
+                        MessageStatus::Pending,
                     );
                     if wants_read && read {
                         log.push(
@@ -530,22 +692,74 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                             channel,
                             &attempt_id,
                             "",
-                            final_status(true),
+                            MessageStatus::Pending,
                         );
                     }
                 }
                 if satisfied {
-                    log.flush(true, Vec::new()).await?;
+                    if let Some(last) = log.pending.last_mut() {
+                        last.status = MessageStatus::Delivered as i32;
+                    }
+                    log.flush(true, index).await?;
                     return Ok(());
                 }
-                format!(
-                    "no_receipt{{condition={}}}",
-                    spec.success().as_str_name().to_ascii_lowercase()
+                let due = now_unix_ms().saturating_add(step_timeout_ms(context, spec));
+                log.push(
+                    EventKind::EventWaiting,
+                    Some(step),
+                    channel,
+                    &attempt_id,
+                    &format!(
+                        "waiting{{condition={}}}",
+                        condition.as_str_name().to_ascii_lowercase()
+                    ),
+                    MessageStatus::Pending,
                 )
+                .due_unix_ms = due;
+                log.flush(false, index).await?;
+                schedule(context, job, due);
+                return Ok(());
             }
-            Outcome::Rejected { reason, .. } => reason,
-            Outcome::Unavailable { reason, .. } => format!("unavailable: {reason}"),
-            Outcome::Ambiguous { reason } => format!("ambiguous: {reason}"),
+            Outcome::Ambiguous { reason } => {
+                // Maybe accepted: never re-sent blindly. A receipt resolves it; otherwise the
+                // step times out like any unanswered step.
+                log.push(
+                    EventKind::EventAmbiguous,
+                    Some(step),
+                    channel,
+                    &attempt_id,
+                    &format!("provider_outcome_unknown{{{reason}}}{trail}"),
+                    MessageStatus::Pending,
+                )
+                .provider = delivery.account.clone();
+                let due = now_unix_ms().saturating_add(step_timeout_ms(context, spec));
+                log.push(
+                    EventKind::EventWaiting,
+                    Some(step),
+                    channel,
+                    &attempt_id,
+                    "waiting{condition=receipt_after_ambiguous_outcome}",
+                    MessageStatus::Pending,
+                )
+                .due_unix_ms = due;
+                log.flush(false, Vec::new()).await?;
+                schedule(context, job, due);
+                return Ok(());
+            }
+            Outcome::Rejected {
+                reason,
+                contact_invalid,
+            } => {
+                if contact_invalid && !delivery.to.is_empty() {
+                    let (updated, op) = suppress(job, &recipient, channel, &delivery.to, &reason);
+                    recipient = updated;
+                    extra.push(op);
+                    format!("rejected{{{reason}, contact_suppressed=true}}{trail}")
+                } else {
+                    format!("rejected{{{reason}}}{trail}")
+                }
+            }
+            Outcome::Unavailable { reason, .. } => format!("unavailable{{{reason}}}{trail}"),
         };
         log.push(
             EventKind::EventFailed,
@@ -554,17 +768,15 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
             &attempt_id,
             &failure,
             MessageStatus::Pending,
-        );
+        )
+        .provider = delivery.account;
         if (step as usize) + 1 < steps.len() {
             log.push(
                 EventKind::EventFellBack,
                 Some(step),
                 channel,
                 &attempt_id,
-                &format!(
-                    "{} step failed: {failure}",
-                    channel.as_str_name().to_ascii_lowercase()
-                ),
+                &format!("{} step failed", channel_name(channel)),
                 MessageStatus::Pending,
             );
         }
@@ -578,6 +790,255 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         "waterfall_exhausted",
         MessageStatus::Failed,
     );
-    log.flush(true, extra_first_write).await?;
+    log.flush(true, extra).await?;
     Ok(())
+}
+
+/// Applies a receipt or engagement report and answers the router.
+async fn apply_signal(context: &NodeContext, job: &Job, mut signal: Signal) {
+    let reply = signal.reply.take();
+    let mut verdict = ReportStatus::Unspecified;
+    for attempt in 0..=STORE_RETRIES_MAX {
+        match apply_signal_once(context, job, &signal).await {
+            Ok(status) => {
+                verdict = status;
+                break;
+            }
+            Err(RunError::Fenced) => break,
+            Err(error) => {
+                warn!(message_id = %job.message.message_id, attempt, %error, "applying a receipt failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+            }
+        }
+    }
+    context.receipts_stats.count(verdict);
+    if let Some(reply) = reply {
+        let _ = reply.send(verdict);
+    }
+}
+
+fn is_positive(kind: EngagementKind) -> bool {
+    matches!(
+        kind,
+        EngagementKind::EngagementDelivered
+            | EngagementKind::EngagementRead
+            | EngagementKind::EngagementClicked
+            | EngagementKind::EngagementConverted
+    )
+}
+
+fn is_failure(kind: EngagementKind) -> bool {
+    matches!(
+        kind,
+        EngagementKind::EngagementBouncedHard
+            | EngagementKind::EngagementBouncedSoft
+            | EngagementKind::EngagementBlocked
+            | EngagementKind::EngagementFailed
+            | EngagementKind::EngagementExpired
+    )
+}
+
+/// The event kind that records an informational signal.
+fn signal_event_kind(kind: EngagementKind) -> EventKind {
+    match kind {
+        EngagementKind::EngagementDelivered => EventKind::EventDelivered,
+        EngagementKind::EngagementRead => EventKind::EventRead,
+        EngagementKind::EngagementClicked => EventKind::EventClicked,
+        EngagementKind::EngagementConverted => EventKind::EventConverted,
+        EngagementKind::EngagementBouncedHard | EngagementKind::EngagementBouncedSoft => {
+            EventKind::EventBounced
+        }
+        EngagementKind::EngagementComplained => EventKind::EventComplained,
+        EngagementKind::EngagementBlocked => EventKind::EventBlocked,
+        EngagementKind::EngagementUnsubscribed => EventKind::EventUnsubscribed,
+        EngagementKind::EngagementReplied => EventKind::EventReplied,
+        EngagementKind::EngagementFailed
+        | EngagementKind::EngagementExpired
+        | EngagementKind::Unspecified => EventKind::EventLateReceipt,
+    }
+}
+
+fn kind_name(kind: EngagementKind) -> String {
+    kind.as_str_name()
+        .trim_start_matches("ENGAGEMENT_")
+        .to_ascii_lowercase()
+}
+
+async fn apply_signal_once(
+    context: &NodeContext,
+    job: &Job,
+    signal: &Signal,
+) -> Result<ReportStatus, RunError> {
+    let Some(history) = load_history(context, job).await else {
+        return Ok(ReportStatus::ReportUnknown);
+    };
+    let Some(request) = job.message.request.as_ref() else {
+        return Ok(ReportStatus::ReportUnknown);
+    };
+    let progress = Progress::from_events(&history);
+    let record = match signal.step {
+        Some(step) => progress.attempt(step),
+        None => progress.last_attempt(),
+    };
+    let Some(record) = record.cloned() else {
+        return Ok(ReportStatus::ReportUnknown);
+    };
+    let step = record.step;
+    let Some(spec) = request.waterfall.get(step as usize) else {
+        return Ok(ReportStatus::ReportUnknown);
+    };
+    let channel = spec.channel();
+    let kind = signal.kind;
+    let duplicate = match kind {
+        EngagementKind::EngagementDelivered => record.delivered,
+        EngagementKind::EngagementRead => record.read,
+        _ => false,
+    };
+    if duplicate {
+        return Ok(ReportStatus::ReportDuplicate);
+    }
+    let note = format!(
+        "receipt{{kind={}, source={}{}{}}}",
+        kind_name(kind),
+        signal.source,
+        if signal.detail.is_empty() { "" } else { ", " },
+        signal.detail
+    );
+    let attempt_id = record.attempt_id.clone();
+    let mut log = EventLog::new(context, job, &history);
+    let waiting_here = progress.waiting.as_ref().is_some_and(|w| w.step == step);
+
+    if waiting_here && is_positive(kind) {
+        // The step reached (at least) delivery.
+        let read = kind != EngagementKind::EngagementDelivered;
+        if !record.delivered {
+            log.push(
+                EventKind::EventDelivered,
+                Some(step),
+                channel,
+                &attempt_id,
+                &note,
+                MessageStatus::Pending,
+            );
+        }
+        if read && !record.read {
+            log.push(
+                EventKind::EventRead,
+                Some(step),
+                channel,
+                &attempt_id,
+                &note,
+                MessageStatus::Pending,
+            );
+        }
+        if matches!(
+            kind,
+            EngagementKind::EngagementClicked | EngagementKind::EngagementConverted
+        ) {
+            log.push(
+                signal_event_kind(kind),
+                Some(step),
+                channel,
+                &attempt_id,
+                &note,
+                MessageStatus::Pending,
+            );
+        }
+        let satisfied = spec.success() != SuccessCondition::Read || read;
+        if satisfied && let Some(last) = log.pending.last_mut() {
+            last.status = MessageStatus::Delivered as i32;
+        }
+        log.flush(satisfied, Vec::new()).await?;
+        return Ok(ReportStatus::ReportApplied);
+    }
+
+    if waiting_here && is_failure(kind) {
+        let mut extra = Vec::new();
+        let mut recipient = context
+            .store
+            .get_recipient(&job.tenant.id, &request.recipient_id)
+            .await?;
+        let kills_contact = kind == EngagementKind::EngagementBouncedHard;
+        if kind != EngagementKind::EngagementFailed && kind != EngagementKind::EngagementExpired {
+            log.push(
+                signal_event_kind(kind),
+                Some(step),
+                channel,
+                &attempt_id,
+                &note,
+                MessageStatus::Pending,
+            );
+        }
+        log.push(
+            EventKind::EventFailed,
+            Some(step),
+            channel,
+            &attempt_id,
+            &note,
+            MessageStatus::Pending,
+        );
+        if (step as usize) + 1 < request.waterfall.len() {
+            log.push(
+                EventKind::EventFellBack,
+                Some(step),
+                channel,
+                &attempt_id,
+                &format!("{} step failed by receipt", channel_name(channel)),
+                MessageStatus::Pending,
+            );
+        }
+        if kills_contact
+            && let Some(current) = &recipient
+            && let Some(address) = crate::failover::contact_point(current, channel, None)
+        {
+            let address = address.to_owned();
+            let (updated, op) = suppress(job, current, channel, &address, &kind_name(kind));
+            recipient = Some(updated);
+            extra.push(op);
+        }
+        match recipient {
+            Some(recipient) => {
+                walk(context, job, &mut log, recipient, step + 1, None, extra).await?;
+            }
+            None => {
+                log.push(
+                    EventKind::EventFailed,
+                    None,
+                    Channel::Unspecified,
+                    "",
+                    "recipient_erased",
+                    MessageStatus::Failed,
+                );
+                log.flush(true, extra).await?;
+            }
+        }
+        return Ok(ReportStatus::ReportApplied);
+    }
+
+    if record.given_up && (is_positive(kind) || is_failure(kind)) {
+        // The waterfall already left this step: recorded and counted, never acted on.
+        log.push(
+            EventKind::EventLateReceipt,
+            Some(step),
+            channel,
+            &attempt_id,
+            &note,
+            progress.status,
+        );
+        log.flush(progress.terminal, Vec::new()).await?;
+        return Ok(ReportStatus::ReportLate);
+    }
+
+    // Information about a step that succeeded (or about the person's reaction): recorded with
+    // the message's status unchanged.
+    log.push(
+        signal_event_kind(kind),
+        Some(step),
+        channel,
+        &attempt_id,
+        &note,
+        progress.status,
+    );
+    log.flush(progress.terminal, Vec::new()).await?;
+    Ok(ReportStatus::ReportApplied)
 }

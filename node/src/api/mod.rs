@@ -4,6 +4,7 @@
 //! no policy and no routing decisions live here.
 
 pub mod delivery;
+pub mod engagement;
 pub mod forward;
 pub mod recipients;
 

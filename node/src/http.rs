@@ -1,0 +1,177 @@
+//! # http: the node's HTTP listener — provider callbacks and `/metrics`
+//!
+//! Owns the routes providers call back on (`POST /callbacks/<account>/...`, in each provider's
+//! native format, parsed by the account's adapter) and the Prometheus text exposition of the
+//! node's counters. A callback is answered once its receipts are routed (2xx), or with 4xx when
+//! the body is malformed, so the provider does not retry what can never be parsed; unknown
+//! receipts are counted and answered 2xx.
+//!
+//! Must never log callback bodies (they carry phone numbers and addresses) and never apply a
+//! receipt itself: receipts go through [`crate::receipts`].
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::Router as HttpRouter;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use herald_providers::ProviderEvent;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::router::Router;
+
+/// Starts the listener on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = HttpRouter::new()
+        .route("/metrics", get(metrics))
+        .route("/callbacks/{account}/{hook}", post(callback))
+        .with_state(router);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            warn!(%error, "http listener stopped with an error");
+        }
+    });
+    Ok(local)
+}
+
+/// Parses a callback body with the adapter of `account`'s kind.
+fn parse_callback(
+    kind: &str,
+    account: &str,
+    hook: &str,
+    body: &[u8],
+) -> Result<Vec<ProviderEvent>, String> {
+    match (kind, hook) {
+        _ => {
+            let _ = (account, body);
+            Err(format!("no callback `{hook}` for {kind} accounts"))
+        }
+    }
+}
+
+async fn callback(
+    State(router): State<Router>,
+    Path((account, hook)): Path<(String, String)>,
+    body: Bytes,
+) -> impl IntoResponse {
+    let context = router.context();
+    let Some(kind) = context
+        .providers
+        .account(&account)
+        .map(|a| a.provider.kind())
+    else {
+        return (StatusCode::NOT_FOUND, format!("no provider account {account}"));
+    };
+    let events = match parse_callback(kind, &account, &hook, &body) {
+        Ok(events) => events,
+        Err(problem) => return (StatusCode::BAD_REQUEST, problem),
+    };
+    let mut applied = 0usize;
+    for event in events {
+        match event {
+            ProviderEvent::Receipt(receipt) => {
+                crate::receipts::apply_receipt(&router, receipt).await;
+                applied += 1;
+            }
+            ProviderEvent::Inbound(_) => {
+                context
+                    .receipts_stats
+                    .inbound
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    (StatusCode::OK, format!("{applied} receipts"))
+}
+
+async fn metrics(State(router): State<Router>) -> impl IntoResponse {
+    let context = router.context();
+    let mut out = String::new();
+    let node = &context.node_id.0;
+    let _ = writeln!(
+        out,
+        "# HELP herald_provider_circuit_state Circuit breaker per provider account: 0 closed, 1 open, 2 half-open.\n# TYPE herald_provider_circuit_state gauge"
+    );
+    let mut accounts: Vec<_> = context.providers.accounts().collect();
+    accounts.sort_by(|a, b| a.provider.name().cmp(b.provider.name()));
+    for account in &accounts {
+        let _ = writeln!(
+            out,
+            "herald_provider_circuit_state{{node=\"{node}\",account=\"{}\",kind=\"{}\"}} {}",
+            account.provider.name(),
+            account.provider.kind(),
+            account.breaker.state().as_metric()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP herald_provider_calls_total Provider calls by result.\n# TYPE herald_provider_calls_total counter"
+    );
+    for account in &accounts {
+        let stats = &account.stats;
+        for (result, value) in [
+            ("accepted", &stats.accepted),
+            ("rejected", &stats.rejected),
+            ("unavailable", &stats.unavailable),
+            ("ambiguous", &stats.ambiguous),
+            ("circuit_open", &stats.skipped_open),
+        ] {
+            let _ = writeln!(
+                out,
+                "herald_provider_calls_total{{node=\"{node}\",account=\"{}\",result=\"{result}\"}} {}",
+                account.provider.name(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let receipts = &context.receipts_stats;
+    let _ = writeln!(
+        out,
+        "# HELP herald_receipts_total Receipts and engagement reports by verdict.\n# TYPE herald_receipts_total counter"
+    );
+    for (verdict, value) in [
+        ("applied", &receipts.applied),
+        ("late", &receipts.late),
+        ("duplicate", &receipts.duplicate),
+        ("unknown", &receipts.unknown),
+        ("failed", &receipts.failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "herald_receipts_total{{node=\"{node}\",verdict=\"{verdict}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let timers = &context.timers.stats;
+    let _ = writeln!(
+        out,
+        "# TYPE herald_inbound_messages_total counter\nherald_inbound_messages_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_pending gauge\nherald_timers_pending{{node=\"{node}\"}} {}\n# TYPE herald_timers_fired_total counter\nherald_timers_fired_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_dropped_total counter\nherald_timers_dropped_total{{node=\"{node}\"}} {}\n# HELP herald_timer_max_late_ms Largest delay between a timer's due time and its firing.\n# TYPE herald_timer_max_late_ms gauge\nherald_timer_max_late_ms{{node=\"{node}\"}} {}\n# TYPE herald_actors_active gauge\nherald_actors_active{{node=\"{node}\"}} {}",
+        receipts.inbound.load(Ordering::Relaxed),
+        context.timers.pending(),
+        timers.fired.load(Ordering::Relaxed),
+        timers.dropped.load(Ordering::Relaxed),
+        timers.max_late_ms.load(Ordering::Relaxed),
+        context.directory.active(),
+    );
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        out,
+    )
+}

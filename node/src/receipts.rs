@@ -1,0 +1,244 @@
+//! # receipts: matching receipts and engagement reports to the attempts they are about
+//!
+//! Owns the receipt index (provider account + provider message id → tenant, recipient,
+//! message, step; an expiring value written fenced with the `sent` event), the counters of
+//! receipts by verdict, and the path from a receipt to the recipient's actor: resolve it here,
+//! then route it like any request to the owner of the recipient's partition, where the
+//! `RecipientActor` applies it in order with everything else that touches that person.
+//!
+//! A receipt nobody can match, or one already applied, is counted and answered, never an
+//! error. Must never apply a receipt itself (only the owner's actor does), and never log
+//! contact points or reply texts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald_proto::TenantId;
+use herald_proto::error::Error;
+use herald_proto::v1::{EngagementKind, ForwardSignal, ReportResult, ReportStatus};
+use herald_providers::{ProviderEvent, Receipt, ReceiptKind};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::actors::recipient::Job;
+use crate::auth::Tenant;
+use crate::context::NodeContext;
+use crate::router::{Item, ItemResult, Router};
+use crate::store::{FencedOp, WriteOp};
+
+/// Field separator inside an index value (never part of ids or tenant names).
+const SEP: char = '\u{1f}';
+
+fn index_key(account: &str, provider_message_id: &str) -> String {
+    format!("rcpt:{account}:{provider_message_id}")
+}
+
+/// The index entry for an accepted attempt, written with its `sent` event.
+pub fn index_op(
+    context: &NodeContext,
+    job: &Job,
+    account: &str,
+    provider_message_id: &str,
+    step: u32,
+) -> FencedOp {
+    let recipient_id = job
+        .message
+        .request
+        .as_ref()
+        .map(|r| r.recipient_id.as_str())
+        .unwrap_or_default();
+    let value = format!(
+        "{}{SEP}{recipient_id}{SEP}{}{SEP}{step}",
+        job.tenant.id.0, job.message.message_id
+    );
+    FencedOp {
+        fence: job.fence,
+        op: WriteOp::PutValue {
+            key: index_key(account, provider_message_id),
+            value: value.into_bytes(),
+            ttl: Duration::from_secs(context.config.receipt_index_ttl_s),
+        },
+    }
+}
+
+/// The attempt a provider's message id belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRef {
+    pub tenant: TenantId,
+    pub recipient_id: String,
+    pub message_id: String,
+    pub step: u32,
+}
+
+pub async fn lookup(
+    context: &NodeContext,
+    account: &str,
+    provider_message_id: &str,
+) -> Result<Option<AttemptRef>, Error> {
+    let value = context
+        .store
+        .get_value(&index_key(account, provider_message_id))
+        .await
+        .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+    let Some(value) = value else { return Ok(None) };
+    let text = String::from_utf8_lossy(&value);
+    let mut parts = text.split(SEP);
+    let (Some(tenant), Some(recipient_id), Some(message_id), Some(step)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
+    let Ok(step) = step.parse() else {
+        return Ok(None);
+    };
+    Ok(Some(AttemptRef {
+        tenant: TenantId(tenant.to_owned()),
+        recipient_id: recipient_id.to_owned(),
+        message_id: message_id.to_owned(),
+        step,
+    }))
+}
+
+/// Receipts and reports by verdict.
+#[derive(Default)]
+pub struct ReceiptStats {
+    pub applied: AtomicU64,
+    pub late: AtomicU64,
+    pub duplicate: AtomicU64,
+    pub unknown: AtomicU64,
+    /// Could not be applied (store down, partition moving for longer than the route timeout).
+    pub failed: AtomicU64,
+    /// Inbound messages (replies) received from providers.
+    pub inbound: AtomicU64,
+}
+
+impl ReceiptStats {
+    pub fn count(&self, status: ReportStatus) {
+        let counter = match status {
+            ReportStatus::ReportApplied => &self.applied,
+            ReportStatus::ReportLate => &self.late,
+            ReportStatus::ReportDuplicate => &self.duplicate,
+            ReportStatus::ReportUnknown => &self.unknown,
+            ReportStatus::Unspecified => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub fn engagement_kind(kind: ReceiptKind) -> EngagementKind {
+    match kind {
+        ReceiptKind::Delivered => EngagementKind::EngagementDelivered,
+        ReceiptKind::Read => EngagementKind::EngagementRead,
+        ReceiptKind::Clicked => EngagementKind::EngagementClicked,
+        ReceiptKind::Converted => EngagementKind::EngagementConverted,
+        ReceiptKind::BouncedHard => EngagementKind::EngagementBouncedHard,
+        ReceiptKind::BouncedSoft => EngagementKind::EngagementBouncedSoft,
+        ReceiptKind::Complained => EngagementKind::EngagementComplained,
+        ReceiptKind::Blocked => EngagementKind::EngagementBlocked,
+        ReceiptKind::Unsubscribed => EngagementKind::EngagementUnsubscribed,
+        ReceiptKind::Failed => EngagementKind::EngagementFailed,
+        ReceiptKind::Expired => EngagementKind::EngagementExpired,
+    }
+}
+
+/// Routes resolved signals of one tenant to their owners; one verdict per signal, in order.
+/// Signals the owner could not apply in time count as `failed` and come back unspecified.
+pub async fn route_signals(
+    router: &Router,
+    tenant: &Arc<Tenant>,
+    signals: Vec<ForwardSignal>,
+) -> Vec<ReportResult> {
+    let ids: Vec<String> = signals.iter().map(|s| s.message_id.clone()).collect();
+    let results = router
+        .route(tenant, signals.into_iter().map(Item::Signal).collect())
+        .await;
+    results
+        .into_iter()
+        .zip(ids)
+        .map(|(result, message_id)| match result {
+            Ok(ItemResult::Signal(result)) => result,
+            Ok(_) | Err(_) => {
+                if let Err(error) = &result {
+                    warn!(%error, "receipt could not be applied");
+                }
+                router
+                    .context()
+                    .receipts_stats
+                    .count(ReportStatus::Unspecified);
+                ReportResult {
+                    status: ReportStatus::Unspecified as i32,
+                    message_id,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Resolves a provider's receipt by the index and routes it. Unknown receipts are counted.
+pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
+    let context = router.context();
+    let target = match lookup(context, &receipt.provider, &receipt.provider_message_id).await {
+        Ok(Some(target)) => target,
+        Ok(None) => {
+            debug!(provider = %receipt.provider, "receipt for an unknown provider message id");
+            context.receipts_stats.count(ReportStatus::ReportUnknown);
+            return ReportStatus::ReportUnknown;
+        }
+        Err(error) => {
+            warn!(%error, "receipt index lookup failed");
+            context.receipts_stats.count(ReportStatus::Unspecified);
+            return ReportStatus::Unspecified;
+        }
+    };
+    let tenant = context.auth.tenant(&target.tenant.0);
+    let mut detail = receipt.detail;
+    if let Some(code) = &receipt.error_code {
+        detail = format!("{detail} err={code}");
+    }
+    let signal = ForwardSignal {
+        recipient_id: target.recipient_id,
+        message_id: target.message_id,
+        step: Some(target.step),
+        kind: engagement_kind(receipt.kind) as i32,
+        detail,
+        reply_text: String::new(),
+        source: receipt.provider,
+    };
+    route_signals(router, &tenant, vec![signal])
+        .await
+        .into_iter()
+        .next()
+        .map(|r| r.status())
+        .unwrap_or(ReportStatus::Unspecified)
+}
+
+/// Receipts applied concurrently by the provider-event consumer.
+const RECEIPTS_IN_FLIGHT: usize = 64;
+
+/// Consumes what adapters report on their own connections (SMPP receipts, inbound texts).
+pub async fn consume(router: Router, mut events: mpsc::Receiver<ProviderEvent>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(RECEIPTS_IN_FLIGHT));
+    while let Some(event) = events.recv().await {
+        match event {
+            ProviderEvent::Receipt(receipt) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let router = router.clone();
+                tokio::spawn(async move {
+                    apply_receipt(&router, receipt).await;
+                    drop(permit);
+                });
+            }
+            ProviderEvent::Inbound(_) => {
+                // Keyword handling (STOP/START/HELP) belongs to the consent ledger.
+                router
+                    .context()
+                    .receipts_stats
+                    .inbound
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
