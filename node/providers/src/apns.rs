@@ -205,23 +205,26 @@ impl ApnsProvider {
             .map_err(|e| invalid(&name, "base_url", e.to_string()))?;
         let (timeout, connect_timeout) =
             check_timeouts(&name, config.request_timeout_ms, config.connect_timeout_ms)?;
-        let mut http = reqwest::Client::builder()
+        if !matches!(base.scheme(), "https" | "http") {
+            return Err(invalid(
+                &name,
+                "base_url",
+                format!(
+                    "scheme {}: want https (or http for h2c test peers)",
+                    base.scheme()
+                ),
+            ));
+        }
+        // HTTP/2 only. Over cleartext (`http://`, test peers) this is h2c with prior knowledge,
+        // there being no ALPN; over TLS reqwest then offers only `h2` in ALPN, so a server that
+        // cannot speak HTTP/2 fails the handshake instead of silently getting HTTP/1.1.
+        let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(connect_timeout);
-        http = match base.scheme() {
-            // Cleartext HTTP/2 needs prior knowledge (there is no ALPN to negotiate it).
-            "http" => http.http2_prior_knowledge(),
-            // Over TLS, ALPN negotiates h2 with APNs.
-            "https" => http,
-            other => {
-                return Err(invalid(
-                    &name,
-                    "base_url",
-                    format!("scheme {other}: want https (or http for h2c test peers)"),
-                ));
-            }
-        };
-        let http = http
+            .connect_timeout(connect_timeout)
+            .http2_prior_knowledge()
+            // Apple suggests HTTP/2 PINGs to check a long-lived connection's health.
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .http2_keep_alive_while_idle(true)
             .build()
             .map_err(|e| invalid(&name, "http_client", e.to_string()))?;
         Ok(Self {

@@ -152,6 +152,8 @@ enum AuthError {
     Malformed(String),
     #[error("signing the assertion: {0}")]
     Signing(String),
+    #[error("{0} (refresh failed while this send waited)")]
+    JustFailed(String),
 }
 
 /// The FCM HTTP v1 adapter. Cheap to share behind an `Arc`; concurrent sends share one access
@@ -170,6 +172,8 @@ pub struct FcmProvider {
     /// Held while a refresh is in flight so that concurrent sends wait for that one refresh
     /// instead of each minting their own.
     refreshing: tokio::sync::Mutex<()>,
+    /// The last failed refresh, so that sends queued behind it fail at once.
+    last_failure: parking_lot::Mutex<Option<(Instant, String)>>,
     token_fetches: std::sync::atomic::AtomicU64,
 }
 
@@ -278,6 +282,7 @@ impl FcmProvider {
             key,
             current: parking_lot::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            last_failure: parking_lot::Mutex::new(None),
             token_fetches: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -303,15 +308,31 @@ impl FcmProvider {
         if let Some(token) = self.cached_token().filter(usable) {
             return Ok(token);
         }
+        let queued_at = Instant::now();
         let _single_flight = self.refreshing.lock().await;
         // Whoever held the lock before us may have refreshed already.
         if let Some(token) = self.cached_token().filter(usable) {
             return Ok(token);
         }
-        let fresh = self.fetch_token().await?;
-        let value = fresh.value.clone();
-        *self.current.lock() = Some(fresh);
-        Ok(value)
+        // Or failed to, while we queued: a burst of sends behind a dead token endpoint must
+        // not each wait out a timeout of their own, one after the other.
+        if let Some((at, error)) = self.last_failure.lock().as_ref()
+            && *at >= queued_at
+        {
+            return Err(AuthError::JustFailed(error.clone()));
+        }
+        match self.fetch_token().await {
+            Ok(fresh) => {
+                let value = fresh.value.clone();
+                *self.current.lock() = Some(fresh);
+                *self.last_failure.lock() = None;
+                Ok(value)
+            }
+            Err(e) => {
+                *self.last_failure.lock() = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     fn assertion(&self) -> Result<String, AuthError> {
@@ -583,8 +604,9 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Outcome 
     let code = error.code();
     let reason = format!("fcm {status} {code}");
     match (status, code) {
-        // The app was uninstalled or the token expired: suppress the token.
-        (_, "UNREGISTERED") | (404, "NOT_FOUND") => Outcome::Rejected {
+        // The app was uninstalled or the token expired: suppress the token. A bare 404
+        // NOT_FOUND without this code is not proof the token is dead (falls through below).
+        (_, "UNREGISTERED") => Outcome::Rejected {
             reason,
             contact_invalid: true,
         },
@@ -804,6 +826,14 @@ mod tests {
             bad_token,
             Outcome::Rejected {
                 contact_invalid: true,
+                ..
+            }
+        ));
+        let bare_404 = br#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#;
+        assert!(matches!(
+            classify(404, bare_404, None),
+            Outcome::Rejected {
+                contact_invalid: false,
                 ..
             }
         ));

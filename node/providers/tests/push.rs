@@ -239,6 +239,32 @@ async fn fcm_short_lived_token_is_refreshed_before_expiry() {
 }
 
 #[tokio::test]
+async fn fcm_token_endpoint_down_fails_queued_sends_at_once() {
+    let (peer, provider) = fcm_pair(Duration::from_secs(3600), 5_000).await;
+    peer.fail_next_token_requests(1);
+    let provider = Arc::new(provider);
+    let sends = (0..10).map(|i| {
+        let provider = provider.clone();
+        async move { send(provider.as_ref(), &format!("att-{i}"), FCM_TOKEN).await }
+    });
+    for outcome in futures::future::join_all(sends).await {
+        assert!(
+            matches!(outcome, Outcome::Unavailable { ref reason, .. } if reason.starts_with("fcm auth")),
+            "{outcome:?}"
+        );
+    }
+    let log = peer.faults().received();
+    assert_eq!(log.len(), 1, "one token request, no sends: {log:?}");
+    assert_eq!((log[0].service, log[0].status), (PushService::OAuth, 503));
+    // The endpoint is back: the next send fetches a token and goes through.
+    assert!(matches!(
+        send(provider.as_ref(), "att-10", FCM_TOKEN).await,
+        Outcome::Accepted { .. }
+    ));
+    assert_eq!(peer.tokens_issued(), 1);
+}
+
+#[tokio::test]
 async fn fcm_slow_answer_is_ambiguous() {
     let (peer, provider) = fcm_pair(Duration::from_secs(3600), 600).await;
     // Fetch the access token first, so the delay hits the send itself.
@@ -513,4 +539,29 @@ async fn apns_wrong_key_is_rejected_after_one_resign() {
     );
     assert_eq!(provider.tokens_signed(), 2);
     assert_eq!(peer.faults().received().len(), 2);
+}
+
+#[tokio::test]
+async fn apns_peer_refuses_http1() {
+    // APNs speaks only HTTP/2; the peer must not quietly serve an HTTP/1.1 client.
+    let peer = ApnsPeer::start(ApnsPeerConfig::default())
+        .await
+        .expect("apns peer");
+    let http1 = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client");
+    let response = timeout(
+        DEADLINE,
+        http1
+            .post(format!("{}/3/device/{APNS_TOKEN}", peer.base_url()))
+            .body("{}")
+            .send(),
+    )
+    .await
+    .expect("in time")
+    .expect("answered");
+    assert_eq!(response.status().as_u16(), 505);
+    let log = peer.faults().received();
+    assert_eq!(log[0].http_version, axum::http::Version::HTTP_11);
 }

@@ -262,6 +262,8 @@ struct FcmState {
     access_tokens: Mutex<HashMap<String, Instant>>,
     tokens_issued: AtomicU64,
     messages_sent: AtomicU64,
+    /// Token requests still to fail with 503.
+    token_failures: Mutex<u32>,
 }
 
 /// A fake FCM HTTP v1 API with its OAuth token endpoint, on `127.0.0.1:<port>`.
@@ -292,6 +294,7 @@ impl FcmPeer {
             access_tokens: Mutex::new(HashMap::new()),
             tokens_issued: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
+            token_failures: Mutex::new(0),
         });
         let router = Router::new()
             .route("/token", post(fcm_token))
@@ -348,6 +351,11 @@ impl FcmPeer {
         self.state.messages_sent.load(Ordering::Relaxed)
     }
 
+    /// The next `n` token requests get 503 (the token endpoint is down).
+    pub fn fail_next_token_requests(&self, n: u32) {
+        *self.state.token_failures.lock() = n;
+    }
+
     /// Revokes every access token issued so far: the next send with one gets 401.
     pub fn expire_access_tokens(&self) {
         self.state.access_tokens.lock().clear();
@@ -389,6 +397,16 @@ async fn fcm_token(State(state): State<Arc<FcmState>>, request: Request) -> Resp
 }
 
 fn issue_token(state: &FcmState, body: &[u8]) -> Response {
+    {
+        let mut failures = state.token_failures.lock();
+        if *failures > 0 {
+            *failures -= 1;
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "internal_failure", "error_description": "Backend Error"}),
+            );
+        }
+    }
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
     if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
