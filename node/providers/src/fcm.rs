@@ -41,6 +41,8 @@ const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// Refresh the access token this long before it expires (at most half its lifetime).
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Google issues one-hour tokens; never trust one for longer than a day.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 86_400;
 
 /// A secret given inline in the configuration (a private key, a service-account JSON). Its
 /// `Debug` output is redacted so that printing a config never leaks it.
@@ -238,9 +240,21 @@ impl FcmProvider {
                 ));
             }
         };
-        // The serde error names only the field and position, never the key material.
-        let account: ServiceAccount = serde_json::from_str(&raw)
-            .map_err(|e| invalid(&name, "service_account", e.to_string()))?;
+        let account: ServiceAccount = serde_json::from_str(&raw).map_err(|e| {
+            // serde's "invalid type" messages quote the offending value, which could be key
+            // material: only missing-field messages and positions are passed on.
+            let problem = if e.to_string().starts_with("missing field") {
+                e.to_string()
+            } else {
+                format!(
+                    "not a service-account JSON ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                )
+            };
+            invalid(&name, "service_account", problem)
+        })?;
         if account.project_id.is_empty() || account.client_email.is_empty() {
             return Err(invalid(
                 &name,
@@ -399,7 +413,8 @@ impl FcmProvider {
         if token.access_token.is_empty() {
             return Err(AuthError::Malformed("empty access_token".to_owned()));
         }
-        let lifetime = Duration::from_secs(token.expires_in);
+        // Capped: a wild `expires_in` must neither overflow `Instant` nor pin a token forever.
+        let lifetime = Duration::from_secs(token.expires_in.min(MAX_TOKEN_LIFETIME_SECS));
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         tracing::debug!(provider = %self.name, expires_in = token.expires_in, "fcm access token fetched");
         Ok(AccessToken {
@@ -849,6 +864,38 @@ mod tests {
                 read: false
             }
         );
+    }
+
+    fn inline_config(json: &str) -> FcmConfig {
+        FcmConfig {
+            service_account_path: None,
+            service_account_json: Some(InlineSecret(json.to_owned())),
+            base_url: default_base_url(),
+            token_url: None,
+            scope: default_scope(),
+            request_timeout_ms: default_request_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn config_errors_name_the_field_never_the_key() {
+        let missing = FcmProvider::new("a", &inline_config(r#"{"client_email":"x"}"#))
+            .await
+            .expect_err("missing project_id");
+        assert!(
+            missing.to_string().contains("missing field `project_id`"),
+            "{missing}"
+        );
+        let pasted_key = FcmProvider::new("a", &inline_config(r#""-----BEGIN PRIVATE KEY-----""#))
+            .await
+            .expect_err("a bare string");
+        assert!(!pasted_key.to_string().contains("BEGIN"), "{pasted_key}");
+        let mut both = inline_config("{}");
+        both.service_account_path = Some("/nonexistent".into());
+        assert!(FcmProvider::new("a", &both).await.is_err());
+        assert!(check_timeouts("a", 1000, 1000).is_err());
+        assert!(check_timeouts("a", 1000, 500).is_ok());
     }
 
     #[test]
