@@ -670,11 +670,20 @@ pub(crate) fn transport_outcome(error: reqwest::Error) -> Outcome {
         Outcome::Ambiguous {
             reason: format!("timeout: {chain}"),
         }
+    } else if refused_unprocessed(&chain) {
+        Outcome::unavailable(format!("refused: {chain}"))
     } else {
         Outcome::Ambiguous {
             reason: format!("transport: {chain}"),
         }
     }
+}
+
+/// True when an HTTP/2 server reset the stream with REFUSED_STREAM, which by RFC 9113 §8.7
+/// guarantees the request was not processed (safe to re-send: `Unavailable`, not `Ambiguous`).
+/// h2 is reached only through reqwest's error chain, hence the match on its reason text.
+fn refused_unprocessed(chain: &str) -> bool {
+    chain.contains("refused stream before processing any application logic")
 }
 
 /// The error and its sources on one line. Callers strip the URL first (`without_url`).
@@ -896,6 +905,17 @@ mod tests {
         assert!(FcmProvider::new("a", &both).await.is_err());
         assert!(check_timeouts("a", 1000, 1000).is_err());
         assert!(check_timeouts("a", 1000, 500).is_ok());
+    }
+
+    #[test]
+    fn refused_stream_means_not_processed() {
+        assert!(refused_unprocessed(
+            "error sending request: http2 error: stream error received: refused stream before \
+             processing any application logic"
+        ));
+        assert!(!refused_unprocessed(
+            "error sending request: connection closed before message completed"
+        ));
     }
 
     #[test]

@@ -215,15 +215,15 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn serve(router: Router) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+/// Serves `router` on `listener` until the task is aborted. axum's server (hyper-util's auto
+/// builder, with axum's `http2` feature) recognises the HTTP/2 connection preface, so one
+/// listener serves HTTP/1.1 and h2c prior-knowledge clients alike.
+fn serve(listener: tokio::net::TcpListener, router: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "push peer stopped");
         }
-    });
-    Ok((addr, task))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,11 +300,7 @@ impl FcmPeer {
             .route("/token", post(fcm_token))
             .route("/v1/projects/{project}/messages:send", post(fcm_send))
             .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::warn!(error = %e, "fcm peer stopped");
-            }
-        });
+        let task = serve(listener, router);
         Ok(Self { addr, state, task })
     }
 
@@ -693,9 +689,7 @@ impl Drop for ApnsPeer {
 }
 
 impl ApnsPeer {
-    /// Binds an OS-assigned loopback port and serves until dropped. axum's server (hyper-util's
-    /// auto builder) recognises the HTTP/2 connection preface, so h2c prior-knowledge clients
-    /// get HTTP/2.
+    /// Binds an OS-assigned loopback port and serves h2c until dropped.
     pub async fn start(config: ApnsPeerConfig) -> std::io::Result<Self> {
         let key = DecodingKey::from_ec_pem(config.public_key_pem.as_bytes())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -710,7 +704,9 @@ impl ApnsPeer {
         let router = Router::new()
             .route("/3/device/{token}", post(apns_send))
             .with_state(state.clone());
-        let (addr, task) = serve(router).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = serve(listener, router);
         Ok(Self { addr, state, task })
     }
 
@@ -851,9 +847,18 @@ fn apns_verdict(
                 "00000000-0000-0000-0000-000000000000",
             );
         }
+        // APNs makes one up (a random UUID) when the request has none.
         None => {
-            let n = state.delivered.load(Ordering::Relaxed);
-            format!("00000000-0000-4000-8000-{n:012x}")
+            let b: u128 = rand::random();
+            let h = format!("{b:032x}");
+            format!(
+                "{}-{}-4{}-8{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[13..16],
+                &h[17..20],
+                &h[20..32]
+            )
         }
     };
     let error = |status, reason| apns_error(status, reason, &apns_id);
