@@ -52,8 +52,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::{AsyncSmtpTransport, PoolConfig};
 use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Serialize};
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{Attempt, ConfigError, ListUnsubscribe, Outcome, Provider};
@@ -292,35 +292,35 @@ fn build_transport(
     name: &str,
     config: &SmtpConfig,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, ConfigError> {
-        let tls = match config.tls {
-            SmtpTls::None => Tls::None,
-            SmtpTls::Starttls => Tls::Required(
-                TlsParameters::new(config.host.clone())
-                    .map_err(|e| invalid(name, "tls", format!("{e}")))?,
-            ),
-            SmtpTls::Tls => Tls::Wrapper(
-                TlsParameters::new(config.host.clone())
-                    .map_err(|e| invalid(name, "tls", format!("{e}")))?,
-            ),
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port.unwrap_or(config.tls.default_port()))
-            .tls(tls)
-            .timeout(Some(Duration::from_millis(config.command_timeout_ms)))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(config.pool_max_size)
-                    .idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms)),
-            );
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-            }
-            (None, None) => {}
-            (Some(_), None) => return Err(invalid(name, "password", "username set without it")),
-            (None, Some(_)) => return Err(invalid(name, "username", "password set without it")),
+    let tls = match config.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::Starttls => Tls::Required(
+            TlsParameters::new(config.host.clone())
+                .map_err(|e| invalid(name, "tls", format!("{e}")))?,
+        ),
+        SmtpTls::Tls => Tls::Wrapper(
+            TlsParameters::new(config.host.clone())
+                .map_err(|e| invalid(name, "tls", format!("{e}")))?,
+        ),
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+        .port(config.port.unwrap_or(config.tls.default_port()))
+        .tls(tls)
+        .timeout(Some(Duration::from_millis(config.command_timeout_ms)))
+        .pool_config(
+            PoolConfig::new()
+                .max_size(config.pool_max_size)
+                .idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms)),
+        );
+    match (&config.username, &config.password) {
+        (Some(user), Some(password)) => {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }
-        Ok(builder.build())
+        (None, None) => {}
+        (Some(_), None) => return Err(invalid(name, "password", "username set without it")),
+        (None, Some(_)) => return Err(invalid(name, "username", "password set without it")),
+    }
+    Ok(builder.build())
 }
 
 fn message_id(attempt_id: &str, domain: &str) -> String {
@@ -394,7 +394,9 @@ pub fn classify_error(err: &lettre::transport::smtp::Error) -> Outcome {
     let text = err.source().map(|s| s.to_string()).unwrap_or_default();
     if let Some(code) = err.status() {
         let code = u16::from(code);
-        let reason = format!("smtp {code} {}", redact(&text)).trim_end().to_owned();
+        let reason = format!("smtp {code} {}", redact(&text))
+            .trim_end()
+            .to_owned();
         if err.is_permanent() {
             let mailbox_code = matches!(code, 550 | 551 | 553);
             let addressing = enhanced_status(&text).is_none_or(|s| s.starts_with("5.1."));

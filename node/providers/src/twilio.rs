@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use herald_proto::v1::Channel;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha1::Sha1;
 
@@ -148,7 +148,11 @@ impl TwilioProvider {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric())
         {
-            return Err(invalid(&name, "account_sid", "must be non-empty alphanumeric"));
+            return Err(invalid(
+                &name,
+                "account_sid",
+                "must be non-empty alphanumeric",
+            ));
         }
         if config.auth_token.is_empty() {
             return Err(invalid(&name, "auth_token", "empty"));
@@ -168,7 +172,11 @@ impl TwilioProvider {
             url::Url::parse(cb).map_err(|e| invalid(&name, "status_callback", e.to_string()))?;
         }
         if config.request_timeout_ms == 0 || config.connect_timeout_ms == 0 {
-            return Err(invalid(&name, "request_timeout_ms", "timeouts must be positive"));
+            return Err(invalid(
+                &name,
+                "request_timeout_ms",
+                "timeouts must be positive",
+            ));
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -505,7 +513,12 @@ mod tests {
             &p,
             "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
         ));
-        assert!(!verify_signature("12345", url, &p[1..], "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        assert!(!verify_signature(
+            "12345",
+            url,
+            &p[1..],
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        ));
         assert!(!verify_signature("12345", url, &p, "not base64!"));
     }
 
@@ -545,10 +558,19 @@ mod tests {
         let read = parse_status_callback("tw", b"MessageSid=SM9&MessageStatus=read")
             .expect("ok")
             .expect("event");
-        assert!(matches!(read, ProviderEvent::Receipt(Receipt { kind: ReceiptKind::Read, .. })));
+        assert!(matches!(
+            read,
+            ProviderEvent::Receipt(Receipt {
+                kind: ReceiptKind::Read,
+                ..
+            })
+        ));
         for s in ["queued", "sending", "sent"] {
             let body = format!("MessageSid=SM9&MessageStatus={s}");
-            assert_eq!(parse_status_callback("tw", body.as_bytes()).expect("ok"), None);
+            assert_eq!(
+                parse_status_callback("tw", body.as_bytes()).expect("ok"),
+                None
+            );
         }
         assert!(parse_status_callback("tw", b"MessageStatus=delivered").is_err());
         assert!(parse_status_callback("tw", b"MessageSid=SM1").is_err());
@@ -595,7 +617,10 @@ mod tests {
         ));
         assert!(matches!(
             rejected(br#"{"code":21614,"status":400}"#),
-            Outcome::Rejected { contact_invalid: true, .. }
+            Outcome::Rejected {
+                contact_invalid: true,
+                ..
+            }
         ));
         assert!(matches!(
             rejected(br#"{"code":21610,"status":400}"#),
@@ -603,7 +628,10 @@ mod tests {
         ));
         assert!(matches!(
             classify_response(500, &h, b"oops"),
-            Outcome::Unavailable { retry_after: None, .. }
+            Outcome::Unavailable {
+                retry_after: None,
+                ..
+            }
         ));
         let mut h429 = reqwest::header::HeaderMap::new();
         h429.insert(reqwest::header::RETRY_AFTER, "3".parse().expect("header"));
@@ -622,10 +650,9 @@ mod tests {
 
     #[test]
     fn config_validation() {
-        let c: TwilioConfig = serde_json::from_str(
-            r#"{"account_sid":"AC1","auth_token":"t","from":"+15550001111"}"#,
-        )
-        .expect("parses");
+        let c: TwilioConfig =
+            serde_json::from_str(r#"{"account_sid":"AC1","auth_token":"t","from":"+15550001111"}"#)
+                .expect("parses");
         assert_eq!(c.base_url, "https://api.twilio.com");
         assert_eq!(c.request_timeout_ms, 10_000);
         let p = TwilioProvider::new("tw", &c).expect("valid");

@@ -13,7 +13,8 @@ use herald_providers::{Attempt, ListUnsubscribe, Outcome, Provider};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const INSTALL_HINT: &str = "the SMTP tests need python3 with aiosmtpd: run `python3 -m pip install aiosmtpd`";
+const INSTALL_HINT: &str =
+    "the SMTP tests need python3 with aiosmtpd: run `python3 -m pip install aiosmtpd`";
 
 /// A running `smtp_peer.py`; killed when dropped.
 struct SmtpPeer {
@@ -257,7 +258,10 @@ async fn unknown_user_is_contact_invalid() {
         } => {
             assert!(contact_invalid, "{reason}");
             assert!(reason.contains("550"), "{reason}");
-            assert!(!reason.contains("unknown@"), "no address in reason: {reason}");
+            assert!(
+                !reason.contains("unknown@"),
+                "no address in reason: {reason}"
+            );
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
@@ -372,7 +376,10 @@ async fn no_reply_after_data_is_ambiguous() {
     )
     .await
     .expect("bounded");
-    assert!(matches!(o, Outcome::Accepted { .. }), "after timeout: {o:?}");
+    assert!(
+        matches!(o, Outcome::Accepted { .. }),
+        "after timeout: {o:?}"
+    );
 }
 
 #[tokio::test]
@@ -433,10 +440,16 @@ async fn concurrent_sends_share_the_pool() {
     // Sequential sends after the burst reuse parked connections: no new session.
     for i in 0..5 {
         let id = format!("att-seq-{i}");
-        let o = provider.send(attempt(&id, "seq@example.com", &c, None)).await;
+        let o = provider
+            .send(attempt(&id, "seq@example.com", &c, None))
+            .await;
         assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
     }
-    assert_eq!(peer.sessions(), sessions, "sequential sends reuse pooled connections");
+    assert_eq!(
+        peer.sessions(),
+        sessions,
+        "sequential sends reuse pooled connections"
+    );
     assert_eq!(peer.wait_mails(25).await.len(), 25);
     provider.shutdown().await;
 }
