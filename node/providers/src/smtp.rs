@@ -16,7 +16,8 @@
 //! answers.
 //!
 //! ## Outcome mapping, and what lettre lets us tell apart
-//! * 2xx after the message body → `Accepted`, `provider_message_id` = our `Message-ID`.
+//! * 2xx after the message body → `Accepted`, `provider_message_id` = our `Message-ID` without
+//!   its angle brackets (`att-1@example.com`), the form `email_webhook` matches receipts on.
 //! * 550/551/553 whose enhanced status is `5.1.x` (or absent) → `Rejected{contact_invalid}`:
 //!   the mailbox does not exist or its address is bad. Other 5xx (policy `5.7.x`, content
 //!   rejected at end of DATA, `535` bad credentials) → `Rejected` (not contact-invalid).
@@ -464,7 +465,12 @@ impl Provider for SmtpProvider {
             Ok(m) => m,
             Err(reason) => return Outcome::rejected(reason),
         };
-        let message_id = self.message_id_for(attempt.attempt_id);
+        // Receipts (SendGrid's `smtp-id`, brackets stripped) match on the bare id.
+        let message_id = self
+            .message_id_for(attempt.attempt_id)
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_owned();
         let _permit = match self.in_flight.acquire().await {
             Ok(p) => p,
             Err(_) => return Outcome::unavailable("smtp adapter shut down"),

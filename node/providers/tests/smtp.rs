@@ -172,7 +172,7 @@ async fn delivers_multipart_with_headers() {
     assert_eq!(
         outcome,
         Outcome::Accepted {
-            provider_message_id: "<att-01@herald.test>".into(),
+            provider_message_id: "att-01@herald.test".into(),
             delivered: false,
             read: false
         }
@@ -213,6 +213,27 @@ async fn delivers_multipart_with_headers() {
     assert!(raw.contains("Content-Type: text/html"), "{raw}");
     assert!(raw.contains("Plain body 12345"), "{raw}");
     assert!(raw.contains("<p>Html <b>body</b> 12345</p>"), "{raw}");
+
+    // An ESP's delivery webhook echoes the Message-ID as `smtp-id`: the receipt matches the
+    // provider_message_id the adapter reported.
+    let smtp_id = header(&raw, "Message-ID").expect("message-id");
+    let body = format!(
+        r#"[{{"email":"alice@example.com","timestamp":1700000000,"smtp-id":"{smtp_id}","event":"delivered","response":"250 OK","sg_message_id":"x.filter0"}}]"#
+    );
+    let events = herald_providers::email_webhook::parse_sendgrid_events("mail-a", body.as_bytes())
+        .expect("parses");
+    assert_eq!(
+        events,
+        vec![herald_providers::ProviderEvent::Receipt(
+            herald_providers::Receipt {
+                provider: "mail-a".into(),
+                provider_message_id: "att-01@herald.test".into(),
+                kind: herald_providers::ReceiptKind::Delivered,
+                detail: "event=delivered reason=250 OK".into(),
+                error_code: None,
+            }
+        )]
+    );
 }
 
 #[tokio::test]
