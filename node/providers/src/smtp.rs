@@ -93,8 +93,8 @@ fn default_command_timeout_ms() -> u64 {
     30_000
 }
 
-/// An SMTP relay account.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// An SMTP relay account. `Debug` prints the password as `***`.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     /// Relay host name (also the name its TLS certificate is checked against).
@@ -131,6 +131,24 @@ pub struct SmtpConfig {
     /// `Ambiguous` (the body may have gone out).
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("from_address", &self.from_address)
+            .field("from_name", &self.from_name)
+            .field("reply_to", &self.reply_to)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("pool_idle_timeout_ms", &self.pool_idle_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .finish()
+    }
 }
 
 impl SmtpConfig {
@@ -588,7 +606,8 @@ mod tests {
         c.from_address = "n@example.com".into();
         c.username = Some("u".into());
         assert!(SmtpProvider::new("a", &c).is_err());
-        c.password = Some("p".into());
+        c.password = Some("hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
         let p = SmtpProvider::new("a", &c).expect("valid");
         assert_eq!(p.message_id_for("att1"), "<att1@example.com>");
     }

@@ -60,8 +60,8 @@ fn default_connect_timeout_ms() -> u64 {
     3_000
 }
 
-/// A Twilio (or Twilio-compatible) messaging account.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// A Twilio (or Twilio-compatible) messaging account. `Debug` prints the token as `***`.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TwilioConfig {
     /// API base URL, without a trailing path (default `https://api.twilio.com`).
@@ -88,6 +88,21 @@ pub struct TwilioConfig {
     /// TCP + TLS connect timeout in milliseconds (default 3 000). Expiry gives `Unavailable`.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for TwilioConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioConfig")
+            .field("base_url", &self.base_url)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &"***")
+            .field("from", &self.from)
+            .field("messaging_service_sid", &self.messaging_service_sid)
+            .field("status_callback", &self.status_callback)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
 }
 
 impl TwilioConfig {
@@ -655,6 +670,7 @@ mod tests {
                 .expect("parses");
         assert_eq!(c.base_url, "https://api.twilio.com");
         assert_eq!(c.request_timeout_ms, 10_000);
+        assert!(!format!("{c:?}").contains("\"t\""));
         let p = TwilioProvider::new("tw", &c).expect("valid");
         assert_eq!(
             p.messages_url,

@@ -474,3 +474,27 @@ async fn concurrent_sends_share_the_pool() {
     assert_eq!(peer.wait_mails(25).await.len(), 25);
     provider.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_failures_are_unavailable() {
+    // aiosmtpd here offers no STARTTLS and speaks plaintext: a required STARTTLS upgrade and an
+    // implicit-TLS handshake both fail before MAIL FROM.
+    let peer = SmtpPeer::start().await;
+    let c = content("s", "t", "");
+    for tls in [SmtpTls::Starttls, SmtpTls::Tls] {
+        let mut config = peer.config();
+        config.tls = tls;
+        let provider = SmtpProvider::new("mail-a", &config).expect("provider");
+        let o = tokio::time::timeout(
+            Duration::from_secs(5),
+            provider.send(attempt("att-tls", "frank@example.com", &c, None)),
+        )
+        .await
+        .expect("bounded");
+        assert!(
+            matches!(o, Outcome::Unavailable { .. }),
+            "{tls:?}: expected Unavailable, got {o:?}"
+        );
+    }
+    assert!(peer.mails().is_empty());
+}

@@ -340,3 +340,56 @@ async fn status_callback_becomes_delivered_receipt() {
     assert_eq!(peer.callbacks_sent(), 1);
     server.abort();
 }
+
+#[tokio::test]
+async fn peer_speaks_twilio_errors() {
+    let peer = peer(None).await;
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        peer.base_url(),
+        peer.account_sid()
+    );
+    let client = reqwest::Client::new();
+    let form = "To=%2B15551230010&From=%2B15557650000&Body=hi";
+
+    let r = client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["code"], 20003);
+    assert_eq!(body["status"], 401);
+
+    let r = client
+        .post(&url)
+        .basic_auth(peer.account_sid(), Some(peer.auth_token()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("To=%2B15551230010&From=%2B15557650000")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["code"], 21602);
+
+    let r = client
+        .post(&url)
+        .basic_auth(peer.account_sid(), Some(peer.auth_token()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 201);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "queued");
+    assert_eq!(body["to"], "+15551230010");
+    assert!(is_sid(body["sid"].as_str().expect("sid")));
+    assert_eq!(peer.received().len(), 1);
+    assert_eq!(peer.received()[0].idempotency_token, None);
+    assert_eq!(peer.requests(), 3);
+}
