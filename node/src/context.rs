@@ -14,8 +14,8 @@ use crate::auth::Authenticator;
 use crate::config::NodeConfig;
 use crate::events::EventBus;
 use crate::ownership::Ownership;
-use herald_providers::Provider;
 use crate::store::Store;
+use herald_providers::Provider;
 
 pub struct NodeContext {
     pub node_id: NodeId,

@@ -27,9 +27,9 @@ use crate::context::NodeContext;
 use crate::events::EventBus;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
-use herald_providers::sandbox::SandboxProvider;
 use crate::router::{self, Router};
 use crate::store::{Fence, Store};
+use herald_providers::sandbox::SandboxProvider;
 
 /// gRPC message size limit: a full batch of maximum-size messages fits.
 pub const GRPC_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;

@@ -383,7 +383,10 @@ mod tests {
         assert_eq!(p.segments[0].len(), 67 * 2);
         for seg in &p.segments {
             let last = u16::from_be_bytes([seg[seg.len() - 2], seg[seg.len() - 1]]);
-            assert!(!(0xD800..0xDC00).contains(&last), "high surrogate at segment end");
+            assert!(
+                !(0xD800..0xDC00).contains(&last),
+                "high surrogate at segment end"
+            );
         }
         let joined: String = p.segments.iter().map(|s| decode_ucs2_be(s)).collect();
         assert_eq!(joined, text);

@@ -27,8 +27,8 @@ use super::directory::Activity;
 use super::waterfall::Progress;
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
-use herald_providers::{Attempt, Outcome};
 use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
+use herald_providers::{Attempt, Outcome};
 
 /// Store errors are retried this many times (with backoff) before the message is dead-lettered.
 const STORE_RETRIES_MAX: u32 = 8;
