@@ -119,10 +119,10 @@ const GSM7_EXTENSION: [(char, u8); 10] = [
 /// The septets for one character: `[septet]`, `[ESC, septet]`, or `None` if the character is
 /// not in the GSM-7 alphabet.
 fn gsm7_septets(c: char) -> Option<([u8; 2], usize)> {
-    if c != '\u{1B}' {
-        if let Some(pos) = GSM7_BASIC.iter().position(|&b| b == c) {
-            return Some(([pos as u8, 0], 1));
-        }
+    if c != '\u{1B}'
+        && let Some(pos) = GSM7_BASIC.iter().position(|&b| b == c)
+    {
+        return Some(([pos as u8, 0], 1));
     }
     GSM7_EXTENSION
         .iter()
@@ -148,7 +148,7 @@ fn char_units(c: char, encoding: Encoding) -> usize {
 fn segment_ranges(text: &str, encoding: Encoding) -> (usize, Vec<std::ops::Range<usize>>) {
     let total: usize = text.chars().map(|c| char_units(c, encoding)).sum();
     if total <= encoding.single_limit() {
-        return (total, vec![0..text.len()]);
+        return (total, std::iter::once(0..text.len()).collect());
     }
     let limit = encoding.multi_limit();
     let mut ranges = Vec::new();

@@ -511,11 +511,11 @@ fn receipt_event(
     }
     let text = String::from_utf8_lossy(body);
     let parsed = parse_receipt_text(&text);
-    if let Err(e) = &parsed {
-        if tlv_id.is_none() || tlv_state.is_none() {
-            warn!(account = %name, error = %e, "smpp receipt unreadable; acknowledged and dropped");
-            return None;
-        }
+    if let Err(e) = &parsed
+        && (tlv_id.is_none() || tlv_state.is_none())
+    {
+        warn!(account = %name, error = %e, "smpp receipt unreadable; acknowledged and dropped");
+        return None;
     }
     let parsed = parsed.ok();
     let id = tlv_id
