@@ -285,7 +285,7 @@ impl Smsc {
             (0x08, encode_ucs2_be(text))
         };
         let dsm = deliver_sm(from, to, 0x00, data_coding, body, Vec::new())?;
-        self.inner.deliver(dsm)
+        self.inner.deliver(dsm, None)
     }
 
     /// Sends a delivery receipt for `message_id` now, with `stat` and `err`.
@@ -293,7 +293,7 @@ impl Smsc {
         let dsm = self
             .inner
             .receipt_pdu(message_id, "0", "0", stat, err, "")?;
-        self.inner.deliver(dsm)
+        self.inner.deliver(dsm, None)
     }
 }
 
@@ -371,11 +371,16 @@ impl Inner {
         }
     }
 
-    fn deliver(&self, dsm: DeliverSm) -> Result<(), SmscError> {
+    /// Queues a deliver_sm on connection `preferred` if it is still bound, else on the first
+    /// bound connection.
+    fn deliver(&self, dsm: DeliverSm, preferred: Option<u64>) -> Result<(), SmscError> {
         let conns = self.conns.lock();
+        let usable = |c: &&Conn| c.bound.load(Ordering::SeqCst) && !c.out.is_closed();
         let conn = conns
             .iter()
-            .find(|c| c.bound.load(Ordering::SeqCst) && !c.out.is_closed())
+            .filter(usable)
+            .find(|c| Some(c.id) == preferred)
+            .or_else(|| conns.iter().find(usable))
             .ok_or(SmscError::NotBound)?;
         // Sequence numbers for peer-originated PDUs are assigned by the connection task.
         conn.out
@@ -640,9 +645,9 @@ impl Inner {
                 &rule.err,
                 &text,
             ) {
-                // Like a real SMSC, send the receipt on a bound connection (the one the
-                // submit came on may be gone); none bound → the receipt is lost.
-                let _ = inner.deliver(dsm);
+                // On the submitting connection when it is still bound (several ESMEs may
+                // share the account), else on another bound one; none bound → lost.
+                let _ = inner.deliver(dsm, Some(conn));
             }
         });
         true

@@ -515,6 +515,15 @@ impl SmppProvider {
             }
         };
         match reply {
+            // Accepted, but with nothing to match receipts against: the message is out, yet
+            // its fate can only be guessed. Never report that as Unavailable (a retry would
+            // send it twice).
+            SubmitReply::Response {
+                status: 0,
+                message_id,
+            } if message_id.is_empty() => Err(Outcome::Ambiguous {
+                reason: "submit_sm_resp accepted without a message_id".into(),
+            }),
             SubmitReply::Response {
                 status: 0,
                 message_id,

@@ -243,6 +243,26 @@ fn c_str<const MIN: usize, const MAX: usize>(
     COctetString::from_str(value).map_err(|e| BindError::Write(e.to_string()))
 }
 
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The write failed: at most a partial PDU left us, which the SMSC cannot act on.
+    #[error("smpp write failed: {0}")]
+    Failed(rusmpp::tokio_codec::EncodeError),
+    /// The SMSC stopped reading (TCP window closed): the PDU may sit in the kernel's buffer.
+    #[error("smpp write stalled for {0} ms")]
+    Stalled(u64),
+}
+
+/// Writes one PDU, bounded: a peer that stops reading must not stall the session forever
+/// (nothing else, not even enquire_link, would run meanwhile).
+async fn write(link: &mut Link, cmd: Command, limit: Duration) -> Result<(), WriteError> {
+    match tokio::time::timeout(limit, link.send(cmd)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Failed(e)),
+        Err(_) => Err(WriteError::Stalled(limit.as_millis() as u64)),
+    }
+}
+
 fn next_seq(seq: &mut u32) -> u32 {
     // Sequence numbers run 1..=0x7FFFFFFF; 1 was the bind.
     *seq = if *seq >= 0x7FFF_FFFF { 2 } else { *seq + 1 };
@@ -280,10 +300,13 @@ async fn session(s: &mut Session, mut link: Link, segments: &mut SegmentMap) -> 
                 }
                 let n = next_seq(&mut seq);
                 let cmd = Command::new(CommandStatus::EsmeRok, n, Pdu::SubmitSm(req.submit));
-                if let Err(e) = link.send(cmd).await {
-                    // A failed write leaves at most a partial PDU, which the SMSC cannot act on.
-                    let reason = format!("smpp write failed: {e}");
-                    let _ = req.reply.send(SubmitReply::NotWritten(reason.clone()));
+                if let Err(e) = write(&mut link, cmd, response_timeout).await {
+                    let reason = e.to_string();
+                    let reply = match e {
+                        WriteError::Failed(_) => SubmitReply::NotWritten(reason.clone()),
+                        WriteError::Stalled(_) => SubmitReply::Lost(reason.clone()),
+                    };
+                    let _ = req.reply.send(reply);
                     break End::Lost(reason);
                 }
                 pending.insert(n, Pending {
@@ -313,8 +336,9 @@ async fn session(s: &mut Session, mut link: Link, segments: &mut SegmentMap) -> 
                     }
                 } else if now >= enquire_due {
                     let n = next_seq(&mut seq);
-                    if let Err(e) = link.send(Command::new(CommandStatus::EsmeRok, n, Pdu::EnquireLink)).await {
-                        break End::Lost(format!("smpp write failed: {e}"));
+                    let ping = Command::new(CommandStatus::EsmeRok, n, Pdu::EnquireLink);
+                    if let Err(e) = write(&mut link, ping, response_timeout).await {
+                        break End::Lost(e.to_string());
                     }
                     enquire_outstanding = Some(now);
                     enquire_due = now + enquire_interval;
@@ -359,8 +383,8 @@ async fn incoming(
 ) -> Result<(), End> {
     let seq = cmd.sequence_number();
     let status = status_u32(cmd.status());
-    let write_err =
-        |e: rusmpp::tokio_codec::EncodeError| End::Lost(format!("smpp write failed: {e}"));
+    let limit = s.config.response_timeout();
+    let lost = |e: WriteError| End::Lost(e.to_string());
     match cmd.id() {
         CommandId::SubmitSmResp | CommandId::GenericNack => {
             let Some(p) = pending.remove(&seq) else {
@@ -377,29 +401,18 @@ async fn incoming(
             } else {
                 status
             };
-            if status == 0 {
-                if message_id.is_empty() {
-                    let _ = p.reply.send(SubmitReply::Response {
-                        status: 0x08,
-                        message_id,
-                    });
-                    return Ok(());
-                }
-                if let Some(primary) = p.primary_id {
-                    segments.insert(message_id.clone(), primary);
-                }
+            if status == 0
+                && !message_id.is_empty()
+                && let Some(primary) = p.primary_id
+            {
+                segments.insert(message_id.clone(), primary);
             }
             let _ = p.reply.send(SubmitReply::Response { status, message_id });
         }
         CommandId::EnquireLinkResp => *enquire_outstanding = None,
         CommandId::EnquireLink => {
-            link.send(Command::new(
-                CommandStatus::EsmeRok,
-                seq,
-                Pdu::EnquireLinkResp,
-            ))
-            .await
-            .map_err(write_err)?;
+            let pong = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
+            write(link, pong, limit).await.map_err(lost)?;
         }
         CommandId::DeliverSm => {
             let status = match cmd.pdu() {
@@ -424,25 +437,19 @@ async fn incoming(
                 seq,
                 Pdu::DeliverSmResp(DeliverSmResp::default()),
             );
-            link.send(resp).await.map_err(write_err)?;
+            write(link, resp, limit).await.map_err(lost)?;
         }
         CommandId::Unbind => {
-            let _ = link
-                .send(Command::new(CommandStatus::EsmeRok, seq, Pdu::UnbindResp))
-                .await;
+            let bye = Command::new(CommandStatus::EsmeRok, seq, Pdu::UnbindResp);
+            let _ = write(link, bye, limit).await;
             return Err(End::Lost("SMSC unbound".into()));
         }
         other if !other.is_response() => {
             // An operation we do not support (data_sm, query, ...): say so rather than leave
             // the SMSC waiting.
             debug!(account = %s.name, command = ?other, "smpp operation not supported");
-            link.send(Command::new(
-                CommandStatus::EsmeRinvcmdid,
-                seq,
-                Pdu::GenericNack,
-            ))
-            .await
-            .map_err(write_err)?;
+            let nack = Command::new(CommandStatus::EsmeRinvcmdid, seq, Pdu::GenericNack);
+            write(link, nack, limit).await.map_err(lost)?;
         }
         other => debug!(account = %s.name, command = ?other, seq, "smpp pdu ignored"),
     }
