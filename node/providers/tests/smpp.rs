@@ -385,6 +385,7 @@ async fn no_response_within_timeout_is_ambiguous() {
     let smsc = Smsc::start(SmscConfig::default()).await.expect("smsc");
     let mut c = config(&smsc);
     c.response_timeout_ms = 300;
+    c.window_size = 1;
     let (tx, _rx) = mpsc::channel(8);
     let provider = SmppProvider::new("smpp-test", c, tx).await.expect("config");
     assert!(provider.wait_bound(Duration::from_secs(2)).await);
@@ -395,6 +396,13 @@ async fn no_response_within_timeout_is_ambiguous() {
         Outcome::Ambiguous { reason } => assert!(reason.contains("300 ms"), "{reason}"),
         other => panic!("expected Ambiguous, got {other:?}"),
     }
+    // With a window of 1, the expired submit must give its slot back: the next send goes out
+    // (its late answer for the first one is ignored).
+    smsc.set_response_delay(Duration::ZERO);
+    let id = accepted_id(provider.send(attempt("a12b", TO, &content)).await);
+    let log = smsc.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].message_id, id);
 }
 
 #[tokio::test]

@@ -675,3 +675,44 @@ impl Provider for SmppProvider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: SmppConfig = serde_json::from_str(
+            r#"{"host":"smsc.example","system_id":"herald","password":"pw","source_addr":"HERALD"}"#,
+        )
+        .expect("minimal config parses");
+        assert_eq!(c.port, 2775);
+        assert_eq!(c.window_size, 10);
+        assert_eq!(c.enquire_link_interval_ms, 30_000);
+        assert_eq!(c.response_timeout_ms, 10_000);
+        assert_eq!((c.source_addr_ton, c.source_addr_npi), (1, 1));
+        assert!(c.validate("acct").is_ok());
+        let unknown = serde_json::from_str::<SmppConfig>(
+            r#"{"host":"h","system_id":"s","password":"p","source_addr":"a","windo":3}"#,
+        );
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn config_validation() {
+        let base = SmppConfig::new("h", 1, "sys", "pw", "SRC");
+        assert!(base.validate("a").is_ok());
+        let mut c = base.clone();
+        c.password = "123456789".into();
+        assert!(c.validate("a").is_err(), "password over 8 chars");
+        let mut c = base.clone();
+        c.window_size = 0;
+        assert!(c.validate("a").is_err());
+        let mut c = base.clone();
+        c.reconnect_backoff_max_ms = 1;
+        assert!(c.validate("a").is_err());
+        let mut c = base;
+        c.system_id = String::new();
+        assert!(c.validate("a").is_err());
+    }
+}
