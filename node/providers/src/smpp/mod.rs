@@ -18,6 +18,13 @@
 //! matched to requests by sequence number. When the session ends, every unanswered submit is
 //! answered "connection lost" and the task reconnects.
 //!
+//! Link states, as `send` sees them: *connecting* (first bind, or a short reconnect pause —
+//! `send` waits up to `bind_timeout_ms`), *bound*, *down* (the last bind failed, or the
+//! reconnect pause is longer than `bind_timeout_ms` — `send` returns Unavailable at once with
+//! `retry_after` = time until the next try), *stopped* (after [`SmppProvider::shutdown`]).
+//!
+//! Never enable rusmpp's `tracing` feature: it logs whole PDUs (numbers and texts).
+//!
 //! ## Outcome mapping (per segment)
 //! - `submit_sm_resp` status 0 → accepted.
 //! - `ESME_RTHROTTLED` (0x58), `ESME_RMSGQFUL` (0x14) → [`Outcome::Unavailable`] with
@@ -157,8 +164,9 @@ pub struct SmppConfig {
     /// waits for a bind that is in progress.
     #[serde(default = "default_bind_timeout_ms")]
     pub bind_timeout_ms: u64,
-    /// First reconnect delay after a failed connect/bind (and the pause after a dropped
-    /// session), in milliseconds; doubles per failure, with jitter.
+    /// First reconnect delay after a failed connect/bind or a dropped session, in
+    /// milliseconds; doubles per consecutive failure (a session that stayed bound for 10 s
+    /// resets it), with "equal jitter" (between half and all of the delay).
     #[serde(default = "default_backoff_min_ms")]
     pub reconnect_backoff_min_ms: u64,
     /// Ceiling of the reconnect delay, in milliseconds.

@@ -32,6 +32,8 @@ type Link = Framed<TcpStream, CommandCodec>;
 
 /// ESME_RX_T_APPN: "temporary application error", asks the SMSC to deliver again later.
 const STATUS_RX_T_APPN: u32 = 0x64;
+/// A session that lasted this long counts as healthy and resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// How many later-segment SMSC ids are remembered for receipt mapping.
 const SEGMENT_MAP_CAPACITY: usize = 65_536;
 
@@ -127,16 +129,30 @@ pub(crate) async fn run(mut s: Session) {
         let pause = match bound {
             Ok(link) => {
                 info!(account = %s.name, "smpp bound");
-                backoff = min;
+                let bound_at = Instant::now();
                 s.link.send_replace(LinkState::Bound);
                 match session(&mut s, link, &mut segments).await {
                     End::Stop => break,
                     End::Lost(reason) => {
-                        warn!(account = %s.name, %reason, "smpp session lost; reconnecting");
-                        // Stay "Connecting" during the short pause: sends wait for the rebind
-                        // rather than fail at once.
-                        s.link.send_replace(LinkState::Connecting);
-                        jittered(min)
+                        // Only a session that stayed up a while resets the backoff: an SMSC
+                        // that accepts binds and drops them at once must not be hammered.
+                        if bound_at.elapsed() >= STABLE_SESSION {
+                            backoff = min;
+                        }
+                        let delay = jittered(backoff);
+                        backoff = (backoff * 2).min(max);
+                        warn!(account = %s.name, %reason, delay_ms = delay.as_millis() as u64, "smpp session lost; reconnecting");
+                        // A short pause stays "Connecting" so sends wait for the rebind rather
+                        // than fail at once; a long one fails them fast with a retry hint.
+                        if delay <= s.config.bind_timeout() {
+                            s.link.send_replace(LinkState::Connecting);
+                        } else {
+                            s.link.send_replace(LinkState::Down {
+                                reason: format!("session lost: {reason}"),
+                                retry_at: Instant::now() + delay,
+                            });
+                        }
+                        delay
                     }
                 }
             }
