@@ -3,7 +3,7 @@
 //! Owns the ESME side of one SMSC account: the TCP connection and its bind, sequence numbers,
 //! the submit window, `enquire_link` keep-alives, reconnecting with exponential backoff and
 //! jitter, turning an [`Attempt`] into one `submit_sm` per segment, and turning `deliver_sm`s
-//! into [`ProviderEvent`]s (delivery receipts and mobile-originated messages).
+//! into [`ProviderEvent`](crate::ProviderEvent)s (delivery receipts and mobile-originated messages).
 //!
 //! It must never: log phone numbers or message text (account name, sequence numbers, SMSC
 //! message ids and command statuses only); re-send a segment on its own (a lost answer is
@@ -59,7 +59,7 @@
 //! the text), else from the text's `id:`; the state from the text's `stat:`, else from the
 //! `message_state` TLV. See [`receipt::receipt_kind`] for the `stat` mapping; non-final states
 //! (ACCEPTD, ENROUTE, ...) are acknowledged and not forwarded. Any other `deliver_sm` is an MO
-//! message → [`ProviderEvent::Inbound`] (data_coding 0 = GSM-7 unpacked, 8 = UCS-2, 3 =
+//! message → [`ProviderEvent::Inbound`](crate::ProviderEvent::Inbound) (data_coding 0 = GSM-7 unpacked, 8 = UCS-2, 3 =
 //! Latin-1, else UTF-8/ASCII; a UDH is stripped; concatenated MO parts are forwarded one by
 //! one, not reassembled).
 
