@@ -16,8 +16,8 @@ pub mod fcm;
 #[cfg(feature = "peers")]
 pub mod peers;
 pub mod sandbox;
-pub mod sms_encoding;
 pub mod smpp;
+pub mod sms_encoding;
 pub mod smtp;
 pub mod twilio;
 
