@@ -43,6 +43,7 @@ async fn start(nodes: usize) -> Cluster {
         nodes,
         NodeSpec {
             sandbox_latency_ms: 1,
+            ..Default::default()
         },
     )
     .await;

@@ -192,6 +192,7 @@ async fn ten_thousand_messages_then_kill_a_node() {
         3,
         NodeSpec {
             sandbox_latency_ms: 2,
+            ..Default::default()
         },
     )
     .await;

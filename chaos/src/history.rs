@@ -39,6 +39,13 @@ pub struct Summary {
     pub delivered: usize,
     pub failed: usize,
     pub suppressed: usize,
+    /// Steps that timed out waiting for their receipt.
+    pub timeouts: usize,
+    /// Largest and smallest `timed out − due` seen, in ms (a timer firing late or early).
+    pub max_timeout_late_ms: i64,
+    pub min_timeout_late_ms: i64,
+    /// Receipts recorded after their step was given up.
+    pub late_receipts: usize,
 }
 
 /// The facts a checker needs about the cluster.
@@ -89,17 +96,24 @@ pub fn check<'a>(
                 format!("stored {} but the hash gives {expected}", view.partition),
             ));
         }
-        let terminal: Vec<usize> = log
-            .events
+        // Exactly one terminal state: once reached, every later event (receipts, engagement)
+        // keeps it, and no attempt follows.
+        let Some(first_terminal) = log.events.iter().position(|e| is_terminal(e.status())) else {
+            return Err(violation("exactly one terminal state", "none reached".into()));
+        };
+        let final_status = log.events[first_terminal].status();
+        if let Some(later) = log.events[first_terminal..]
             .iter()
-            .enumerate()
-            .filter(|(_, e)| is_terminal(e.status()))
-            .map(|(i, _)| i)
-            .collect();
-        if terminal.len() != 1 || terminal[0] + 1 != log.events.len() {
+            .find(|e| e.status() != final_status || e.kind() == EventKind::EventAttempted)
+        {
             return Err(violation(
-                "exactly one terminal state, last",
-                format!("terminal events at {terminal:?} of {}", log.events.len()),
+                "exactly one terminal state",
+                format!(
+                    "event #{} ({:?}, {:?}) after the terminal state {final_status:?}",
+                    later.seq,
+                    later.kind(),
+                    later.status()
+                ),
             ));
         }
         match log.events.last().map(|e| e.status()) {
@@ -125,6 +139,7 @@ pub fn check<'a>(
                 ),
             ));
         }
+        let mut waiting_due: HashMap<u32, i64> = HashMap::new();
         let mut per_step: HashMap<u32, (usize, usize)> = HashMap::new();
         let mut open_step: Option<u32> = None;
         let mut highest_started: Option<u32> = None;
@@ -149,12 +164,33 @@ pub fn check<'a>(
                     per_step.entry(step).or_default().1 += 1;
                     summary.ambiguous += 1;
                 }
-                EventKind::EventFailed | EventKind::EventSent | EventKind::EventSkipped
-                    if open_step == Some(step) =>
-                {
-                    open_step = None;
+                EventKind::EventWaiting => {
+                    waiting_due.insert(step, event.due_unix_ms);
                 }
-                EventKind::EventFellBack => summary.fallbacks += 1,
+                EventKind::EventFailed | EventKind::EventSkipped | EventKind::EventFellBack => {
+                    if event.kind() == EventKind::EventFellBack {
+                        summary.fallbacks += 1;
+                    }
+                    if event.kind() == EventKind::EventFailed
+                        && event.reason.starts_with("timeout{")
+                        && let Some(due) = waiting_due.get(&step)
+                    {
+                        let late = event.at_unix_ms - due;
+                        if summary.timeouts == 0 {
+                            summary.max_timeout_late_ms = late;
+                            summary.min_timeout_late_ms = late;
+                        }
+                        summary.timeouts += 1;
+                        summary.max_timeout_late_ms = summary.max_timeout_late_ms.max(late);
+                        summary.min_timeout_late_ms = summary.min_timeout_late_ms.min(late);
+                    }
+                    // A step stays open through `sent` and `waiting` until it fails, is
+                    // skipped or the message ends.
+                    if open_step == Some(step) {
+                        open_step = None;
+                    }
+                }
+                EventKind::EventLateReceipt => summary.late_receipts += 1,
                 _ => {}
             }
         }
@@ -262,11 +298,43 @@ mod tests {
         let twice = log(vec![
             event(1, EventAccepted, None, Pending),
             event(2, EventSent, Some(0), Delivered),
-            event(3, EventSent, Some(0), Delivered),
+            event(3, EventFailed, None, Failed),
         ]);
         assert_eq!(
             run(&twice).expect_err("twice").rule,
-            "exactly one terminal state, last"
+            "exactly one terminal state"
+        );
+        // An attempt after the end.
+        let after = log(vec![
+            event(1, EventAccepted, None, Pending),
+            event(2, EventAttempted, Some(0), Pending),
+            event(3, EventSent, Some(0), Delivered),
+            event(4, EventAttempted, Some(1), Delivered),
+        ]);
+        assert_eq!(
+            run(&after).expect_err("after").rule,
+            "exactly one terminal state"
+        );
+        // A receipt after the end keeps the status: fine.
+        let late = log(vec![
+            event(1, EventAccepted, None, Pending),
+            event(2, EventAttempted, Some(0), Pending),
+            event(3, EventSent, Some(0), Delivered),
+            event(4, EventDelivered, Some(0), Delivered),
+        ]);
+        assert!(run(&late).is_ok());
+        // The next step while the previous one still waits for its receipt.
+        let waiting = log(vec![
+            event(1, EventAccepted, None, Pending),
+            event(2, EventAttempted, Some(0), Pending),
+            event(3, EventSent, Some(0), Pending),
+            event(4, EventWaiting, Some(0), Pending),
+            event(5, EventAttempted, Some(1), Pending),
+            event(6, EventSent, Some(1), Delivered),
+        ]);
+        assert_eq!(
+            run(&waiting).expect_err("waiting").rule,
+            "fallback after the previous step ended"
         );
         // Not terminal.
         let open = log(vec![event(1, EventAccepted, None, Pending)]);

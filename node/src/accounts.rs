@@ -12,7 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use herald_proto::v1::Channel;
+use herald_providers::apns::{ApnsConfig, ApnsProvider};
+use herald_providers::fcm::{FcmConfig, FcmProvider};
 use herald_providers::sandbox::{SandboxConfig, SandboxProvider};
+use herald_providers::smpp::{SmppConfig, SmppProvider};
+use herald_providers::smtp::{SmtpConfig, SmtpProvider};
+use herald_providers::twilio::{TwilioConfig, TwilioProvider};
 use herald_providers::{Provider, ProviderEvents};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +30,18 @@ use crate::failover::ProviderRegistry;
 pub enum ProviderAccountConfig {
     /// The sandbox (any channel): deterministic outcomes, optional receipts.
     Sandbox(SandboxConfig),
+    /// Push through Firebase Cloud Messaging (HTTP v1, service-account OAuth).
+    Fcm(FcmConfig),
+    /// Push through Apple Push Notification service (HTTP/2, ES256 token auth).
+    Apns(ApnsConfig),
+    /// Email over SMTP (pooled connections); SendGrid-style event webhooks at
+    /// `/callbacks/<name>/events`.
+    Smtp(SmtpConfig),
+    /// SMS over SMPP 3.4 (one bound transceiver session; receipts arrive on it).
+    Smpp(SmppConfig),
+    /// SMS over a Twilio-compatible HTTP API; status callbacks at `/callbacks/<name>/status`,
+    /// incoming messages at `/callbacks/<name>/inbound`.
+    Twilio(TwilioConfig),
 }
 
 /// Per channel, its accounts in failover order (`[channels]`). Empty = the built-in
@@ -72,12 +89,33 @@ pub async fn build(config: &NodeConfig, events: ProviderEvents) -> Result<Accoun
                     .into(),
             });
         }
+        let invalid = |e: herald_providers::ConfigError| AccountError::Invalid {
+            account: name.clone(),
+            problem: e.to_string(),
+        };
         let provider: Arc<dyn Provider> = match account {
             ProviderAccountConfig::Sandbox(sandbox) => Arc::new(SandboxProvider::named(
                 name,
                 sandbox,
                 Some(events.clone()),
             )),
+            ProviderAccountConfig::Fcm(fcm) => {
+                Arc::new(FcmProvider::new(name.clone(), fcm).await.map_err(invalid)?)
+            }
+            ProviderAccountConfig::Apns(apns) => {
+                Arc::new(ApnsProvider::new(name.clone(), apns).await.map_err(invalid)?)
+            }
+            ProviderAccountConfig::Smtp(smtp) => {
+                Arc::new(SmtpProvider::new(name.clone(), smtp).map_err(invalid)?)
+            }
+            ProviderAccountConfig::Smpp(smpp) => Arc::new(
+                SmppProvider::new(name.clone(), smpp.clone(), events.clone())
+                    .await
+                    .map_err(invalid)?,
+            ),
+            ProviderAccountConfig::Twilio(twilio) => {
+                Arc::new(TwilioProvider::new(name.clone(), twilio).map_err(invalid)?)
+            }
         };
         names.insert(name.clone(), provider.channel());
         providers.push(provider);

@@ -15,14 +15,16 @@ use std::sync::atomic::Ordering;
 
 use axum::Router as HttpRouter;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use herald_providers::ProviderEvent;
+use herald_providers::twilio::{self, TwilioConfig};
+use herald_providers::{ProviderEvent, ReceiptKind, email_webhook};
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::accounts::ProviderAccountConfig;
 use crate::router::Router;
 
 /// Starts the listener on `addr`; returns the bound address.
@@ -51,37 +53,90 @@ pub async fn serve(
     Ok(local)
 }
 
-/// Parses a callback body with the adapter of `account`'s kind.
+/// The URL Twilio signed for `hook`: the configured status callback, or for incoming messages
+/// the same URL with its last path segment `status` replaced by `inbound`.
+fn twilio_signed_url(config: &TwilioConfig, hook: &str) -> Option<String> {
+    let status = config.status_callback.as_ref()?;
+    match hook {
+        "status" => Some(status.clone()),
+        _ => status
+            .strip_suffix("/status")
+            .map(|base| format!("{base}/{hook}")),
+    }
+}
+
+/// Parses a callback body with the adapter of `account`; checks the provider's signature where
+/// it has one configured.
 fn parse_callback(
-    kind: &str,
+    config: Option<&ProviderAccountConfig>,
     account: &str,
     hook: &str,
+    headers: &HeaderMap,
     body: &[u8],
-) -> Result<Vec<ProviderEvent>, String> {
-    match (kind, hook) {
-        _ => {
-            let _ = (account, body);
-            Err(format!("no callback `{hook}` for {kind} accounts"))
+) -> Result<Vec<ProviderEvent>, (StatusCode, String)> {
+    let bad = |e: herald_providers::CallbackError| (StatusCode::BAD_REQUEST, e.to_string());
+    match (config, hook) {
+        (Some(ProviderAccountConfig::Twilio(twilio)), "status" | "inbound") => {
+            if let Some(url) = twilio_signed_url(twilio, hook) {
+                let signature = headers
+                    .get("x-twilio-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let params = twilio::form_params(body);
+                if !twilio::verify_signature(&twilio.auth_token, &url, &params, signature) {
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        "X-Twilio-Signature missing or wrong".into(),
+                    ));
+                }
+            }
+            if hook == "inbound" {
+                return Ok(vec![twilio::parse_inbound(account, body).map_err(bad)?]);
+            }
+            let event = twilio::parse_status_callback(account, body).map_err(bad)?;
+            Ok(event
+                .map(|event| match event {
+                    // A dead number is a hard bounce of the SMS contact point.
+                    ProviderEvent::Receipt(mut receipt)
+                        if receipt.kind == ReceiptKind::Failed
+                            && receipt
+                                .error_code
+                                .as_deref()
+                                .is_some_and(twilio::error_code_kills_contact) =>
+                    {
+                        receipt.kind = ReceiptKind::BouncedHard;
+                        ProviderEvent::Receipt(receipt)
+                    }
+                    other => other,
+                })
+                .into_iter()
+                .collect())
         }
+        (Some(ProviderAccountConfig::Smtp(_)), "events") => {
+            email_webhook::parse_sendgrid_events(account, body).map_err(bad)
+        }
+        (Some(_), _) => Err((
+            StatusCode::NOT_FOUND,
+            format!("account {account} has no callback `{hook}`"),
+        )),
+        (None, _) => Err((
+            StatusCode::NOT_FOUND,
+            format!("no provider account {account}"),
+        )),
     }
 }
 
 async fn callback(
     State(router): State<Router>,
     Path((account, hook)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
     let context = router.context();
-    let Some(kind) = context
-        .providers
-        .account(&account)
-        .map(|a| a.provider.kind())
-    else {
-        return (StatusCode::NOT_FOUND, format!("no provider account {account}"));
-    };
-    let events = match parse_callback(kind, &account, &hook, &body) {
+    let config = context.config.providers.get(&account);
+    let events = match parse_callback(config, &account, &hook, &headers, &body) {
         Ok(events) => events,
-        Err(problem) => return (StatusCode::BAD_REQUEST, problem),
+        Err((status, problem)) => return (status, problem),
     };
     let mut applied = 0usize;
     for event in events {

@@ -82,8 +82,18 @@ impl Drop for Process {
     }
 }
 
+#[derive(Clone, Default)]
 pub struct NodeSpec {
     pub sandbox_latency_ms: u64,
+    /// More top-level config keys (TOML lines), e.g. `default_step_timeout_ms = 2000`.
+    pub top: String,
+    /// More keys of the `[sandbox]` table.
+    pub sandbox: String,
+    /// More tables, appended at the end (`[providers.x]`, `[channels]`, ...). `{http}` is
+    /// replaced by the node's HTTP listener address.
+    pub tables: String,
+    /// Give the node an HTTP listener (callbacks, `/metrics`) on a free port.
+    pub http: bool,
 }
 
 pub struct Cluster {
@@ -93,6 +103,8 @@ pub struct Cluster {
     pub control_addr: String,
     pub nodes: Vec<Process>,
     pub node_addrs: Vec<String>,
+    /// Per node, its HTTP listener address (empty when the spec has none).
+    pub http_addrs: Vec<String>,
     pub partition_count: u32,
 }
 
@@ -119,6 +131,7 @@ impl Cluster {
             control_addr,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
+            http_addrs: Vec::new(),
             partition_count: 4096,
         };
         for index in 0..nodes {
@@ -132,18 +145,31 @@ impl Cluster {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = self.dir.path().join(format!("node-{index}.toml"));
+        let http = if spec.http {
+            format!("127.0.0.1:{}", free_port())
+        } else {
+            String::new()
+        };
+        let http_line = if spec.http {
+            format!("http_listen_addr = \"{http}\"")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
                 r#"node_id = "node-{index}"
 listen_addr = "{addr}"
 control_addrs = ["{control}"]
+{http_line}
+{top}
 
 [store]
 redis_url = "{redis}"
 
 [sandbox]
 latency_ms = {latency}
+{sandbox}
 
 [[tenants]]
 id = "{TENANT}"
@@ -152,10 +178,15 @@ api_keys = ["{API_KEY}"]
 [[tenants]]
 id = "globex"
 api_keys = ["{OTHER_API_KEY}"]
+
+{tables}
 "#,
                 control = self.control_addr,
                 redis = self.redis.url(),
                 latency = spec.sandbox_latency_ms,
+                top = spec.top,
+                sandbox = spec.sandbox,
+                tables = spec.tables.replace("{http}", &http),
             ),
         )
         .expect("write node config");
@@ -167,6 +198,7 @@ api_keys = ["{OTHER_API_KEY}"]
         );
         self.nodes.push(process);
         self.node_addrs.push(addr);
+        self.http_addrs.push(http);
     }
 
     pub async fn control_client(&self) -> ControlClient<Channel> {
