@@ -10,8 +10,8 @@ use futures::StreamExt;
 use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    GetMessageRequest, GetMessageResponse, PartitionTable, SendBatchRequest,
-    UpsertRecipientsRequest,
+    Channel, EventKind, GetMessageRequest, GetMessageResponse, MessageRequest, PartitionTable,
+    SendBatchRequest, SuccessCondition, UpsertRecipientsRequest, WaterfallStep,
 };
 use support::{API_KEY, Cluster, NodeSpec, TENANT, authed};
 
@@ -47,6 +47,21 @@ async fn submit(
     alive: &[usize],
     on_batch: impl Fn(usize),
 ) -> Vec<String> {
+    submit_with(cluster, n, alive, on_batch, |i| {
+        demo_message(format!("{prefix}{i}"), format!("{prefix}-key-{i}"))
+    })
+    .await
+}
+
+/// [`submit`] with messages built by `make` (called with the message index, again for a retry:
+/// it must give the same idempotency key).
+async fn submit_with(
+    cluster: &Cluster,
+    n: usize,
+    alive: &[usize],
+    on_batch: impl Fn(usize),
+    make: impl Fn(usize) -> MessageRequest,
+) -> Vec<String> {
     let mut acked = Vec::with_capacity(n);
     let mut clients = Vec::new();
     for index in alive {
@@ -60,10 +75,7 @@ async fn submit(
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut attempt = b;
         while !pending.is_empty() {
-            let messages: Vec<_> = pending
-                .iter()
-                .map(|i| demo_message(format!("{prefix}{i}"), format!("{prefix}-key-{i}")))
-                .collect();
+            let messages: Vec<_> = pending.iter().map(|i| make(*i)).collect();
             let count = clients.len();
             let client = &mut clients[attempt % count];
             match client
@@ -172,6 +184,15 @@ fn check_logs(
     partition_count: u32,
     allowed_owners: impl Fn(u32) -> Vec<String>,
 ) -> (usize, usize) {
+    let summary = judge(logs, partition_count, allowed_owners);
+    (summary.attempts, summary.ambiguous)
+}
+
+fn judge(
+    logs: &HashMap<String, GetMessageResponse>,
+    partition_count: u32,
+    allowed_owners: impl Fn(u32) -> Vec<String>,
+) -> herald_chaos::history::Summary {
     let partition = |recipient: &str| partition_of(TENANT, recipient, partition_count).0;
     let summary = herald_chaos::history::check(
         logs.values(),
@@ -182,7 +203,7 @@ fn check_logs(
     )
     .unwrap_or_else(|violation| panic!("invariant violated: {violation}"));
     assert_eq!(summary.messages, logs.len());
-    (summary.attempts, summary.ambiguous)
+    summary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,4 +291,122 @@ async fn ten_thousand_messages_then_kill_a_node() {
         .filter(|p| owner(&table, *p) != victim_id && owner(&table, *p) != owner(&after, *p))
         .count();
     assert_eq!(moved_elsewhere, 0, "only the dead node's partitions move");
+}
+
+/// Messages waiting for receipts on durable timers; the owner of some of them is killed with -9;
+/// the new owners fire every timer within 1 s of its due time, and no step runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_on_time_on_the_new_owner_after_kill_9() {
+    const WAITING: usize = 5_000;
+    /// The push step's receipt timeout: long enough for submission plus a takeover (~2 s).
+    const PUSH_TIMEOUT_MS: u32 = 15_000;
+    let started = Instant::now();
+    let cluster = Cluster::start(
+        3,
+        NodeSpec {
+            sandbox_latency_ms: 1,
+            // Delivery receipts after 300 ms; 30% of push attempts never get one (their step
+            // times out and the waterfall falls back to email).
+            sandbox: "receipt_delay_ms = 300\npush_silent_share = 0.3".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    eprintln!("cluster ready in {:?}", started.elapsed());
+    let table = cluster.table().await;
+    create_recipients(&cluster, "t", WAITING).await;
+    let waterfall = vec![
+        WaterfallStep {
+            channel: Channel::Push as i32,
+            success: SuccessCondition::Delivered as i32,
+            timeout_ms: PUSH_TIMEOUT_MS,
+            provider_account: String::new(),
+        },
+        WaterfallStep {
+            channel: Channel::Email as i32,
+            success: SuccessCondition::Accepted as i32,
+            timeout_ms: 0,
+            provider_account: String::new(),
+        },
+        WaterfallStep {
+            channel: Channel::Sms as i32,
+            success: SuccessCondition::Accepted as i32,
+            timeout_ms: 0,
+            provider_account: String::new(),
+        },
+    ];
+    let phase = Instant::now();
+    let acked = submit_with(&cluster, WAITING, &[0, 1, 2], |_| {}, |i| {
+        let mut message = demo_message(format!("t{i}"), format!("t-key-{i}"));
+        message.waterfall = waterfall.clone();
+        message
+    })
+    .await;
+    assert_eq!(acked.len(), WAITING);
+    let submitted = phase.elapsed();
+    // Kill the owner of about a third of the waiting messages while they wait.
+    let victim = 2usize;
+    let victim_id = format!("node-{victim}");
+    cluster.nodes[victim].kill_9();
+    let killed = Instant::now();
+    cluster.wait_ready(2, Duration::from_secs(30)).await;
+    let takeover = killed.elapsed();
+    eprintln!(
+        "TIMERS: {WAITING} messages submitted in {:.2} s; {victim_id} killed -9; partitions served again after {:.2} s",
+        submitted.as_secs_f64(),
+        takeover.as_secs_f64()
+    );
+    assert!(
+        submitted + takeover < Duration::from_millis(u64::from(PUSH_TIMEOUT_MS)),
+        "the test needs the takeover done before the first timer is due"
+    );
+    let after = cluster.table().await;
+    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let summary = judge(&logs, 4096, |p| {
+        let mut owners = vec![owner(&table, p), owner(&after, p)];
+        owners.dedup();
+        owners
+    });
+    // Timers the victim scheduled and a new owner fired.
+    let mut taken_over = 0usize;
+    for log in logs.values() {
+        let waited_on = log
+            .events
+            .iter()
+            .find(|e| e.kind() == EventKind::EventWaiting)
+            .map(|e| e.node_id.clone());
+        let fired_by = log
+            .events
+            .iter()
+            .find(|e| e.kind() == EventKind::EventFailed && e.reason.starts_with("timeout{"))
+            .map(|e| e.node_id.clone());
+        if let (Some(waited_on), Some(fired_by)) = (waited_on, fired_by)
+            && waited_on == victim_id
+            && fired_by != victim_id
+        {
+            taken_over += 1;
+        }
+    }
+    eprintln!(
+        "TIMERS: {} timeouts ({taken_over} fired by a new owner after the kill), late by {}..={} ms; {} attempts, {} ambiguous, {} fallbacks, all terminal in {:.1} s",
+        summary.timeouts,
+        summary.min_timeout_late_ms,
+        summary.max_timeout_late_ms,
+        summary.attempts,
+        summary.ambiguous,
+        summary.fallbacks,
+        phase.elapsed().as_secs_f64()
+    );
+    assert!(summary.timeouts > WAITING / 10, "{summary:?}");
+    assert!(taken_over > 100, "only {taken_over} timers were taken over");
+    assert!(
+        summary.min_timeout_late_ms >= 0,
+        "a timer fired {} ms early",
+        -summary.min_timeout_late_ms
+    );
+    assert!(
+        summary.max_timeout_late_ms < 1000,
+        "a timer fired {} ms late",
+        summary.max_timeout_late_ms
+    );
 }
