@@ -118,6 +118,33 @@ impl LocalCluster {
         }
     }
 
+    /// Waterfall steps that timed out waiting for a receipt, over all nodes.
+    pub fn step_timeouts(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.context
+                    .timers
+                    .stats
+                    .timeouts
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// Receipts applied to their attempts, over all nodes.
+    pub fn receipts_applied(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.context
+                    .receipts_stats
+                    .applied
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
     pub fn provider_calls(&self) -> u64 {
         self.nodes.iter().map(|n| n.context.sandbox.calls()).sum()
     }

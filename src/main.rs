@@ -20,7 +20,8 @@ use herald_node::config::SandboxConfig;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::{
-    Channel, ClusterStatusRequest, GetMessageRequest, MessageClass, SendRequest, WaterfallStep,
+    Channel, ClusterStatusRequest, GetMessageRequest, MessageClass, SendRequest, SuccessCondition,
+    WaterfallStep,
 };
 use serde_json::json;
 
@@ -54,6 +55,17 @@ enum Command {
         /// Sandbox provider latency per call, in ms.
         #[arg(long, default_value_t = 20)]
         sandbox_latency_ms: u64,
+        /// Sandbox delivery receipts arrive this long after acceptance, in ms (0 = at once,
+        /// in the provider's answer).
+        #[arg(long, default_value_t = 150)]
+        sandbox_receipt_delay_ms: u64,
+        /// Share of successful push attempts whose delivery receipt never comes, so the push
+        /// step times out and the waterfall falls back to email.
+        #[arg(long, default_value_t = 0.15)]
+        push_silent_share: f64,
+        /// How long the demo's push step waits for its delivery receipt, in ms.
+        #[arg(long, default_value_t = 2000)]
+        push_timeout_ms: u32,
         /// Demo messages submitted per second (0 = as fast as possible).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
@@ -179,6 +191,9 @@ async fn main() -> Result<()> {
             redis,
             demo,
             sandbox_latency_ms,
+            sandbox_receipt_delay_ms,
+            push_silent_share,
+            push_timeout_ms,
             rate,
             exit_when_done,
             json,
@@ -187,6 +202,9 @@ async fn main() -> Result<()> {
             init_tracing("warn");
             let sandbox = SandboxConfig {
                 latency_ms: sandbox_latency_ms,
+                receipt_delay_ms: sandbox_receipt_delay_ms,
+                push_silent_share,
+                read_share: 0.3,
                 ..Default::default()
             };
             let pace = (rate > 0).then_some(rate);
@@ -195,6 +213,7 @@ async fn main() -> Result<()> {
                 redis,
                 demo,
                 sandbox,
+                push_timeout_ms,
                 pace,
                 exit_when_done,
                 json,
@@ -266,6 +285,7 @@ async fn up(
     redis: Option<String>,
     demo: usize,
     sandbox: SandboxConfig,
+    push_timeout_ms: u32,
     pace: Option<u32>,
     exit_when_done: bool,
     json: bool,
@@ -295,7 +315,12 @@ async fn up(
     if demo > 0 {
         eprintln!("demo: creating {demo} recipients");
         workload::create_recipients(&addrs, DEMO_API_KEY, "demo-r", demo).await?;
-        eprintln!("demo: sending {demo} messages through push -> email -> sms");
+        // Push must be *delivered* within its timeout (receipts come from the sandbox after a
+        // delay, and some never do): the fallbacks after a timeout show in the funnel.
+        let waterfall = demo_waterfall(push_timeout_ms);
+        eprintln!(
+            "demo: sending {demo} messages through push (delivered within {push_timeout_ms} ms) -> email -> sms"
+        );
         let report = workload::run_messages(
             &addrs,
             DEMO_API_KEY,
@@ -305,6 +330,7 @@ async fn up(
             true,
             workload::Observer::Grpc,
             pace,
+            Some(waterfall),
         )
         .await?;
         let f = &report.funnel;
@@ -323,8 +349,17 @@ async fn up(
         );
         eprintln!("  failed           {:>8}", f.failed);
         eprintln!("  suppressed       {:>8}", f.suppressed);
+        let timeouts = cluster.step_timeouts();
+        eprintln!(
+            "  push timed out   {timeouts:>8}  (no delivery receipt within {push_timeout_ms} ms; fell back)"
+        );
+        eprintln!(
+            "  receipts         {:>8}  (delivery and read receipts applied)",
+            cluster.receipts_applied()
+        );
         if json {
             let mut line = serde_json::to_value(f)?;
+            line["push_timeouts"] = json!(timeouts);
             line["elapsed_s"] = json!((elapsed * 1000.0).round() / 1000.0);
             line["attempts"] = json!(cluster.provider_calls());
             println!("{line}");
@@ -336,6 +371,24 @@ async fn up(
     }
     cluster.shutdown().await;
     Ok(())
+}
+
+/// The demo's waterfall: push until delivered (within `push_timeout_ms`), then email, then SMS
+/// (each counted once the provider accepts it).
+fn demo_waterfall(push_timeout_ms: u32) -> Vec<WaterfallStep> {
+    [
+        (Channel::Push, SuccessCondition::Delivered, push_timeout_ms),
+        (Channel::Email, SuccessCondition::Accepted, 0),
+        (Channel::Sms, SuccessCondition::Accepted, 0),
+    ]
+    .into_iter()
+    .map(|(channel, success, timeout_ms)| WaterfallStep {
+        channel: channel as i32,
+        success: success as i32,
+        timeout_ms,
+        provider_account: String::new(),
+    })
+    .collect()
 }
 
 /// A gRPC error as the CLI prints it: its code, then its message (which names the field).
@@ -697,6 +750,7 @@ async fn bench_waterfall(
                 .map(|node| node.context.events.subscribe(true))
                 .collect(),
         ),
+        None,
         None,
     )
     .await

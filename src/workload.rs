@@ -155,6 +155,7 @@ pub async fn run_messages(
     progress: bool,
     observer: Observer,
     pace_per_s: Option<u32>,
+    waterfall: Option<Vec<herald_proto::v1::WaterfallStep>>,
 ) -> Result<Report> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     // Watch first, so no terminal event is missed.
@@ -211,7 +212,13 @@ pub async fn run_messages(
             .map(|rate| started + Duration::from_secs_f64(start as f64 / f64::from(rate.max(1))));
         let mut client = clients[b % clients.len()].clone();
         let messages: Vec<MessageRequest> = (start..end)
-            .map(|i| demo_message(format!("{prefix}{i}"), format!("{run_id}-{i}")))
+            .map(|i| {
+                let mut message = demo_message(format!("{prefix}{i}"), format!("{run_id}-{i}"));
+                if let Some(waterfall) = &waterfall {
+                    message.waterfall = waterfall.clone();
+                }
+                message
+            })
             .collect();
         let tracker = submit_tracker.clone();
         async move {

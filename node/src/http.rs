@@ -217,11 +217,12 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
     let timers = &context.timers.stats;
     let _ = writeln!(
         out,
-        "# TYPE herald_inbound_messages_total counter\nherald_inbound_messages_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_pending gauge\nherald_timers_pending{{node=\"{node}\"}} {}\n# TYPE herald_timers_fired_total counter\nherald_timers_fired_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_dropped_total counter\nherald_timers_dropped_total{{node=\"{node}\"}} {}\n# HELP herald_timer_max_late_ms Largest delay between a timer's due time and its firing.\n# TYPE herald_timer_max_late_ms gauge\nherald_timer_max_late_ms{{node=\"{node}\"}} {}\n# TYPE herald_actors_active gauge\nherald_actors_active{{node=\"{node}\"}} {}",
+        "# TYPE herald_inbound_messages_total counter\nherald_inbound_messages_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_pending gauge\nherald_timers_pending{{node=\"{node}\"}} {}\n# TYPE herald_timers_fired_total counter\nherald_timers_fired_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_dropped_total counter\nherald_timers_dropped_total{{node=\"{node}\"}} {}\n# HELP herald_step_timeouts_total Waterfall steps that timed out waiting for their receipt.\n# TYPE herald_step_timeouts_total counter\nherald_step_timeouts_total{{node=\"{node}\"}} {}\n# HELP herald_timer_max_late_ms Largest delay between a timer's due time and its firing.\n# TYPE herald_timer_max_late_ms gauge\nherald_timer_max_late_ms{{node=\"{node}\"}} {}\n# TYPE herald_actors_active gauge\nherald_actors_active{{node=\"{node}\"}} {}",
         receipts.inbound.load(Ordering::Relaxed),
         context.timers.pending(),
         timers.fired.load(Ordering::Relaxed),
         timers.dropped.load(Ordering::Relaxed),
+        timers.timeouts.load(Ordering::Relaxed),
         timers.max_late_ms.load(Ordering::Relaxed),
         context.directory.active(),
     );

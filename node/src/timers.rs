@@ -44,6 +44,8 @@ pub struct TimerStats {
     pub dropped: AtomicU64,
     /// Largest delay between due time and firing seen so far, in ms.
     pub max_late_ms: AtomicI64,
+    /// Steps that timed out waiting for their success condition (recorded by the actors).
+    pub timeouts: AtomicU64,
 }
 
 /// Handle to the node's timer schedule.

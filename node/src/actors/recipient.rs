@@ -417,6 +417,11 @@ fn time_out(log: &mut EventLog<'_>, steps: &[WaterfallStep], waiting: &Waiting, 
     let condition = spec
         .map(|s| s.success().as_str_name().to_ascii_lowercase())
         .unwrap_or_default();
+    log.context
+        .timers
+        .stats
+        .timeouts
+        .fetch_add(1, Ordering::Relaxed);
     let reason = format!(
         "timeout{{condition={condition}, waited_ms={}, due_unix_ms={}}}",
         now.saturating_sub(waiting.since_unix_ms),
