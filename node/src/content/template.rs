@@ -27,7 +27,8 @@
 //! Undefined variables are errors, never empty strings ([`UndefinedBehavior::Strict`]):
 //! `{{ first_name }}` with no `first_name` fails with `undefined variable "first_name"`, and
 //! so does `{% if first_name %}`. Two ways make a variable optional, both legal under Strict:
-//! `{{ first_name|default("there") }}` and `{% if first_name is defined %}`.
+//! `{{ first_name|default("there") }}` and `{% if first_name is defined %}`. (`default` replaces
+//! an *undefined* variable only; `default("there", true)` also replaces an empty one.)
 //!
 //! # Bounds
 //! Each field renders with at most [`TEMPLATE_FUEL`] engine steps (a loop cannot run forever)
@@ -156,10 +157,10 @@ pub fn merge_vars(
 /// True if the text is a template (contains `{{`, `{%` or `{#`). Plain text is never handed to
 /// the engine. `{#` counts too, so a comment behaves the same in every field.
 pub fn is_template(text: &str) -> bool {
-    // One pass over the bytes: this runs on every field of every message.
-    text.as_bytes()
-        .windows(2)
-        .any(|pair| pair[0] == b'{' && matches!(pair[1], b'{' | b'%' | b'#'))
+    // Runs on every field of every message: a fast search for `{`, then one byte after it.
+    let bytes = text.as_bytes();
+    text.match_indices('{')
+        .any(|(at, _)| matches!(bytes.get(at + 1), Some(b'{' | b'%' | b'#')))
 }
 
 /// True if any field of the content is a template.
@@ -219,7 +220,7 @@ fn render_push(renderer: &Renderer, push: &PushContent) -> Result<PushContent, T
     let mut data = BTreeMap::new();
     for (key, value) in &push.data {
         let value = if is_template(value) {
-            renderer.field(&format!("content.push.data[\"{key}\"]"), value)?
+            renderer.field(&format!("content.push.data[{key:?}]"), value)?
         } else {
             value.clone()
         };
@@ -298,6 +299,9 @@ fn environment() -> &'static Environment<'static> {
         env.set_debug(false);
         // A body ending in a newline keeps it: rendering must not change plain text.
         env.set_keep_trailing_newline(true);
+        // `debug()` would print the whole context (every attribute of the recipient) into a
+        // message; a template names the variables it sends.
+        env.remove_global("debug");
         // Template names are field names; only the HTML body escapes.
         env.set_auto_escape_callback(|name| {
             if name == EMAIL_HTML {
@@ -675,6 +679,10 @@ mod tests {
 
         let err = error(&sms("{{ x|no_such_filter }}"), &vars(&[("x", "1")]));
         assert_eq!(err.field(), "content.sms.text");
+        assert!(err.to_string().contains("no_such_filter"), "{err}");
+
+        // No `debug()`: it would print every variable into the message.
+        assert!(render(&sms("{{ debug() }}"), &BTreeMap::new()).is_err());
     }
 
     #[test]
@@ -804,6 +812,8 @@ mod tests {
         assert!(is_template("{{x}}"));
         assert!(is_template("a {% if %}"));
         assert!(is_template("{# c #}"));
+        assert!(is_template("a{b{{"));
+        assert!(!is_template("trailing {"));
         assert!(!is_template("{ {} } %} }}"));
         assert!(!is_template(""));
     }
