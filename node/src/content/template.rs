@@ -30,9 +30,22 @@
 //! `{{ first_name|default("there") }}` and `{% if first_name is defined %}`. (`default` replaces
 //! an *undefined* variable only; `default("there", true)` also replaces an empty one.)
 //!
+//! # The allowed subset
+//! Templates come from API clients, so only a subset of the language is accepted, checked on
+//! the template's tokens before it is compiled ([`TemplateErrorKind::NotAllowed`] names the
+//! construct): statements `if`/`elif`/`else`/`endif` and `for`/`endfor` only (no `set`,
+//! `macro`, `include`, `filter`, `with`: they are how a short template builds huge strings);
+//! the filters in [`ALLOWED_FILTERS`] only (no `replace`, `join`, `indent`, `format`: their
+//! output can be the square of their input); no `*` or `**` (a string times a number is a
+//! string of up to 100 MB); at most [`MAX_CONCATENATIONS`] `~` or `+` per field. Every test
+//! (`is defined`, `is number`, …) is allowed, and the one function is `range`.
+//!
 //! # Bounds
 //! Each field renders with at most [`TEMPLATE_FUEL`] engine steps (a loop cannot run forever)
-//! and to at most [`RENDERED_FIELD_MAX_BYTES`]; after rendering, the channel limits of
+//! and to at most [`RENDERED_FIELD_MAX_BYTES`]. With the subset above, the work of one field
+//! is then at most about `TEMPLATE_FUEL × MAX_CONCATENATIONS × the largest variable` bytes
+//! touched: bounded, though a hostile template with a 64 KiB variable can still cost a CPU
+//! about a second. After rendering, the channel limits of
 //! [`crate::validate`] are checked again (a one-line subject, SMS length, push payload), since a
 //! variable can make a valid template render to an invalid message (a line break in a subject
 //! would be a header injection).
@@ -59,7 +72,38 @@ use crate::validate::{EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_
 /// Engine steps one field may take (most instructions cost 1). A personalized message takes a
 /// few hundred; a loop over a thousand items a few thousand. Beyond this the template is
 /// refused: it is almost certainly a mistake, and it would hold an actor's thread.
-pub const TEMPLATE_FUEL: u64 = 100_000;
+pub const TEMPLATE_FUEL: u64 = 20_000;
+
+/// The filters a template may use: each one's output is at most linear in its input.
+pub const ALLOWED_FILTERS: &[&str] = &[
+    "abs",
+    "capitalize",
+    "count",
+    "d",
+    "default",
+    "e",
+    "escape",
+    "first",
+    "float",
+    "int",
+    "last",
+    "length",
+    "lower",
+    "reverse",
+    "round",
+    "safe",
+    "string",
+    "title",
+    "trim",
+    "upper",
+];
+
+/// The statements a template may use.
+const ALLOWED_STATEMENTS: &[&str] = &["if", "elif", "else", "endif", "for", "endfor"];
+
+/// Most `~` and `+` operators in one field. A chain of `n` concatenations copies its
+/// accumulator `n` times, so the cost grows with the square of `n`; eight covers any greeting.
+pub const MAX_CONCATENATIONS: usize = 8;
 
 /// Largest rendered field, in bytes: the API's default `max_message_bytes` (64 KiB), so a
 /// render cannot produce more than a client could have sent.
@@ -104,6 +148,10 @@ pub enum TemplateErrorKind {
     /// An undefined value that is not a plain variable (e.g. `{{ name.first }}`); says where.
     #[error("undefined value{0}")]
     Undefined(String),
+    /// The template uses a construct outside the allowed subset (module docs); says which
+    /// and where.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The template took more than [`TEMPLATE_FUEL`] steps.
     #[error("template takes more than {0} steps (a loop too long?)")]
     OutOfFuel(u64),
@@ -300,8 +348,11 @@ fn environment() -> &'static Environment<'static> {
         // A body ending in a newline keeps it: rendering must not change plain text.
         env.set_keep_trailing_newline(true);
         // `debug()` would print the whole context (every attribute of the recipient) into a
-        // message; a template names the variables it sends.
-        env.remove_global("debug");
+        // message; a template names the variables it sends. `dict` and `namespace` only
+        // serve statements the subset refuses. `range` stays (lazy, at most 100,000 items).
+        for global in ["debug", "dict", "namespace"] {
+            env.remove_global(global);
+        }
         // Template names are field names; only the HTML body escapes.
         env.set_auto_escape_callback(|name| {
             if name == EMAIL_HTML {
@@ -336,6 +387,7 @@ impl Renderer {
         if !is_template(source) {
             return Ok(source.to_owned());
         }
+        allowed(name, source)?;
         let env = environment();
         let template = env
             .template_from_named_str(name, source)
@@ -402,6 +454,84 @@ impl Renderer {
             }
         }
     }
+}
+
+/// Checks `source` against the allowed subset (module docs), on the engine's own tokens.
+/// A token the lexer cannot read ends the check: compiling reports that syntax error, with its
+/// place, right after.
+fn allowed(field: &str, source: &str) -> Result<(), TemplateError> {
+    use minijinja::machinery::{Token, WhitespaceConfig, tokenize};
+    use minijinja::syntax::SyntaxConfig;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum After {
+        BlockStart,
+        Pipe,
+        Other,
+    }
+    let refuse = |what: String, line: u16, column: u16| {
+        Err(TemplateError::new(
+            field,
+            TemplateErrorKind::NotAllowed(format!(
+                "{what} (line {line}, column {})",
+                u32::from(column) + 1
+            )),
+        ))
+    };
+    let mut after = After::Other;
+    let mut concatenations = 0;
+    // A unit struct only while minijinja's `custom_syntax` feature is off; `default()` is
+    // right either way.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    let tokens = tokenize(source, false, syntax, WhitespaceConfig::default());
+    for token in tokens {
+        let Ok((token, span)) = token else {
+            return Ok(());
+        };
+        let (line, column) = (span.start_line, span.start_col);
+        match (after, &token) {
+            (After::BlockStart, Token::Ident(statement))
+                if !ALLOWED_STATEMENTS.contains(statement) =>
+            {
+                return refuse(
+                    format!("statement \"{statement}\" is not allowed (only if and for)"),
+                    line,
+                    column,
+                );
+            }
+            (After::Pipe, Token::Ident(filter)) if !ALLOWED_FILTERS.contains(filter) => {
+                return refuse(
+                    format!(
+                        "filter \"{filter}\" is not allowed (allowed: {})",
+                        ALLOWED_FILTERS.join(", ")
+                    ),
+                    line,
+                    column,
+                );
+            }
+            (_, Token::Mul | Token::Pow) => {
+                return refuse("operators * and ** are not allowed".into(), line, column);
+            }
+            (_, Token::Tilde | Token::Plus) => {
+                concatenations += 1;
+                if concatenations > MAX_CONCATENATIONS {
+                    return refuse(
+                        format!("more than {MAX_CONCATENATIONS} ~ or + operators"),
+                        line,
+                        column,
+                    );
+                }
+            }
+            _ => {}
+        }
+        after = match token {
+            Token::BlockStart => After::BlockStart,
+            Token::Pipe => After::Pipe,
+            _ => After::Other,
+        };
+    }
+    Ok(())
 }
 
 /// Says what is wrong with a template that does not compile, and where.
@@ -765,6 +895,13 @@ mod tests {
         assert_eq!(err.field(), "content.sms.text");
         assert_eq!(err.kind, TemplateErrorKind::OutOfFuel(TEMPLATE_FUEL));
         assert!(err.to_string().contains("steps"), "{err}");
+        // A loop of a thousand items is well within the fuel.
+        let rendered = owned(
+            &sms("{% for i in range(1000) %}{% if loop.last %}{{ i }}{% endif %}{% endfor %}"),
+            &BTreeMap::new(),
+        )
+        .expect("a thousand steps of loop fit");
+        assert_eq!(sms_text(&rendered), "999");
     }
 
     #[test]
@@ -805,6 +942,46 @@ mod tests {
         let err = error(&sms("{{ a }}!"), &vars(&[("a", &long)]));
         assert_eq!(err.field(), "content.sms.text");
         assert!(matches!(err.kind, TemplateErrorKind::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn only_the_safe_subset_is_allowed() {
+        let v = vars(&[("v", "abc"), ("n", "2")]);
+        for (source, says) in [
+            ("{% set x = v ~ v %}{{ x }}", "statement \"set\""),
+            ("{%- macro m() %}{% endmacro %}", "statement \"macro\""),
+            ("{% include 'other' %}", "statement \"include\""),
+            ("{% filter upper %}x{% endfilter %}", "statement \"filter\""),
+            ("{{ v|replace('a', v) }}", "filter \"replace\""),
+            ("{{ range(10)|join(v) }}", "filter \"join\""),
+            ("{% if v|indent(9) %}{% endif %}", "filter \"indent\""),
+            ("{{ v * 100000000 }}", "operators * and **"),
+            ("{{ n|int ** 2 }}", "operators * and **"),
+            ("{{ v~v~v~v~v~v~v~v~v~v }}", "more than 8"),
+        ] {
+            let err = error(&sms(source), &v);
+            assert_eq!(err.field(), "content.sms.text", "{source}");
+            assert!(
+                matches!(&err.kind, TemplateErrorKind::NotAllowed(what) if what.contains(says)),
+                "{source}: {err}"
+            );
+        }
+        let err = error(&sms("ok\n  {% set x = 1 %}"), &v);
+        assert!(err.to_string().contains("(line 2, column 6)"), "{err}");
+
+        // Inside a string or a raw block, the same characters are text.
+        let rendered = owned(
+            &sms("{{ \"a * b | replace\" }}{% raw %}{% set %}{% endraw %}{{ v ~ \"!\" }}"),
+            &v,
+        )
+        .expect("allowed");
+        assert_eq!(sms_text(&rendered), "a * b | replace{% set %}abc!");
+        let rendered = owned(
+            &sms("{% for c in v|reverse %}{{ loop.index }}{{ c|upper }}{% else %}none{% endfor %}"),
+            &v,
+        )
+        .expect("allowed");
+        assert_eq!(sms_text(&rendered), "1C2B3A");
     }
 
     #[test]
