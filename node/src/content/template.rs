@@ -40,12 +40,17 @@
 //! string of up to 100 MB); at most [`MAX_CONCATENATIONS`] `~` or `+` per field. Every test
 //! (`is defined`, `is number`, …) is allowed, and the one function is `range`.
 //!
+//! Fuel counts steps, not bytes, so the allowed filters and `range` also draw on a work budget
+//! of [`WORK_MAX`] units per field: a filter call costs the bytes of its string arguments, a
+//! `range(n)` costs `n`. A greeting spends a few hundred.
+//!
 //! # Bounds
 //! Each field renders with at most [`TEMPLATE_FUEL`] engine steps (a loop cannot run forever)
-//! and to at most [`RENDERED_FIELD_MAX_BYTES`]. With the subset above, the work of one field
-//! is then at most about `TEMPLATE_FUEL × MAX_CONCATENATIONS × the largest variable` bytes
-//! touched: bounded, though a hostile template with a 64 KiB variable can still cost a CPU
-//! about a second. After rendering, the channel limits of
+//! and to at most [`RENDERED_FIELD_MAX_BYTES`], and may use variables of at most
+//! [`VAR_MAX_BYTES`] each (a larger one is an error when a template uses it; unused ones do
+//! not matter). The filters' and ranges' work is bounded by [`WORK_MAX`]; what the engine does
+//! itself (concatenations, comparisons) by `TEMPLATE_FUEL × MAX_CONCATENATIONS ×
+//! VAR_MAX_BYTES` bytes. After rendering, the channel limits of
 //! [`crate::validate`] are checked again (a one-line subject, SMS length, push payload), since a
 //! variable can make a valid template render to an invalid message (a line break in a subject
 //! would be a header injection).
@@ -56,6 +61,7 @@
 //! submit instead. If the recipient's attributes change in between, [`render`] can still fail.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
@@ -63,8 +69,8 @@ use std::sync::{Arc, OnceLock};
 
 use herald_proto::error::Error;
 use herald_proto::v1::{Content, EmailContent, PushContent, SmsContent};
-use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Enumerator, Object, ObjectRepr, Rest, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 use parking_lot::Mutex;
 
 use crate::validate::{EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_MAX_CHARS};
@@ -73,6 +79,15 @@ use crate::validate::{EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_
 /// few hundred; a loop over a thousand items a few thousand. Beyond this the template is
 /// refused: it is almost certainly a mistake, and it would hold an actor's thread.
 pub const TEMPLATE_FUEL: u64 = 20_000;
+
+/// Largest variable a template may use, in bytes. Names, codes and links are far smaller; a
+/// large block of text belongs in the template, not in a variable. Together with the fuel it
+/// bounds the work of a render (module docs).
+pub const VAR_MAX_BYTES: usize = 4096;
+
+/// Work units one field may spend in filters and `range` (see the module docs): 1 MiB of
+/// filter input, or a million range items. A template that needs more is refused.
+pub const WORK_MAX: usize = 1 << 20;
 
 /// The filters a template may use: each one's output is at most linear in its input.
 pub const ALLOWED_FILTERS: &[&str] = &[
@@ -152,6 +167,12 @@ pub enum TemplateErrorKind {
     /// and where.
     #[error("{0}")]
     NotAllowed(String),
+    /// The template uses a variable larger than [`VAR_MAX_BYTES`]: its name and size.
+    #[error("variable \"{0}\" is {1} bytes, templates use variables of at most {VAR_MAX_BYTES}")]
+    VariableTooLarge(String, usize),
+    /// The template's filters and ranges did more than [`WORK_MAX`] units of work.
+    #[error("template's filters and ranges do more than {0} units of work (a loop too long?)")]
+    TooMuchWork(usize),
     /// The template took more than [`TEMPLATE_FUEL`] steps.
     #[error("template takes more than {0} steps (a loop too long?)")]
     OutOfFuel(u64),
@@ -353,6 +374,21 @@ fn environment() -> &'static Environment<'static> {
         for global in ["debug", "dict", "namespace"] {
             env.remove_global(global);
         }
+        // The allowed filters and `range`, wrapped to draw on the work budget. The others stay
+        // registered, but `allowed` refuses a template that names them.
+        for &name in ALLOWED_FILTERS {
+            if let Some(filter) = builtin_filter(name) {
+                env.add_filter(name, move |state: &State, args: Rest<Value>| {
+                    spend(args.iter().map(work_of).sum())?;
+                    filter.call(state, &args)
+                });
+            }
+        }
+        let range = Value::from_function(minijinja::functions::range);
+        env.add_function("range", move |state: &State, args: Rest<Value>| {
+            spend(range_len(&args))?;
+            range.call(state, &args)
+        });
         // Template names are field names; only the HTML body escapes.
         env.set_auto_escape_callback(|name| {
             if name == EMAIL_HTML {
@@ -363,6 +399,76 @@ fn environment() -> &'static Environment<'static> {
         });
         env
     })
+}
+
+/// The builtin behind each allowed filter name; `None` for a name not in the table (the
+/// `every_allowed_filter_works` test keeps the two lists in step).
+fn builtin_filter(name: &str) -> Option<Value> {
+    use minijinja::filters as f;
+    Some(match name {
+        "abs" => Value::from_function(f::abs),
+        "capitalize" => Value::from_function(f::capitalize),
+        "count" | "length" => Value::from_function(f::length),
+        "d" | "default" => Value::from_function(f::default),
+        "e" | "escape" => Value::from_function(f::escape),
+        "first" => Value::from_function(f::first),
+        "float" => Value::from_function(f::float),
+        "int" => Value::from_function(f::int),
+        "last" => Value::from_function(f::last),
+        "lower" => Value::from_function(f::lower),
+        "reverse" => Value::from_function(f::reverse),
+        "round" => Value::from_function(f::round),
+        "safe" => Value::from_function(f::safe),
+        "string" => Value::from_function(f::string),
+        "title" => Value::from_function(f::title),
+        "trim" => Value::from_function(f::trim),
+        "upper" => Value::from_function(f::upper),
+        _ => return None,
+    })
+}
+
+/// Work of one filter argument: its bytes if a string, its length if a sequence, else 1.
+fn work_of(value: &Value) -> usize {
+    value
+        .as_str()
+        .map(str::len)
+        .or_else(|| value.len())
+        .unwrap_or(1)
+}
+
+/// Items of `range(stop)` / `range(start, stop[, step])`, from its arguments; `range` itself
+/// refuses what this cannot count, so an unreadable argument costs 1.
+fn range_len(args: &[Value]) -> usize {
+    let int = |i: usize| args.get(i).and_then(|v| i64::try_from(v.clone()).ok());
+    let (start, stop) = match (int(0), int(1)) {
+        (Some(stop), None) => (0, stop),
+        (Some(start), Some(stop)) => (start, stop),
+        _ => return 1,
+    };
+    let step = int(2).unwrap_or(1).unsigned_abs().max(1);
+    usize::try_from(stop.abs_diff(start) / step).unwrap_or(usize::MAX)
+}
+
+thread_local! {
+    /// Work left for the field being rendered on this thread, and whether it ran out. A
+    /// render is synchronous (no `.await` inside), so the field that set it is the one that
+    /// spends it: one word per thread, reset by every field.
+    static WORK_LEFT: Cell<usize> = const { Cell::new(0) };
+    static WORK_EXHAUSTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Draws `units` from this field's work budget.
+fn spend(units: usize) -> Result<(), minijinja::Error> {
+    let left = WORK_LEFT.get();
+    if units > left {
+        WORK_EXHAUSTED.set(true);
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "work budget exhausted",
+        ));
+    }
+    WORK_LEFT.set(left - units);
+    Ok(())
 }
 
 /// Renders the fields of one message with one set of variables.
@@ -378,6 +484,7 @@ impl Renderer {
             vars: Arc::new(Vars {
                 map: vars.clone(),
                 last_missing: Mutex::new(None),
+                too_large: Mutex::new(None),
             }),
         }
     }
@@ -393,6 +500,9 @@ impl Renderer {
             .template_from_named_str(name, source)
             .map_err(|err| TemplateError::new(name, syntax_error(source, &err)))?;
         *self.vars.last_missing.lock() = None;
+        *self.vars.too_large.lock() = None;
+        WORK_LEFT.set(WORK_MAX);
+        WORK_EXHAUSTED.set(false);
         let mut out = Bounded {
             buf: Vec::with_capacity(source.len()),
             limit: RENDERED_FIELD_MAX_BYTES,
@@ -400,9 +510,19 @@ impl Renderer {
         };
         let result =
             template.render_captured_to(Value::from_dyn_object(self.vars.clone()), &mut out);
+        // A variable over the limit was hidden from the template; whether that made it fail or
+        // a `default` stepped in, the field is refused with the real reason.
+        if let Some((variable, bytes)) = self.vars.too_large.lock().take() {
+            return Err(TemplateError::new(
+                name,
+                TemplateErrorKind::VariableTooLarge(variable, bytes),
+            ));
+        }
         if let Err(err) = result {
             let kind = if out.exceeded {
                 TemplateErrorKind::TooLarge(RENDERED_FIELD_MAX_BYTES)
+            } else if WORK_EXHAUSTED.get() {
+                TemplateErrorKind::TooMuchWork(WORK_MAX)
             } else {
                 self.runtime_error(env, source, &err)
             };
@@ -586,11 +706,13 @@ fn expression_mentions(source: &str, err: &minijinja::Error, name: &str) -> bool
     })
 }
 
-/// The template context: the variables, and the last name looked up that was not one of them
-/// (the engine's undefined error does not carry it).
+/// The template context: the variables, the last name looked up that was not one of them
+/// (the engine's undefined error does not carry it), and the first variable looked up that
+/// was over [`VAR_MAX_BYTES`] (hidden from the template, reported after the render).
 struct Vars {
     map: BTreeMap<String, String>,
     last_missing: Mutex<Option<String>>,
+    too_large: Mutex<Option<(String, usize)>>,
 }
 
 impl fmt::Debug for Vars {
@@ -611,6 +733,12 @@ impl Object for Vars {
 
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
         match self.map.get(key) {
+            Some(value) if value.len() > VAR_MAX_BYTES => {
+                self.too_large
+                    .lock()
+                    .get_or_insert_with(|| (key.to_owned(), value.len()));
+                None
+            }
             Some(value) => Some(Value::from(value.as_str())),
             None => {
                 *self.last_missing.lock() = Some(key.to_owned());
@@ -887,9 +1015,7 @@ mod tests {
     #[test]
     fn endless_loop_runs_out_of_fuel() {
         let err = error(
-            &sms(
-                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-            ),
+            &sms("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"),
             &BTreeMap::new(),
         );
         assert_eq!(err.field(), "content.sms.text");
@@ -906,10 +1032,10 @@ mod tests {
 
     #[test]
     fn rendered_size_is_bounded() {
-        // 20 KiB variable printed 4 times: 80 KiB, in few engine steps.
-        let big = "x".repeat(20 * 1024);
+        // A 4 KiB variable printed 20 times: 80 KiB, in few engine steps.
+        let big = "x".repeat(VAR_MAX_BYTES);
         let err = error(
-            &email("s", "{{ v }}{{ v }}{{ v }}{{ v }}", ""),
+            &email("s", "{% for i in range(20) %}{{ v }}{% endfor %}", ""),
             &vars(&[("v", &big)]),
         );
         assert_eq!(err.field(), "content.email.text_body");
@@ -917,16 +1043,32 @@ mod tests {
             err.kind,
             TemplateErrorKind::TooLarge(RENDERED_FIELD_MAX_BYTES)
         );
-        // Three fit.
+        // Fifteen fit.
         let rendered = owned(
-            &email("s", "{{ v }}{{ v }}{{ v }}", ""),
+            &email("s", "{% for i in range(15) %}{{ v }}{% endfor %}", ""),
             &vars(&[("v", &big)]),
         )
         .expect("fits");
         assert_eq!(
             rendered.email.as_ref().map(|e| e.text_body.len()),
-            Some(3 * big.len())
+            Some(15 * big.len())
         );
+    }
+
+    #[test]
+    fn variables_used_are_bounded() {
+        let huge = "x".repeat(VAR_MAX_BYTES + 1);
+        let v = vars(&[("huge", &huge), ("name", "Ada")]);
+        let expected = TemplateErrorKind::VariableTooLarge("huge".into(), VAR_MAX_BYTES + 1);
+        assert_eq!(error(&sms("{{ huge }}"), &v).kind, expected);
+        assert_eq!(
+            error(&sms("{{ huge|default('x') }}"), &v).kind,
+            expected,
+            "a default does not hide the real reason"
+        );
+        // Unused, it does not matter.
+        let rendered = owned(&sms("{{ name }}"), &v).expect("renders");
+        assert_eq!(sms_text(&rendered), "Ada");
     }
 
     #[test]
@@ -938,8 +1080,8 @@ mod tests {
         assert_eq!(err.field(), "content.email.subject");
         assert!(matches!(err.kind, TemplateErrorKind::Invalid(_)), "{err}");
 
-        let long = "é".repeat(SMS_TEXT_MAX_CHARS);
-        let err = error(&sms("{{ a }}!"), &vars(&[("a", &long)]));
+        let long = "é".repeat(SMS_TEXT_MAX_CHARS / 2);
+        let err = error(&sms("{{ a }}{{ a }}!"), &vars(&[("a", &long)]));
         assert_eq!(err.field(), "content.sms.text");
         assert!(matches!(err.kind, TemplateErrorKind::Invalid(_)), "{err}");
     }
@@ -982,6 +1124,61 @@ mod tests {
         )
         .expect("allowed");
         assert_eq!(sms_text(&rendered), "1C2B3A");
+    }
+
+    #[test]
+    fn filters_and_ranges_draw_on_a_work_budget() {
+        // Each step is cheap in fuel but touches a 4 KiB string.
+        let big = "x".repeat(VAR_MAX_BYTES);
+        let started = std::time::Instant::now();
+        let err = error(
+            &sms(
+                "{% for i in range(100000) %}{% if v|title|title|title == '' %}{% endif %}{% endfor %}",
+            ),
+            &vars(&[("v", &big)]),
+        );
+        assert_eq!(err.kind, TemplateErrorKind::TooMuchWork(WORK_MAX));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let err = error(
+            &sms("{% for i in range(100) %}{{ range(100000)|last }}{% endfor %}"),
+            &BTreeMap::new(),
+        );
+        assert_eq!(err.kind, TemplateErrorKind::TooMuchWork(WORK_MAX));
+        // The budget is per field: the next render starts afresh.
+        let rendered = owned(&sms("{{ v|title|length }}"), &vars(&[("v", &big)])).expect("fits");
+        assert_eq!(sms_text(&rendered), "4096");
+        assert_eq!(range_len(&[Value::from(5)]), 5);
+        assert_eq!(
+            range_len(&[Value::from(10), Value::from(0), Value::from(-3)]),
+            3
+        );
+    }
+
+    #[test]
+    fn every_allowed_filter_works() {
+        for &name in ALLOWED_FILTERS {
+            assert!(builtin_filter(name).is_some(), "{name} has no builtin");
+        }
+        let v = vars(&[("n", "-2.5"), ("s", " ada lovelace "), ("html", "<i>")]);
+        let rendered = owned(
+            &email(
+                "s",
+                "{{ n|float|abs }} {{ n|float|round }} {{ n|int }} {{ s|trim|title }} \
+                 {{ s|trim|capitalize }} {{ s|upper|trim }} {{ s|lower|length }} {{ s|count }} \
+                 {{ s|trim|first }}{{ s|trim|last }} {{ s|trim|reverse }} {{ x|d('-') }} \
+                 {{ html|e }} {{ n|string }}",
+                "{{ html|safe }}{{ html|escape }}",
+            ),
+            &v,
+        )
+        .expect("renders");
+        let email = rendered.email.as_ref().expect("email");
+        assert_eq!(
+            email.text_body,
+            "2.5 -3.0 -2 Ada Lovelace Ada lovelace ADA LOVELACE 14 14 ae ecalevol ada - \
+             &lt;i&gt; -2.5"
+        );
+        assert_eq!(email.html_body, "<i>&lt;i&gt;");
     }
 
     #[test]
