@@ -42,7 +42,7 @@
 //!
 //! Fuel counts steps, not bytes, so the allowed filters and `range` also draw on a work budget
 //! of [`WORK_MAX`] units per field: a filter call costs the bytes of its string arguments, a
-//! `range(n)` costs `n`. A greeting spends a few hundred.
+//! `range(n)` costs `n`. A personalized greeting spends a few dozen.
 //!
 //! # Bounds
 //! Each field renders with at most [`TEMPLATE_FUEL`] engine steps (a loop cannot run forever)
