@@ -22,6 +22,7 @@ pub mod actors;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod content;
 pub mod context;
 pub mod demo;
 pub mod events;
