@@ -646,6 +646,87 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .expect("post");
     assert_eq!(forged.status(), 403, "unsigned Twilio callbacks are refused");
 
+    // 7. Templates: recipient attributes and message variables fill the content at send; an
+    //    undefined variable is INVALID_ARGUMENT at submit, naming the field, and stores nothing.
+    let mut person = recipient("r-tpl", None, Some("ada@example.com"), Some("+14155550103"));
+    person.attributes.insert("first_name".into(), "Ada".into());
+    api.upsert(person).await;
+    let mut templated = message(
+        "r-tpl",
+        "k-tpl",
+        vec![step(Channel::Email, SuccessCondition::Accepted, 0)],
+    );
+    templated.variables.insert("code".into(), "424242".into());
+    if let Some(email) = templated.content.as_mut().and_then(|c| c.email.as_mut()) {
+        email.subject = "Hello {{ first_name }}".into();
+        email.text_body = "Your code is {{ code }}.".into();
+    }
+    let mut broken = templated.clone();
+    if let Some(email) = broken.content.as_mut().and_then(|c| c.email.as_mut()) {
+        email.subject = "Hello {{ last_name }}".into();
+    }
+    let error = api
+        .delivery
+        .send(authed(
+            SendRequest {
+                message: Some(broken),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect_err("undefined variable");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("message.content.email.subject")
+            && error.message().contains("last_name"),
+        "{}",
+        error.message()
+    );
+    let id = api.send(templated).await;
+    ids.push(id.clone());
+    let log = api.wait(&id, "templated email", terminal).await;
+    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let mail = peers
+        .smtp
+        .mail_texts()
+        .into_iter()
+        .find(|m| m.contains("ada@example.com"))
+        .expect("templated mail arrived");
+    assert!(mail.contains("Hello Ada"), "{mail}");
+    assert!(mail.contains("Your code is 424242."), "{mail}");
+    let sent = log
+        .events
+        .iter()
+        .find(|e| e.kind() == EventKind::EventSent)
+        .expect("sent");
+    assert_eq!(sent.cost_micros, 100, "email costs 0.0001 in the built-in table");
+
+    // 8. Cost order: SMS then email given, email (cheaper) runs first.
+    let mut ordered = message(
+        "r-tpl",
+        "k-cost",
+        vec![
+            step(Channel::Sms, SuccessCondition::Accepted, 0),
+            step(Channel::Email, SuccessCondition::Accepted, 0),
+        ],
+    );
+    ordered.cost_order = true;
+    let id = api.send(ordered).await;
+    ids.push(id.clone());
+    let log = api.wait(&id, "cost-ordered", terminal).await;
+    let order: Vec<Channel> = log
+        .message
+        .as_ref()
+        .map(|m| m.waterfall.iter().map(|s| s.channel()).collect())
+        .unwrap_or_default();
+    assert_eq!(order, vec![Channel::Email, Channel::Sms]);
+    let first = log
+        .events
+        .iter()
+        .find(|e| e.kind() == EventKind::EventAttempted)
+        .expect("attempted");
+    assert_eq!(first.channel(), Channel::Email);
+
     // Every log passes the invariant checker.
     let mut logs = Vec::new();
     for id in &ids {

@@ -212,6 +212,10 @@ pub struct NodeConfig {
     pub receipt_index_ttl_s: u64,
     /// Address of the HTTP listener for provider callbacks and `/metrics`. Unset = none.
     pub http_listen_addr: Option<SocketAddr>,
+    /// Price table for cost units per attempt and `cost_order` waterfalls (`[prices.sms]
+    /// default = 0.0079`, `[prices.sms.countries] GB = 0.04`, ...). Default: a built-in,
+    /// illustrative table.
+    pub prices: crate::content::pricing::PriceTable,
 }
 
 impl Default for NodeConfig {
@@ -243,6 +247,7 @@ impl Default for NodeConfig {
             default_step_timeout_ms: 300_000,
             receipt_index_ttl_s: 7 * 24 * 3600,
             http_listen_addr: None,
+            prices: Default::default(),
         }
     }
 }

@@ -580,6 +580,29 @@ async fn walk(
     let class = request.class();
     let no_content = herald_proto::v1::Content::default();
     let content = request.content.as_ref().unwrap_or(&no_content);
+    // Templates were checked at submit; the recipient's attributes may have changed since.
+    let content = if crate::content::template::has_templates(content) {
+        let vars =
+            crate::content::template::merge_vars(&recipient.attributes, &request.variables);
+        match crate::content::template::render(content, &vars) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                log.push(
+                    EventKind::EventFailed,
+                    None,
+                    Channel::Unspecified,
+                    "",
+                    &format!("template{{field={}, error={}}}", error.field(), error),
+                    MessageStatus::Failed,
+                );
+                log.flush(true, extra).await?;
+                return Ok(());
+            }
+        }
+    } else {
+        std::borrow::Cow::Borrowed(content)
+    };
+    let content = content.as_ref();
     let steps = &request.waterfall;
     while (step as usize) < steps.len() {
         let spec = &steps[step as usize];
@@ -681,6 +704,12 @@ async fn walk(
                     MessageStatus::Pending,
                 );
                 sent.provider = delivery.account.clone();
+                sent.cost_micros = crate::content::attempt_cost(
+                    &context.config.prices,
+                    channel,
+                    content,
+                    &recipient,
+                );
                 if wants_delivery && delivered {
                     log.push(
                         EventKind::EventDelivered,

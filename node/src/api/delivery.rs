@@ -45,7 +45,7 @@ impl Delivery for DeliveryApi {
             .message
             .ok_or_else(|| Error::invalid("message", "is required"))?;
         validate::message("message", &mut message, context.config.max_message_bytes)?;
-        require_recipients(context, &tenant.id, std::slice::from_ref(&message), |_| {
+        require_recipients(context, &tenant.id, std::slice::from_mut(&mut message), |_| {
             "message".into()
         })
         .await?;
@@ -87,7 +87,8 @@ impl Delivery for DeliveryApi {
             let _ = write!(prefix, "messages[{index}]");
             validate::message(&prefix, message, context.config.max_message_bytes)?;
         }
-        require_recipients(context, &tenant.id, &messages, |i| format!("messages[{i}]")).await?;
+        require_recipients(context, &tenant.id, &mut messages, |i| format!("messages[{i}]"))
+            .await?;
         for message in &mut messages {
             ensure_idempotency_key(message);
         }
@@ -184,14 +185,53 @@ impl Delivery for DeliveryApi {
     }
 }
 
-/// "Missing recipient" is bad input: checked before anything is stored.
+/// "Missing recipient" is bad input: checked before anything is stored. Messages with templates
+/// are rendered once against their recipient (an undefined variable is an error now, not an
+/// empty string at send), and `cost_order` waterfalls are ordered by the recipient's prices.
 async fn require_recipients(
     context: &crate::context::NodeContext,
     tenant: &herald_proto::TenantId,
-    messages: &[herald_proto::v1::MessageRequest],
+    messages: &mut [herald_proto::v1::MessageRequest],
     field: impl Fn(usize) -> String,
 ) -> Result<(), Status> {
     let ids: Vec<String> = messages.iter().map(|m| m.recipient_id.clone()).collect();
+    let needs_recipient = |m: &herald_proto::v1::MessageRequest| {
+        m.cost_order
+            || m
+                .content
+                .as_ref()
+                .is_some_and(crate::content::template::has_templates)
+    };
+    if messages.iter().any(needs_recipient) {
+        let found = context
+            .store
+            .get_recipients(tenant, &ids)
+            .await
+            .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+        for (index, (message, recipient)) in messages.iter_mut().zip(found).enumerate() {
+            let Some(recipient) = recipient else {
+                return Err(Error::invalid(
+                    format!("{}.recipient_id", field(index)),
+                    "no such recipient (upsert it first)",
+                )
+                .into());
+            };
+            if let Some(content) = &message.content
+                && crate::content::template::has_templates(content)
+            {
+                let vars = crate::content::template::merge_vars(
+                    &recipient.attributes,
+                    &message.variables,
+                );
+                crate::content::template::check(content, &vars)
+                    .map_err(|e| e.into_invalid(&field(index)))?;
+            }
+            if message.cost_order {
+                crate::content::order_by_cost(&context.config.prices, message, &recipient);
+            }
+        }
+        return Ok(());
+    }
     let missing = context
         .store
         .missing_recipients(tenant, &ids)
