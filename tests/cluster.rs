@@ -336,11 +336,17 @@ async fn timers_fire_on_time_on_the_new_owner_after_kill_9() {
         },
     ];
     let phase = Instant::now();
-    let acked = submit_with(&cluster, WAITING, &[0, 1, 2], |_| {}, |i| {
-        let mut message = demo_message(format!("t{i}"), format!("t-key-{i}"));
-        message.waterfall = waterfall.clone();
-        message
-    })
+    let acked = submit_with(
+        &cluster,
+        WAITING,
+        &[0, 1, 2],
+        |_| {},
+        |i| {
+            let mut message = demo_message(format!("t{i}"), format!("t-key-{i}"));
+            message.waterfall = waterfall.clone();
+            message
+        },
+    )
     .await;
     assert_eq!(acked.len(), WAITING);
     let submitted = phase.elapsed();

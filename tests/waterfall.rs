@@ -22,11 +22,10 @@ use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::engagement_client::EngagementClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
-    Channel, ChannelConsent, ConsentState, Content, EmailContent, EngagementKind,
-    EngagementReport, EventKind, GetMessageRequest, GetMessageResponse, GetRecipientRequest,
-    MessageClass, MessageRequest, MessageStatus, PushContent, PushPlatform, PushToken, Recipient,
-    ReportRequest, ReportStatus, SendRequest, SmsContent, SuccessCondition,
-    UpsertRecipientRequest, WaterfallStep,
+    Channel, ChannelConsent, ConsentState, Content, EmailContent, EngagementKind, EngagementReport,
+    EventKind, GetMessageRequest, GetMessageResponse, GetRecipientRequest, MessageClass,
+    MessageRequest, MessageStatus, PushContent, PushPlatform, PushToken, Recipient, ReportRequest,
+    ReportStatus, SendRequest, SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
 };
 use herald_providers::peers::push::{FcmPeer, FcmPeerConfig, test_keys};
 use herald_providers::peers::smtp::SmtpPeer;
@@ -332,8 +331,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
 
     // 1. Push not delivered within its timeout → email; then a late push receipt is recorded
     //    and changes nothing.
-    api.upsert(recipient("r-timeout", Some("tok-timeout"), Some("timeout@example.com"), None))
-        .await;
+    api.upsert(recipient(
+        "r-timeout",
+        Some("tok-timeout"),
+        Some("timeout@example.com"),
+        None,
+    ))
+    .await;
     let id = api
         .send(message(
             "r-timeout",
@@ -383,7 +387,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .await;
     assert_eq!(verdict, vec![ReportStatus::ReportLate]);
     let log = api.get(&id).await;
-    assert!(has(&log, EventKind::EventLateReceipt, 0), "{}", describe(&log));
+    assert!(
+        has(&log, EventKind::EventLateReceipt, 0),
+        "{}",
+        describe(&log)
+    );
     assert_eq!(attempts(&log), before, "a late receipt starts nothing");
     assert_eq!(status(&log), MessageStatus::Delivered);
 
@@ -433,7 +441,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     assert!(has(&log, EventKind::EventBounced, 0), "{}", describe(&log));
     assert!(has(&log, EventKind::EventSent, 1), "{}", describe(&log));
     assert!(
-        peers.twilio.received().iter().any(|m| m.to == "+14155550101"),
+        peers
+            .twilio
+            .received()
+            .iter()
+            .any(|m| m.to == "+14155550101"),
         "the SMS reached the Twilio peer"
     );
     let stored = api
@@ -457,8 +469,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     );
 
     // 3. Push read (reported through the Engagement API) → stop: no email.
-    api.upsert(recipient("r-read", Some("tok-read"), Some("read@example.com"), None))
-        .await;
+    api.upsert(recipient(
+        "r-read",
+        Some("tok-read"),
+        Some("read@example.com"),
+        None,
+    ))
+    .await;
     let id = api
         .send(message(
             "r-read",
@@ -498,7 +515,12 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     assert_eq!(read, vec![ReportStatus::ReportApplied]);
     let log = api.wait(&id, "push read", terminal).await;
     assert_eq!(status(&log), MessageStatus::Delivered);
-    assert_eq!(attempts(&log), 1, "no email after a read push: {}", describe(&log));
+    assert_eq!(
+        attempts(&log),
+        1,
+        "no email after a read push: {}",
+        describe(&log)
+    );
     assert!(has(&log, EventKind::EventRead, 0));
 
     // 4. Missing email → skipped with its reason, then SMS; a DELIVERED SMS step is satisfied by
@@ -525,16 +547,28 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .expect("skipped");
     assert_eq!(skipped.step, Some(0));
     assert_eq!(skipped.reason, "no_contact_point{channel=email}");
-    assert!(has(&log, EventKind::EventDelivered, 1), "{}", describe(&log));
+    assert!(
+        has(&log, EventKind::EventDelivered, 1),
+        "{}",
+        describe(&log)
+    );
     assert_eq!(
-        kinds(&log).iter().filter(|(k, _)| *k == EventKind::EventAttempted).count(),
+        kinds(&log)
+            .iter()
+            .filter(|(k, _)| *k == EventKind::EventAttempted)
+            .count(),
         1
     );
 
     // 5. Unregistered push token → the token is suppressed and the waterfall moves on.
     peers.fcm.faults().unregister("tok-dead");
-    api.upsert(recipient("r-dead", Some("tok-dead"), Some("dead@example.com"), None))
-        .await;
+    api.upsert(recipient(
+        "r-dead",
+        Some("tok-dead"),
+        Some("dead@example.com"),
+        None,
+    ))
+    .await;
     let id = api
         .send(message(
             "r-dead",
@@ -553,10 +587,19 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .iter()
         .find(|e| e.kind() == EventKind::EventFailed && e.step == Some(0))
         .expect("push failed");
-    assert!(failed.reason.contains("contact_suppressed=true"), "{}", failed.reason);
+    assert!(
+        failed.reason.contains("contact_suppressed=true"),
+        "{}",
+        failed.reason
+    );
     let stored = api
         .recipients
-        .get_recipient(authed(GetRecipientRequest { id: "r-dead".into() }, API_KEY))
+        .get_recipient(authed(
+            GetRecipientRequest {
+                id: "r-dead".into(),
+            },
+            API_KEY,
+        ))
         .await
         .expect("get recipient")
         .into_inner();
@@ -612,7 +655,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .await
         .expect_err("invalid");
     assert_eq!(bad.code(), Code::InvalidArgument);
-    assert!(bad.message().contains("reports[1].attempt_id"), "{}", bad.message());
+    assert!(
+        bad.message().contains("reports[1].attempt_id"),
+        "{}",
+        bad.message()
+    );
     let log = api.get(&ids[0]).await;
     assert!(
         !has(&log, EventKind::EventClicked, 0),
@@ -644,7 +691,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .send()
         .await
         .expect("post");
-    assert_eq!(forged.status(), 403, "unsigned Twilio callbacks are refused");
+    assert_eq!(
+        forged.status(),
+        403,
+        "unsigned Twilio callbacks are refused"
+    );
 
     // 7. Templates: recipient attributes and message variables fill the content at send; an
     //    undefined variable is INVALID_ARGUMENT at submit, naming the field, and stores nothing.
@@ -699,7 +750,10 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .iter()
         .find(|e| e.kind() == EventKind::EventSent)
         .expect("sent");
-    assert_eq!(sent.cost_micros, 100, "email costs 0.0001 in the built-in table");
+    assert_eq!(
+        sent.cost_micros, 100,
+        "email costs 0.0001 in the built-in table"
+    );
 
     // 8. Cost order: SMS then email given, email (cheaper) runs first.
     let mut ordered = message(
@@ -755,8 +809,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .await
         .expect("metrics body");
     assert!(
-        metrics.contains("herald_provider_circuit_state{node=\"node-0\",account=\"fcm-main\",kind=\"fcm\"} 0"),
+        metrics.contains(
+            "herald_provider_circuit_state{node=\"node-0\",account=\"fcm-main\",kind=\"fcm\"} 0"
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("herald_receipts_total{node=\"node-0\",verdict=\"late\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("herald_receipts_total{node=\"node-0\",verdict=\"late\"} 1"),
+        "{metrics}"
+    );
 }

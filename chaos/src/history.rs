@@ -99,7 +99,10 @@ pub fn check<'a>(
         // Exactly one terminal state: once reached, every later event (receipts, engagement)
         // keeps it, and no attempt follows.
         let Some(first_terminal) = log.events.iter().position(|e| is_terminal(e.status())) else {
-            return Err(violation("exactly one terminal state", "none reached".into()));
+            return Err(violation(
+                "exactly one terminal state",
+                "none reached".into(),
+            ));
         };
         let final_status = log.events[first_terminal].status();
         if let Some(later) = log.events[first_terminal..]

@@ -85,8 +85,9 @@ pub async fn build(config: &NodeConfig, events: ProviderEvents) -> Result<Accoun
         if name == SANDBOX_ACCOUNT {
             return Err(AccountError::Invalid {
                 account: name.clone(),
-                problem: "the name `sandbox` is the built-in account (configure it under [sandbox])"
-                    .into(),
+                problem:
+                    "the name `sandbox` is the built-in account (configure it under [sandbox])"
+                        .into(),
             });
         }
         let invalid = |e: herald_providers::ConfigError| AccountError::Invalid {
@@ -94,17 +95,17 @@ pub async fn build(config: &NodeConfig, events: ProviderEvents) -> Result<Accoun
             problem: e.to_string(),
         };
         let provider: Arc<dyn Provider> = match account {
-            ProviderAccountConfig::Sandbox(sandbox) => Arc::new(SandboxProvider::named(
-                name,
-                sandbox,
-                Some(events.clone()),
-            )),
+            ProviderAccountConfig::Sandbox(sandbox) => {
+                Arc::new(SandboxProvider::named(name, sandbox, Some(events.clone())))
+            }
             ProviderAccountConfig::Fcm(fcm) => {
                 Arc::new(FcmProvider::new(name.clone(), fcm).await.map_err(invalid)?)
             }
-            ProviderAccountConfig::Apns(apns) => {
-                Arc::new(ApnsProvider::new(name.clone(), apns).await.map_err(invalid)?)
-            }
+            ProviderAccountConfig::Apns(apns) => Arc::new(
+                ApnsProvider::new(name.clone(), apns)
+                    .await
+                    .map_err(invalid)?,
+            ),
             ProviderAccountConfig::Smtp(smtp) => {
                 Arc::new(SmtpProvider::new(name.clone(), smtp).map_err(invalid)?)
             }

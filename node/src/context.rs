@@ -12,11 +12,11 @@ use crate::actors::directory::RecipientDirectory;
 use crate::auth::Authenticator;
 use crate::config::NodeConfig;
 use crate::events::EventBus;
-use crate::ownership::Ownership;
 use crate::failover::ProviderRegistry;
+use crate::ownership::Ownership;
 use crate::receipts::ReceiptStats;
-use crate::timers::Timers;
 use crate::store::Store;
+use crate::timers::Timers;
 
 pub struct NodeContext {
     pub node_id: NodeId,

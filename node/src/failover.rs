@@ -115,7 +115,9 @@ impl CircuitBreaker {
 
     fn refresh(inner: &mut BreakerInner) {
         if inner.state == BreakerState::Open
-            && inner.open_until.is_some_and(|until| Instant::now() >= until)
+            && inner
+                .open_until
+                .is_some_and(|until| Instant::now() >= until)
         {
             inner.state = BreakerState::HalfOpen;
             inner.probe_in_flight = false;
@@ -339,7 +341,10 @@ impl ProviderRegistry {
                     } => {
                         account.breaker.record(false);
                         account.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                        trail.push(format!("{name}: unavailable ({reason}), try {}", try_index + 1));
+                        trail.push(format!(
+                            "{name}: unavailable ({reason}), try {}",
+                            try_index + 1
+                        ));
                         let retry_after = *retry_after;
                         last = Some(delivery(outcome, &trail));
                         if try_index + 1 >= self.config.tries_per_account {
@@ -411,10 +416,12 @@ pub fn contact_point(
             .filter(|t| platform.is_none_or(|p| t.platform() == p))
             .map(|t| t.token.as_str())
             .find(|t| !suppressed(t))?,
-        Channel::Email => Some(recipient.email.as_str())
-            .filter(|a| !a.is_empty() && !suppressed(a))?,
-        Channel::Sms => Some(recipient.phone.as_str())
-            .filter(|a| !a.is_empty() && !suppressed(a))?,
+        Channel::Email => {
+            Some(recipient.email.as_str()).filter(|a| !a.is_empty() && !suppressed(a))?
+        }
+        Channel::Sms => {
+            Some(recipient.phone.as_str()).filter(|a| !a.is_empty() && !suppressed(a))?
+        }
         Channel::Unspecified => return None,
     };
     Some(address)
@@ -493,7 +500,10 @@ mod tests {
             contact_point(&recipient, Channel::Push, Some(PushPlatform::Apns)),
             Some("apns-1")
         );
-        assert_eq!(contact_point(&recipient, Channel::Push, None), Some("apns-1"));
+        assert_eq!(
+            contact_point(&recipient, Channel::Push, None),
+            Some("apns-1")
+        );
         assert_eq!(contact_point(&recipient, Channel::Email, None), None);
         assert_eq!(contact_point(&recipient, Channel::Sms, None), None);
     }

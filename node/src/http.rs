@@ -226,8 +226,5 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
         timers.max_late_ms.load(Ordering::Relaxed),
         context.directory.active(),
     );
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        out,
-    )
+    ([("content-type", "text/plain; version=0.0.4")], out)
 }

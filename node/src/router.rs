@@ -512,7 +512,9 @@ impl Router {
             }),
             // The actor stopped on a fence (the partition moved) or gave up: let the caller
             // route again.
-            Ok(_) => Err(Error::Unavailable("receipt not applied; partition moving".into())),
+            Ok(_) => Err(Error::Unavailable(
+                "receipt not applied; partition moving".into(),
+            )),
             Err(_) => Err(Error::Unavailable("receipt not applied in time".into())),
         }
     }

@@ -237,10 +237,12 @@ impl Node {
         let (provider_events, provider_events_rx) = tokio::sync::mpsc::channel(4096);
         let accounts = crate::accounts::build(&config, provider_events)
             .await
-            .map_err(|e| Error::Config(crate::config::Error::Invalid {
-                origin: "node config".into(),
-                message: e.to_string(),
-            }))?;
+            .map_err(|e| {
+                Error::Config(crate::config::Error::Invalid {
+                    origin: "node config".into(),
+                    message: e.to_string(),
+                })
+            })?;
         let (timers, timer_queue) = crate::timers::Timers::new();
         let timer_stats = timers.stats.clone();
         let ownership = Ownership::new(node_id.clone());
@@ -334,10 +336,7 @@ impl Node {
             timer_stats,
             shutdown_rx.clone(),
         ));
-        tokio::spawn(crate::receipts::consume(
-            router.clone(),
-            provider_events_rx,
-        ));
+        tokio::spawn(crate::receipts::consume(router.clone(), provider_events_rx));
         let http_addr = match config.http_listen_addr {
             Some(addr) => Some(
                 crate::http::serve(addr, router.clone(), shutdown_rx.clone())

@@ -166,7 +166,8 @@ impl Provider for SandboxProvider {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut latency = Duration::from_millis(self.config.latency_ms);
         if self.config.latency_jitter_ms > 0 {
-            let jitter = draw(&[attempt.attempt_id, "latency"]) * self.config.latency_jitter_ms as f64;
+            let jitter =
+                draw(&[attempt.attempt_id, "latency"]) * self.config.latency_jitter_ms as f64;
             latency += Duration::from_millis(jitter as u64);
         }
         if !latency.is_zero() {

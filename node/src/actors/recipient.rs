@@ -28,9 +28,9 @@ use super::waterfall::{Progress, Waiting};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::failover::StepCall;
+use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
 use crate::timers::TimerEntry;
 use herald_providers::Outcome;
-use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
 
 /// Store errors are retried this many times (with backoff) before the message is dead-lettered.
 const STORE_RETRIES_MAX: u32 = 8;
@@ -582,8 +582,7 @@ async fn walk(
     let content = request.content.as_ref().unwrap_or(&no_content);
     // Templates were checked at submit; the recipient's attributes may have changed since.
     let content = if crate::content::template::has_templates(content) {
-        let vars =
-            crate::content::template::merge_vars(&recipient.attributes, &request.variables);
+        let vars = crate::content::template::merge_vars(&recipient.attributes, &request.variables);
         match crate::content::template::render(content, &vars) {
             Ok(rendered) => rendered,
             Err(error) => {
@@ -674,8 +673,10 @@ async fn walk(
                 read,
             } => {
                 let condition = spec.success();
-                let wants_delivery =
-                    matches!(condition, SuccessCondition::Delivered | SuccessCondition::Read);
+                let wants_delivery = matches!(
+                    condition,
+                    SuccessCondition::Delivered | SuccessCondition::Read
+                );
                 let wants_read = condition == SuccessCondition::Read;
                 let satisfied = match condition {
                     SuccessCondition::Delivered => delivered,

@@ -255,7 +255,12 @@ mod tests {
     fn waiting(step: u32, seq: u32, due: i64) -> Event {
         Event {
             due_unix_ms: due,
-            ..event(EventKind::EventWaiting, Some(step), seq, MessageStatus::Pending)
+            ..event(
+                EventKind::EventWaiting,
+                Some(step),
+                seq,
+                MessageStatus::Pending,
+            )
         }
     }
 
@@ -263,20 +268,46 @@ mod tests {
     fn waiting_is_a_timer_until_a_failure_or_fallback() {
         let mut log = vec![
             event(EventKind::EventAccepted, None, 1, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(0), 2, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(0),
+                2,
+                MessageStatus::Pending,
+            ),
             event(EventKind::EventSent, Some(0), 3, MessageStatus::Pending),
             waiting(0, 4, 9_000),
         ];
         let p = Progress::from_events(&log);
         let w = p.waiting.expect("waiting");
-        assert_eq!((w.step, w.due_unix_ms, w.attempt_id.as_str()), (0, 9_000, "a0"));
+        assert_eq!(
+            (w.step, w.due_unix_ms, w.attempt_id.as_str()),
+            (0, 9_000, "a0")
+        );
         assert!(p.ambiguous.is_none());
-        log.push(event(EventKind::EventDelivered, Some(0), 5, MessageStatus::Pending));
+        log.push(event(
+            EventKind::EventDelivered,
+            Some(0),
+            5,
+            MessageStatus::Pending,
+        ));
         let p = Progress::from_events(&log);
-        assert!(p.waiting.is_some(), "delivered does not end a wait for READ");
+        assert!(
+            p.waiting.is_some(),
+            "delivered does not end a wait for READ"
+        );
         assert!(p.attempt(0).expect("record").delivered);
-        log.push(event(EventKind::EventFailed, Some(0), 6, MessageStatus::Pending));
-        log.push(event(EventKind::EventFellBack, Some(0), 7, MessageStatus::Pending));
+        log.push(event(
+            EventKind::EventFailed,
+            Some(0),
+            6,
+            MessageStatus::Pending,
+        ));
+        log.push(event(
+            EventKind::EventFellBack,
+            Some(0),
+            7,
+            MessageStatus::Pending,
+        ));
         let p = Progress::from_events(&log);
         assert!(p.waiting.is_none());
         assert!(p.attempt(0).expect("record").given_up);
@@ -287,8 +318,18 @@ mod tests {
     fn ambiguous_then_waiting_is_not_re_sent() {
         let p = Progress::from_events(&[
             event(EventKind::EventAccepted, None, 1, MessageStatus::Pending),
-            event(EventKind::EventAttempted, Some(0), 2, MessageStatus::Pending),
-            event(EventKind::EventAmbiguous, Some(0), 3, MessageStatus::Pending),
+            event(
+                EventKind::EventAttempted,
+                Some(0),
+                2,
+                MessageStatus::Pending,
+            ),
+            event(
+                EventKind::EventAmbiguous,
+                Some(0),
+                3,
+                MessageStatus::Pending,
+            ),
             waiting(0, 4, 5_000),
         ]);
         assert!(p.ambiguous.is_none());

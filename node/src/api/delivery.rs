@@ -45,9 +45,12 @@ impl Delivery for DeliveryApi {
             .message
             .ok_or_else(|| Error::invalid("message", "is required"))?;
         validate::message("message", &mut message, context.config.max_message_bytes)?;
-        require_recipients(context, &tenant.id, std::slice::from_mut(&mut message), |_| {
-            "message".into()
-        })
+        require_recipients(
+            context,
+            &tenant.id,
+            std::slice::from_mut(&mut message),
+            |_| "message".into(),
+        )
         .await?;
         ensure_idempotency_key(&mut message);
         let mut results = self.router.route(&tenant, vec![Item::Send(message)]).await;
@@ -87,8 +90,10 @@ impl Delivery for DeliveryApi {
             let _ = write!(prefix, "messages[{index}]");
             validate::message(&prefix, message, context.config.max_message_bytes)?;
         }
-        require_recipients(context, &tenant.id, &mut messages, |i| format!("messages[{i}]"))
-            .await?;
+        require_recipients(context, &tenant.id, &mut messages, |i| {
+            format!("messages[{i}]")
+        })
+        .await?;
         for message in &mut messages {
             ensure_idempotency_key(message);
         }
@@ -197,8 +202,7 @@ async fn require_recipients(
     let ids: Vec<String> = messages.iter().map(|m| m.recipient_id.clone()).collect();
     let needs_recipient = |m: &herald_proto::v1::MessageRequest| {
         m.cost_order
-            || m
-                .content
+            || m.content
                 .as_ref()
                 .is_some_and(crate::content::template::has_templates)
     };
@@ -219,10 +223,8 @@ async fn require_recipients(
             if let Some(content) = &message.content
                 && crate::content::template::has_templates(content)
             {
-                let vars = crate::content::template::merge_vars(
-                    &recipient.attributes,
-                    &message.variables,
-                );
+                let vars =
+                    crate::content::template::merge_vars(&recipient.attributes, &message.variables);
                 crate::content::template::check(content, &vars)
                     .map_err(|e| e.into_invalid(&field(index)))?;
             }

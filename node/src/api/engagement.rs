@@ -80,7 +80,10 @@ fn selector(index: usize, report: &EngagementReport) -> Result<Selector, Error> 
     }
     if !report.attempt_id.is_empty() {
         let (message_id, step) = parse_attempt_id(&report.attempt_id).ok_or_else(|| {
-            Error::invalid(field("attempt_id"), "is not an attempt id (<message_id>.<step>)")
+            Error::invalid(
+                field("attempt_id"),
+                "is not an attempt id (<message_id>.<step>)",
+            )
         })?;
         return Ok(Selector::Attempt { message_id, step });
     }
@@ -196,10 +199,7 @@ mod tests {
 
     #[test]
     fn attempt_ids_parse() {
-        assert_eq!(
-            parse_attempt_id("01HXYZ.2"),
-            Some(("01HXYZ".to_owned(), 2))
-        );
+        assert_eq!(parse_attempt_id("01HXYZ.2"), Some(("01HXYZ".to_owned(), 2)));
         assert_eq!(parse_attempt_id("01HXYZ"), None);
         assert_eq!(parse_attempt_id(".1"), None);
         assert_eq!(parse_attempt_id("m.x"), None);

@@ -69,7 +69,11 @@ mod tests {
     fn cost_order_puts_the_cheapest_first() {
         let prices = PriceTable::builtin();
         let mut message = MessageRequest {
-            waterfall: vec![step(Channel::Sms), step(Channel::Email), step(Channel::Push)],
+            waterfall: vec![
+                step(Channel::Sms),
+                step(Channel::Email),
+                step(Channel::Push),
+            ],
             ..Default::default()
         };
         let recipient = Recipient {
@@ -100,6 +104,9 @@ mod tests {
         };
         let one = attempt_cost(&prices, Channel::Sms, &short, &recipient);
         assert!(one > 0);
-        assert_eq!(attempt_cost(&prices, Channel::Sms, &long, &recipient), 2 * one);
+        assert_eq!(
+            attempt_cost(&prices, Channel::Sms, &long, &recipient),
+            2 * one
+        );
     }
 }

@@ -83,6 +83,10 @@ pub mod log_format {
     }
 
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[expect(
+        clippy::large_enum_variant,
+        reason = "log entries live briefly, one at a time; boxing the message would add an allocation per accept"
+    )]
     pub enum Entry {
         #[prost(message, tag = "1")]
         PutRecipient(PutRecipient),

@@ -5,6 +5,6 @@
 //! Compiled only with the `peers` feature; production code must never depend on it.
 
 pub mod push;
-pub mod smtp;
 pub mod smsc;
+pub mod smtp;
 pub mod twilio;
