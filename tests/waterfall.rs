@@ -41,6 +41,8 @@ struct Peers {
     fcm: FcmPeer,
     smtp: SmtpPeer,
     twilio: TwilioPeer,
+    /// The SMS channel's second account (failover).
+    backup: TwilioPeer,
 }
 
 async fn start() -> (Cluster, Peers) {
@@ -54,6 +56,9 @@ async fn start() -> (Cluster, Peers) {
     })
     .await
     .expect("twilio peer");
+    let backup = TwilioPeer::start(TwilioPeerConfig::default())
+        .await
+        .expect("backup twilio peer");
     let dir = tempfile::tempdir().expect("tempdir");
     let service_account = dir.path().join("fcm-service-account.json");
     std::fs::write(
@@ -85,10 +90,23 @@ auth_token = "{token}"
 from = "+15550001111"
 status_callback = "http://{{http}}/callbacks/sms-http/status"
 
+[providers.sms-backup]
+kind = "twilio"
+base_url = "{backup}"
+account_sid = "{backup_sid}"
+auth_token = "{backup_token}"
+from = "+15550002222"
+
 [channels]
 push = ["fcm-main"]
 email = ["mail"]
-sms = ["sms-http"]
+sms = ["sms-http", "sms-backup"]
+
+[failover]
+tries_per_account = 2
+backoff_base_ms = 10
+breaker_failures = 4
+breaker_open_ms = 60000
 "#,
         sa = service_account.display(),
         fcm = fcm.base_url(),
@@ -96,6 +114,9 @@ sms = ["sms-http"]
         twilio = twilio.base_url(),
         sid = twilio.account_sid(),
         token = twilio.auth_token(),
+        backup = backup.base_url(),
+        backup_sid = backup.account_sid(),
+        backup_token = backup.auth_token(),
     );
     let cluster = Cluster::start(
         1,
@@ -110,7 +131,15 @@ sms = ["sms-http"]
     .await;
     // The service account file must outlive the node's start only.
     drop(dir);
-    (cluster, Peers { fcm, smtp, twilio })
+    (
+        cluster,
+        Peers {
+            fcm,
+            smtp,
+            twilio,
+            backup,
+        },
+    )
 }
 
 fn opted_in() -> Vec<ChannelConsent> {
@@ -467,6 +496,45 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         "hard bounce suppresses the address: {:?}",
         stored.suppressed
     );
+    // A client's upsert of the same record keeps the suppression (only a new opt-in ends it),
+    // and a client cannot set suppressions itself.
+    api.upsert(recipient(
+        "r-bounce",
+        None,
+        Some("bounce@example.com"),
+        Some("+14155550101"),
+    ))
+    .await;
+    let stored = api
+        .recipients
+        .get_recipient(authed(
+            GetRecipientRequest {
+                id: "r-bounce".into(),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("get recipient")
+        .into_inner();
+    assert_eq!(stored.suppressed.len(), 1, "{:?}", stored.suppressed);
+    let mut forged = recipient("r-bounce", None, Some("bounce@example.com"), None);
+    forged.suppressed = stored.suppressed.clone();
+    let refused = api
+        .recipients
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(forged),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect_err("suppressed is not for clients");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("recipient.suppressed"),
+        "{}",
+        refused.message()
+    );
 
     // 3. Push read (reported through the Engagement API) → stop: no email.
     api.upsert(recipient(
@@ -781,6 +849,42 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .expect("attempted");
     assert_eq!(first.channel(), Channel::Email);
 
+    // 9. Failover: the first SMS account answers 500 → retried, then the next account takes
+    //    the message; after enough failures its circuit opens and it is skipped at once.
+    peers.twilio.fail_next(4);
+    for (n, key) in ["k-failover-1", "k-failover-2", "k-failover-3"]
+        .iter()
+        .enumerate()
+    {
+        let id = api
+            .send(message(
+                "r-noemail",
+                key,
+                vec![step(Channel::Sms, SuccessCondition::Accepted, 0)],
+            ))
+            .await;
+        ids.push(id.clone());
+        let log = api.wait(&id, "sms failover", terminal).await;
+        assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+        let sent = log
+            .events
+            .iter()
+            .find(|e| e.kind() == EventKind::EventSent)
+            .expect("sent");
+        assert_eq!(sent.provider, "sms-backup", "{}", describe(&log));
+        let expected = if n < 2 {
+            "sms-http: unavailable"
+        } else {
+            "sms-http: circuit open"
+        };
+        assert!(
+            sent.reason.contains(expected),
+            "message {n}: {}",
+            sent.reason
+        );
+    }
+    assert_eq!(peers.backup.received().len(), 3);
+
     // Every log passes the invariant checker.
     let mut logs = Vec::new();
     for id in &ids {
@@ -817,5 +921,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     assert!(
         metrics.contains("herald_receipts_total{node=\"node-0\",verdict=\"late\"} 1"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "herald_provider_circuit_state{node=\"node-0\",account=\"sms-http\",kind=\"twilio\"} 1"
+        ),
+        "the failing account's circuit is open: {metrics}"
     );
 }

@@ -259,6 +259,7 @@ impl Router {
         let mut accepted_at: Vec<Option<(Arc<StoredMessage>, Vec<Event>)>> =
             Vec::with_capacity(items.len());
         let mut signals = Vec::new();
+        let prior = self.prior_recipients(tenant, &items).await;
         for (index, item) in items {
             if count == 0 {
                 out.push((
@@ -328,6 +329,9 @@ impl Router {
                     }
                 }
                 Item::Upsert(recipient) => {
+                    if let Some(prior) = prior.get(&recipient.id) {
+                        keep_suppressions(prior, recipient);
+                    }
                     accepted_at.push(None);
                     WriteOp::PutRecipient {
                         tenant: tenant.id.clone(),
@@ -454,6 +458,36 @@ impl Router {
         out
     }
 
+    /// The stored records of the recipients `items` upsert (their suppressions carry over).
+    async fn prior_recipients(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: &[(usize, Item)],
+    ) -> HashMap<String, Recipient> {
+        let ids: Vec<String> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Item::Upsert(r) => Some(r.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        match self.context.store.get_recipients(&tenant.id, &ids).await {
+            Ok(found) => found
+                .into_iter()
+                .flatten()
+                .filter(|r| !r.suppressed.is_empty())
+                .map(|r| (r.id.clone(), r))
+                .collect(),
+            Err(error) => {
+                debug!(%error, "reading prior recipients failed; suppressions may be lost");
+                HashMap::new()
+            }
+        }
+    }
+
     /// Hands a signal to the actor of its recipient and waits for the verdict.
     async fn deliver_signal(
         &self,
@@ -572,6 +606,32 @@ pub fn dispatch(
     );
 }
 
+/// Carries `prior`'s suppressed contact points over to `next` (an upsert replaces the record,
+/// but a suppression ends only by a new explicit consent): an entry stays while its address is
+/// still in `next`, unless `next` opts its channel in where `prior` had not.
+pub fn keep_suppressions(prior: &Recipient, next: &mut Recipient) {
+    use herald_proto::v1::{Channel, ConsentState};
+    let opted_in = |r: &Recipient, channel: i32| {
+        r.consent
+            .iter()
+            .any(|c| c.channel == channel && c.state() == ConsentState::OptedIn)
+    };
+    let still_there = |s: &herald_proto::v1::SuppressedContact| match Channel::try_from(s.channel) {
+        Ok(Channel::Push) => next.push_tokens.iter().any(|t| t.token == s.address),
+        Ok(Channel::Email) => next.email == s.address,
+        Ok(Channel::Sms) => next.phone == s.address,
+        _ => false,
+    };
+    let kept: Vec<_> = prior
+        .suppressed
+        .iter()
+        .filter(|s| still_there(s))
+        .filter(|s| !(opted_in(next, s.channel) && !opted_in(prior, s.channel)))
+        .cloned()
+        .collect();
+    next.suppressed = kept;
+}
+
 /// Loads a message by id (any node can: reads need no fence).
 pub async fn load_message(
     context: &NodeContext,
@@ -583,4 +643,63 @@ pub async fn load_message(
         .get_message(tenant, &MessageId(message_id.to_string()))
         .await
         .map_err(|e| Error::Unavailable(format!("store: {e}")))
+}
+
+#[cfg(test)]
+mod suppression_tests {
+    use super::*;
+    use herald_proto::v1::{Channel, ChannelConsent, ConsentState, SuppressedContact};
+
+    fn consent(state: ConsentState) -> Vec<ChannelConsent> {
+        vec![ChannelConsent {
+            channel: Channel::Email as i32,
+            state: state as i32,
+        }]
+    }
+
+    fn bounced(email: &str, state: ConsentState) -> Recipient {
+        Recipient {
+            id: "r".into(),
+            email: email.into(),
+            consent: consent(state),
+            suppressed: vec![SuppressedContact {
+                channel: Channel::Email as i32,
+                address: email.into(),
+                reason: "bounced_hard".into(),
+                at_unix_ms: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn suppressions_survive_an_upsert_until_a_new_opt_in() {
+        let prior = bounced("a@example.com", ConsentState::OptedIn);
+        // Same address, same consent: still suppressed.
+        let mut next = Recipient {
+            id: "r".into(),
+            email: "a@example.com".into(),
+            consent: consent(ConsentState::OptedIn),
+            ..Default::default()
+        };
+        keep_suppressions(&prior, &mut next);
+        assert_eq!(next.suppressed.len(), 1);
+        // A new address: the old one's suppression no longer applies to anything.
+        let mut moved = Recipient {
+            email: "b@example.com".into(),
+            ..next.clone()
+        };
+        keep_suppressions(&prior, &mut moved);
+        assert!(moved.suppressed.is_empty());
+        // Opted out before, opted in now: a new explicit consent reactivates.
+        let prior = bounced("a@example.com", ConsentState::OptedOut);
+        let mut again = Recipient {
+            id: "r".into(),
+            email: "a@example.com".into(),
+            consent: consent(ConsentState::OptedIn),
+            ..Default::default()
+        };
+        keep_suppressions(&prior, &mut again);
+        assert!(again.suppressed.is_empty());
+    }
 }

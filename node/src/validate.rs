@@ -243,6 +243,11 @@ fn check_content(
 }
 
 /// Validates a recipient for upsert. `prefix` is its field path (`recipient`, `recipients[2]`).
+/// Most personalization attributes per recipient.
+pub const ATTRIBUTES_MAX: usize = 64;
+/// Longest attribute value (the same bound a template variable has).
+pub const ATTRIBUTE_VALUE_MAX: usize = crate::content::template::VAR_MAX_BYTES;
+
 pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
     check_id(|| format!("{prefix}.id"), &recipient.id, true)?;
     if recipient.push_tokens.len() > 16 {
@@ -286,6 +291,39 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
             format!("{prefix}.time_zone"),
             "is not an IANA time zone (e.g. America/New_York)",
         ));
+    }
+    if !recipient.suppressed.is_empty() {
+        return Err(Error::invalid(
+            format!("{prefix}.suppressed"),
+            "is kept by Herald (from provider answers and receipts); clients cannot set it",
+        ));
+    }
+    if recipient.attributes.len() > ATTRIBUTES_MAX {
+        return Err(Error::invalid(
+            format!("{prefix}.attributes"),
+            format!("at most {ATTRIBUTES_MAX} attributes"),
+        ));
+    }
+    for (name, value) in &recipient.attributes {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !name_ok {
+            return Err(Error::invalid(
+                format!("{prefix}.attributes[{name:?}]"),
+                "names are 1..64 of [A-Za-z0-9_], not starting with a digit (template variables)",
+            ));
+        }
+        if value.len() > ATTRIBUTE_VALUE_MAX {
+            return Err(Error::invalid(
+                format!("{prefix}.attributes[{name:?}]"),
+                format!(
+                    "value is {} bytes, at most {ATTRIBUTE_VALUE_MAX}",
+                    value.len()
+                ),
+            ));
+        }
     }
     let mut channels = Vec::new();
     for (index, consent) in recipient.consent.iter().enumerate() {
