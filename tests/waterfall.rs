@@ -122,7 +122,7 @@ breaker_open_ms = 60000
         1,
         NodeSpec {
             sandbox_latency_ms: 0,
-            top: "default_step_timeout_ms = 20000".into(),
+            top: "default_step_timeout_ms = 20000\npublic_url = \"http://{http}\"\nlink_secret = \"test-link-secret\"".into(),
             tables,
             http: true,
             ..Default::default()
@@ -813,6 +813,43 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .expect("templated mail arrived");
     assert!(mail.contains("Hello Ada"), "{mail}");
     assert!(mail.contains("Your code is 424242."), "{mail}");
+    // RFC 8058: the mail carries a signed one-click link; POSTing to it records the opt-out.
+    assert!(
+        mail.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{mail}"
+    );
+    let link = mail
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: <"))
+        .and_then(|rest| rest.split('>').next())
+        .expect("List-Unsubscribe header")
+        .to_owned();
+    assert!(
+        link.contains(&format!("/unsubscribe/{TENANT}/{id}/")),
+        "{link}"
+    );
+    let forged = web
+        .post(format!("{}0", &link[..link.len() - 1]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(forged.status(), 403);
+    let answer = web
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("one-click post");
+    assert_eq!(answer.status(), 200);
+    let log = api.get(&id).await;
+    assert!(
+        has(&log, EventKind::EventUnsubscribed, 0),
+        "{}",
+        describe(&log)
+    );
     let sent = log
         .events
         .iter()

@@ -212,6 +212,12 @@ pub struct NodeConfig {
     pub receipt_index_ttl_s: u64,
     /// Address of the HTTP listener for provider callbacks and `/metrics`. Unset = none.
     pub http_listen_addr: Option<SocketAddr>,
+    /// The URL at which recipients and providers reach `http_listen_addr` from outside (e.g.
+    /// `https://herald.example.com`). With `link_secret`, emails carry one-click unsubscribe
+    /// headers (RFC 8058) pointing at `<public_url>/unsubscribe/...`.
+    pub public_url: Option<String>,
+    /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
+    pub link_secret: Option<String>,
     /// Price table for cost units per attempt and `cost_order` waterfalls (`[prices.sms]
     /// default = 0.0079`, `[prices.sms.countries] GB = 0.04`, ...). Default: a built-in,
     /// illustrative table.
@@ -247,6 +253,8 @@ impl Default for NodeConfig {
             default_step_timeout_ms: 300_000,
             receipt_index_ttl_s: 7 * 24 * 3600,
             http_listen_addr: None,
+            public_url: None,
+            link_secret: None,
             prices: Default::default(),
         }
     }
@@ -275,6 +283,23 @@ impl NodeConfig {
         }
         if self.batch_max == 0 || self.batch_max > 10_000 {
             return Err(invalid("batch_max must be in 1..=10000"));
+        }
+        if self.public_url.is_some() != self.link_secret.is_some() {
+            return Err(invalid(
+                "public_url and link_secret go together (unsubscribe links need both)",
+            ));
+        }
+        if let Some(url) = &self.public_url {
+            let loopback =
+                url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+            if !url.starts_with("https://") && !loopback {
+                return Err(invalid(
+                    "public_url must be https:// (RFC 8058 unsubscribe links); http only to a loopback host",
+                ));
+            }
+        }
+        if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("link_secret must be at least 16 characters"));
         }
         if self.control_addrs.is_empty() {
             return Err(invalid(

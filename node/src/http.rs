@@ -38,6 +38,10 @@ pub async fn serve(
     let app = HttpRouter::new()
         .route("/metrics", get(metrics))
         .route("/callbacks/{account}/{hook}", post(callback))
+        .route(
+            "/unsubscribe/{tenant}/{message_id}/{signature}",
+            post(one_click_unsubscribe),
+        )
         .with_state(router);
     tokio::spawn(async move {
         let stop = async move {
@@ -154,6 +158,60 @@ async fn callback(
         }
     }
     (StatusCode::OK, format!("{applied} receipts"))
+}
+
+/// RFC 8058 one-click unsubscribe: a mail client POSTs `List-Unsubscribe=One-Click` to the
+/// signed link of a message. Recorded on the message as `unsubscribed` (the consent ledger acts
+/// on it).
+async fn one_click_unsubscribe(
+    State(router): State<Router>,
+    Path((tenant, message_id, signature)): Path<(String, String, String)>,
+    body: Bytes,
+) -> impl IntoResponse {
+    let context = router.context();
+    if !crate::links::verify(&context.config, &tenant, &message_id, &signature) {
+        return (StatusCode::FORBIDDEN, "invalid unsubscribe link".to_owned());
+    }
+    let one_click = twilio::form_params(&body)
+        .iter()
+        .any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click");
+    if !one_click {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected the body List-Unsubscribe=One-Click (RFC 8058)".to_owned(),
+        );
+    }
+    let tenant = context.auth.tenant(&tenant);
+    let record = match crate::router::load_message(context, &tenant.id, &message_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such message".to_owned()),
+        Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+    };
+    let Some(request) = record.message.request else {
+        return (StatusCode::NOT_FOUND, "no such message".to_owned());
+    };
+    let email_step = request
+        .waterfall
+        .iter()
+        .position(|s| s.channel() == herald_proto::v1::Channel::Email)
+        .and_then(|i| u32::try_from(i).ok());
+    let signal = herald_proto::v1::ForwardSignal {
+        recipient_id: request.recipient_id,
+        message_id,
+        step: email_step,
+        kind: herald_proto::v1::EngagementKind::EngagementUnsubscribed as i32,
+        detail: "one_click".to_owned(),
+        reply_text: String::new(),
+        source: "list_unsubscribe".to_owned(),
+    };
+    let results = crate::receipts::route_signals(&router, &tenant, vec![signal]).await;
+    match results.first().map(|r| r.status()) {
+        Some(herald_proto::v1::ReportStatus::Unspecified) | None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "try again later".to_owned(),
+        ),
+        Some(_) => (StatusCode::OK, "unsubscribed".to_owned()),
+    }
 }
 
 async fn metrics(State(router): State<Router>) -> impl IntoResponse {

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod events;
 pub mod failover;
 pub mod http;
+pub mod links;
 pub mod membership;
 pub mod ownership;
 pub mod peers;

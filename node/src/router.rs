@@ -626,7 +626,8 @@ pub fn keep_suppressions(prior: &Recipient, next: &mut Recipient) {
         .suppressed
         .iter()
         .filter(|s| still_there(s))
-        .filter(|s| !(opted_in(next, s.channel) && !opted_in(prior, s.channel)))
+        // A channel opted in now that was not before: a new explicit consent lifts it.
+        .filter(|s| !opted_in(next, s.channel) || opted_in(prior, s.channel))
         .cloned()
         .collect();
     next.suppressed = kept;

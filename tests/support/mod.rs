@@ -184,7 +184,7 @@ api_keys = ["{OTHER_API_KEY}"]
                 control = self.control_addr,
                 redis = self.redis.url(),
                 latency = spec.sandbox_latency_ms,
-                top = spec.top,
+                top = spec.top.replace("{http}", &http),
                 sandbox = spec.sandbox,
                 tables = spec.tables.replace("{http}", &http),
             ),

@@ -375,7 +375,16 @@ fn list_unsubscribe_value(unsub: &ListUnsubscribe) -> Result<String, String> {
                 .chars()
                 .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
     }
-    if !uri_ok(&unsub.url, "https://") {
+    // RFC 8058 requires HTTPS; plain HTTP only to a loopback host (tests, local demos).
+    let loopback_http = [
+        "http://127.0.0.1:",
+        "http://127.0.0.1/",
+        "http://localhost:",
+        "http://localhost/",
+    ]
+    .iter()
+    .any(|prefix| uri_ok(&unsub.url, prefix));
+    if !uri_ok(&unsub.url, "https://") && !loopback_http {
         return Err("list-unsubscribe url must be a plain https:// URI".into());
     }
     let mut value = format!("<{}>", unsub.url);

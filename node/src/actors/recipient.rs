@@ -602,6 +602,8 @@ async fn walk(
         std::borrow::Cow::Borrowed(content)
     };
     let content = content.as_ref();
+    let list_unsubscribe =
+        crate::links::unsubscribe(&context.config, &job.tenant.id.0, &job.message.message_id);
     let steps = &request.waterfall;
     while (step as usize) < steps.len() {
         let spec = &steps[step as usize];
@@ -657,7 +659,11 @@ async fn walk(
                     recipient: &recipient,
                     channel,
                     content,
-                    list_unsubscribe: None,
+                    list_unsubscribe: if channel == Channel::Email {
+                        list_unsubscribe.as_ref()
+                    } else {
+                        None
+                    },
                 },
             )
             .await;
