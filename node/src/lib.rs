@@ -32,6 +32,7 @@ pub mod links;
 pub mod membership;
 pub mod ownership;
 pub mod peers;
+pub mod policy;
 pub mod receipts;
 pub use herald_providers as providers;
 pub mod router;

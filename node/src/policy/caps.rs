@@ -1,0 +1,1 @@
+//! caps: to be written.

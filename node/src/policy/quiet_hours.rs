@@ -1,0 +1,1 @@
+//! quiet_hours: to be written.

@@ -1,0 +1,1 @@
+//! timezones: to be written.
