@@ -148,6 +148,7 @@ fn opted_in() -> Vec<ChannelConsent> {
         .map(|channel| ChannelConsent {
             channel: channel as i32,
             state: ConsentState::OptedIn as i32,
+            ..Default::default()
         })
         .collect()
 }

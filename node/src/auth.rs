@@ -88,6 +88,17 @@ impl Authenticator {
         Err(Error::Unauthenticated("unknown api key".into()))
     }
 
+    /// Every tenant this node knows (from its config, and store keys seen so far).
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let mut tenants: Vec<Arc<Tenant>> = Vec::new();
+        for tenant in self.by_digest.read().values() {
+            if !tenants.iter().any(|t| t.id == tenant.id) {
+                tenants.push(tenant.clone());
+            }
+        }
+        tenants
+    }
+
     /// Settings of a tenant known by id (forwarded requests carry the id, already authenticated).
     pub fn tenant(&self, id: &str) -> Arc<Tenant> {
         self.by_digest

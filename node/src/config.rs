@@ -151,6 +151,28 @@ pub struct StoreConfig {
 }
 
 pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
+
+/// Replies to SMS keywords (`[sms_keywords]`). Empty = no reply.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsKeywordReplies {
+    /// After STOP (and its synonyms): the one confirmation the person gets.
+    pub stop_reply: String,
+    /// After START / UNSTOP.
+    pub start_reply: String,
+    /// After HELP.
+    pub help_reply: String,
+}
+
+impl Default for SmsKeywordReplies {
+    fn default() -> Self {
+        Self {
+            stop_reply: "You are unsubscribed and will get no more messages from this number. Reply START to resubscribe.".into(),
+            start_reply: "You are subscribed again. Reply STOP to unsubscribe, HELP for help.".into(),
+            help_reply: "Reply STOP to unsubscribe, START to resubscribe.".into(),
+        }
+    }
+}
 pub use crate::failover::FailoverConfig;
 pub use herald_providers::sandbox::SandboxConfig;
 
@@ -218,6 +240,9 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
     pub link_secret: Option<String>,
+    /// Replies to SMS keywords (STOP, START, HELP), sent once from the number the keyword was
+    /// sent to.
+    pub sms_keywords: SmsKeywordReplies,
     /// Price table for cost units per attempt and `cost_order` waterfalls (`[prices.sms]
     /// default = 0.0079`, `[prices.sms.countries] GB = 0.04`, ...). Default: a built-in,
     /// illustrative table.
@@ -255,6 +280,7 @@ impl Default for NodeConfig {
             http_listen_addr: None,
             public_url: None,
             link_secret: None,
+            sms_keywords: SmsKeywordReplies::default(),
             prices: Default::default(),
         }
     }

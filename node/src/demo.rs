@@ -13,6 +13,7 @@ pub fn demo_recipient(id: String, index: usize) -> Recipient {
         .map(|channel| ChannelConsent {
             channel: channel as i32,
             state: ConsentState::OptedIn as i32,
+            ..Default::default()
         })
         .collect();
     Recipient {

@@ -149,11 +149,8 @@ async fn callback(
                 crate::receipts::apply_receipt(&router, receipt).await;
                 applied += 1;
             }
-            ProviderEvent::Inbound(_) => {
-                context
-                    .receipts_stats
-                    .inbound
-                    .fetch_add(1, Ordering::Relaxed);
+            ProviderEvent::Inbound(inbound) => {
+                crate::receipts::handle_inbound(&router, inbound).await;
             }
         }
     }
@@ -203,6 +200,7 @@ async fn one_click_unsubscribe(
         detail: "one_click".to_owned(),
         reply_text: String::new(),
         source: "list_unsubscribe".to_owned(),
+        ..Default::default()
     };
     let results = crate::receipts::route_signals(&router, &tenant, vec![signal]).await;
     match results.first().map(|r| r.status()) {

@@ -17,7 +17,8 @@ use std::time::Duration;
 use herald_proto::TenantId;
 use herald_proto::error::Error;
 use herald_proto::v1::{EngagementKind, ForwardSignal, ReportResult, ReportStatus};
-use herald_providers::{ProviderEvent, Receipt, ReceiptKind};
+use herald_proto::v1::{Channel, Content, SmsContent};
+use herald_providers::{Attempt, Inbound, ProviderEvent, Receipt, ReceiptKind};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -204,6 +205,7 @@ pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
         detail,
         reply_text: String::new(),
         source: receipt.provider,
+        ..Default::default()
     };
     route_signals(router, &tenant, vec![signal])
         .await
@@ -211,6 +213,72 @@ pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
         .next()
         .map(|r| r.status())
         .unwrap_or(ReportStatus::Unspecified)
+}
+
+/// An inbound text: STOP / START change the sender's consent for every tenant's recipient with
+/// that number (each gets one confirmation); HELP is answered from the same number; anything
+/// else is only counted. Never logs the number or the text.
+pub async fn handle_inbound(router: &Router, inbound: Inbound) {
+    use crate::policy::keywords::{Keyword, parse};
+    let context = router.context();
+    context.receipts_stats.inbound.fetch_add(1, Ordering::Relaxed);
+    let Some(keyword) = parse(&inbound.text) else {
+        return;
+    };
+    let (kind, detail) = match keyword {
+        Keyword::Help => {
+            let text = &context.config.sms_keywords.help_reply;
+            if let Some(account) = context.providers.account(&inbound.provider)
+                && !text.is_empty()
+            {
+                let content = Content {
+                    sms: Some(SmsContent { text: text.clone() }),
+                    ..Default::default()
+                };
+                let attempt_id = format!("help.{}", ulid::Ulid::new());
+                let outcome = account
+                    .provider
+                    .send(Attempt {
+                        attempt_id: &attempt_id,
+                        message_id: "",
+                        recipient_key: "",
+                        channel: Channel::Sms,
+                        to: &inbound.from,
+                        content: &content,
+                        list_unsubscribe: None,
+                    })
+                    .await;
+                debug!(%attempt_id, accepted = matches!(outcome, herald_providers::Outcome::Accepted { .. }), "help reply");
+            }
+            return;
+        }
+        Keyword::Stop { all } => (
+            EngagementKind::EngagementUnsubscribed,
+            if all { "stopall" } else { "stop" },
+        ),
+        Keyword::Start => (EngagementKind::EngagementOptedIn, "start"),
+    };
+    for tenant in context.auth.tenants() {
+        let key = crate::router::phone_index_key(&tenant.id, &inbound.from);
+        let recipient_id = match context.store.get_value(&key).await {
+            Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
+            Ok(None) => continue,
+            Err(error) => {
+                warn!(%error, "phone index lookup failed");
+                continue;
+            }
+        };
+        let signal = ForwardSignal {
+            recipient_id,
+            kind: kind as i32,
+            detail: detail.to_owned(),
+            source: "sms_keyword".to_owned(),
+            channel: Channel::Sms as i32,
+            sender: inbound.provider.clone(),
+            ..Default::default()
+        };
+        route_signals(router, &tenant, vec![signal]).await;
+    }
 }
 
 /// Receipts applied concurrently by the provider-event consumer.
@@ -231,13 +299,15 @@ pub async fn consume(router: Router, mut events: mpsc::Receiver<ProviderEvent>) 
                     drop(permit);
                 });
             }
-            ProviderEvent::Inbound(_) => {
-                // Keyword handling (STOP/START/HELP) belongs to the consent ledger.
-                router
-                    .context()
-                    .receipts_stats
-                    .inbound
-                    .fetch_add(1, Ordering::Relaxed);
+            ProviderEvent::Inbound(inbound) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let router = router.clone();
+                tokio::spawn(async move {
+                    handle_inbound(&router, inbound).await;
+                    drop(permit);
+                });
             }
         }
     }

@@ -329,7 +329,9 @@ impl Router {
                     }
                 }
                 Item::Upsert(recipient) => {
-                    if let Some(prior) = prior.get(&recipient.id) {
+                    let prior = prior.get(&recipient.id);
+                    crate::policy::consent::merge_upsert(prior, recipient, now_unix_ms());
+                    if let Some(prior) = prior {
                         keep_suppressions(prior, recipient);
                     }
                     accepted_at.push(None);
@@ -395,6 +397,7 @@ impl Router {
                 return out;
             }
         };
+        let mut phone_index = Vec::new();
         for ((((index, item, partition), outcome), accepted), fence) in op_items
             .into_iter()
             .zip(outcomes)
@@ -444,6 +447,16 @@ impl Router {
                     })
                 }
                 (WriteOutcome::Done, Item::Upsert(recipient)) => {
+                    if !recipient.phone.is_empty() {
+                        phone_index.push(FencedOp {
+                            fence,
+                            op: WriteOp::PutValue {
+                                key: phone_index_key(&tenant.id, &recipient.phone),
+                                value: recipient.id.clone().into_bytes(),
+                                ttl: PHONE_INDEX_TTL,
+                            },
+                        });
+                    }
                     Ok(ItemResult::Recipient(recipient))
                 }
                 (WriteOutcome::Done, Item::Erase(id)) => Ok(ItemResult::Erased(
@@ -455,10 +468,18 @@ impl Router {
             };
             out.push((index, result));
         }
+        if !phone_index.is_empty()
+            && let Err(error) = self.context.store.write(phone_index).await
+        {
+            // The records are stored; only inbound keyword lookups miss them until the next
+            // upsert.
+            debug!(%error, "phone index write failed");
+        }
         out
     }
 
-    /// The stored records of the recipients `items` upsert (their suppressions carry over).
+    /// The stored records of the recipients `items` upsert (their suppressions and consent
+    /// ledger carry over).
     async fn prior_recipients(
         &self,
         tenant: &Arc<Tenant>,
@@ -478,7 +499,6 @@ impl Router {
             Ok(found) => found
                 .into_iter()
                 .flatten()
-                .filter(|r| !r.suppressed.is_empty())
                 .map(|r| (r.id.clone(), r))
                 .collect(),
             Err(error) => {
@@ -499,6 +519,9 @@ impl Router {
             status: ReportStatus::ReportUnknown as i32,
             message_id,
         };
+        if signal.message_id.is_empty() {
+            return self.deliver_consent(tenant, signal, fence).await;
+        }
         let record = load_message(&self.context, &tenant.id, &signal.message_id).await?;
         let Some(record) = record else {
             return Ok(unknown(signal.message_id));
@@ -550,6 +573,72 @@ impl Router {
                 "receipt not applied; partition moving".into(),
             )),
             Err(_) => Err(Error::Unavailable("receipt not applied in time".into())),
+        }
+    }
+
+    /// A recipient-level signal (an SMS keyword): a consent change for its actor.
+    async fn deliver_consent(
+        &self,
+        tenant: &Arc<Tenant>,
+        signal: ForwardSignal,
+        fence: crate::store::Fence,
+    ) -> Result<ReportResult, Error> {
+        use herald_proto::v1::{ChannelConsent, ConsentState, EngagementKind};
+        let replies = &self.context.config.sms_keywords;
+        let (state, reply) = match signal.kind() {
+            EngagementKind::EngagementUnsubscribed => {
+                (ConsentState::OptedOut, replies.stop_reply.clone())
+            }
+            EngagementKind::EngagementOptedIn => (ConsentState::OptedIn, replies.start_reply.clone()),
+            _ => {
+                return Ok(ReportResult {
+                    status: ReportStatus::ReportUnknown as i32,
+                    message_id: String::new(),
+                });
+            }
+        };
+        let Ok(permit) = self.context.admission.clone().acquire_owned().await else {
+            return Err(Error::Unavailable("node shutting down".into()));
+        };
+        let (reply_tx, verdict) = tokio::sync::oneshot::channel();
+        let confirm = (!reply.is_empty() && !signal.sender.is_empty())
+            .then(|| (signal.sender.clone(), reply));
+        // STOPALL leaves every sender of the channel; the confirmation still comes from the
+        // number it was sent to.
+        let scope = if signal.detail == "stopall" {
+            String::new()
+        } else {
+            signal.sender.clone()
+        };
+        let job = crate::actors::recipient::ConsentJob {
+            tenant: tenant.clone(),
+            recipient_id: signal.recipient_id.clone(),
+            fence,
+            change: ChannelConsent {
+                channel: signal.channel,
+                state: state as i32,
+                topic: String::new(),
+                source: signal.source.clone(),
+                at_unix_ms: now_unix_ms(),
+                sender: scope,
+            },
+            confirm,
+            reply: Some(reply_tx),
+            permit,
+        };
+        self.context.directory.dispatch(
+            &self.context,
+            (tenant.id.clone(), signal.recipient_id),
+            fence.partition,
+            RecipientMsg::Consent(Box::new(job)),
+        );
+        match tokio::time::timeout(self.context.route_timeout(), verdict).await {
+            Ok(Ok(status)) if status != ReportStatus::Unspecified => Ok(ReportResult {
+                status: status as i32,
+                message_id: String::new(),
+            }),
+            Ok(_) => Err(Error::Unavailable("consent change not applied; partition moving".into())),
+            Err(_) => Err(Error::Unavailable("consent change not applied in time".into())),
         }
     }
 
@@ -606,15 +695,26 @@ pub fn dispatch(
     );
 }
 
+/// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
+const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
+
+/// The index key of a tenant's recipient by phone number (inbound SMS name only the number).
+pub fn phone_index_key(tenant: &TenantId, phone: &str) -> String {
+    format!("phone:{}:{phone}", tenant.0)
+}
+
 /// Carries `prior`'s suppressed contact points over to `next` (an upsert replaces the record,
 /// but a suppression ends only by a new explicit consent): an entry stays while its address is
 /// still in `next`, unless `next` opts its channel in where `prior` had not.
 pub fn keep_suppressions(prior: &Recipient, next: &mut Recipient) {
     use herald_proto::v1::{Channel, ConsentState};
     let opted_in = |r: &Recipient, channel: i32| {
-        r.consent
-            .iter()
-            .any(|c| c.channel == channel && c.state() == ConsentState::OptedIn)
+        r.consent.iter().any(|c| {
+            c.channel == channel
+                && c.topic.is_empty()
+                && c.sender.is_empty()
+                && c.state() == ConsentState::OptedIn
+        })
     };
     let still_there = |s: &herald_proto::v1::SuppressedContact| match Channel::try_from(s.channel) {
         Ok(Channel::Push) => next.push_tokens.iter().any(|t| t.token == s.address),
@@ -655,6 +755,7 @@ mod suppression_tests {
         vec![ChannelConsent {
             channel: Channel::Email as i32,
             state: state as i32,
+            ..Default::default()
         }]
     }
 

@@ -82,6 +82,7 @@ pub fn message(
         &request.campaign_id,
         false,
     )?;
+    check_topic(|| format!("{prefix}.topic"), &request.topic)?;
     match MessageClass::try_from(request.class) {
         Ok(MessageClass::Transactional | MessageClass::Marketing) => {}
         _ => {
@@ -243,6 +244,20 @@ fn check_content(
 }
 
 /// Validates a recipient for upsert. `prefix` is its field path (`recipient`, `recipients[2]`).
+/// A topic: empty (all topics) or 1..64 of `[a-z0-9_.-]`.
+pub fn check_topic(field: impl Fn() -> String, topic: &str) -> Result<(), Error> {
+    let ok = topic == crate::policy::consent::ALL_MARKETING
+        || topic.len() <= 64
+            && topic
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field(), "a topic is 1..64 of [a-z0-9_.-]"))
+    }
+}
+
 /// Most personalization attributes per recipient.
 pub const ATTRIBUTES_MAX: usize = 64;
 /// Longest attribute value (the same bound a template variable has).
@@ -292,6 +307,12 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
             "is not an IANA time zone (e.g. America/New_York)",
         ));
     }
+    if !recipient.consent_history.is_empty() {
+        return Err(Error::invalid(
+            format!("{prefix}.consent_history"),
+            "is kept by Herald (every consent change); clients cannot set it",
+        ));
+    }
     if !recipient.suppressed.is_empty() {
         return Err(Error::invalid(
             format!("{prefix}.suppressed"),
@@ -337,13 +358,21 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
                 ));
             }
         };
-        if channels.contains(&channel) {
+        check_topic(|| format!("{field}.topic"), &consent.topic)?;
+        if consent.sender.len() > 128 {
             return Err(Error::invalid(
-                format!("{field}.channel"),
-                "repeats a channel",
+                format!("{field}.sender"),
+                "at most 128 bytes (a provider account name)",
             ));
         }
-        channels.push(channel);
+        let key = (channel, consent.topic.as_str(), consent.sender.as_str());
+        if channels.contains(&key) {
+            return Err(Error::invalid(
+                format!("{field}.channel"),
+                "repeats a channel (with the same topic and sender)",
+            ));
+        }
+        channels.push(key);
         if !matches!(
             ConsentState::try_from(consent.state),
             Ok(ConsentState::OptedIn | ConsentState::OptedOut)

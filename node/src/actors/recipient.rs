@@ -84,6 +84,20 @@ const SEEN_MAX: usize = 4096;
 pub enum RecipientMsg {
     /// Run (or resume) a message's life from its event log.
     Run(Box<Job>),
+    /// Change the recipient's consent ledger (an SMS keyword).
+    Consent(Box<ConsentJob>),
+}
+
+/// A consent change for the recipient, with the one reply to send when it changed anything.
+pub struct ConsentJob {
+    pub tenant: Arc<Tenant>,
+    pub recipient_id: String,
+    pub fence: Fence,
+    pub change: herald_proto::v1::ChannelConsent,
+    /// `(provider account, text)`: sent once, only when the ledger changed.
+    pub confirm: Option<(String, String)>,
+    pub reply: Option<tokio::sync::oneshot::Sender<ReportStatus>>,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 pub struct Job {
@@ -139,7 +153,25 @@ impl Actor for RecipientActor {
         message: Self::Msg,
         state: &mut RecipientState,
     ) -> Result<(), ActorProcessingErr> {
-        let RecipientMsg::Run(mut job) = message;
+        let mut job = match message {
+            RecipientMsg::Run(job) => job,
+            RecipientMsg::Consent(mut job) => {
+                if let Some(context) = state.args.context.upgrade() {
+                    let verdict = match apply_consent(&context, &job).await {
+                        Ok(verdict) => verdict,
+                        Err(error) => {
+                            warn!(%error, "consent change failed");
+                            ReportStatus::Unspecified
+                        }
+                    };
+                    if let Some(reply) = job.reply.take() {
+                        let _ = reply.send(verdict);
+                    }
+                }
+                state.args.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Ok(());
+            }
+        };
         if let Some(context) = state.args.context.upgrade() {
             if !state.first_time(&job.message.message_id) {
                 job.history = None;
@@ -317,7 +349,12 @@ fn channel_name(channel: Channel) -> String {
 }
 
 /// Why a step cannot run for this recipient, if it cannot.
-fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> Option<String> {
+fn skip_reason(
+    recipient: &Recipient,
+    channel: Channel,
+    class: MessageClass,
+    topic: &str,
+) -> Option<String> {
     let has_contact = match channel {
         Channel::Push => !recipient.push_tokens.is_empty(),
         Channel::Email => !recipient.email.is_empty(),
@@ -338,21 +375,7 @@ fn skip_reason(recipient: &Recipient, channel: Channel, class: MessageClass) -> 
             .unwrap_or("unknown");
         return Some(format!("suppressed{{channel={}, reason={why}}}", name()));
     }
-    let consent = recipient
-        .consent
-        .iter()
-        .find(|c| c.channel == channel as i32)
-        .map(|c| c.state())
-        .unwrap_or(ConsentState::Unspecified);
-    match (consent, class) {
-        (ConsentState::OptedOut, _) => Some(format!("opted_out{{channel={}}}", name())),
-        (ConsentState::OptedIn, _) => None,
-        (_, MessageClass::Marketing) => Some(format!(
-            "no_opt_in{{channel={}, class=marketing, consent=unset}}",
-            name()
-        )),
-        _ => None,
-    }
+    crate::policy::consent::verdict(recipient, channel as i32, &name(), class, topic)
 }
 
 fn counter_key(tenant: &TenantId, recipient_id: &str) -> String {
@@ -551,6 +574,7 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         step = ambiguous_step;
         resend = Some(attempt_id);
     }
+    let attempted_before = !progress.attempts.is_empty();
     walk(
         context,
         job,
@@ -559,12 +583,15 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         step,
         resend,
         extra_first_write,
+        attempted_before,
     )
     .await
 }
 
 /// Runs the waterfall from `step` until a step succeeds, a step waits for its receipt, or no
-/// step is left. `extra` is written with the first flush.
+/// step is left. `extra` is written with the first flush. `attempted_before`: an earlier run
+/// already made an attempt (so running out of steps is a failure, not a suppression).
+#[allow(clippy::too_many_arguments)]
 async fn walk(
     context: &NodeContext,
     job: &Job,
@@ -573,7 +600,10 @@ async fn walk(
     mut step: u32,
     mut resend: Option<String>,
     mut extra: Vec<FencedOp>,
+    attempted_before: bool,
 ) -> Result<(), RunError> {
+    let mut attempted = attempted_before;
+    let mut skipped: Vec<String> = Vec::new();
     let Some(request) = job.message.request.as_ref() else {
         return Ok(());
     };
@@ -609,7 +639,7 @@ async fn walk(
         let spec = &steps[step as usize];
         let channel = spec.channel();
         if resend.is_none()
-            && let Some(reason) = skip_reason(&recipient, channel, class)
+            && let Some(reason) = skip_reason(&recipient, channel, class, &request.topic)
         {
             log.push(
                 EventKind::EventSkipped,
@@ -619,10 +649,37 @@ async fn walk(
                 &reason,
                 MessageStatus::Pending,
             );
+            skipped.push(reason);
             step += 1;
             continue;
         }
-        let chain = context.providers.chain(channel, &spec.provider_account);
+        let mut chain = context.providers.chain(channel, &spec.provider_account);
+        // A sender the person stopped (an SMS STOP to that number) is never used for them.
+        let before = chain.len();
+        chain.retain(|account| {
+            !crate::policy::consent::sender_opted_out(
+                &recipient,
+                channel as i32,
+                account.provider.name(),
+            )
+        });
+        if before > 0 && chain.is_empty() && resend.is_none() {
+            let reason = format!(
+                "opted_out{{channel={}, scope=every_sender_of_the_channel}}",
+                channel_name(channel)
+            );
+            log.push(
+                EventKind::EventSkipped,
+                Some(step),
+                channel,
+                "",
+                &reason,
+                MessageStatus::Pending,
+            );
+            skipped.push(reason);
+            step += 1;
+            continue;
+        }
         let Some(first) = chain.first() else {
             log.push(
                 EventKind::EventSkipped,
@@ -635,6 +692,7 @@ async fn walk(
             step += 1;
             continue;
         };
+        attempted = true;
         let attempt_id = resend
             .take()
             .unwrap_or_else(|| format!("{}.{step}", job.message.message_id));
@@ -823,16 +881,88 @@ async fn walk(
         }
         step += 1;
     }
-    log.push(
-        EventKind::EventFailed,
-        None,
-        Channel::Unspecified,
-        "",
-        "waterfall_exhausted",
-        MessageStatus::Failed,
-    );
+    let by_policy = |r: &String| {
+        r.starts_with("opted_out") || r.starts_with("no_opt_in") || r.starts_with("suppressed")
+    };
+    if !attempted && skipped.iter().any(by_policy) {
+        // Nothing was sent because policy forbade it: the message is suppressed, with why.
+        log.push(
+            EventKind::EventSuppressed,
+            None,
+            Channel::Unspecified,
+            "",
+            &format!("every_step_skipped{{{}}}", skipped.join("; ")),
+            MessageStatus::Suppressed,
+        );
+    } else {
+        log.push(
+            EventKind::EventFailed,
+            None,
+            Channel::Unspecified,
+            "",
+            "waterfall_exhausted",
+            MessageStatus::Failed,
+        );
+    }
     log.flush(true, extra).await?;
     Ok(())
+}
+
+/// Applies a consent change; sends its confirmation once when it changed the ledger.
+async fn apply_consent(context: &NodeContext, job: &ConsentJob) -> Result<ReportStatus, RunError> {
+    let Some(recipient) = context
+        .store
+        .get_recipient(&job.tenant.id, &job.recipient_id)
+        .await?
+    else {
+        return Ok(ReportStatus::ReportUnknown);
+    };
+    let mut updated = recipient;
+    if !crate::policy::consent::set(&mut updated, job.change.clone()) {
+        return Ok(ReportStatus::ReportDuplicate);
+    }
+    let outcomes = context
+        .store
+        .write(vec![FencedOp {
+            fence: job.fence,
+            op: WriteOp::PutRecipient {
+                tenant: job.tenant.id.clone(),
+                recipient: updated.clone(),
+            },
+        }])
+        .await?;
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
+    {
+        return Err(RunError::Fenced);
+    }
+    if let Some((account, text)) = &job.confirm
+        && let Some(account) = context.providers.account(account)
+        && !updated.phone.is_empty()
+    {
+        let content = herald_proto::v1::Content {
+            sms: Some(herald_proto::v1::SmsContent { text: text.clone() }),
+            ..Default::default()
+        };
+        let attempt_id = format!("consent.{}", ulid::Ulid::new());
+        let outcome = account
+            .provider
+            .send(herald_providers::Attempt {
+                attempt_id: &attempt_id,
+                message_id: "",
+                recipient_key: &updated.id,
+                channel: Channel::Sms,
+                to: &updated.phone,
+                content: &content,
+                list_unsubscribe: None,
+            })
+            .await;
+        if !matches!(outcome, Outcome::Accepted { .. }) {
+            warn!(%attempt_id, ?outcome, "keyword confirmation not accepted");
+        }
+    }
+    Ok(ReportStatus::ReportApplied)
 }
 
 /// Applies a receipt or engagement report and answers the router.
@@ -895,6 +1025,7 @@ fn signal_event_kind(kind: EngagementKind) -> EventKind {
         EngagementKind::EngagementReplied => EventKind::EventReplied,
         EngagementKind::EngagementFailed
         | EngagementKind::EngagementExpired
+        | EngagementKind::EngagementOptedIn
         | EngagementKind::Unspecified => EventKind::EventLateReceipt,
     }
 }
@@ -1039,7 +1170,7 @@ async fn apply_signal_once(
         }
         match recipient {
             Some(recipient) => {
-                walk(context, job, &mut log, recipient, step + 1, None, extra).await?;
+                walk(context, job, &mut log, recipient, step + 1, None, extra, true).await?;
             }
             None => {
                 log.push(
@@ -1071,7 +1202,56 @@ async fn apply_signal_once(
     }
 
     // Information about a step that succeeded (or about the person's reaction): recorded with
-    // the message's status unchanged.
+    // the message's status unchanged. An unsubscribe or a complaint also changes the consent
+    // ledger (and a complaint suppresses the address) in the same write.
+    let mut extra = Vec::new();
+    if matches!(
+        kind,
+        EngagementKind::EngagementUnsubscribed | EngagementKind::EngagementComplained
+    ) && let Some(mut recipient) = context
+        .store
+        .get_recipient(&job.tenant.id, &request.recipient_id)
+        .await?
+    {
+        let topic = if request.topic.is_empty() {
+            crate::policy::consent::ALL_MARKETING.to_owned()
+        } else {
+            request.topic.clone()
+        };
+        let source = if kind == EngagementKind::EngagementComplained {
+            "complaint".to_owned()
+        } else {
+            signal.source.clone()
+        };
+        let mut changed = crate::policy::consent::set(
+            &mut recipient,
+            herald_proto::v1::ChannelConsent {
+                channel: channel as i32,
+                state: ConsentState::OptedOut as i32,
+                topic,
+                source,
+                at_unix_ms: now_unix_ms(),
+                sender: String::new(),
+            },
+        );
+        if kind == EngagementKind::EngagementComplained
+            && let Some(address) = crate::failover::contact_point(&recipient, channel, None)
+        {
+            let address = address.to_owned();
+            let (updated, _) = suppress(job, &recipient, channel, &address, "complained");
+            recipient = updated;
+            changed = true;
+        }
+        if changed {
+            extra.push(FencedOp {
+                fence: job.fence,
+                op: WriteOp::PutRecipient {
+                    tenant: job.tenant.id.clone(),
+                    recipient,
+                },
+            });
+        }
+    }
     log.push(
         signal_event_kind(kind),
         Some(step),
@@ -1080,6 +1260,6 @@ async fn apply_signal_once(
         &note,
         progress.status,
     );
-    log.flush(progress.terminal, Vec::new()).await?;
+    log.flush(progress.terminal, extra).await?;
     Ok(ReportStatus::ReportApplied)
 }

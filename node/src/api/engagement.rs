@@ -176,6 +176,7 @@ impl Engagement for EngagementApi {
                 detail: report.detail,
                 reply_text: report.reply_text,
                 source: "api".to_owned(),
+                ..Default::default()
             });
             positions.push(index);
         }

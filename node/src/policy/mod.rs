@@ -6,6 +6,7 @@
 //!
 //! - [`timezones`]: phone prefix → IANA time zones (the shipped libphonenumber data file).
 //! - [`quiet_hours`]: the recipient's local sending window, DST-aware, several zones at once.
+//! - [`consent`]: the consent ledger and what it allows.
 //! - [`keywords`]: STOP / START / HELP in inbound texts.
 //! - [`caps`]: sliding-window frequency caps and recipients' own limits.
 //! - [`block_rate`]: the block/complaint/opt-out ratio breaker of a sender or campaign.
@@ -16,6 +17,7 @@
 
 pub mod block_rate;
 pub mod caps;
+pub mod consent;
 pub mod keywords;
 pub mod quiet_hours;
 pub mod timezones;

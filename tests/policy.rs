@@ -1,0 +1,216 @@
+//! Policy end to end: a real `redis-server`, `herald control` and a `herald node` process whose
+//! SMS account is an SMPP session to an SMSC (rusmpp-based peer, in this test process).
+//!
+//! STOP arrives the way it does in production — a mobile-originated `deliver_sm` on the bound
+//! session — and the person is opted out of that sender, gets exactly one confirmation, and the
+//! next marketing SMS is suppressed (nothing reaches the SMSC). START opts back in.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use herald_proto::v1::delivery_client::DeliveryClient;
+use herald_proto::v1::recipients_client::RecipientsClient;
+use herald_proto::v1::{
+    Channel, ChannelConsent, ConsentState, Content, EventKind, GetMessageRequest,
+    GetMessageResponse, GetRecipientRequest, MessageClass, MessageRequest, MessageStatus,
+    Recipient, SendRequest, SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
+};
+use herald_providers::peers::smsc::{Smsc, SmscConfig};
+use support::{API_KEY, Cluster, NodeSpec, authed};
+use tonic::transport::Channel as GrpcChannel;
+
+const PHONE: &str = "+14155550199";
+const SENDER: &str = "12345";
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn start() -> (Cluster, Smsc) {
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("smsc");
+    let tables = format!(
+        r#"
+[providers.smpp-main]
+kind = "smpp"
+host = "127.0.0.1"
+port = {port}
+system_id = "herald"
+password = "secret"
+source_addr = "{SENDER}"
+
+[channels]
+sms = ["smpp-main"]
+"#,
+        port = smsc.port()
+    );
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            tables,
+            ..Default::default()
+        },
+    )
+    .await;
+    (cluster, smsc)
+}
+
+fn marketing_sms(key: &str) -> MessageRequest {
+    MessageRequest {
+        recipient_id: "r-stop".into(),
+        idempotency_key: key.into(),
+        class: MessageClass::Marketing as i32,
+        content: Some(Content {
+            sms: Some(SmsContent {
+                text: "Sale today".into(),
+            }),
+            ..Default::default()
+        }),
+        waterfall: vec![WaterfallStep {
+            channel: Channel::Sms as i32,
+            success: SuccessCondition::Accepted as i32,
+            timeout_ms: 0,
+            provider_account: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+async fn send_and_wait(delivery: &mut DeliveryClient<GrpcChannel>, key: &str) -> GetMessageResponse {
+    let id = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(marketing_sms(key)),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let log = delivery
+            .get_message(authed(GetMessageRequest { message_id: id.clone() }, API_KEY))
+            .await
+            .expect("get")
+            .into_inner();
+        let status = log.events.last().map(|e| e.status()).unwrap_or_default();
+        if herald_node::actors::waterfall::is_terminal(status) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "message {id} not terminal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn recipient(recipients: &mut RecipientsClient<GrpcChannel>) -> Recipient {
+    recipients
+        .get_recipient(authed(
+            GetRecipientRequest {
+                id: "r-stop".into(),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("get recipient")
+        .into_inner()
+}
+
+/// Submits to `PHONE` seen by the SMSC so far.
+fn to_phone(smsc: &Smsc) -> Vec<String> {
+    smsc.log()
+        .into_iter()
+        .filter(|r| r.destination.ends_with(&PHONE[1..]))
+        .map(|r| r.text)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not reached in {SETTLE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
+    let (cluster, smsc) = start().await;
+    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let mut delivery = DeliveryClient::new(channel.clone());
+    let mut recipients = RecipientsClient::new(channel);
+    recipients
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(Recipient {
+                    id: "r-stop".into(),
+                    phone: PHONE.into(),
+                    consent: vec![ChannelConsent {
+                        channel: Channel::Sms as i32,
+                        state: ConsentState::OptedIn as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert");
+
+    // Opted in: the marketing SMS goes out over SMPP.
+    let log = send_and_wait(&mut delivery, "m-1").await;
+    assert_eq!(
+        log.events.last().map(|e| e.status()),
+        Some(MessageStatus::Delivered)
+    );
+    wait_for("first SMS at the SMSC", || to_phone(&smsc).len() == 1).await;
+
+    // STOP as a mobile-originated deliver_sm (odd casing and spacing on purpose).
+    smsc.send_mo(PHONE, SENDER, "  sToP \n").expect("mo");
+    wait_for("one confirmation", || to_phone(&smsc).len() == 2).await;
+    let person = recipient(&mut recipients).await;
+    let entry = person
+        .consent
+        .iter()
+        .find(|c| c.channel == Channel::Sms as i32 && c.sender == "smpp-main")
+        .expect("a STOP entry for the sender");
+    assert_eq!(entry.state(), ConsentState::OptedOut);
+    assert_eq!(entry.source, "sms_keyword");
+    assert!(entry.at_unix_ms > 0);
+    assert!(
+        person
+            .consent_history
+            .iter()
+            .any(|c| c.source == "sms_keyword" && c.state() == ConsentState::OptedOut),
+        "the change is in the audit trail: {:?}",
+        person.consent_history
+    );
+    let confirmation = &to_phone(&smsc)[1];
+    assert!(confirmation.contains("unsubscribed"), "{confirmation}");
+
+    // A second STOP changes nothing and sends no second confirmation.
+    smsc.send_mo(PHONE, SENDER, "STOP").expect("mo");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(to_phone(&smsc).len(), 2, "confirmation sent once");
+
+    // The next marketing SMS is suppressed: it explains why and nothing reaches the SMSC.
+    let log = send_and_wait(&mut delivery, "m-2").await;
+    let last = log.events.last().expect("events");
+    assert_eq!(last.status(), MessageStatus::Suppressed, "{:?}", log.events);
+    assert_eq!(last.kind(), EventKind::EventSuppressed);
+    assert!(last.reason.contains("opted_out{channel=sms"), "{}", last.reason);
+    assert!(
+        log.events.iter().all(|e| e.kind() != EventKind::EventAttempted),
+        "no attempt after STOP"
+    );
+    assert_eq!(to_phone(&smsc).len(), 2);
+
+    // START opts back in (with its own confirmation); marketing flows again.
+    smsc.send_mo(PHONE, SENDER, "START").expect("mo");
+    wait_for("start confirmation", || to_phone(&smsc).len() == 3).await;
+    let log = send_and_wait(&mut delivery, "m-3").await;
+    assert_eq!(
+        log.events.last().map(|e| e.status()),
+        Some(MessageStatus::Delivered)
+    );
+    wait_for("SMS after START", || to_phone(&smsc).len() == 4).await;
+}
