@@ -490,6 +490,10 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     let mut conn = redis_conn(&cluster).await;
     let good = demo_recipient("bad-r".into(), 3);
     upsert(&mut r, API_KEY, good.clone()).await;
+    // As stored: Herald stamps the consent ledger (source, time, audit trail).
+    let good = get_recipient(&mut r, API_KEY, "bad-r")
+        .await
+        .expect("get bad-r");
     let valid = |key: &str| demo_message("bad-r".into(), key.into());
 
     // --- Authentication.
@@ -628,6 +632,8 @@ async fn bad_input_names_the_field_and_stores_nothing() {
         );
         // A bad update of an existing recipient changes nothing either.
         let mut update = good.clone();
+        // What a client sends: Herald's own fields stay out.
+        update.consent_history.clear();
         spoil(&mut update);
         expect_invalid(
             r.upsert_recipient(authed(
@@ -1294,6 +1300,10 @@ async fn fenced_node_writes_are_rejected() {
     });
     let original = demo_recipient(fenced.clone(), 41);
     upsert_when_served(&cluster, original.clone()).await;
+    // As stored: Herald stamps the consent ledger (source, time, audit trail).
+    let original = get_recipient(&mut cluster.recipients(0).await, API_KEY, &fenced)
+        .await
+        .expect("get the fenced recipient");
     upsert_when_served(&cluster, demo_recipient(other.clone(), 42)).await;
     cluster.wait_ready(1, Duration::from_secs(30)).await;
 
@@ -1361,6 +1371,7 @@ async fn fenced_node_writes_are_rejected() {
 
     // A recipient update in the fenced partition is rejected too, and changes nothing.
     let mut update = original.clone();
+    update.consent_history.clear();
     update.email = "changed@example.com".into();
     let mut r = cluster.recipients(0).await;
     let status = expect_code_any(
