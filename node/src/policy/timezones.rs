@@ -93,6 +93,12 @@ pub fn lookup(e164: &str) -> Option<(&'static str, &'static [Tz])> {
         .map(|(prefix, zones)| (*prefix, &zones[..]))
 }
 
+/// `(prefix, zone name)` of the zone names in the shipped table that this build's chrono-tz does
+/// not know, and so skips (empty today, see the tests; for a startup check after upgrades).
+pub fn skipped_zone_names() -> &'static [(&'static str, &'static str)] {
+    &TABLE.unknown
+}
+
 /// The candidate zones of the longest known prefix of `e164` (e.g. `+1212…` → New York,
 /// `+12082…` → Boise and Los Angeles, `+1…` without a known area code → 40+ zones).
 pub fn zones_for_phone(e164: &str) -> Option<&'static [Tz]> {
@@ -140,9 +146,9 @@ mod tests {
     fn shipped_file_parses_fully() {
         let table = &*TABLE;
         assert!(
-            table.unknown.is_empty(),
+            skipped_zone_names().is_empty(),
             "zone names chrono-tz does not know (prefix, name): {:?}",
-            table.unknown
+            skipped_zone_names()
         );
         let data_lines = DATA
             .lines()
