@@ -32,8 +32,8 @@ const DAY: i64 = 86_400;
 /// Offsets are sampled this far apart to find DST transitions (then bisected to the second);
 /// two transitions of one zone less than 6 hours apart do not occur in the tz database.
 const TRANSITION_PROBE: i64 = 6 * 3_600;
-/// At most this many zones are named in a verdict's `reason` (a +1 number without a known area
-/// code has 40+ candidates).
+/// At most this many zones are named in a verdict's `local_now` and `reason` (a +1 number
+/// without a known area code has 40+ candidates).
 const REASON_MAX_ZONES: usize = 5;
 
 const DEFAULT_START: NaiveTime = hms(8, 0);
@@ -180,7 +180,8 @@ pub enum Verdict {
     /// `now` that is inside the window in every zone; add [`spread`] jitter).
     Closed {
         opens_at: DateTime<Utc>,
-        /// Local time in each zone, e.g. `"23:00 America/New_York"` (comma-separated).
+        /// Local time in each zone, e.g. `"23:00 America/New_York"` (comma-separated; after
+        /// 5 zones, `"and N more"`).
         local_now: String,
         /// The rule and values used, for the event that records the deferral.
         reason: String,
@@ -204,11 +205,9 @@ pub fn evaluate(window: &Window, zones: &[Tz], now: DateTime<Utc>) -> Verdict {
     // Whole seconds suffice: offsets and window bounds are whole seconds, so an instant is open
     // exactly when the start of its second is.
     let t = now.timestamp();
-    let local_now = zones
-        .iter()
-        .map(|tz| format!("{} {}", now.with_timezone(tz).format("%H:%M"), tz.name()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let local_now = zones_text(zones, |tz| {
+        format!("{} {}", now.with_timezone(tz).format("%H:%M"), tz.name())
+    });
     if zones.is_empty() {
         return Verdict::NoCommonWindow {
             local_now,
@@ -800,9 +799,13 @@ mod tests {
         let zones = zones_for_phone("+19995550100").expect("+1");
         let verdict = evaluate(&Window::default(), zones, utc("2026-11-24T12:00:00Z"));
         match verdict {
-            Verdict::Closed { reason, .. } | Verdict::NoCommonWindow { reason, .. } => {
+            Verdict::Closed {
+                reason, local_now, ..
+            }
+            | Verdict::NoCommonWindow { reason, local_now } => {
                 assert!(reason.contains("more"), "zone list is capped: {reason}");
                 assert!(reason.len() < 1_000, "{reason}");
+                assert!(local_now.ends_with("and 37 more"), "{local_now}");
             }
             Verdict::Open => panic!("12:00 UTC is night in Guam and Honolulu"),
         }
