@@ -55,11 +55,7 @@ impl LocalCluster {
                 listen_addr: "127.0.0.1:0".parse()?,
                 control_addrs: vec![control_addr.clone()],
                 store: store_config.clone(),
-                tenants: vec![TenantConfig {
-                    id: DEMO_TENANT.into(),
-                    api_keys: vec![DEMO_API_KEY.into()],
-                    marketing_daily_cap: 5,
-                }],
+                tenants: vec![TenantConfig::new(DEMO_TENANT, vec![DEMO_API_KEY.into()])],
                 sandbox: options.sandbox.clone(),
                 ..NodeConfig::default()
             };

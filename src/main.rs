@@ -606,6 +606,7 @@ async fn put_recipient(
         consent.push(ChannelConsent {
             channel: channel as i32,
             state: ConsentState::OptedIn as i32,
+            ..Default::default()
         })
     };
     if push_token.is_some() {

@@ -19,6 +19,29 @@ use crate::store::Store;
 pub struct Tenant {
     pub id: TenantId,
     pub marketing_daily_cap: u32,
+    pub quiet_hours: crate::policy::quiet_hours::Window,
+    pub time_zone: chrono_tz::Tz,
+    pub quiet_hours_spread_ms: i64,
+}
+
+impl Tenant {
+    /// A tenant known only by id (store-registered keys, forwarded requests of a tenant this
+    /// node's config lacks): every setting at its default.
+    pub fn defaults(id: TenantId) -> Self {
+        Self::from_config(&TenantConfig::new(id.0, Vec::new()))
+    }
+
+    pub fn from_config(config: &TenantConfig) -> Self {
+        Self {
+            id: TenantId(config.id.clone()),
+            marketing_daily_cap: config.marketing_daily_cap,
+            quiet_hours: config.quiet_hours.clone(),
+            // Checked at start-up (`TenantConfig::validate`).
+            time_zone: config.default_time_zone.parse().unwrap_or(chrono_tz::UTC),
+            quiet_hours_spread_ms: i64::try_from(config.quiet_hours_spread_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -35,10 +58,7 @@ impl Authenticator {
     pub fn new(tenants: &[TenantConfig], store: Option<Arc<dyn Store>>) -> Self {
         let mut by_digest = HashMap::new();
         for tenant in tenants {
-            let settings = Arc::new(Tenant {
-                id: TenantId(tenant.id.clone()),
-                marketing_daily_cap: tenant.marketing_daily_cap,
-            });
+            let settings = Arc::new(Tenant::from_config(tenant));
             for key in &tenant.api_keys {
                 by_digest.insert(key_digest(key), settings.clone());
             }
@@ -78,10 +98,7 @@ impl Authenticator {
                 .await
                 .map_err(|e| Error::Unavailable(format!("api key lookup: {e}")))?
         {
-            let tenant = Arc::new(Tenant {
-                id: tenant_id,
-                marketing_daily_cap: 5,
-            });
+            let tenant = Arc::new(Tenant::defaults(tenant_id));
             self.by_digest.write().insert(digest, tenant.clone());
             return Ok(tenant);
         }
@@ -106,11 +123,6 @@ impl Authenticator {
             .values()
             .find(|t| t.id.0 == id)
             .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(Tenant {
-                    id: TenantId(id.to_string()),
-                    marketing_daily_cap: 5,
-                })
-            })
+            .unwrap_or_else(|| Arc::new(Tenant::defaults(TenantId(id.to_string()))))
     }
 }

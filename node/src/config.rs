@@ -131,10 +131,59 @@ pub struct TenantConfig {
     /// (`frequency_cap`). 0 = no cap.
     #[serde(default = "default_marketing_daily_cap")]
     pub marketing_daily_cap: u32,
+    /// Marketing messages go out only inside the recipient's local window (`[tenants.quiet_hours]
+    /// start = "08:00", end = "21:00", no_weekend = false`). Transactional messages ignore it.
+    #[serde(default)]
+    pub quiet_hours: crate::policy::quiet_hours::Window,
+    /// The time zone of recipients with neither a time zone nor a phone number that tells one
+    /// (IANA name).
+    #[serde(default = "default_time_zone")]
+    pub default_time_zone: String,
+    /// Deferred messages wake at the window's start plus a jitter spread over this many
+    /// seconds, so a morning does not start with a spike.
+    #[serde(default = "default_quiet_hours_spread_s")]
+    pub quiet_hours_spread_s: u64,
+}
+
+impl TenantConfig {
+    /// A tenant with these keys and every other setting at its default.
+    pub fn new(id: impl Into<String>, api_keys: Vec<String>) -> Self {
+        Self {
+            id: id.into(),
+            api_keys,
+            marketing_daily_cap: default_marketing_daily_cap(),
+            quiet_hours: Default::default(),
+            default_time_zone: default_time_zone(),
+            quiet_hours_spread_s: default_quiet_hours_spread_s(),
+        }
+    }
+
+    /// Checks what serde cannot: the time zone name and the quiet-hours window.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |message: String| Error::Invalid {
+            origin: format!("tenant {}", self.id),
+            message,
+        };
+        self.default_time_zone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| invalid(format!("default_time_zone {:?} is not an IANA time zone", self.default_time_zone)))?;
+        self.quiet_hours
+            .validate()
+            .map_err(|e| invalid(format!("quiet_hours: {e}")))?;
+        Ok(())
+    }
 }
 
 fn default_marketing_daily_cap() -> u32 {
     5
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+
+fn default_quiet_hours_spread_s() -> u64 {
+    900
 }
 
 /// Where state lives.
@@ -240,6 +289,9 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
     pub link_secret: Option<String>,
+    /// Shifts the clock that policy decisions (quiet hours) read, in ms. For tests and demos
+    /// of time-dependent rules only; timers and leases always use the real clock. Default 0.
+    pub policy_clock_offset_ms: i64,
     /// Replies to SMS keywords (STOP, START, HELP), sent once from the number the keyword was
     /// sent to.
     pub sms_keywords: SmsKeywordReplies,
@@ -280,6 +332,7 @@ impl Default for NodeConfig {
             http_listen_addr: None,
             public_url: None,
             link_secret: None,
+            policy_clock_offset_ms: 0,
             sms_keywords: SmsKeywordReplies::default(),
             prices: Default::default(),
         }

@@ -80,6 +80,9 @@ fn load_tenants(config: &NodeConfig) -> Result<Vec<TenantConfig>, Error> {
         let file: TenantsFile = crate::config::load(Some(path), Vec::new())?;
         tenants.extend(file.tenants);
     }
+    for tenant in &tenants {
+        tenant.validate()?;
+    }
     Ok(tenants)
 }
 
