@@ -35,6 +35,7 @@
 use std::time::Duration;
 
 use herald_proto::v1::Channel;
+use serde::{Deserialize, Serialize};
 
 /// Buckets per window.
 pub const BUCKETS: usize = 60;
@@ -52,8 +53,11 @@ pub enum Signal {
     OptOut,
 }
 
-/// When a sender's negative-signal ratio warns and when it pauses.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// When a sender's negative-signal ratio warns and when it pauses. In configuration the window is
+/// written `window_ms`; there are no serde defaults because a partial override would silently mix
+/// with another channel's values: start from [`Thresholds::for_channel`] instead.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// Ratio (negatives / delivered) at or above which the level is [`Level::Warn`].
     pub warn: f64,
@@ -61,8 +65,72 @@ pub struct Thresholds {
     pub pause: f64,
     /// Deliveries in the window below which the level is always [`Level::Ok`].
     pub min_sample: u32,
-    /// Length of the sliding window.
+    /// Length of the sliding window (`window_ms` in configuration).
+    #[serde(rename = "window_ms", with = "duration_ms")]
     pub window: Duration,
+}
+
+/// Thresholds that cannot work as a breaker.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum ThresholdsError {
+    /// `warn` or `pause` is not a finite number in `(0, +inf)`.
+    #[error("block-rate thresholds must be finite and positive (warn {warn}, pause {pause})")]
+    NotPositive {
+        /// The `warn` given.
+        warn: f64,
+        /// The `pause` given.
+        pause: f64,
+    },
+    /// `warn` above `pause`: the breaker would pause without ever warning.
+    #[error("block-rate warn {warn} is above pause {pause}")]
+    WarnAbovePause {
+        /// The `warn` given.
+        warn: f64,
+        /// The `pause` given.
+        pause: f64,
+    },
+    /// A zero window counts nothing.
+    #[error("block-rate window must be at least {BUCKETS} ms")]
+    WindowTooShort,
+}
+
+impl Thresholds {
+    /// Checks the thresholds make a working breaker (call when loading configuration).
+    /// `min_sample` 0 is allowed (judge from the first delivery) though rarely wise.
+    pub fn validate(&self) -> Result<(), ThresholdsError> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.warn) || !positive(self.pause) {
+            return Err(ThresholdsError::NotPositive {
+                warn: self.warn,
+                pause: self.pause,
+            });
+        }
+        if self.warn > self.pause {
+            return Err(ThresholdsError::WarnAbovePause {
+                warn: self.warn,
+                pause: self.pause,
+            });
+        }
+        if self.window.as_millis() < BUCKETS as u128 {
+            return Err(ThresholdsError::WindowTooShort);
+        }
+        Ok(())
+    }
+}
+
+/// `Duration` as whole milliseconds, as every other time knob in Herald's configuration.
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 impl Thresholds {
@@ -378,6 +446,50 @@ mod tests {
         assert!(t.warn < t.pause);
         let t = Thresholds::for_channel(Channel::Push);
         assert!(t.warn < t.pause);
+    }
+
+    #[test]
+    fn thresholds_validate_and_read_from_config() {
+        for channel in [
+            Channel::Email,
+            Channel::Sms,
+            Channel::Push,
+            Channel::Unspecified,
+        ] {
+            assert_eq!(Thresholds::for_channel(channel).validate(), Ok(()));
+        }
+        let t: Thresholds = serde_json::from_str(
+            r#"{"warn": 0.01, "pause": 0.05, "min_sample": 100, "window_ms": 3600000}"#,
+        )
+        .expect("parse");
+        assert_eq!(t.window, Duration::from_secs(3600));
+        assert_eq!(
+            serde_json::to_value(t).expect("ser")["window_ms"],
+            serde_json::json!(3_600_000)
+        );
+        assert!(serde_json::from_str::<Thresholds>(r#"{"warn": 0.01}"#).is_err());
+        let bad = |warn, pause, window_ms| {
+            Thresholds {
+                warn,
+                pause,
+                min_sample: 1,
+                window: Duration::from_millis(window_ms),
+            }
+            .validate()
+        };
+        assert!(matches!(
+            bad(0.05, 0.01, 60_000),
+            Err(ThresholdsError::WarnAbovePause { .. })
+        ));
+        assert!(matches!(
+            bad(f64::NAN, 0.01, 60_000),
+            Err(ThresholdsError::NotPositive { .. })
+        ));
+        assert!(matches!(
+            bad(0.0, 0.01, 60_000),
+            Err(ThresholdsError::NotPositive { .. })
+        ));
+        assert_eq!(bad(0.01, 0.01, 59), Err(ThresholdsError::WindowTooShort));
     }
 
     #[test]
