@@ -24,8 +24,9 @@
 //! [`check`] applies every rule it is given to the one history it is given: the caller passes the
 //! sends of the rules' [`CapScope`] (the tenant's marketing sends to this recipient for
 //! [`CapScope::TenantMarketing`], the recipient's sends on that channel for
-//! [`CapScope::Channel`]) and calls it once per scope. The scope is carried into the verdict so an
-//! event can say which cap it was.
+//! [`CapScope::Channel`]) and calls it once per scope. [`check_scoped`] does that filtering itself
+//! from a recipient's whole [`SentRecord`] history, for rules of mixed scopes. The scope is carried
+//! into the verdict so an event can say which cap it was.
 //!
 //! ## Suppress, not defer
 //!
@@ -58,6 +59,28 @@ pub struct CapRule {
     pub window: Duration,
     /// What the rule counts (see the module docs: the caller passes that history).
     pub scope: CapScope,
+}
+
+impl CapScope {
+    /// Whether `send` counts against a rule of this scope.
+    pub fn counts(&self, send: &SentRecord) -> bool {
+        match self {
+            CapScope::TenantMarketing => send.marketing,
+            CapScope::Channel(channel) => send.channel == *channel,
+        }
+    }
+}
+
+/// One earlier send to a recipient, as caps see it (no content, no contact point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentRecord {
+    /// When it was sent, unix ms.
+    pub at_ms: i64,
+    /// The channel it went out on.
+    pub channel: Channel,
+    /// Whether it was a marketing message (transactional ones do not count against the tenant's
+    /// marketing cap, but do count against the recipient's per-channel limits).
+    pub marketing: bool,
 }
 
 impl CapRule {
@@ -93,11 +116,33 @@ pub struct CapExceeded {
 /// broken rules clear no later, so deferring to it would clear them all (time alone cannot break a
 /// rule that holds now).
 pub fn check(sent_at: &[i64], rules: &[CapRule], now_ms: i64) -> Result<(), CapExceeded> {
+    binding(
+        rules
+            .iter()
+            .filter_map(|rule| check_rule(sent_at, rule, now_ms)),
+    )
+}
+
+/// Like [`check`] for rules of any scopes, each counting the sends of `history` its scope counts.
+pub fn check_scoped(
+    history: &[SentRecord],
+    rules: &[CapRule],
+    now_ms: i64,
+) -> Result<(), CapExceeded> {
+    binding(rules.iter().filter_map(|rule| {
+        let sent_at: Vec<i64> = history
+            .iter()
+            .filter(|send| rule.scope.counts(send))
+            .map(|send| send.at_ms)
+            .collect();
+        check_rule(&sent_at, rule, now_ms)
+    }))
+}
+
+/// Of the broken rules, the one that clears last (see [`check`]).
+fn binding(broken: impl Iterator<Item = CapExceeded>) -> Result<(), CapExceeded> {
     let mut binding: Option<CapExceeded> = None;
-    for rule in rules {
-        let Some(exceeded) = check_rule(sent_at, rule, now_ms) else {
-            continue;
-        };
+    for exceeded in broken {
         let later = match (&binding, exceeded.retry_at_ms) {
             (None, _) => true,
             (Some(b), retry) => match (b.retry_at_ms, retry) {
@@ -292,6 +337,10 @@ mod tests {
         assert_eq!(err.count, 2);
         assert_eq!(err.oldest_in_window_ms, Some(now - 5 * HOUR_MS));
         assert_eq!(err.retry_at_ms, Some(now - 5 * HOUR_MS + DAY_MS));
+        assert_eq!(
+            err.to_string(),
+            "frequency cap: 2 sends in the last 86400000 ms, at most 2 allowed"
+        );
         // At retry_at the oldest has left (half-open window), one ms before it has not.
         let retry = err.retry_at_ms.expect("retry");
         assert!(check(&sends, &[r], retry - 1).is_err());
@@ -398,7 +447,51 @@ mod tests {
             .count()
     }
 
+    #[test]
+    fn scoped_rules_count_their_own_sends() {
+        let now = 10 * DAY_MS;
+        let send = |at_ms, channel, marketing| SentRecord {
+            at_ms,
+            channel,
+            marketing,
+        };
+        let history = [
+            send(now - HOUR_MS, Channel::Email, false),
+            send(now - 2 * HOUR_MS, Channel::Sms, true),
+            send(now - 3 * HOUR_MS, Channel::Push, true),
+        ];
+        let marketing = rule(2, DAY_MS as u64);
+        let email = CapRule {
+            max: 1,
+            window: DAY,
+            scope: CapScope::Channel(Channel::Email),
+        };
+        let sms = CapRule {
+            scope: CapScope::Channel(Channel::Sms),
+            max: 2,
+            ..email
+        };
+        let err = check_scoped(&history, &[sms, marketing], now).expect_err("2 marketing");
+        assert_eq!((err.rule, err.count), (marketing, 2));
+        let err = check_scoped(&history, &[sms, email], now).expect_err("1 email");
+        assert_eq!((err.rule, err.count), (email, 1));
+        assert_eq!(check_scoped(&history, &[sms], now), Ok(()));
+    }
+
     proptest! {
+        #[test]
+        fn scoped_agrees_with_check_on_one_scope(
+            rules in rules(),
+            sends in proptest::collection::vec(0i64..2000, 0..30),
+            now in 0i64..2500,
+        ) {
+            let history: Vec<SentRecord> = sends
+                .iter()
+                .map(|at_ms| SentRecord { at_ms: *at_ms, channel: Channel::Sms, marketing: true })
+                .collect();
+            prop_assert_eq!(check_scoped(&history, &rules, now), check(&sends, &rules, now));
+        }
+
         #[test]
         fn accepted_stream_never_exceeds_any_window(
             rules in rules(),
