@@ -27,6 +27,7 @@
 //! - At or above `pause`: [`Level::Pause`], and the breaker **latches**: it stays paused, even if
 //!   the ratio drops (which it will, since a paused sender stops delivering and complaints lag),
 //!   until [`BlockRate::resume`], an explicit human or API decision after the cause is fixed.
+//!   Resuming also forgets the counts, so a resumed sender is judged on fresh traffic.
 //!
 //! The ratio is negatives over deliveries *in the same window*; complaints about messages
 //! delivered before the window still count (they are today's signal), so the ratio can exceed 1.
