@@ -126,6 +126,28 @@ pub fn matched(text: &str) -> Option<Match> {
         .map(|(word, keyword)| Match { keyword, word })
 }
 
+/// Whether `text` contains an opt-out keyword as a whole word (or, for "OPT OUT" / "STOP ALL",
+/// as whole words), anywhere: "Please STOP texting me" → true, "nonstop" → false. Not a
+/// [`Keyword`]: this is a flag for review, since "can't stop laughing" mentions one too.
+pub fn mentions_opt_out(text: &str) -> bool {
+    // Bounds the work on hostile input; opt-out requests are short.
+    const LONGEST_INPUT: usize = 4096;
+    if text.len() > LONGEST_INPUT {
+        return false;
+    }
+    // Words: runs of letters/digits (and '-', for OPT-OUT); everything else separates them.
+    let normal = normalize(text);
+    let words: Vec<&str> = normal
+        .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let opt_out = |phrase: &str| {
+        let parts: Vec<&str> = phrase.split(' ').collect();
+        words.windows(parts.len()).any(|w| w == parts.as_slice())
+    };
+    STOP_ALL.iter().chain(STOP).any(|phrase| opt_out(phrase))
+}
+
 /// Trailing marks that do not change what a keyword says.
 fn is_trailing_mark(c: char) -> bool {
     matches!(c, '.' | '!' | '?' | ',' | ';' | ':' | '…')
@@ -232,6 +254,25 @@ mod tests {
         assert_eq!(parse(&"stop ".repeat(100)), None);
     }
 
+    #[test]
+    fn mentions_flag_sentences_but_not_inner_words() {
+        for text in [
+            "Please STOP texting me",
+            "stop",
+            "unsubscribe me now!",
+            "I want to opt out.",
+            "opt-out please",
+            "хватит, стоп",
+            "Stop, all of you",
+        ] {
+            assert!(mentions_opt_out(text), "{text:?}");
+        }
+        for text in ["nonstop fun", "stopped", "the ending", "optout2", "", "yes"] {
+            assert!(!mentions_opt_out(text), "{text:?}");
+        }
+        assert!(!mentions_opt_out(&"a".repeat(5000)));
+    }
+
     /// Any casing of `word`, chosen by `flips` (one bit per char).
     fn recase(word: &str, flips: &[bool]) -> String {
         word.chars()
@@ -319,6 +360,20 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,40}") {
             let _ = parse(&text);
+            let _ = mentions_opt_out(&text);
+        }
+
+        #[test]
+        fn every_stop_keyword_is_mentioned(
+            index in 0..all_keywords().count(),
+            before in "[a-z]{1,8}",
+            after in "[a-z]{1,8}",
+        ) {
+            let (word, keyword) = all_keywords().nth(index).expect("index in range");
+            let text = format!("{before} {} {after}", word.to_lowercase());
+            if matches!(keyword, Keyword::Stop { .. }) {
+                prop_assert!(mentions_opt_out(&text), "{:?}", text);
+            }
         }
     }
 }
