@@ -44,12 +44,29 @@ sms = ["smpp-main"]
     let cluster = Cluster::start(
         1,
         NodeSpec {
+            // Noon in California, whatever the time here: quiet hours stay out of this test.
+            top: format!(
+                "policy_clock_offset_ms = {}",
+                offset_to_local(chrono_tz::America::Los_Angeles, 12)
+            ),
             tables,
             ..Default::default()
         },
     )
     .await;
     (cluster, smsc)
+}
+
+/// The shift that makes the policy clock read `hour`:00 today in `zone`.
+fn offset_to_local(zone: chrono_tz::Tz, hour: u32) -> i64 {
+    use chrono::TimeZone;
+    let real_now = chrono::Utc::now();
+    let local = real_now.with_timezone(&zone).date_naive();
+    let target = zone
+        .from_local_datetime(&local.and_hms_opt(hour, 0, 0).expect("time"))
+        .earliest()
+        .expect("the hour exists");
+    target.timestamp_millis() - real_now.timestamp_millis()
 }
 
 fn marketing_sms(key: &str) -> MessageRequest {
@@ -73,7 +90,10 @@ fn marketing_sms(key: &str) -> MessageRequest {
     }
 }
 
-async fn send_and_wait(delivery: &mut DeliveryClient<GrpcChannel>, key: &str) -> GetMessageResponse {
+async fn send_and_wait(
+    delivery: &mut DeliveryClient<GrpcChannel>,
+    key: &str,
+) -> GetMessageResponse {
     let id = delivery
         .send(authed(
             SendRequest {
@@ -88,7 +108,12 @@ async fn send_and_wait(delivery: &mut DeliveryClient<GrpcChannel>, key: &str) ->
     let deadline = Instant::now() + SETTLE;
     loop {
         let log = delivery
-            .get_message(authed(GetMessageRequest { message_id: id.clone() }, API_KEY))
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: id.clone(),
+                },
+                API_KEY,
+            ))
             .await
             .expect("get")
             .into_inner();
@@ -126,7 +151,10 @@ fn to_phone(smsc: &Smsc) -> Vec<String> {
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + SETTLE;
     while !done() {
-        assert!(Instant::now() < deadline, "{what}: not reached in {SETTLE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {SETTLE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -197,9 +225,15 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
     let last = log.events.last().expect("events");
     assert_eq!(last.status(), MessageStatus::Suppressed, "{:?}", log.events);
     assert_eq!(last.kind(), EventKind::EventSuppressed);
-    assert!(last.reason.contains("opted_out{channel=sms"), "{}", last.reason);
     assert!(
-        log.events.iter().all(|e| e.kind() != EventKind::EventAttempted),
+        last.reason.contains("opted_out{channel=sms"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        log.events
+            .iter()
+            .all(|e| e.kind() != EventKind::EventAttempted),
         "no attempt after STOP"
     );
     assert_eq!(to_phone(&smsc).len(), 2);
@@ -213,4 +247,163 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
         Some(MessageStatus::Delivered)
     );
     wait_for("SMS after START", || to_phone(&smsc).len() == 4).await;
+}
+
+/// Quiet hours with a controllable clock: the node's policy clock reads 23:00 in New York. A
+/// marketing message to a +1 212 number is deferred to 08:00 New York time (plus the spread);
+/// a transactional one goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_through() {
+    use chrono::{TimeZone, Timelike};
+    let new_york = chrono_tz::America::New_York;
+    // The policy clock reads 23:00 in New York today.
+    let offset_ms = offset_to_local(new_york, 23);
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            top: format!("policy_clock_offset_ms = {offset_ms}"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let mut delivery = DeliveryClient::new(channel.clone());
+    let mut recipients = RecipientsClient::new(channel);
+    recipients
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(Recipient {
+                    id: "r-stop".into(),
+                    // No time zone: inferred from +1 212 (New York).
+                    phone: "+12125550143".into(),
+                    consent: vec![ChannelConsent {
+                        channel: Channel::Sms as i32,
+                        state: ConsentState::OptedIn as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert");
+
+    let marketing = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(marketing_sms("q-marketing")),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let deadline = Instant::now() + SETTLE;
+    let deferred = loop {
+        let log = delivery
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: marketing.clone(),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        if let Some(event) = log
+            .events
+            .iter()
+            .find(|e| e.kind() == EventKind::EventDeferred)
+        {
+            assert_eq!(event.status(), MessageStatus::Deferred);
+            assert!(
+                log.events
+                    .iter()
+                    .all(|e| e.kind() != EventKind::EventAttempted)
+            );
+            break event.clone();
+        }
+        assert!(Instant::now() < deadline, "not deferred: {:?}", log.events);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Due at 08:00 New York (9 hours after the policy clock's 23:00) plus at most the 15-minute
+    // spread, on the real clock.
+    let policy_at = deferred.at_unix_ms + offset_ms;
+    let wake_policy = chrono::Utc
+        .timestamp_millis_opt(deferred.due_unix_ms + offset_ms)
+        .single()
+        .expect("due")
+        .with_timezone(&new_york);
+    assert_eq!(
+        wake_policy.hour(),
+        8,
+        "wakes at 08:xx New York: {wake_policy}"
+    );
+    assert!(
+        wake_policy.minute() < 15,
+        "spread within 15 minutes: {wake_policy}"
+    );
+    let waited = deferred.due_unix_ms + offset_ms - policy_at;
+    assert!(
+        (9 * 3_600_000 - 60_000..9 * 3_600_000 + 16 * 60_000).contains(&waited),
+        "deferred {waited} ms"
+    );
+    assert!(
+        deferred.reason.contains("America/New_York") && deferred.reason.contains("08:00"),
+        "the reason explains itself: {}",
+        deferred.reason
+    );
+    assert!(
+        deferred.reason.contains("phone_prefix:+1212"),
+        "{}",
+        deferred.reason
+    );
+    assert!(
+        !deferred.reason.contains("5550143"),
+        "no phone number in reasons"
+    );
+
+    // Transactional: at once.
+    let mut transactional = marketing_sms("q-transactional");
+    transactional.class = MessageClass::Transactional as i32;
+    let id = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(transactional),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let log = delivery
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: id.clone(),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        if log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered) {
+            assert!(
+                log.events
+                    .iter()
+                    .all(|e| e.kind() != EventKind::EventDeferred)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transactional not delivered: {:?}",
+            log.events
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -166,7 +166,12 @@ impl TenantConfig {
         };
         self.default_time_zone
             .parse::<chrono_tz::Tz>()
-            .map_err(|_| invalid(format!("default_time_zone {:?} is not an IANA time zone", self.default_time_zone)))?;
+            .map_err(|_| {
+                invalid(format!(
+                    "default_time_zone {:?} is not an IANA time zone",
+                    self.default_time_zone
+                ))
+            })?;
         self.quiet_hours
             .validate()
             .map_err(|e| invalid(format!("quiet_hours: {e}")))?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use herald_proto::TenantId;
 use herald_proto::error::Error;
-use herald_proto::v1::{EngagementKind, ForwardSignal, ReportResult, ReportStatus};
 use herald_proto::v1::{Channel, Content, SmsContent};
+use herald_proto::v1::{EngagementKind, ForwardSignal, ReportResult, ReportStatus};
 use herald_providers::{Attempt, Inbound, ProviderEvent, Receipt, ReceiptKind};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -221,7 +221,10 @@ pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
 pub async fn handle_inbound(router: &Router, inbound: Inbound) {
     use crate::policy::keywords::{Keyword, parse};
     let context = router.context();
-    context.receipts_stats.inbound.fetch_add(1, Ordering::Relaxed);
+    context
+        .receipts_stats
+        .inbound
+        .fetch_add(1, Ordering::Relaxed);
     let Some(keyword) = parse(&inbound.text) else {
         return;
     };

@@ -589,7 +589,9 @@ impl Router {
             EngagementKind::EngagementUnsubscribed => {
                 (ConsentState::OptedOut, replies.stop_reply.clone())
             }
-            EngagementKind::EngagementOptedIn => (ConsentState::OptedIn, replies.start_reply.clone()),
+            EngagementKind::EngagementOptedIn => {
+                (ConsentState::OptedIn, replies.start_reply.clone())
+            }
             _ => {
                 return Ok(ReportResult {
                     status: ReportStatus::ReportUnknown as i32,
@@ -637,8 +639,12 @@ impl Router {
                 status: status as i32,
                 message_id: String::new(),
             }),
-            Ok(_) => Err(Error::Unavailable("consent change not applied; partition moving".into())),
-            Err(_) => Err(Error::Unavailable("consent change not applied in time".into())),
+            Ok(_) => Err(Error::Unavailable(
+                "consent change not applied; partition moving".into(),
+            )),
+            Err(_) => Err(Error::Unavailable(
+                "consent change not applied in time".into(),
+            )),
         }
     }
 

@@ -248,9 +248,9 @@ fn check_content(
 pub fn check_topic(field: impl Fn() -> String, topic: &str) -> Result<(), Error> {
     let ok = topic == crate::policy::consent::ALL_MARKETING
         || topic.len() <= 64
-            && topic
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+            && topic.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            });
     if ok {
         Ok(())
     } else {

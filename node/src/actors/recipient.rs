@@ -393,6 +393,51 @@ fn schedule(context: &NodeContext, job: &Job, due_unix_ms: i64) {
     });
 }
 
+/// When a marketing message must wait for the recipient's local window: `(wake time on the
+/// real clock, the reason with the zones and times used)`. Zones: the recipient's own > those
+/// of the phone prefix (the window common to all) > the tenant's default.
+fn quiet_hours_deferral(
+    context: &NodeContext,
+    job: &Job,
+    recipient: &Recipient,
+) -> Option<(i64, String)> {
+    use crate::policy::quiet_hours::{Verdict, evaluate, spread};
+    use crate::policy::timezones::{ZoneSource, resolve};
+    let offset = context.config.policy_clock_offset_ms;
+    let now = chrono::DateTime::from_timestamp_millis(now_unix_ms().saturating_add(offset))?;
+    let tenant = &job.tenant;
+    let (zones, source) = resolve(&recipient.time_zone, &recipient.phone, tenant.time_zone);
+    let mut source = match source {
+        ZoneSource::Explicit => "recipient".to_owned(),
+        ZoneSource::PhonePrefix { prefix } => format!("phone_prefix:+{prefix}"),
+        ZoneSource::TenantDefault => "tenant_default".to_owned(),
+    };
+    let mut verdict = evaluate(&tenant.quiet_hours, &zones, now);
+    if matches!(verdict, Verdict::NoCommonWindow { .. }) {
+        verdict = evaluate(&tenant.quiet_hours, &[tenant.time_zone], now);
+        source = "tenant_default(no common window in the phone's zones)".to_owned();
+    }
+    let Verdict::Closed {
+        opens_at, reason, ..
+    } = verdict
+    else {
+        return None;
+    };
+    let wake = spread(
+        opens_at,
+        chrono::TimeDelta::milliseconds(tenant.quiet_hours_spread_ms),
+        &job.message.message_id,
+    );
+    let due = wake.timestamp_millis().saturating_sub(offset);
+    Some((
+        due,
+        format!(
+            "quiet_hours{{{reason}, zones_from={source}, wake_at={}}}",
+            wake.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    ))
+}
+
 /// The recipient with `address` suppressed on `channel`, and the fenced write that stores it.
 fn suppress(
     job: &Job,
@@ -490,12 +535,17 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         log.flush(true, Vec::new()).await?;
         return Ok(());
     };
-    // A wait that has not run out: only the timer is rebuilt (after a takeover or a stale
-    // timer), nothing is written.
-    if let Some(waiting) = &progress.waiting
-        && now_unix_ms() < waiting.due_unix_ms
+    // A wait or a deferral that has not run out: only the timer is rebuilt (after a takeover
+    // or a stale timer), nothing is written.
+    let sleeping_until = progress
+        .waiting
+        .as_ref()
+        .map(|w| w.due_unix_ms)
+        .or(progress.deferred_until);
+    if let Some(due) = sleeping_until
+        && now_unix_ms() < due
     {
-        schedule(context, job, waiting.due_unix_ms);
+        schedule(context, job, due);
         return Ok(());
     }
     let class = request.class();
@@ -551,6 +601,27 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         } else {
             extra_first_write.push(counter);
         }
+    }
+
+    // Quiet hours: marketing waits for the recipient's local window (re-checked at every wake
+    // until the first attempt).
+    if class == MessageClass::Marketing
+        && progress.attempts.is_empty()
+        && progress.ambiguous.is_none()
+        && let Some((due, reason)) = quiet_hours_deferral(context, job, &recipient)
+    {
+        log.push(
+            EventKind::EventDeferred,
+            None,
+            Channel::Unspecified,
+            "",
+            &reason,
+            MessageStatus::Deferred,
+        )
+        .due_unix_ms = due;
+        log.flush(false, extra_first_write).await?;
+        schedule(context, job, due);
+        return Ok(());
     }
 
     let steps = &request.waterfall;
@@ -1170,7 +1241,17 @@ async fn apply_signal_once(
         }
         match recipient {
             Some(recipient) => {
-                walk(context, job, &mut log, recipient, step + 1, None, extra, true).await?;
+                walk(
+                    context,
+                    job,
+                    &mut log,
+                    recipient,
+                    step + 1,
+                    None,
+                    extra,
+                    true,
+                )
+                .await?;
             }
             None => {
                 log.push(

@@ -23,6 +23,9 @@ pub struct Progress {
     pub waiting: Option<Waiting>,
     /// Every step that had an attempt, in step order.
     pub attempts: Vec<StepRecord>,
+    /// A policy deferral (quiet hours) not yet followed by anything: the message sleeps until
+    /// this time (ms since the Unix epoch, real clock).
+    pub deferred_until: Option<i64>,
 }
 
 /// A durable timer: the step times out at `due_unix_ms` unless a receipt satisfies it first.
@@ -74,6 +77,14 @@ impl Progress {
         let mut open_attempt: Option<(u32, String)> = None;
         for event in events {
             progress.seq = progress.seq.max(event.seq);
+            progress.deferred_until = match event.kind() {
+                EventKind::EventDeferred => {
+                    // Policy and counters ran before the deferral.
+                    progress.started = true;
+                    Some(event.due_unix_ms)
+                }
+                _ => None,
+            };
             progress.status = event.status();
             if is_terminal(event.status()) {
                 progress.terminal = true;

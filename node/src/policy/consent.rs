@@ -44,11 +44,19 @@ pub fn verdict(
     class: MessageClass,
     topic: &str,
 ) -> Option<String> {
-    let entries = || recipient.consent.iter().filter(move |c| c.channel == channel);
+    let entries = || {
+        recipient
+            .consent
+            .iter()
+            .filter(move |c| c.channel == channel)
+    };
     if let Some(out) = entries()
         .find(|c| c.topic.is_empty() && c.sender.is_empty() && c.state() == ConsentState::OptedOut)
     {
-        return Some(format!("opted_out{{channel={channel_name}{}}}", describe(out)));
+        return Some(format!(
+            "opted_out{{channel={channel_name}{}}}",
+            describe(out)
+        ));
     }
     if class != MessageClass::Marketing {
         return None;
@@ -58,14 +66,16 @@ pub fn verdict(
             && c.sender.is_empty()
             && c.state() == ConsentState::OptedOut
     }) {
-        return Some(format!("opted_out{{channel={channel_name}{}}}", describe(out)));
+        return Some(format!(
+            "opted_out{{channel={channel_name}{}}}",
+            describe(out)
+        ));
     }
     let topic_in = !topic.is_empty()
         && entries()
             .any(|c| c.topic == topic && c.sender.is_empty() && c.state() == ConsentState::OptedIn);
-    let channel_in = entries().any(|c| {
-        c.topic.is_empty() && c.sender.is_empty() && c.state() == ConsentState::OptedIn
-    });
+    let channel_in = entries()
+        .any(|c| c.topic.is_empty() && c.sender.is_empty() && c.state() == ConsentState::OptedIn);
     if topic_in || channel_in {
         return None;
     }
@@ -81,17 +91,15 @@ pub fn verdict(
 
 /// Whether `sender` (a provider account) is opted out for this recipient on `channel`.
 pub fn sender_opted_out(recipient: &Recipient, channel: i32, sender: &str) -> bool {
-    recipient.consent.iter().any(|c| {
-        c.channel == channel && c.sender == sender && c.state() == ConsentState::OptedOut
-    })
+    recipient
+        .consent
+        .iter()
+        .any(|c| c.channel == channel && c.sender == sender && c.state() == ConsentState::OptedOut)
 }
 
 /// Sets the ledger entry for (channel, topic, sender) to `state` and records the change in the
 /// history. Returns false (and changes nothing) when the state is already that.
-pub fn set(
-    recipient: &mut Recipient,
-    mut entry: ChannelConsent,
-) -> bool {
+pub fn set(recipient: &mut Recipient, mut entry: ChannelConsent) -> bool {
     let same_key = |c: &ChannelConsent| {
         c.channel == entry.channel && c.topic == entry.topic && c.sender == entry.sender
     };
@@ -142,9 +150,10 @@ pub fn merge_upsert(prior: Option<&Recipient>, next: &mut Recipient, now_ms: i64
         }
     }
     for kept in prior.consent.iter().filter(|c| !c.sender.is_empty()) {
-        let mentioned = next.consent.iter().any(|c| {
-            c.channel == kept.channel && c.topic == kept.topic && c.sender == kept.sender
-        });
+        let mentioned = next
+            .consent
+            .iter()
+            .any(|c| c.channel == kept.channel && c.topic == kept.topic && c.sender == kept.sender);
         if !mentioned {
             next.consent.push(kept.clone());
         }
@@ -241,7 +250,10 @@ mod tests {
             },
         ]);
         merge_upsert(Some(&prior), &mut next, 99);
-        assert_eq!(next.consent[0].at_unix_ms, 5, "unchanged entry keeps its time");
+        assert_eq!(
+            next.consent[0].at_unix_ms, 5,
+            "unchanged entry keeps its time"
+        );
         assert_eq!(next.consent[1].source, "api");
         assert_eq!(next.consent[1].at_unix_ms, 99);
         assert!(sender_opted_out(&next, SMS, "smpp-main"), "the STOP stays");
