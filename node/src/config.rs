@@ -294,6 +294,12 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
     pub link_secret: Option<String>,
+    /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`).
+    /// One node (the owner of the account's partition) schedules every send of the account.
+    pub rate_limits: BTreeMap<String, f64>,
+    /// Share of each rate kept free (0..0.5) so that network jitter between a slot and the
+    /// provider never puts one send too many into a second.
+    pub rate_limit_margin: f64,
     /// Shifts the clock that policy decisions (quiet hours) read, in ms. For tests and demos
     /// of time-dependent rules only; timers and leases always use the real clock. Default 0.
     pub policy_clock_offset_ms: i64,
@@ -338,6 +344,8 @@ impl Default for NodeConfig {
             public_url: None,
             link_secret: None,
             policy_clock_offset_ms: 0,
+            rate_limits: BTreeMap::new(),
+            rate_limit_margin: 0.04,
             sms_keywords: SmsKeywordReplies::default(),
             prices: Default::default(),
         }

@@ -31,6 +31,8 @@ pub struct NodeContext {
     /// The in-memory schedule of this node's durable timers.
     pub timers: Timers,
     pub receipts_stats: ReceiptStats,
+    /// Cluster-wide provider rate limits (owner schedules and leased slots).
+    pub rate_limits: crate::rate_limits::RateLimits,
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).

@@ -282,7 +282,12 @@ impl ProviderRegistry {
     }
 
     /// Runs one step's call down its account chain (see the module docs).
-    pub async fn send(&self, chain: &[Arc<Account>], call: StepCall<'_>) -> Delivery {
+    pub async fn send(
+        &self,
+        chain: &[Arc<Account>],
+        call: StepCall<'_>,
+        limits: &crate::rate_limits::RateLimits,
+    ) -> Delivery {
         let mut trail = Vec::new();
         let mut calls = 0;
         let mut last: Option<Delivery> = None;
@@ -296,6 +301,18 @@ impl ProviderRegistry {
                 if !account.breaker.allow() {
                     account.stats.skipped_open.fetch_add(1, Ordering::Relaxed);
                     trail.push(format!("{name}: circuit open"));
+                    break;
+                }
+                // The account's cluster-wide rate: wait for a send slot.
+                if let Err(error) = limits.acquire(name).await {
+                    trail.push(format!("{name}: {error}"));
+                    last = Some(Delivery {
+                        account: name.to_owned(),
+                        outcome: Outcome::unavailable(error.to_string()),
+                        to: to.to_owned(),
+                        trail: String::new(),
+                        calls,
+                    });
                     break;
                 }
                 calls += 1;

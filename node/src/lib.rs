@@ -33,6 +33,7 @@ pub mod membership;
 pub mod ownership;
 pub mod peers;
 pub mod policy;
+pub mod rate_limits;
 pub mod receipts;
 pub use herald_providers as providers;
 pub mod router;

@@ -15,8 +15,9 @@ use std::time::Duration;
 use herald_proto::error::Error;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    Event, EventKind, ForwardItem, ForwardSignal, MessageRequest, MessageStatus, Recipient,
-    ReportResult, ReportStatus, SendResponse, StoredMessage, forward_item, forward_result,
+    Event, EventKind, ForwardItem, ForwardSignal, MessageRequest, MessageStatus, PermitGrant,
+    PermitRequest, Recipient, ReportResult, ReportStatus, SendResponse, StoredMessage,
+    forward_item, forward_result,
 };
 use herald_proto::{MessageId, PartitionId, TenantId};
 use sha2::{Digest, Sha256};
@@ -35,6 +36,8 @@ pub enum Item {
     Erase(String),
     /// A receipt or engagement report for one of the recipient's messages.
     Signal(ForwardSignal),
+    /// Send slots of a rate-limited provider account (tenant `__channels`).
+    Permits(PermitRequest),
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +46,7 @@ pub enum ItemResult {
     Recipient(Recipient),
     Erased(bool),
     Signal(ReportResult),
+    Permits(PermitGrant),
 }
 
 impl Item {
@@ -52,6 +56,7 @@ impl Item {
             Item::Upsert(r) => &r.id,
             Item::Erase(id) => id,
             Item::Signal(signal) => &signal.recipient_id,
+            Item::Permits(request) => &request.account,
         }
     }
 
@@ -61,6 +66,7 @@ impl Item {
             Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
             Item::Signal(signal) => forward_item::Op::Signal(signal),
+            Item::Permits(request) => forward_item::Op::Permits(request),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -74,6 +80,7 @@ impl Item {
             forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
             forward_item::Op::Signal(signal) => Item::Signal(signal),
+            forward_item::Op::Permits(request) => Item::Permits(request),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -86,6 +93,7 @@ impl ItemResult {
             ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
+            ItemResult::Permits(g) => forward_result::Result::Permits(g),
         }
     }
 
@@ -95,6 +103,7 @@ impl ItemResult {
             Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
+            Some(forward_result::Result::Permits(g)) => Ok(ItemResult::Permits(g)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }
@@ -281,6 +290,15 @@ impl Router {
                 signals.push((index, signal, fence));
                 continue;
             }
+            if let Item::Permits(request) = item {
+                let delays_us = self.context.rate_limits.grant(
+                    &request.account,
+                    request.count.min(1024),
+                    fence,
+                );
+                out.push((index, Ok(ItemResult::Permits(PermitGrant { delays_us }))));
+                continue;
+            }
             let op = match &mut item {
                 Item::Send(request) => {
                     let message_id = ulid::Ulid::new().to_string();
@@ -347,7 +365,7 @@ impl Router {
                         recipient_id: recipient_id.clone(),
                     }
                 }
-                Item::Signal(_) => continue,
+                Item::Signal(_) | Item::Permits(_) => continue,
             };
             ops.push(FencedOp { fence, op });
             op_items.push((index, item, partition));

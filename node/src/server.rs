@@ -259,12 +259,17 @@ impl Node {
             providers: accounts.registry,
             timers,
             receipts_stats: Default::default(),
+            rate_limits: crate::rate_limits::RateLimits::new(
+                &config.rate_limits,
+                config.rate_limit_margin,
+            ),
             sandbox: accounts.sandbox,
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config.max_messages_in_progress.max(1),
             )),
             config: config.clone(),
         });
+        context.rate_limits.bind(Arc::downgrade(&context));
         let router = Router::new(context.clone(), Peers::default());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -794,6 +794,7 @@ async fn walk(
                         None
                     },
                 },
+                &context.rate_limits,
             )
             .await;
         let trail = if delivery.trail.is_empty() {

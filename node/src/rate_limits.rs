@@ -1,0 +1,312 @@
+//! # rate_limits: cluster-wide provider rate limits (the ChannelActor's schedule)
+//!
+//! Owns, for each rate-limited provider account (`[rate_limits]` in the node config), one
+//! schedule of send slots in the whole cluster: it lives on the node that owns the account's
+//! partition (`partition_of("__channels", account)`, placed by the partition table like any
+//! recipient, fenced by the same leases), so a limit has exactly one owner. Other nodes lease
+//! slots from it in small batches over the `Forward` stream; a slot is a point in time, given
+//! as a delay from the grant (no clock agreement needed), spaced `1 / rate` apart, never more
+//! than [`HORIZON`] ahead. A sender waits for its slot, then calls the provider; a slot it
+//! could not use in time is dropped, never used late (that could bunch sends).
+//!
+//! Failover: a new owner (a takeover, or a rebalance at a new epoch) starts its schedule
+//! [`HORIZON`] after it took the partition, so slots the previous owner granted can never
+//! overlap with its own. Must never let a send through without a slot when the account is
+//! limited, and never grant a slot for a partition this node does not hold the lease of.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use herald_proto::partition::partition_of;
+use herald_proto::v1::{ForwardItem, PermitRequest, forward_item, forward_result};
+use herald_proto::{Epoch, PartitionId};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::context::NodeContext;
+use crate::peers::Peers;
+use crate::store::Fence;
+
+/// The reserved tenant under which channel accounts are placed on the partition table.
+pub const CHANNELS_TENANT: &str = "__channels";
+
+/// How far ahead the owner schedules slots (and how long a new owner waits before its first).
+pub const HORIZON: Duration = Duration::from_secs(1);
+
+/// A slot more than this late (the sender was slow to get to it) is dropped, not used.
+const SLOT_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// How long a sender keeps asking for slots before it gives up with an error (a backlog at a
+/// low rate can be long: 3,000 messages at 50/s wait a minute).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no send slot for {account} within {timeout:?}: {reason}")]
+    Timeout {
+        account: String,
+        timeout: Duration,
+        reason: String,
+    },
+    #[error("node shutting down")]
+    Closed,
+}
+
+/// The owner side: one account's schedule.
+struct Schedule {
+    next_free: Instant,
+    epoch: Epoch,
+}
+
+#[derive(Default)]
+pub struct RateStats {
+    /// Slots granted by this node (as owner).
+    pub granted: AtomicU64,
+    /// Slots used by this node's senders.
+    pub used: AtomicU64,
+    /// Slots dropped because the sender got to them too late.
+    pub dropped: AtomicU64,
+    /// Requests for slots sent to another node.
+    pub remote_requests: AtomicU64,
+}
+
+pub struct RateLimits {
+    /// Account → sends per second (after the safety margin).
+    limits: BTreeMap<String, f64>,
+    owned: Mutex<HashMap<String, Schedule>>,
+    /// Per account, the slots this node leased and has not used yet.
+    leased: Mutex<HashMap<String, Arc<tokio::sync::Mutex<VecDeque<Instant>>>>>,
+    peers: Peers,
+    context: OnceLock<Weak<NodeContext>>,
+    pub stats: RateStats,
+}
+
+impl RateLimits {
+    /// `limits`: account → sends per second; `margin` (0..0.5): the share kept free so that
+    /// network jitter between the grant and the provider never puts one send too many into a
+    /// second.
+    pub fn new(limits: &BTreeMap<String, f64>, margin: f64) -> Self {
+        let keep = 1.0 - margin.clamp(0.0, 0.5);
+        Self {
+            limits: limits
+                .iter()
+                .filter(|(_, rate)| **rate > 0.0)
+                .map(|(account, rate)| (account.clone(), rate * keep))
+                .collect(),
+            owned: Mutex::new(HashMap::new()),
+            leased: Mutex::new(HashMap::new()),
+            peers: Peers::default(),
+            context: OnceLock::new(),
+            stats: RateStats::default(),
+        }
+    }
+
+    /// Gives the limiter its node (for the partition table and the local grant path).
+    pub fn bind(&self, context: Weak<NodeContext>) {
+        let _ = self.context.set(context);
+    }
+
+    pub fn is_limited(&self, account: &str) -> bool {
+        self.limits.contains_key(account)
+    }
+
+    /// The partition that places `account`'s schedule.
+    pub fn partition(account: &str, partition_count: u32) -> PartitionId {
+        partition_of(CHANNELS_TENANT, account, partition_count)
+    }
+
+    /// Owner side: up to `count` slots of `account`, as delays from now (µs). `fence` proves
+    /// this node holds the account's partition.
+    pub fn grant(&self, account: &str, count: u32, fence: Fence) -> Vec<u64> {
+        let Some(rate) = self.limits.get(account) else {
+            return vec![0; count as usize];
+        };
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let now = Instant::now();
+        let mut owned = self.owned.lock();
+        let schedule = owned.entry(account.to_owned()).or_insert(Schedule {
+            next_free: now + HORIZON,
+            epoch: fence.epoch,
+        });
+        if schedule.epoch != fence.epoch {
+            // The partition changed hands since this schedule was last used: another node may
+            // have granted slots up to HORIZON ahead.
+            schedule.next_free = schedule.next_free.max(now + HORIZON);
+            schedule.epoch = fence.epoch;
+        }
+        let mut delays = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let slot = schedule.next_free.max(now);
+            if slot > now + HORIZON {
+                break;
+            }
+            schedule.next_free = slot + interval;
+            delays.push(u64::try_from((slot - now).as_micros()).unwrap_or(u64::MAX));
+        }
+        self.stats
+            .granted
+            .fetch_add(delays.len() as u64, Ordering::Relaxed);
+        delays
+    }
+
+    /// Slots asked for at once: about 50 ms worth, at least 1, at most 64.
+    fn batch(&self, account: &str) -> u32 {
+        let rate = self.limits.get(account).copied().unwrap_or(1.0);
+        ((rate / 20.0).ceil() as u32).clamp(1, 64)
+    }
+
+    /// Sender side: waits for a slot of `account` (at once when it is not limited).
+    pub async fn acquire(&self, account: &str) -> Result<(), Error> {
+        if !self.is_limited(account) {
+            return Ok(());
+        }
+        let queue = self
+            .leased
+            .lock()
+            .entry(account.to_owned())
+            .or_default()
+            .clone();
+        let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+        let mut last_error = String::from("schedule full");
+        loop {
+            let slot = {
+                let mut slots = queue.lock().await;
+                let now = Instant::now();
+                while slots.front().is_some_and(|s| *s + SLOT_TOLERANCE < now) {
+                    slots.pop_front();
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                if slots.is_empty() {
+                    match self.request(account, self.batch(account)).await {
+                        Ok(delays) => {
+                            let granted_at = Instant::now();
+                            slots.extend(
+                                delays
+                                    .into_iter()
+                                    .map(|d| granted_at + Duration::from_micros(d)),
+                            );
+                        }
+                        Err(error) => last_error = error,
+                    }
+                }
+                slots.pop_front()
+            };
+            match slot {
+                Some(slot) => {
+                    tokio::time::sleep_until(slot).await;
+                    // A busy runtime wakes sleepers late, all at once: a slot overslept is
+                    // given up rather than used together with its successors.
+                    if Instant::now() > slot + SLOT_TOLERANCE {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    self.stats.used.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                None => {
+                    if Instant::now() > deadline {
+                        return Err(Error::Timeout {
+                            account: account.to_owned(),
+                            timeout: ACQUIRE_TIMEOUT,
+                            reason: last_error,
+                        });
+                    }
+                    // The schedule is full for the next second, or the owner is moving.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Asks the owner of `account`'s partition for `count` slots.
+    async fn request(&self, account: &str, count: u32) -> Result<Vec<u64>, String> {
+        let context = self
+            .context
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| "node shutting down".to_owned())?;
+        let table = context.ownership.table();
+        if table.partition_count == 0 {
+            return Err("no partition table yet".into());
+        }
+        let partition = Self::partition(account, table.partition_count);
+        let owner = table
+            .owner(partition)
+            .ok_or_else(|| format!("partition {partition} has no owner"))?;
+        if owner.node_id == context.node_id.0 {
+            let fence = context
+                .ownership
+                .fence_or_wait(
+                    partition,
+                    Duration::from_millis(context.config.lease_ttl_ms),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(self.grant(account, count, fence));
+        }
+        self.stats.remote_requests.fetch_add(1, Ordering::Relaxed);
+        let item = ForwardItem {
+            tenant: CHANNELS_TENANT.to_owned(),
+            op: Some(forward_item::Op::Permits(PermitRequest {
+                account: account.to_owned(),
+                count,
+            })),
+        };
+        let results = self
+            .peers
+            .forward(&owner.address, table.epoch, vec![item])
+            .await
+            .map_err(|e| e.to_string())?;
+        match results.into_iter().next().and_then(|r| r.result) {
+            Some(forward_result::Result::Permits(grant)) => Ok(grant.delays_us),
+            Some(forward_result::Result::Error(error)) => {
+                debug!(account, code = error.code, "slot request refused");
+                Err(error.message)
+            }
+            _ => Err("unexpected reply to a slot request".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(epoch: u64) -> Fence {
+        Fence {
+            partition: PartitionId(1),
+            epoch: Epoch(epoch),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_spaced_and_bounded_by_the_horizon() {
+        let limits = RateLimits::new(&BTreeMap::from([("sms".to_owned(), 50.0)]), 0.0);
+        // A new owner waits one horizon before its first slot.
+        let first = limits.grant("sms", 10, fence(1));
+        assert_eq!(first, vec![1_000_000], "only the slot at the horizon");
+        tokio::time::advance(HORIZON).await;
+        let slots = limits.grant("sms", 100, fence(1));
+        // 20 ms apart, at most one second ahead.
+        assert_eq!(slots.len(), 50, "{slots:?}");
+        assert_eq!(slots[0], 20_000);
+        for pair in slots.windows(2) {
+            assert_eq!(pair[1] - pair[0], 20_000);
+        }
+        // A new epoch (the partition moved and came back) waits a horizon again.
+        let after = limits.grant("sms", 5, fence(2));
+        assert!(after.iter().all(|d| *d >= 1_000_000), "{after:?}");
+        // Unlimited accounts always get slots at once.
+        assert_eq!(limits.grant("push", 3, fence(1)), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn margin_lowers_the_rate() {
+        let limits = RateLimits::new(&BTreeMap::from([("sms".to_owned(), 50.0)]), 0.04);
+        assert!((limits.limits["sms"] - 48.0).abs() < 1e-9);
+        assert_eq!(limits.batch("sms"), 3);
+    }
+}
