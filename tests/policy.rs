@@ -611,3 +611,151 @@ smpp-main = {RATE}
         "a second had {busiest} sends during the failover"
     );
 }
+
+/// Frequency caps on sliding windows and the person's own preferences: the tenant allows one
+/// marketing message an hour; a muted topic is suppressed; a channel limit skips that step and
+/// the waterfall goes on. Transactional messages skip the marketing caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_and_preferences_explain_what_they_stop() {
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            top: format!(
+                "policy_clock_offset_ms = {}",
+                offset_to_local(chrono_tz::America::New_York, 12)
+            ),
+            tenant: "marketing_caps = [{ max = 1, window_s = 3600 }]".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let delivery = DeliveryClient::new(channel.clone());
+    let mut recipients = RecipientsClient::new(channel);
+    let opted_in = |channel: Channel| ChannelConsent {
+        channel: channel as i32,
+        state: ConsentState::OptedIn as i32,
+        ..Default::default()
+    };
+    recipients
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(Recipient {
+                    id: "r-stop".into(),
+                    email: "caps@example.com".into(),
+                    phone: "+12125550144".into(),
+                    consent: vec![opted_in(Channel::Email), opted_in(Channel::Sms)],
+                    preferences: Some(herald_proto::v1::Preferences {
+                        muted_topics: vec!["deals".into()],
+                        email: Some(herald_proto::v1::ChannelLimits {
+                            max_per_day: Some(0),
+                            max_per_week: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert");
+    let email_then_sms = |key: &str, topic: &str, class: MessageClass| {
+        let mut m = marketing_sms(key);
+        m.class = class as i32;
+        m.topic = topic.into();
+        if let Some(content) = m.content.as_mut() {
+            content.email = Some(herald_proto::v1::EmailContent {
+                subject: "Hello".into(),
+                text_body: "News".into(),
+                html_body: String::new(),
+            });
+        }
+        m.waterfall = vec![
+            WaterfallStep {
+                channel: Channel::Email as i32,
+                success: SuccessCondition::Accepted as i32,
+                ..Default::default()
+            },
+            WaterfallStep {
+                channel: Channel::Sms as i32,
+                success: SuccessCondition::Accepted as i32,
+                ..Default::default()
+            },
+        ];
+        m
+    };
+    let run = |request: MessageRequest| {
+        let mut delivery = delivery.clone();
+        async move {
+            let id = delivery
+                .send(authed(
+                    SendRequest {
+                        message: Some(request),
+                    },
+                    API_KEY,
+                ))
+                .await
+                .expect("send")
+                .into_inner()
+                .message_id;
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                let log = delivery
+                    .get_message(authed(
+                        GetMessageRequest {
+                            message_id: id.clone(),
+                        },
+                        API_KEY,
+                    ))
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let last = log.events.last().cloned().unwrap_or_default();
+                if herald_node::actors::waterfall::is_terminal(last.status()) {
+                    return log;
+                }
+                assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The person's email limit (0 a day) skips the email step; SMS carries it.
+    let first = run(email_then_sms("c-1", "news", MessageClass::Marketing)).await;
+    let skipped = first
+        .events
+        .iter()
+        .find(|e| e.kind() == EventKind::EventSkipped)
+        .expect("email skipped");
+    assert!(
+        skipped.reason.starts_with("preference_limit{channel=email"),
+        "{}",
+        skipped.reason
+    );
+    assert_eq!(
+        first.events.last().map(|e| (e.status(), e.channel())),
+        Some((MessageStatus::Delivered, Channel::Sms))
+    );
+    // One marketing message an hour: the second is suppressed, saying when it could go.
+    let second = run(email_then_sms("c-2", "news", MessageClass::Marketing)).await;
+    let last = second.events.last().expect("events");
+    assert_eq!(last.status(), MessageStatus::Suppressed);
+    assert!(
+        last.reason
+            .starts_with("frequency_cap{count=1, max=1, window_s=3600, retry_at_unix_ms="),
+        "{}",
+        last.reason
+    );
+    // A muted topic.
+    let muted = run(email_then_sms("c-3", "deals", MessageClass::Marketing)).await;
+    assert_eq!(
+        muted.events.last().map(|e| e.reason.as_str()),
+        Some("preference{muted_topic=deals}")
+    );
+    // Transactional messages skip marketing caps and preferences.
+    let transactional = run(email_then_sms("c-4", "", MessageClass::Transactional)).await;
+    assert_eq!(
+        transactional.events.last().map(|e| e.status()),
+        Some(MessageStatus::Delivered)
+    );
+}

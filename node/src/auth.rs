@@ -19,6 +19,8 @@ use crate::store::Store;
 pub struct Tenant {
     pub id: TenantId,
     pub marketing_daily_cap: u32,
+    /// Sliding-window caps on marketing messages per recipient (the daily cap included).
+    pub marketing_caps: Vec<crate::policy::caps::CapRule>,
     pub quiet_hours: crate::policy::quiet_hours::Window,
     pub time_zone: chrono_tz::Tz,
     pub quiet_hours_spread_ms: i64,
@@ -35,6 +37,22 @@ impl Tenant {
         Self {
             id: TenantId(config.id.clone()),
             marketing_daily_cap: config.marketing_daily_cap,
+            marketing_caps: {
+                use crate::policy::caps::{CapRule, CapScope, DAY};
+                let daily = (config.marketing_daily_cap > 0).then_some(CapRule {
+                    max: config.marketing_daily_cap,
+                    window: DAY,
+                    scope: CapScope::TenantMarketing,
+                });
+                daily
+                    .into_iter()
+                    .chain(config.marketing_caps.iter().map(|c| CapRule {
+                        max: c.max,
+                        window: std::time::Duration::from_secs(c.window_s.max(1)),
+                        scope: CapScope::TenantMarketing,
+                    }))
+                    .collect()
+            },
             quiet_hours: config.quiet_hours.clone(),
             // Checked at start-up (`TenantConfig::validate`).
             time_zone: config.default_time_zone.parse().unwrap_or(chrono_tz::UTC),

@@ -131,6 +131,11 @@ pub struct TenantConfig {
     /// (`frequency_cap`). 0 = no cap.
     #[serde(default = "default_marketing_daily_cap")]
     pub marketing_daily_cap: u32,
+    /// More sliding-window caps on marketing messages per recipient, e.g.
+    /// `marketing_caps = [{ max = 1, window_s = 3600 }]` (at most one an hour), on top of
+    /// `marketing_daily_cap` (which is the 24-hour window).
+    #[serde(default)]
+    pub marketing_caps: Vec<CapConfig>,
     /// Marketing messages go out only inside the recipient's local window (`[tenants.quiet_hours]
     /// start = "08:00", end = "21:00", no_weekend = false`). Transactional messages ignore it.
     #[serde(default)]
@@ -145,6 +150,14 @@ pub struct TenantConfig {
     pub quiet_hours_spread_s: u64,
 }
 
+/// At most `max` marketing messages to one recipient in any `window_s` seconds.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapConfig {
+    pub max: u32,
+    pub window_s: u64,
+}
+
 impl TenantConfig {
     /// A tenant with these keys and every other setting at its default.
     pub fn new(id: impl Into<String>, api_keys: Vec<String>) -> Self {
@@ -152,6 +165,7 @@ impl TenantConfig {
             id: id.into(),
             api_keys,
             marketing_daily_cap: default_marketing_daily_cap(),
+            marketing_caps: Vec::new(),
             quiet_hours: Default::default(),
             default_time_zone: default_time_zone(),
             quiet_hours_spread_s: default_quiet_hours_spread_s(),

@@ -307,6 +307,20 @@ pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
             "is not an IANA time zone (e.g. America/New_York)",
         ));
     }
+    if let Some(preferences) = &recipient.preferences {
+        for (index, topic) in preferences.muted_topics.iter().enumerate() {
+            check_topic(
+                || format!("{prefix}.preferences.muted_topics[{index}]"),
+                topic,
+            )?;
+            if topic.is_empty() {
+                return Err(Error::invalid(
+                    format!("{prefix}.preferences.muted_topics[{index}]"),
+                    "is empty",
+                ));
+            }
+        }
+    }
     if !recipient.consent_history.is_empty() {
         return Err(Error::invalid(
             format!("{prefix}.consent_history"),

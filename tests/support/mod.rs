@@ -94,6 +94,8 @@ pub struct NodeSpec {
     pub tables: String,
     /// Give the node an HTTP listener (callbacks, `/metrics`) on a free port.
     pub http: bool,
+    /// More keys of the test tenant's `[[tenants]]` table (e.g. `marketing_caps = [...]`).
+    pub tenant: String,
 }
 
 pub struct Cluster {
@@ -174,6 +176,7 @@ latency_ms = {latency}
 [[tenants]]
 id = "{TENANT}"
 api_keys = ["{API_KEY}"]
+{tenant}
 
 [[tenants]]
 id = "globex"
@@ -185,6 +188,7 @@ api_keys = ["{OTHER_API_KEY}"]
                 redis = self.redis.url(),
                 latency = spec.sandbox_latency_ms,
                 top = spec.top.replace("{http}", &http),
+                tenant = spec.tenant,
                 sandbox = spec.sandbox,
                 tables = spec.tables.replace("{http}", &http),
             ),

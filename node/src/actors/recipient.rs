@@ -581,26 +581,30 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
                 ttl: Duration::from_secs(2 * 86_400),
             },
         };
-        let cap = job.tenant.marketing_daily_cap;
-        if class == MessageClass::Marketing && cap > 0 {
-            let outcomes = log.flush(false, vec![counter]).await?;
-            if let Some(WriteOutcome::Counter(count)) = outcomes.first()
-                && *count > i64::from(cap)
-            {
-                log.push(
-                    EventKind::EventSuppressed,
-                    None,
-                    Channel::Unspecified,
-                    "",
-                    &format!("frequency_cap{{count={count}, limit={cap}, window=1d}}"),
-                    MessageStatus::Suppressed,
-                );
-                log.flush(true, Vec::new()).await?;
-                return Ok(());
-            }
-        } else {
-            extra_first_write.push(counter);
+        extra_first_write.push(counter);
+    }
+
+    // Preferences and frequency caps (marketing only; re-checked at every wake until the first
+    // attempt): a muted topic or a reached cap suppresses the message, with the values used.
+    let mut sends = None;
+    if class == MessageClass::Marketing
+        && progress.attempts.is_empty()
+        && progress.ambiguous.is_none()
+    {
+        let history = load_sends(context, job, &recipient.id).await?;
+        if let Some(reason) = marketing_block(job, &recipient, &request.topic, &history) {
+            log.push(
+                EventKind::EventSuppressed,
+                None,
+                Channel::Unspecified,
+                "",
+                &reason,
+                MessageStatus::Suppressed,
+            );
+            log.flush(true, extra_first_write).await?;
+            return Ok(());
         }
+        sends = Some(history);
     }
 
     // Quiet hours: marketing waits for the recipient's local window (re-checked at every wake
@@ -655,8 +659,127 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         resend,
         extra_first_write,
         attempted_before,
+        sends,
     )
     .await
+}
+
+/// Marketing sends to a recipient over the last week (for sliding-window caps).
+const SENDS_KEEP: Duration = Duration::from_secs(8 * 86_400);
+
+fn sends_key(tenant: &TenantId, recipient_id: &str) -> String {
+    format!("sends:{}:{recipient_id}", tenant.0)
+}
+
+/// The recipient's recent marketing sends: `at_ms:channel` entries separated by `;`.
+async fn load_sends(
+    context: &NodeContext,
+    job: &Job,
+    recipient_id: &str,
+) -> Result<Vec<crate::policy::caps::SentRecord>, RunError> {
+    let bytes = context
+        .store
+        .get_value(&sends_key(&job.tenant.id, recipient_id))
+        .await?
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let horizon = now_unix_ms() - SENDS_KEEP.as_millis() as i64;
+    Ok(text
+        .split(';')
+        .filter_map(|entry| {
+            let (at, channel) = entry.split_once(':')?;
+            Some(crate::policy::caps::SentRecord {
+                at_ms: at.parse().ok()?,
+                channel: Channel::try_from(channel.parse::<i32>().ok()?).ok()?,
+                marketing: true,
+            })
+        })
+        .filter(|s| s.at_ms > horizon)
+        .collect())
+}
+
+/// The write that records one more marketing send on `channel`.
+fn record_send(
+    job: &Job,
+    recipient_id: &str,
+    history: &[crate::policy::caps::SentRecord],
+    channel: Channel,
+) -> FencedOp {
+    let mut text: String = history
+        .iter()
+        .map(|s| format!("{}:{};", s.at_ms, s.channel as i32))
+        .collect();
+    text.push_str(&format!("{}:{}", now_unix_ms(), channel as i32));
+    FencedOp {
+        fence: job.fence,
+        op: WriteOp::PutValue {
+            key: sends_key(&job.tenant.id, recipient_id),
+            value: text.into_bytes(),
+            ttl: SENDS_KEEP,
+        },
+    }
+}
+
+/// Why a marketing message may not go at all: a topic the person muted, or the tenant's caps.
+fn marketing_block(
+    job: &Job,
+    recipient: &Recipient,
+    topic: &str,
+    history: &[crate::policy::caps::SentRecord],
+) -> Option<String> {
+    if !topic.is_empty()
+        && let Some(preferences) = &recipient.preferences
+        && preferences.muted_topics.iter().any(|t| t == topic)
+    {
+        return Some(format!("preference{{muted_topic={topic}}}"));
+    }
+    let exceeded =
+        crate::policy::caps::check_scoped(history, &job.tenant.marketing_caps, now_unix_ms())
+            .err()?;
+    Some(format!(
+        "frequency_cap{{count={}, max={}, window_s={}, retry_at_unix_ms={}}}",
+        exceeded.count,
+        exceeded.rule.max,
+        exceeded.rule.window.as_secs(),
+        exceeded
+            .retry_at_ms
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "never".into())
+    ))
+}
+
+/// The person's own limit on `channel` for marketing, if reached: the step is skipped.
+fn channel_limit(
+    recipient: &Recipient,
+    channel: Channel,
+    history: &[crate::policy::caps::SentRecord],
+) -> Option<String> {
+    use crate::policy::caps::{CapRule, CapScope, DAY, WEEK};
+    let preferences = recipient.preferences.as_ref()?;
+    let limits = match channel {
+        Channel::Push => preferences.push.as_ref(),
+        Channel::Email => preferences.email.as_ref(),
+        Channel::Sms => preferences.sms.as_ref(),
+        Channel::Unspecified => None,
+    }?;
+    let rules: Vec<CapRule> = [(limits.max_per_day, DAY), (limits.max_per_week, WEEK)]
+        .into_iter()
+        .filter_map(|(max, window)| {
+            max.map(|max| CapRule {
+                max,
+                window,
+                scope: CapScope::Channel(channel),
+            })
+        })
+        .collect();
+    let exceeded = crate::policy::caps::check_scoped(history, &rules, now_unix_ms()).err()?;
+    Some(format!(
+        "preference_limit{{channel={}, count={}, max={}, window_s={}}}",
+        channel_name(channel),
+        exceeded.count,
+        exceeded.rule.max,
+        exceeded.rule.window.as_secs()
+    ))
 }
 
 /// Runs the waterfall from `step` until a step succeeds, a step waits for its receipt, or no
@@ -672,6 +795,7 @@ async fn walk(
     mut resend: Option<String>,
     mut extra: Vec<FencedOp>,
     attempted_before: bool,
+    sends: Option<Vec<crate::policy::caps::SentRecord>>,
 ) -> Result<(), RunError> {
     let mut attempted = attempted_before;
     let mut skipped: Vec<String> = Vec::new();
@@ -710,7 +834,12 @@ async fn walk(
         let spec = &steps[step as usize];
         let channel = spec.channel();
         if resend.is_none()
-            && let Some(reason) = skip_reason(&recipient, channel, class, &request.topic)
+            && let Some(reason) =
+                skip_reason(&recipient, channel, class, &request.topic).or_else(|| {
+                    sends
+                        .as_deref()
+                        .and_then(|history| channel_limit(&recipient, channel, history))
+                })
         {
             log.push(
                 EventKind::EventSkipped,
@@ -820,6 +949,9 @@ async fn walk(
                     _ => true,
                 };
                 let mut index = Vec::new();
+                if let Some(history) = &sends {
+                    index.push(record_send(job, &recipient.id, history, channel));
+                }
                 if let Some(account) = context.providers.account(&delivery.account)
                     && account.provider.late_receipts()
                     && !provider_message_id.is_empty()
@@ -954,7 +1086,10 @@ async fn walk(
         step += 1;
     }
     let by_policy = |r: &String| {
-        r.starts_with("opted_out") || r.starts_with("no_opt_in") || r.starts_with("suppressed")
+        r.starts_with("opted_out")
+            || r.starts_with("no_opt_in")
+            || r.starts_with("suppressed")
+            || r.starts_with("preference")
     };
     if !attempted && skipped.iter().any(by_policy) {
         // Nothing was sent because policy forbade it: the message is suppressed, with why.
@@ -1251,6 +1386,7 @@ async fn apply_signal_once(
                     None,
                     extra,
                     true,
+                    None,
                 )
                 .await?;
             }
