@@ -41,6 +41,10 @@ pub enum Item {
 }
 
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one result per routed item, moved once into the reply; boxing would add an allocation per upsert"
+)]
 pub enum ItemResult {
     Sent(SendResponse),
     Recipient(Recipient),
