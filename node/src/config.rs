@@ -311,6 +311,10 @@ pub struct NodeConfig {
     /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`).
     /// One node (the owner of the account's partition) schedules every send of the account.
     pub rate_limits: BTreeMap<String, f64>,
+    /// Block-rate breaker thresholds per channel (`[block_rate.email] warn = 0.001, pause =
+    /// 0.003, min_sample = 1000, window_ms = 86400000`), replacing the built-in ones of that
+    /// channel as a whole.
+    pub block_rate: BTreeMap<String, crate::policy::block_rate::Thresholds>,
     /// Share of each rate kept free (0..0.5) so that network jitter between a slot and the
     /// provider never puts one send too many into a second.
     pub rate_limit_margin: f64,
@@ -360,6 +364,7 @@ impl Default for NodeConfig {
             policy_clock_offset_ms: 0,
             rate_limits: BTreeMap::new(),
             rate_limit_margin: 0.04,
+            block_rate: BTreeMap::new(),
             sms_keywords: SmsKeywordReplies::default(),
             prices: Default::default(),
         }

@@ -33,6 +33,8 @@ pub struct NodeContext {
     pub receipts_stats: ReceiptStats,
     /// Cluster-wide provider rate limits (owner schedules and leased slots).
     pub rate_limits: crate::rate_limits::RateLimits,
+    /// Block-rate breakers per campaign and sender (owner side and this node's cache).
+    pub breakers: crate::breakers::Breakers,
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).

@@ -207,6 +207,9 @@ pub struct StepCall<'a> {
     pub channel: Channel,
     pub content: &'a Content,
     pub list_unsubscribe: Option<&'a ListUnsubscribe>,
+    /// The caller already waited for the first account's rate-limit slot (so it could check
+    /// breakers right before the send): the first try uses it.
+    pub first_slot_taken: bool,
 }
 
 pub struct ProviderRegistry {
@@ -291,7 +294,7 @@ impl ProviderRegistry {
         let mut trail = Vec::new();
         let mut calls = 0;
         let mut last: Option<Delivery> = None;
-        for account in chain {
+        for (account_index, account) in chain.iter().enumerate() {
             let name = account.provider.name();
             let Some(to) = contact_point(call.recipient, call.channel, account.platform()) else {
                 trail.push(format!("{name}: no usable contact point"));
@@ -304,7 +307,8 @@ impl ProviderRegistry {
                     break;
                 }
                 // The account's cluster-wide rate: wait for a send slot.
-                if let Err(error) = limits.acquire(name).await {
+                let slot_taken = call.first_slot_taken && account_index == 0 && try_index == 0;
+                if !slot_taken && let Err(error) = limits.acquire(name).await {
                     trail.push(format!("{name}: {error}"));
                     last = Some(Delivery {
                         account: name.to_owned(),

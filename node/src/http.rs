@@ -252,6 +252,30 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP herald_breaker_paused Block-rate breakers as last seen by this node: 1 paused.\n# TYPE herald_breaker_paused gauge\n# HELP herald_breaker_ratio Negatives / deliveries in the breaker's window.\n# TYPE herald_breaker_ratio gauge"
+    );
+    for state in context.breakers.states() {
+        let _ = writeln!(
+            out,
+            "herald_breaker_paused{{node=\"{node}\",key=\"{}\"}} {}\nherald_breaker_ratio{{node=\"{node}\",key=\"{}\"}} {}",
+            state.key,
+            u8::from(state.paused),
+            state.key,
+            state.ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE herald_breaker_pauses_total counter\nherald_breaker_pauses_total{{node=\"{node}\"}} {}\n# TYPE herald_breaker_deferred_sends_total counter\nherald_breaker_deferred_sends_total{{node=\"{node}\"}} {}",
+        context.breakers.stats.pauses.load(Ordering::Relaxed),
+        context
+            .breakers
+            .stats
+            .deferred_sends
+            .load(Ordering::Relaxed)
+    );
     let receipts = &context.receipts_stats;
     let _ = writeln!(
         out,

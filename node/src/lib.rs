@@ -21,6 +21,7 @@ pub mod accounts;
 pub mod actors;
 pub mod api;
 pub mod auth;
+pub mod breakers;
 pub mod config;
 pub mod content;
 pub mod context;

@@ -15,9 +15,9 @@ use std::time::Duration;
 use herald_proto::error::Error;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    Event, EventKind, ForwardItem, ForwardSignal, MessageRequest, MessageStatus, PermitGrant,
-    PermitRequest, Recipient, ReportResult, ReportStatus, SendResponse, StoredMessage,
-    forward_item, forward_result,
+    BreakerReport, BreakerStatus, Event, EventKind, ForwardItem, ForwardSignal, MessageRequest,
+    MessageStatus, PermitGrant, PermitRequest, Recipient, ReportResult, ReportStatus, SendResponse,
+    StoredMessage, forward_item, forward_result,
 };
 use herald_proto::{MessageId, PartitionId, TenantId};
 use sha2::{Digest, Sha256};
@@ -38,19 +38,18 @@ pub enum Item {
     Signal(ForwardSignal),
     /// Send slots of a rate-limited provider account (tenant `__channels`).
     Permits(PermitRequest),
+    /// Counts for a block-rate breaker (tenant `__breakers`).
+    Breaker(BreakerReport),
 }
 
 #[derive(Clone, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one result per routed item, moved once into the reply; boxing would add an allocation per upsert"
-)]
 pub enum ItemResult {
     Sent(SendResponse),
     Recipient(Recipient),
     Erased(bool),
     Signal(ReportResult),
     Permits(PermitGrant),
+    Breaker(BreakerStatus),
 }
 
 impl Item {
@@ -61,6 +60,7 @@ impl Item {
             Item::Erase(id) => id,
             Item::Signal(signal) => &signal.recipient_id,
             Item::Permits(request) => &request.account,
+            Item::Breaker(report) => &report.key,
         }
     }
 
@@ -71,6 +71,7 @@ impl Item {
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
             Item::Signal(signal) => forward_item::Op::Signal(signal),
             Item::Permits(request) => forward_item::Op::Permits(request),
+            Item::Breaker(report) => forward_item::Op::Breaker(report),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -85,6 +86,7 @@ impl Item {
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
             forward_item::Op::Signal(signal) => Item::Signal(signal),
             forward_item::Op::Permits(request) => Item::Permits(request),
+            forward_item::Op::Breaker(report) => Item::Breaker(report),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -98,6 +100,7 @@ impl ItemResult {
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
             ItemResult::Permits(g) => forward_result::Result::Permits(g),
+            ItemResult::Breaker(b) => forward_result::Result::Breaker(b),
         }
     }
 
@@ -108,6 +111,7 @@ impl ItemResult {
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
             Some(forward_result::Result::Permits(g)) => Ok(ItemResult::Permits(g)),
+            Some(forward_result::Result::Breaker(b)) => Ok(ItemResult::Breaker(b)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }
@@ -294,6 +298,11 @@ impl Router {
                 signals.push((index, signal, fence));
                 continue;
             }
+            if let Item::Breaker(report) = item {
+                let status = self.context.breakers.apply(&report, fence);
+                out.push((index, Ok(ItemResult::Breaker(status))));
+                continue;
+            }
             if let Item::Permits(request) = item {
                 let delays_us = self.context.rate_limits.grant(
                     &request.account,
@@ -369,7 +378,7 @@ impl Router {
                         recipient_id: recipient_id.clone(),
                     }
                 }
-                Item::Signal(_) | Item::Permits(_) => continue,
+                Item::Signal(_) | Item::Permits(_) | Item::Breaker(_) => continue,
             };
             ops.push(FencedOp { fence, op });
             op_items.push((index, item, partition));

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use herald_proto::v1::NodeInfo;
+use herald_proto::v1::breakers_server::BreakersServer;
 use herald_proto::v1::delivery_server::DeliveryServer;
 use herald_proto::v1::engagement_server::EngagementServer;
 use herald_proto::v1::forward_server::ForwardServer;
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::actors::directory::RecipientDirectory;
 use crate::api::{
-    delivery::DeliveryApi, engagement::EngagementApi, forward::ForwardApi,
+    breakers::BreakersApi, delivery::DeliveryApi, engagement::EngagementApi, forward::ForwardApi,
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
@@ -259,6 +260,7 @@ impl Node {
             providers: accounts.registry,
             timers,
             receipts_stats: Default::default(),
+            breakers: crate::breakers::Breakers::new(&config.block_rate),
             rate_limits: crate::rate_limits::RateLimits::new(
                 &config.rate_limits,
                 config.rate_limit_margin,
@@ -270,6 +272,7 @@ impl Node {
             config: config.clone(),
         });
         context.rate_limits.bind(Arc::downgrade(&context));
+        context.breakers.bind(Arc::downgrade(&context));
         let router = Router::new(context.clone(), Peers::default());
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -304,6 +307,7 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
+            .add_service(BreakersServer::new(BreakersApi::new(router.clone())))
             .add_service(
                 EngagementServer::new(EngagementApi::new(router.clone()))
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
@@ -342,6 +346,10 @@ impl Node {
             Arc::downgrade(&context),
             timer_queue,
             timer_stats,
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(crate::breakers::Breakers::run(
+            Arc::downgrade(&context),
             shutdown_rx.clone(),
         ));
         tokio::spawn(crate::receipts::consume(router.clone(), provider_events_rx));

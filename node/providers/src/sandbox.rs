@@ -12,7 +12,8 @@
 //!   receipts follow); otherwise a delivery receipt arrives after the delay, a read receipt
 //!   after twice the delay for `read_share` of them, and `push_silent_share` of successful push
 //!   attempts never get a receipt (their step times out);
-//! - `complaint_share` and `block_share` of delivered attempts get a complaint or block receipt.
+//! - `complaint_share` and `block_share` of calls (exactly: every 1/share-th call, after
+//!   `negatives_after_calls`) get a complaint or block receipt.
 //!
 //! It never talks to the network.
 
@@ -48,6 +49,9 @@ pub struct SandboxConfig {
     pub complaint_share: f64,
     /// With receipts: share (0..1) of delivered attempts that get a block receipt.
     pub block_share: f64,
+    /// Complaints and blocks start only after this many calls to the account (a campaign
+    /// that turns bad midway, for breaker tests and demos).
+    pub negatives_after_calls: u64,
 }
 
 pub struct SandboxProvider {
@@ -117,9 +121,17 @@ impl SandboxProvider {
         if draw(&[key, "read"]) < self.config.read_share {
             receipts.push((delay * 2, ReceiptKind::Read));
         }
-        if draw(&[key, "complaint"]) < self.config.complaint_share {
+        // Complaints and blocks: exactly their share of calls (every 1/share-th call), so a
+        // breaker test crosses its threshold at a known point.
+        let call = self.calls.load(Ordering::Relaxed);
+        let every = |share: f64| {
+            share > 0.0
+                && (call as f64 * share).floor() > (call.saturating_sub(1) as f64 * share).floor()
+        };
+        let negatives = call > self.config.negatives_after_calls;
+        if negatives && every(self.config.complaint_share) {
             receipts.push((delay * 3, ReceiptKind::Complained));
-        } else if draw(&[key, "block"]) < self.config.block_share {
+        } else if negatives && every(self.config.block_share) {
             receipts.push((delay * 3, ReceiptKind::Blocked));
         }
         let provider = self.name.clone();

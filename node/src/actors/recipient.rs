@@ -438,6 +438,47 @@ fn quiet_hours_deferral(
     ))
 }
 
+/// How often a message held by a paused breaker looks again.
+const BREAKER_RECHECK_MS: i64 = 1_000;
+
+fn campaign_breaker_key(job: &Job) -> Option<String> {
+    let campaign = job.message.request.as_ref()?.campaign_id.as_str();
+    (!campaign.is_empty()).then(|| crate::breakers::campaign_key(&job.tenant.id.0, campaign))
+}
+
+/// The paused breaker (the message's campaign, or `account`) that holds this send, if any.
+fn paused_breaker(
+    context: &NodeContext,
+    job: &Job,
+    account: &str,
+) -> Option<herald_proto::v1::BreakerStatus> {
+    campaign_breaker_key(job)
+        .and_then(|key| context.breakers.paused(&key))
+        .or_else(|| {
+            context
+                .breakers
+                .paused(&crate::breakers::sender_key(account))
+        })
+}
+
+/// Counts a signal for the message's campaign and for `account`.
+fn observe_breakers(
+    context: &NodeContext,
+    job: &Job,
+    account: &str,
+    channel: Channel,
+    signal: crate::policy::block_rate::Signal,
+) {
+    if let Some(key) = campaign_breaker_key(job) {
+        context.breakers.observe(&key, channel, signal);
+    }
+    if !account.is_empty() {
+        context
+            .breakers
+            .observe(&crate::breakers::sender_key(account), channel, signal);
+    }
+}
+
 /// The recipient with `address` suppressed on `channel`, and the fenced write that stores it.
 fn suppress(
     job: &Job,
@@ -892,6 +933,39 @@ async fn walk(
             step += 1;
             continue;
         };
+        // The send slot first (it may be a while at a low rate), then the breakers, so a pause
+        // stops messages that were waiting for their slot too.
+        let first_slot_taken = context
+            .rate_limits
+            .acquire(first.provider.name())
+            .await
+            .is_ok();
+        // Block-rate breakers: a paused campaign or sender makes the message wait.
+        if resend.is_none()
+            && let Some(paused) = paused_breaker(context, job, first.provider.name())
+        {
+            context
+                .breakers
+                .stats
+                .deferred_sends
+                .fetch_add(1, Ordering::Relaxed);
+            let due = now_unix_ms() + BREAKER_RECHECK_MS;
+            log.push(
+                EventKind::EventDeferred,
+                Some(step),
+                channel,
+                "",
+                &format!(
+                    "breaker_paused{{key={}, ratio={:.4}, sample={}, pause_threshold={}}}",
+                    paused.key, paused.ratio, paused.sample, paused.pause_threshold
+                ),
+                MessageStatus::Deferred,
+            )
+            .due_unix_ms = due;
+            log.flush(false, std::mem::take(&mut extra)).await?;
+            schedule(context, job, due);
+            return Ok(());
+        }
         attempted = true;
         let attempt_id = resend
             .take()
@@ -922,6 +996,7 @@ async fn walk(
                     } else {
                         None
                     },
+                    first_slot_taken,
                 },
                 &context.rate_limits,
             )
@@ -964,6 +1039,13 @@ async fn walk(
                         step,
                     ));
                 }
+                observe_breakers(
+                    context,
+                    job,
+                    &delivery.account,
+                    channel,
+                    crate::policy::block_rate::Signal::Delivered,
+                );
                 let sent = log.push(
                     EventKind::EventSent,
                     Some(step),
@@ -1127,6 +1209,15 @@ async fn apply_consent(context: &NodeContext, job: &ConsentJob) -> Result<Report
     let mut updated = recipient;
     if !crate::policy::consent::set(&mut updated, job.change.clone()) {
         return Ok(ReportStatus::ReportDuplicate);
+    }
+    if job.change.state() == ConsentState::OptedOut
+        && let Some((account, _)) = &job.confirm
+    {
+        context.breakers.observe(
+            &crate::breakers::sender_key(account),
+            Channel::try_from(job.change.channel).unwrap_or_default(),
+            crate::policy::block_rate::Signal::OptOut,
+        );
     }
     let outcomes = context
         .store
@@ -1422,6 +1513,15 @@ async fn apply_signal_once(
     // Information about a step that succeeded (or about the person's reaction): recorded with
     // the message's status unchanged. An unsubscribe or a complaint also changes the consent
     // ledger (and a complaint suppresses the address) in the same write.
+    let negative = match kind {
+        EngagementKind::EngagementComplained => Some(crate::policy::block_rate::Signal::Complaint),
+        EngagementKind::EngagementBlocked => Some(crate::policy::block_rate::Signal::Block),
+        EngagementKind::EngagementUnsubscribed => Some(crate::policy::block_rate::Signal::OptOut),
+        _ => None,
+    };
+    if let Some(signal) = negative {
+        observe_breakers(context, job, &record.provider, channel, signal);
+    }
     let mut extra = Vec::new();
     if matches!(
         kind,

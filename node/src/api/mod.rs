@@ -3,6 +3,7 @@
 //! Decode, authenticate, validate, call the router or the store, map errors. Nothing else:
 //! no policy and no routing decisions live here.
 
+pub mod breakers;
 pub mod delivery;
 pub mod engagement;
 pub mod forward;
