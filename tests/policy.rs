@@ -247,6 +247,41 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
         Some(MessageStatus::Delivered)
     );
     wait_for("SMS after START", || to_phone(&smsc).len() == 4).await;
+
+    // STOPALL from a number as SMSCs often give it (no `+`) leaves every sender; START lifts it.
+    smsc.send_mo(&PHONE[1..], SENDER, "stopall").expect("mo");
+    wait_for("stopall confirmation", || to_phone(&smsc).len() == 5).await;
+    let person = recipient(&mut recipients).await;
+    assert!(
+        person
+            .consent
+            .iter()
+            .any(|c| c.channel == Channel::Sms as i32
+                && c.sender.is_empty()
+                && c.state() == ConsentState::OptedOut
+                && c.source == "sms_keyword"),
+        "{:?}",
+        person.consent
+    );
+    smsc.send_mo(PHONE, SENDER, "START").expect("mo");
+    wait_for("start confirmation", || to_phone(&smsc).len() == 6).await;
+    let person = recipient(&mut recipients).await;
+    assert!(
+        person
+            .consent
+            .iter()
+            .filter(|c| c.channel == Channel::Sms as i32)
+            .all(|c| c.state() == ConsentState::OptedIn),
+        "{:?}",
+        person.consent
+    );
+    // A client upsert that does not mention Herald's entries keeps them (the STOP history too).
+    let before = recipient(&mut recipients).await;
+    assert!(
+        before.consent_history.len() >= 4,
+        "{:?}",
+        before.consent_history
+    );
 }
 
 /// Quiet hours with a controllable clock: the node's policy clock reads 23:00 in New York. A

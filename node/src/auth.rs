@@ -21,7 +21,8 @@ pub struct Tenant {
     pub marketing_daily_cap: u32,
     /// Sliding-window caps on marketing messages per recipient (the daily cap included).
     pub marketing_caps: Vec<crate::policy::caps::CapRule>,
-    pub quiet_hours: crate::policy::quiet_hours::Window,
+    /// `None` = no quiet hours for this tenant.
+    pub quiet_hours: Option<crate::policy::quiet_hours::Window>,
     pub time_zone: chrono_tz::Tz,
     pub quiet_hours_spread_ms: i64,
 }
@@ -53,7 +54,9 @@ impl Tenant {
                     }))
                     .collect()
             },
-            quiet_hours: config.quiet_hours.clone(),
+            quiet_hours: config
+                .quiet_hours_enabled
+                .then(|| config.quiet_hours.clone()),
             // Checked at start-up (`TenantConfig::validate`).
             time_zone: config.default_time_zone.parse().unwrap_or(chrono_tz::UTC),
             quiet_hours_spread_ms: i64::try_from(config.quiet_hours_spread_s.saturating_mul(1000))

@@ -140,6 +140,9 @@ pub struct TenantConfig {
     /// start = "08:00", end = "21:00", no_weekend = false`). Transactional messages ignore it.
     #[serde(default)]
     pub quiet_hours: crate::policy::quiet_hours::Window,
+    /// `false` = no quiet hours for this tenant (marketing goes at any local time).
+    #[serde(default = "default_true")]
+    pub quiet_hours_enabled: bool,
     /// The time zone of recipients with neither a time zone nor a phone number that tells one
     /// (IANA name).
     #[serde(default = "default_time_zone")]
@@ -167,6 +170,7 @@ impl TenantConfig {
             marketing_daily_cap: default_marketing_daily_cap(),
             marketing_caps: Vec::new(),
             quiet_hours: Default::default(),
+            quiet_hours_enabled: true,
             default_time_zone: default_time_zone(),
             quiet_hours_spread_s: default_quiet_hours_spread_s(),
         }
@@ -195,6 +199,10 @@ impl TenantConfig {
 
 fn default_marketing_daily_cap() -> u32 {
     5
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_time_zone() -> String {
@@ -394,6 +402,48 @@ impl NodeConfig {
         }
         if self.batch_max == 0 || self.batch_max > 10_000 {
             return Err(invalid("batch_max must be in 1..=10000"));
+        }
+        if !(0.0..=0.5).contains(&self.rate_limit_margin) {
+            return Err(invalid("rate_limit_margin must be in 0..=0.5"));
+        }
+        for (account, rate) in &self.rate_limits {
+            if !(*rate > 0.0 && rate.is_finite()) {
+                return Err(Error::Invalid {
+                    origin: "node config".into(),
+                    message: format!(
+                        "rate_limits.{account}: must be a positive number of sends per second"
+                    ),
+                });
+            }
+            if account != crate::accounts::SANDBOX_ACCOUNT && !self.providers.contains_key(account)
+            {
+                return Err(Error::Invalid {
+                    origin: "node config".into(),
+                    message: format!(
+                        "rate_limits.{account}: no such provider account under [providers]"
+                    ),
+                });
+            }
+        }
+        for (channel, thresholds) in &self.block_rate {
+            if !matches!(channel.as_str(), "push" | "email" | "sms") {
+                return Err(Error::Invalid {
+                    origin: "node config".into(),
+                    message: format!(
+                        "block_rate.{channel}: the channel must be push, email or sms"
+                    ),
+                });
+            }
+            thresholds.validate().map_err(|e| Error::Invalid {
+                origin: "node config".into(),
+                message: format!("block_rate.{channel}: {e}"),
+            })?;
+            if thresholds.warn > thresholds.pause {
+                return Err(Error::Invalid {
+                    origin: "node config".into(),
+                    message: format!("block_rate.{channel}: warn must not exceed pause"),
+                });
+            }
         }
         if self.public_url.is_some() != self.link_secret.is_some() {
             return Err(invalid(

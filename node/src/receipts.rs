@@ -228,6 +228,15 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
     let Some(keyword) = parse(&inbound.text) else {
         return;
     };
+    // SMSCs often give the sender's number without its `+` (TON international): recipients'
+    // numbers are E.164 with it.
+    let mut inbound = inbound;
+    if !inbound.from.starts_with('+')
+        && !inbound.from.is_empty()
+        && inbound.from.bytes().all(|b| b.is_ascii_digit())
+    {
+        inbound.from = format!("+{}", inbound.from);
+    }
     let (kind, detail) = match keyword {
         Keyword::Help => {
             let text = &context.config.sms_keywords.help_reply;

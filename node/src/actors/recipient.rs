@@ -406,15 +406,16 @@ fn quiet_hours_deferral(
     let offset = context.config.policy_clock_offset_ms;
     let now = chrono::DateTime::from_timestamp_millis(now_unix_ms().saturating_add(offset))?;
     let tenant = &job.tenant;
+    let window = tenant.quiet_hours.as_ref()?;
     let (zones, source) = resolve(&recipient.time_zone, &recipient.phone, tenant.time_zone);
     let mut source = match source {
         ZoneSource::Explicit => "recipient".to_owned(),
         ZoneSource::PhonePrefix { prefix } => format!("phone_prefix:+{prefix}"),
         ZoneSource::TenantDefault => "tenant_default".to_owned(),
     };
-    let mut verdict = evaluate(&tenant.quiet_hours, &zones, now);
+    let mut verdict = evaluate(window, &zones, now);
     if matches!(verdict, Verdict::NoCommonWindow { .. }) {
-        verdict = evaluate(&tenant.quiet_hours, &[tenant.time_zone], now);
+        verdict = evaluate(window, &[tenant.time_zone], now);
         source = "tenant_default(no common window in the phone's zones)".to_owned();
     }
     let Verdict::Closed {
@@ -1207,7 +1208,27 @@ async fn apply_consent(context: &NodeContext, job: &ConsentJob) -> Result<Report
         return Ok(ReportStatus::ReportUnknown);
     };
     let mut updated = recipient;
-    if !crate::policy::consent::set(&mut updated, job.change.clone()) {
+    let mut changed = crate::policy::consent::set(&mut updated, job.change.clone());
+    // START after STOPALL: the keyword opt-out of every sender is lifted too.
+    if job.change.state() == ConsentState::OptedIn {
+        let stopall = updated
+            .consent
+            .iter()
+            .find(|c| {
+                c.channel == job.change.channel
+                    && c.topic.is_empty()
+                    && c.sender.is_empty()
+                    && c.source == job.change.source
+                    && c.state() == ConsentState::OptedOut
+            })
+            .cloned();
+        if let Some(mut entry) = stopall {
+            entry.state = ConsentState::OptedIn as i32;
+            entry.at_unix_ms = job.change.at_unix_ms;
+            changed |= crate::policy::consent::set(&mut updated, entry);
+        }
+    }
+    if !changed {
         return Ok(ReportStatus::ReportDuplicate);
     }
     if job.change.state() == ConsentState::OptedOut

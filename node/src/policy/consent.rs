@@ -126,8 +126,8 @@ pub fn push_history(recipient: &mut Recipient, entry: ChannelConsent) {
 
 /// Carries the ledger from `prior` into a client's upsert `next`: entries whose state did not
 /// change keep their source and time; changed and new ones get `source = "api"` and `now`, and
-/// are appended to the history; the history itself is kept. Herald-set entries (a sender's
-/// STOP) the client did not mention stay.
+/// are appended to the history; the history itself is kept. Herald-set entries (a STOP, a
+/// one-click unsubscribe, a complaint) the client did not mention stay.
 pub fn merge_upsert(prior: Option<&Recipient>, next: &mut Recipient, now_ms: i64) {
     let empty = Recipient::default();
     let prior = prior.unwrap_or(&empty);
@@ -149,7 +149,13 @@ pub fn merge_upsert(prior: Option<&Recipient>, next: &mut Recipient, now_ms: i64
             }
         }
     }
-    for kept in prior.consent.iter().filter(|c| !c.sender.is_empty()) {
+    // Herald's own entries (a STOP, an unsubscribe link, a complaint) stay unless the client
+    // names the same entry: only a new explicit consent replaces them.
+    for kept in prior
+        .consent
+        .iter()
+        .filter(|c| c.source != "api" && !c.source.is_empty())
+    {
         let mentioned = next
             .consent
             .iter()
