@@ -59,7 +59,7 @@ fn default_end() -> NaiveTime {
 /// Times are wall-clock times in each recipient zone, written `"HH:MM"` (or `"HH:MM:SS"`).
 /// `start > end` is an overnight window (`"22:00"`–`"06:00"` is open from 22:00 to 06:00 the
 /// next morning); `end = "00:00"` means until midnight. `start == end` is rejected by
-/// [`Window::validate`] (an empty window; to send at any time, configure no window).
+/// [`Window::validate`] (an empty window; to send at any time, set the tenant's `quiet_hours_enabled = false`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
@@ -93,7 +93,7 @@ pub enum WindowError {
     #[error(
         "sending window start and end are both {at}: the window would be empty (for an \
          overnight window put start after end, e.g. 22:00-06:00; to send at any time, \
-         configure no window)"
+         set quiet_hours_enabled = false)"
     )]
     Empty { at: String },
     #[error("sending window {field} {at:?} has a fraction of a second; use whole seconds")]
