@@ -235,6 +235,116 @@ mod tests {
         assert_eq!(r.consent_history.len(), 2);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_entry() -> impl Strategy<Value = ChannelConsent> {
+            (
+                prop_oneof![Just(""), Just("deals"), Just("news"), Just(ALL_MARKETING)],
+                prop_oneof![Just(""), Just("smpp-main")],
+                prop_oneof![Just(ConsentState::OptedIn), Just(ConsentState::OptedOut)],
+                prop_oneof![Just("api"), Just("sms_keyword"), Just("complaint")],
+            )
+                .prop_map(|(topic, sender, state, source)| ChannelConsent {
+                    channel: SMS,
+                    state: state as i32,
+                    topic: topic.into(),
+                    sender: sender.into(),
+                    source: source.into(),
+                    at_unix_ms: 1,
+                })
+        }
+
+        /// The rules, written out once more from the module docs.
+        fn model(ledger: &[ChannelConsent], class: MessageClass, topic: &str) -> bool {
+            let is = |e: &ChannelConsent, t: &str, state: ConsentState| {
+                e.topic == t && e.sender.is_empty() && e.state() == state
+            };
+            if ledger.iter().any(|e| is(e, "", ConsentState::OptedOut)) {
+                return false;
+            }
+            if class == MessageClass::Transactional {
+                return true;
+            }
+            let topic_out = ledger.iter().any(|e| {
+                (!topic.is_empty() && is(e, topic, ConsentState::OptedOut))
+                    || is(e, ALL_MARKETING, ConsentState::OptedOut)
+            });
+            let opted_in = ledger.iter().any(|e| is(e, "", ConsentState::OptedIn))
+                || (!topic.is_empty()
+                    && ledger.iter().any(|e| is(e, topic, ConsentState::OptedIn)));
+            !topic_out && opted_in
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn verdict_follows_the_rules(
+                entries in proptest::collection::vec(arb_entry(), 0..6),
+                marketing in any::<bool>(),
+                topic in prop_oneof![Just(""), Just("deals"), Just("news")],
+            ) {
+                let mut recipient = person(vec![]);
+                for entry in entries {
+                    set(&mut recipient, entry);
+                }
+                let class = if marketing { MessageClass::Marketing } else { MessageClass::Transactional };
+                let allowed = verdict(&recipient, SMS, "sms", class, topic).is_none();
+                prop_assert_eq!(allowed, model(&recipient.consent, class, topic));
+                // A sender-specific STOP never blocks at the channel level, only that sender.
+                if recipient.consent.iter().all(|c| !c.sender.is_empty() || c.state() == ConsentState::OptedIn) && !marketing {
+                    prop_assert!(allowed);
+                }
+            }
+
+            #[test]
+            fn history_records_every_change_and_only_changes(
+                entries in proptest::collection::vec(arb_entry(), 0..20),
+            ) {
+                let mut recipient = person(vec![]);
+                let mut changes = 0;
+                for entry in entries {
+                    if set(&mut recipient, entry) {
+                        changes += 1;
+                    }
+                }
+                prop_assert_eq!(recipient.consent_history.len(), changes);
+                // One ledger entry per (channel, topic, sender).
+                let mut keys: Vec<_> = recipient.consent.iter().map(|c| (c.topic.clone(), c.sender.clone())).collect();
+                let count = keys.len();
+                keys.sort();
+                keys.dedup();
+                prop_assert_eq!(keys.len(), count);
+            }
+
+            #[test]
+            fn upserts_never_drop_heralds_entries(
+                prior_entries in proptest::collection::vec(arb_entry(), 0..6),
+                next_entries in proptest::collection::vec(arb_entry(), 0..6),
+            ) {
+                let mut prior = person(vec![]);
+                for entry in prior_entries {
+                    set(&mut prior, entry);
+                }
+                let mut next = person(vec![]);
+                for mut entry in next_entries {
+                    entry.source = String::new();
+                    if !next.consent.iter().any(|c| c.topic == entry.topic && c.sender == entry.sender) {
+                        next.consent.push(entry);
+                    }
+                }
+                merge_upsert(Some(&prior), &mut next, 7);
+                for kept in prior.consent.iter().filter(|c| c.source != "api") {
+                    let present = next.consent.iter().any(|c| c.topic == kept.topic && c.sender == kept.sender);
+                    prop_assert!(present, "{:?} was dropped", kept);
+                }
+                prop_assert!(next.consent_history.len() >= prior.consent_history.len());
+            }
+        }
+    }
+
     #[test]
     fn upserts_keep_sources_and_herald_entries() {
         let mut prior = person(vec![
