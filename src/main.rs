@@ -349,6 +349,9 @@ async fn up(
         );
         eprintln!("  failed           {:>8}", f.failed);
         eprintln!("  suppressed       {:>8}", f.suppressed);
+        for (rule, count) in &f.suppressed_by_reason {
+            eprintln!("    {rule:<14} {count:>8}");
+        }
         let timeouts = cluster.step_timeouts();
         eprintln!(
             "  push timed out   {timeouts:>8}  (no delivery receipt within {push_timeout_ms} ms; fell back)"

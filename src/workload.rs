@@ -52,6 +52,8 @@ pub struct Funnel {
     pub failed: u64,
     pub suppressed: u64,
     pub expired: u64,
+    /// Suppressed messages by the rule that stopped them (`frequency_cap`, `opted_out`, ...).
+    pub suppressed_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -180,7 +182,17 @@ pub async fn run_messages(
                 (MessageStatus::Delivered, Channel::Push) => t.funnel.delivered_push += 1,
                 (MessageStatus::Delivered, Channel::Email) => t.funnel.delivered_email += 1,
                 (MessageStatus::Delivered, Channel::Sms) => t.funnel.delivered_sms += 1,
-                (MessageStatus::Suppressed, _) => t.funnel.suppressed += 1,
+                (MessageStatus::Suppressed, _) => {
+                    t.funnel.suppressed += 1;
+                    // Named by the rule itself, also when every step was skipped by one.
+                    let reason = event.reason.trim_start_matches("every_step_skipped{");
+                    let rule = reason
+                        .split(['{', ':'])
+                        .next()
+                        .unwrap_or("unknown")
+                        .to_owned();
+                    *t.funnel.suppressed_by_reason.entry(rule).or_default() += 1;
+                }
                 (MessageStatus::Expired, _) => t.funnel.expired += 1,
                 _ => t.funnel.failed += 1,
             }
