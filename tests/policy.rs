@@ -400,6 +400,67 @@ async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_throug
         "no phone number in reasons"
     );
 
+    // A campaign's own window (22:00-23:30) lets it go at 23:00; a bad one is refused.
+    let mut evening = marketing_sms("q-evening");
+    evening.quiet_hours = Some(herald_proto::v1::QuietHoursOverride {
+        start: "22:00".into(),
+        end: "23:30".into(),
+        ..Default::default()
+    });
+    let mut broken = evening.clone();
+    broken.idempotency_key = "q-broken".into();
+    if let Some(q) = broken.quiet_hours.as_mut() {
+        q.end = "25:00".into();
+    }
+    let refused = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(broken),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect_err("bad window");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("message.quiet_hours"),
+        "{}",
+        refused.message()
+    );
+    let id = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(evening),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let log = delivery
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: id.clone(),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        if log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "evening campaign not delivered: {:?}",
+            log.events
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Transactional: at once.
     let mut transactional = marketing_sms("q-transactional");
     transactional.class = MessageClass::Transactional as i32;

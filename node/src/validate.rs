@@ -83,6 +83,15 @@ pub fn message(
         false,
     )?;
     check_topic(|| format!("{prefix}.topic"), &request.topic)?;
+    if let Some(quiet) = &request.quiet_hours
+        && !quiet.disabled
+    {
+        crate::policy::quiet_hours::Window::from_parts(&quiet.start, &quiet.end, quiet.no_weekend)
+            .map_err(|e| Error::invalid(format!("{prefix}.quiet_hours"), e))?;
+    }
+    if request.tag.len() > 64 {
+        return Err(Error::invalid(format!("{prefix}.tag"), "at most 64 bytes"));
+    }
     match MessageClass::try_from(request.class) {
         Ok(MessageClass::Transactional | MessageClass::Marketing) => {}
         _ => {

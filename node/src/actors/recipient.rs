@@ -406,7 +406,23 @@ fn quiet_hours_deferral(
     let offset = context.config.policy_clock_offset_ms;
     let now = chrono::DateTime::from_timestamp_millis(now_unix_ms().saturating_add(offset))?;
     let tenant = &job.tenant;
-    let window = tenant.quiet_hours.as_ref()?;
+    // The message's (campaign's) own window, else the tenant's.
+    let own = job
+        .message
+        .request
+        .as_ref()
+        .and_then(|r| r.quiet_hours.as_ref());
+    let own_window = match own {
+        Some(o) if o.disabled => return None,
+        Some(o) => {
+            crate::policy::quiet_hours::Window::from_parts(&o.start, &o.end, o.no_weekend).ok()
+        }
+        None => None,
+    };
+    let window = match &own_window {
+        Some(window) => window,
+        None => tenant.quiet_hours.as_ref()?,
+    };
     let (zones, source) = resolve(&recipient.time_zone, &recipient.phone, tenant.time_zone);
     let mut source = match source {
         ZoneSource::Explicit => "recipient".to_owned(),

@@ -102,6 +102,17 @@ pub enum WindowError {
 
 impl Window {
     /// Checks what serde cannot: a non-empty window of whole seconds.
+    /// A window from `"HH:MM"` texts (a message's own quiet hours), validated.
+    pub fn from_parts(start: &str, end: &str, no_weekend: bool) -> Result<Self, String> {
+        let window = Window {
+            start: hhmm::parse(start).map_err(|e| format!("start: {e}"))?,
+            end: hhmm::parse(end).map_err(|e| format!("end: {e}"))?,
+            no_weekend,
+        };
+        window.validate().map_err(|e| e.to_string())?;
+        Ok(window)
+    }
+
     pub fn validate(&self) -> Result<(), WindowError> {
         for (field, t) in [("start", self.start), ("end", self.end)] {
             if t.nanosecond() != 0 {
