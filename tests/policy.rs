@@ -1023,3 +1023,140 @@ async fn complaints_pause_the_campaign_until_resumed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Messenger-style channel rules on an SMPP account: outside the 24-hour session window (the
+/// person never wrote) only tagged messages go; a reply opens the window; the account's tier
+/// admits at most 2 distinct recipients a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_window_and_tier_limit() {
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("smsc");
+    let tables = format!(
+        r#"
+[providers.smpp-main]
+kind = "smpp"
+host = "127.0.0.1"
+port = {port}
+system_id = "herald"
+password = "secret"
+source_addr = "{SENDER}"
+
+[channels]
+sms = ["smpp-main"]
+
+[channel_rules.smpp-main]
+session_window_h = 24
+unique_recipients_per_day = 2
+"#,
+        port = smsc.port()
+    );
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            tables,
+            ..Default::default()
+        },
+    )
+    .await;
+    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let mut delivery = DeliveryClient::new(channel.clone());
+    let mut recipients = RecipientsClient::new(channel);
+    let phones = ["+12125550171", "+12125550172", "+12125550173"];
+    for (i, phone) in phones.iter().enumerate() {
+        recipients
+            .upsert_recipient(authed(
+                UpsertRecipientRequest {
+                    recipient: Some(Recipient {
+                        id: format!("sw-{i}"),
+                        phone: (*phone).into(),
+                        ..Default::default()
+                    }),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("upsert");
+    }
+    let message = |i: usize, key: &str, tag: &str| {
+        let mut m = marketing_sms(key);
+        m.recipient_id = format!("sw-{i}");
+        m.class = MessageClass::Transactional as i32;
+        m.tag = tag.into();
+        m
+    };
+    let mut outcome = async |m: MessageRequest| {
+        let id = delivery
+            .send(authed(SendRequest { message: Some(m) }, API_KEY))
+            .await
+            .expect("send")
+            .into_inner()
+            .message_id;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let log = delivery
+                .get_message(authed(
+                    GetMessageRequest {
+                        message_id: id.clone(),
+                    },
+                    API_KEY,
+                ))
+                .await
+                .expect("get")
+                .into_inner();
+            let last = log.events.last().cloned().unwrap_or_default();
+            if herald_node::actors::waterfall::is_terminal(last.status()) {
+                return last;
+            }
+            assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Never wrote, untagged: outside the session window.
+    let last = outcome(message(0, "sw-1", "")).await;
+    assert_eq!(last.status(), MessageStatus::Suppressed);
+    assert!(
+        last.reason
+            .contains("session_window{account=smpp-main, hours=24, last_inbound_unix_ms=never"),
+        "{}",
+        last.reason
+    );
+    // Tagged: goes (recipient 1 of the tier).
+    assert_eq!(
+        outcome(message(0, "sw-2", "ACCOUNT_UPDATE")).await.status(),
+        MessageStatus::Delivered
+    );
+    // A reply opens the window: untagged goes now.
+    smsc.send_mo(&phones[0][1..], SENDER, "thanks!")
+        .expect("mo");
+    let deadline = Instant::now() + SETTLE;
+    for attempt in 0.. {
+        let last = outcome(message(0, &format!("sw-3-{attempt}"), "")).await;
+        if last.status() == MessageStatus::Delivered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reply did not open the window: {}",
+            last.reason
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Tier of 2 distinct recipients a day: the second gets in, the third does not, the first
+    // still does.
+    assert_eq!(
+        outcome(message(1, "sw-4", "ACCOUNT_UPDATE")).await.status(),
+        MessageStatus::Delivered
+    );
+    let third = outcome(message(2, "sw-5", "ACCOUNT_UPDATE")).await;
+    assert_eq!(third.status(), MessageStatus::Suppressed);
+    assert!(
+        third
+            .reason
+            .contains("tier_limit{account=smpp-main, unique_recipients_24h=2, tier=2}"),
+        "{}",
+        third.reason
+    );
+    assert_eq!(
+        outcome(message(0, "sw-6", "ACCOUNT_UPDATE")).await.status(),
+        MessageStatus::Delivered
+    );
+}

@@ -228,6 +228,19 @@ pub struct StoreConfig {
 
 pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
 
+/// Messenger-style rules of one provider account.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelRules {
+    /// Session window, hours: more than this long after the person's last inbound message,
+    /// only tagged messages (`MessageRequest.tag`) may go through this account. 0 = no rule.
+    pub session_window_h: u32,
+    /// The account's tier: at most this many distinct recipients in any 24 hours (as
+    /// WhatsApp's 250 / 1k / 10k / 100k tiers). 0 = no limit. Counted cluster-wide by the owner
+    /// of the account's schedule.
+    pub unique_recipients_per_day: u32,
+}
+
 /// Replies to SMS keywords (`[sms_keywords]`). Empty = no reply.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -319,6 +332,9 @@ pub struct NodeConfig {
     /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`).
     /// One node (the owner of the account's partition) schedules every send of the account.
     pub rate_limits: BTreeMap<String, f64>,
+    /// Messenger-style rules per provider account (`[channel_rules.wa-main] session_window_h =
+    /// 24, unique_recipients_per_day = 1000`).
+    pub channel_rules: BTreeMap<String, ChannelRules>,
     /// Block-rate breaker thresholds per channel (`[block_rate.email] warn = 0.001, pause =
     /// 0.003, min_sample = 1000, window_ms = 86400000`), replacing the built-in ones of that
     /// channel as a whole.
@@ -373,6 +389,7 @@ impl Default for NodeConfig {
             rate_limits: BTreeMap::new(),
             rate_limit_margin: 0.04,
             block_rate: BTreeMap::new(),
+            channel_rules: BTreeMap::new(),
             sms_keywords: SmsKeywordReplies::default(),
             prices: Default::default(),
         }

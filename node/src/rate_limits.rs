@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use herald_proto::partition::partition_of;
-use herald_proto::v1::{ForwardItem, PermitRequest, forward_item, forward_result};
+use herald_proto::v1::{ForwardItem, PermitGrant, PermitRequest, forward_item, forward_result};
 use herald_proto::{Epoch, PartitionId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -73,9 +73,20 @@ pub struct RateStats {
     pub remote_requests: AtomicU64,
 }
 
+/// The owner side of an account's unique-recipients tier: recipient key → last admitted (ms).
+struct Tier {
+    recipients: HashMap<String, i64>,
+}
+
+/// A tier's window: any 24 hours.
+const TIER_WINDOW_MS: i64 = 24 * 3_600_000;
+
 pub struct RateLimits {
     /// Account → sends per second (after the safety margin).
     limits: BTreeMap<String, f64>,
+    /// Account → distinct recipients allowed in any 24 hours.
+    tiers: BTreeMap<String, u32>,
+    tier_state: Mutex<HashMap<String, Tier>>,
     owned: Mutex<HashMap<String, Schedule>>,
     /// Per account, the slots this node leased and has not used yet.
     leased: Mutex<HashMap<String, Arc<tokio::sync::Mutex<VecDeque<Instant>>>>>,
@@ -89,8 +100,23 @@ impl RateLimits {
     /// network jitter between the grant and the provider never puts one send too many into a
     /// second.
     pub fn new(limits: &BTreeMap<String, f64>, margin: f64) -> Self {
+        Self::with_tiers(limits, margin, &BTreeMap::new())
+    }
+
+    /// Also with unique-recipients-per-24h tiers per account.
+    pub fn with_tiers(
+        limits: &BTreeMap<String, f64>,
+        margin: f64,
+        tiers: &BTreeMap<String, u32>,
+    ) -> Self {
         let keep = 1.0 - margin.clamp(0.0, 0.5);
         Self {
+            tiers: tiers
+                .iter()
+                .filter(|(_, tier)| **tier > 0)
+                .map(|(a, t)| (a.clone(), *t))
+                .collect(),
+            tier_state: Mutex::new(HashMap::new()),
             limits: limits
                 .iter()
                 .filter(|(_, rate)| **rate > 0.0)
@@ -150,6 +176,45 @@ impl RateLimits {
             .granted
             .fetch_add(delays.len() as u64, Ordering::Relaxed);
         delays
+    }
+
+    /// Owner side: may `account` message `recipient` within its tier? Returns the grant with
+    /// `refused`, the tier and the distinct recipients of the last 24 hours.
+    pub fn admit_local(&self, account: &str, recipient: &str) -> PermitGrant {
+        let Some(tier) = self.tiers.get(account).copied() else {
+            return PermitGrant::default();
+        };
+        let now = crate::context::now_unix_ms();
+        let mut states = self.tier_state.lock();
+        let state = states.entry(account.to_owned()).or_insert_with(|| Tier {
+            recipients: HashMap::new(),
+        });
+        state
+            .recipients
+            .retain(|_, last| now - *last < TIER_WINDOW_MS);
+        let known = state.recipients.contains_key(recipient);
+        let admitted = known || (state.recipients.len() as u64) < u64::from(tier);
+        if admitted {
+            state.recipients.insert(recipient.to_owned(), now);
+        }
+        PermitGrant {
+            delays_us: Vec::new(),
+            refused: !admitted,
+            tier,
+            unique: u32::try_from(state.recipients.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn has_tier(&self, account: &str) -> bool {
+        self.tiers.contains_key(account)
+    }
+
+    /// Sender side: asks the owner whether `account` may message `recipient` (tier).
+    pub async fn admit(&self, account: &str, recipient: &str) -> Result<PermitGrant, String> {
+        if !self.has_tier(account) {
+            return Ok(PermitGrant::default());
+        }
+        self.ask(account, 0, recipient).await
     }
 
     /// Slots asked for at once: about 50 ms worth, at least 1, at most 64.
@@ -223,6 +288,12 @@ impl RateLimits {
 
     /// Asks the owner of `account`'s partition for `count` slots.
     async fn request(&self, account: &str, count: u32) -> Result<Vec<u64>, String> {
+        self.ask(account, count, "").await.map(|g| g.delays_us)
+    }
+
+    /// One question to the owner of `account`'s partition: slots, or (with `recipient`) a tier
+    /// admission.
+    async fn ask(&self, account: &str, count: u32, recipient: &str) -> Result<PermitGrant, String> {
         let context = self
             .context
             .get()
@@ -245,7 +316,13 @@ impl RateLimits {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(self.grant(account, count, fence));
+            if !recipient.is_empty() {
+                return Ok(self.admit_local(account, recipient));
+            }
+            return Ok(PermitGrant {
+                delays_us: self.grant(account, count, fence),
+                ..Default::default()
+            });
         }
         self.stats.remote_requests.fetch_add(1, Ordering::Relaxed);
         let item = ForwardItem {
@@ -253,6 +330,7 @@ impl RateLimits {
             op: Some(forward_item::Op::Permits(PermitRequest {
                 account: account.to_owned(),
                 count,
+                recipient: recipient.to_owned(),
             })),
         };
         let results = self
@@ -261,7 +339,7 @@ impl RateLimits {
             .await
             .map_err(|e| e.to_string())?;
         match results.into_iter().next().and_then(|r| r.result) {
-            Some(forward_result::Result::Permits(grant)) => Ok(grant.delays_us),
+            Some(forward_result::Result::Permits(grant)) => Ok(grant),
             Some(forward_result::Result::Error(error)) => {
                 debug!(account, code = error.code, "slot request refused");
                 Err(error.message)

@@ -225,9 +225,6 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
         .receipts_stats
         .inbound
         .fetch_add(1, Ordering::Relaxed);
-    let Some(keyword) = parse(&inbound.text) else {
-        return;
-    };
     // SMSCs often give the sender's number without its `+` (TON international): recipients'
     // numbers are E.164 with it.
     let mut inbound = inbound;
@@ -237,6 +234,27 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
     {
         inbound.from = format!("+{}", inbound.from);
     }
+    let keyword = parse(&inbound.text);
+    if keyword.is_none() {
+        // A reply: it opens messenger-style session windows for the person.
+        for tenant in context.auth.tenants() {
+            let key = crate::router::phone_index_key(&tenant.id, &inbound.from);
+            if let Ok(Some(id)) = context.store.get_value(&key).await {
+                let signal = ForwardSignal {
+                    recipient_id: String::from_utf8_lossy(&id).into_owned(),
+                    kind: EngagementKind::EngagementReplied as i32,
+                    source: "inbound".to_owned(),
+                    channel: Channel::Sms as i32,
+                    sender: inbound.provider.clone(),
+                    ..Default::default()
+                };
+                route_signals(router, &tenant, vec![signal]).await;
+            }
+        }
+    }
+    let Some(keyword) = keyword else {
+        return;
+    };
     let (kind, detail) = match keyword {
         Keyword::Help => {
             let text = &context.config.sms_keywords.help_reply;

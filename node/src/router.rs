@@ -304,12 +304,21 @@ impl Router {
                 continue;
             }
             if let Item::Permits(request) = item {
-                let delays_us = self.context.rate_limits.grant(
-                    &request.account,
-                    request.count.min(1024),
-                    fence,
-                );
-                out.push((index, Ok(ItemResult::Permits(PermitGrant { delays_us }))));
+                let grant = if request.recipient.is_empty() {
+                    PermitGrant {
+                        delays_us: self.context.rate_limits.grant(
+                            &request.account,
+                            request.count.min(1024),
+                            fence,
+                        ),
+                        ..Default::default()
+                    }
+                } else {
+                    self.context
+                        .rate_limits
+                        .admit_local(&request.account, &request.recipient)
+                };
+                out.push((index, Ok(ItemResult::Permits(grant))));
                 continue;
             }
             let op = match &mut item {
@@ -616,6 +625,34 @@ impl Router {
     ) -> Result<ReportResult, Error> {
         use herald_proto::v1::{ChannelConsent, ConsentState, EngagementKind};
         let replies = &self.context.config.sms_keywords;
+        if signal.kind() == EngagementKind::EngagementReplied {
+            // The person wrote to us: a messenger-style session window opens.
+            let write = self
+                .context
+                .store
+                .write(vec![FencedOp {
+                    fence,
+                    op: WriteOp::PutValue {
+                        key: last_inbound_key(&tenant.id, &signal.recipient_id),
+                        value: now_unix_ms().to_string().into_bytes(),
+                        ttl: Duration::from_secs(30 * 86_400),
+                    },
+                }])
+                .await
+                .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+            let status = if write
+                .iter()
+                .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
+            {
+                return Err(Error::Unavailable("partition moved".into()));
+            } else {
+                ReportStatus::ReportApplied
+            };
+            return Ok(ReportResult {
+                status: status as i32,
+                message_id: String::new(),
+            });
+        }
         let (state, reply) = match signal.kind() {
             EngagementKind::EngagementUnsubscribed => {
                 (ConsentState::OptedOut, replies.stop_reply.clone())
@@ -730,6 +767,11 @@ pub fn dispatch(
             signal: None,
         })),
     );
+}
+
+/// When the person last wrote to the tenant (ms since the Unix epoch, as text).
+pub fn last_inbound_key(tenant: &TenantId, recipient_id: &str) -> String {
+    format!("inbound:{}:{recipient_id}", tenant.0)
 }
 
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.

@@ -261,9 +261,14 @@ impl Node {
             timers,
             receipts_stats: Default::default(),
             breakers: crate::breakers::Breakers::new(&config.block_rate),
-            rate_limits: crate::rate_limits::RateLimits::new(
+            rate_limits: crate::rate_limits::RateLimits::with_tiers(
                 &config.rate_limits,
                 config.rate_limit_margin,
+                &config
+                    .channel_rules
+                    .iter()
+                    .map(|(account, rules)| (account.clone(), rules.unique_recipients_per_day))
+                    .collect(),
             ),
             sandbox: accounts.sandbox,
             admission: Arc::new(tokio::sync::Semaphore::new(

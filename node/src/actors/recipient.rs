@@ -455,6 +455,62 @@ fn quiet_hours_deferral(
     ))
 }
 
+/// Why `account`'s messenger-style rules keep this message from it, if they do: outside the
+/// session window without a tag, or over the account's unique-recipients tier.
+async fn channel_rule_block(
+    context: &NodeContext,
+    job: &Job,
+    recipient: &Recipient,
+    tag: &str,
+    account: &str,
+) -> Option<String> {
+    let rules = context.config.channel_rules.get(account);
+    if let Some(rules) = rules
+        && rules.session_window_h > 0
+        && tag.is_empty()
+    {
+        let last = context
+            .store
+            .get_value(&crate::router::last_inbound_key(
+                &job.tenant.id,
+                &recipient.id,
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8_lossy(&v).parse::<i64>().ok());
+        let window_ms = i64::from(rules.session_window_h) * 3_600_000;
+        let open = last.is_some_and(|at| now_unix_ms() - at < window_ms);
+        if !open {
+            return Some(format!(
+                "session_window{{account={account}, hours={}, last_inbound_unix_ms={}, tag=none}}",
+                rules.session_window_h,
+                last.map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into())
+            ));
+        }
+    }
+    if context.rate_limits.has_tier(account) {
+        let key = format!(
+            "{:016x}",
+            herald_proto::partition::key_hash(&job.tenant.id.0, &recipient.id)
+        );
+        match context.rate_limits.admit(account, &key).await {
+            Ok(grant) if grant.refused => {
+                return Some(format!(
+                    "tier_limit{{account={account}, unique_recipients_24h={}, tier={}}}",
+                    grant.unique, grant.tier
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Some(format!("tier_limit{{account={account}, unknown: {error}}}"));
+            }
+        }
+    }
+    None
+}
+
 /// How often a message held by a paused breaker looks again.
 const BREAKER_RECHECK_MS: i64 = 1_000;
 
@@ -921,6 +977,40 @@ async fn walk(
                 account.provider.name(),
             )
         });
+        // Messenger-style rules of the accounts: the session window and the tier.
+        let mut rule_reasons = Vec::new();
+        if resend.is_none() && !chain.is_empty() {
+            let mut kept = Vec::with_capacity(chain.len());
+            for account in chain {
+                match channel_rule_block(
+                    context,
+                    job,
+                    &recipient,
+                    &request.tag,
+                    account.provider.name(),
+                )
+                .await
+                {
+                    Some(reason) => rule_reasons.push(reason),
+                    None => kept.push(account),
+                }
+            }
+            chain = kept;
+        }
+        if chain.is_empty() && !rule_reasons.is_empty() {
+            let reason = rule_reasons.join("; ");
+            log.push(
+                EventKind::EventSkipped,
+                Some(step),
+                channel,
+                "",
+                &reason,
+                MessageStatus::Pending,
+            );
+            skipped.push(reason);
+            step += 1;
+            continue;
+        }
         if before > 0 && chain.is_empty() && resend.is_none() {
             let reason = format!(
                 "opted_out{{channel={}, scope=every_sender_of_the_channel}}",
@@ -1189,6 +1279,8 @@ async fn walk(
             || r.starts_with("no_opt_in")
             || r.starts_with("suppressed")
             || r.starts_with("preference")
+            || r.starts_with("session_window")
+            || r.starts_with("tier_limit")
     };
     if !attempted && skipped.iter().any(by_policy) {
         // Nothing was sent because policy forbade it: the message is suppressed, with why.
