@@ -1160,3 +1160,61 @@ unique_recipients_per_day = 2
         MessageStatus::Delivered
     );
 }
+
+/// A tenant's own quota on an account: `"sandbox@acme" = 20` holds acme to 20 sends a second
+/// (counted from the provider's answers recorded in the events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_quota_on_an_account() {
+    const N: usize = 100;
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            sandbox_latency_ms: 1,
+            tables: "[rate_limits]\n\"sandbox@acme\" = 20\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ids = submit_sms(&cluster, "tq-", N).await;
+    let started = Instant::now();
+    wait_all_terminal(&cluster, 0, &ids, Duration::from_secs(60)).await;
+    let mut delivery = DeliveryClient::new(support::channel(&cluster.node_addrs[0]).await);
+    let mut sent_at = Vec::new();
+    for id in &ids {
+        let log = delivery
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: id.clone(),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        sent_at.extend(
+            log.events
+                .iter()
+                .filter(|e| e.kind() == EventKind::EventSent)
+                .map(|e| e.at_unix_ms),
+        );
+    }
+    sent_at.sort_unstable();
+    let mut busiest = 0;
+    let mut start = 0;
+    for end in 0..sent_at.len() {
+        while sent_at[end] - sent_at[start] >= 1000 {
+            start += 1;
+        }
+        busiest = busiest.max(end - start + 1);
+    }
+    eprintln!(
+        "QUOTA: {} sends in {:.1} s, busiest second {busiest}",
+        sent_at.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(sent_at.len(), N);
+    // 20/s less the 4% margin; one extra for where a window's edge falls between the slot and
+    // the recorded answer.
+    assert!(busiest <= 21, "busiest second {busiest}");
+    assert!(started.elapsed() >= Duration::from_secs(4));
+}

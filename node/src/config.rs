@@ -329,8 +329,9 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
     pub link_secret: Option<String>,
-    /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`).
-    /// One node (the owner of the account's partition) schedules every send of the account.
+    /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`),
+    /// and per tenant on an account (`"smpp-main@acme" = 10`: acme's own quota, on top of the
+    /// account's). One node (the owner of the key's partition) schedules every send of a key.
     pub rate_limits: BTreeMap<String, f64>,
     /// Messenger-style rules per provider account (`[channel_rules.wa-main] session_window_h =
     /// 24, unique_recipients_per_day = 1000`).
@@ -432,6 +433,8 @@ impl NodeConfig {
                     ),
                 });
             }
+            // `account@tenant` = that tenant's own quota on the account.
+            let account = account.split_once('@').map_or(account.as_str(), |(a, _)| a);
             if account != crate::accounts::SANDBOX_ACCOUNT && !self.providers.contains_key(account)
             {
                 return Err(Error::Invalid {

@@ -210,6 +210,8 @@ pub struct StepCall<'a> {
     /// The caller already waited for the first account's rate-limit slot (so it could check
     /// breakers right before the send): the first try uses it.
     pub first_slot_taken: bool,
+    /// The tenant (its own quota on an account, if configured, applies too).
+    pub tenant: &'a str,
 }
 
 pub struct ProviderRegistry {
@@ -308,7 +310,7 @@ impl ProviderRegistry {
                 }
                 // The account's cluster-wide rate: wait for a send slot.
                 let slot_taken = call.first_slot_taken && account_index == 0 && try_index == 0;
-                if !slot_taken && let Err(error) = limits.acquire(name).await {
+                if !slot_taken && let Err(error) = limits.acquire_for(name, call.tenant).await {
                     trail.push(format!("{name}: {error}"));
                     last = Some(Delivery {
                         account: name.to_owned(),

@@ -223,6 +223,21 @@ impl RateLimits {
         ((rate / 20.0).ceil() as u32).clamp(1, 64)
     }
 
+    /// The key of a tenant's own quota on an account (`[rate_limits] "smpp-main@acme" = 10`).
+    pub fn tenant_key(account: &str, tenant: &str) -> String {
+        format!("{account}@{tenant}")
+    }
+
+    /// Sender side: waits for a slot of `account` and, when the tenant has its own quota on it,
+    /// for a slot of that quota too.
+    pub async fn acquire_for(&self, account: &str, tenant: &str) -> Result<(), Error> {
+        let quota = Self::tenant_key(account, tenant);
+        if self.is_limited(&quota) {
+            self.acquire(&quota).await?;
+        }
+        self.acquire(account).await
+    }
+
     /// Sender side: waits for a slot of `account` (at once when it is not limited).
     pub async fn acquire(&self, account: &str) -> Result<(), Error> {
         if !self.is_limited(account) {

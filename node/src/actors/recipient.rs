@@ -1044,7 +1044,7 @@ async fn walk(
         // stops messages that were waiting for their slot too.
         let first_slot_taken = context
             .rate_limits
-            .acquire(first.provider.name())
+            .acquire_for(first.provider.name(), &job.tenant.id.0)
             .await
             .is_ok();
         // Block-rate breakers: a paused campaign or sender makes the message wait.
@@ -1104,6 +1104,7 @@ async fn walk(
                         None
                     },
                     first_slot_taken,
+                    tenant: &job.tenant.id.0,
                 },
                 &context.rate_limits,
             )
