@@ -232,6 +232,12 @@ pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelRules {
+    /// Warm-up schedule of a new sending domain or number: the most sends per UTC day, day by
+    /// day from `warmup_start` (`warmup_daily = [50, 100, 250, 500, 1000]`); after the last day
+    /// no daily limit. Sends beyond the day's quota skip this account (the waterfall goes on).
+    pub warmup_daily: Vec<u32>,
+    /// First day of the warm-up (`"2026-11-20"`, UTC). Required with `warmup_daily`.
+    pub warmup_start: Option<String>,
     /// Session window, hours: more than this long after the person's last inbound message,
     /// only tagged messages (`MessageRequest.tag`) may go through this account. 0 = no rule.
     pub session_window_h: u32,

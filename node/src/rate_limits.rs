@@ -78,6 +78,13 @@ struct Tier {
     recipients: HashMap<String, i64>,
 }
 
+/// A warm-up schedule: the quota of day `i` (UTC) after `start_day`.
+pub struct Warmup {
+    /// Days since the Unix epoch of the first warm-up day.
+    pub start_day: i64,
+    pub daily: Vec<u32>,
+}
+
 /// A tier's window: any 24 hours.
 const TIER_WINDOW_MS: i64 = 24 * 3_600_000;
 
@@ -87,6 +94,9 @@ pub struct RateLimits {
     /// Account → distinct recipients allowed in any 24 hours.
     tiers: BTreeMap<String, u32>,
     tier_state: Mutex<HashMap<String, Tier>>,
+    warmups: BTreeMap<String, Warmup>,
+    /// Per account: (UTC day, sends admitted that day).
+    warmup_state: Mutex<HashMap<String, (i64, u32)>>,
     owned: Mutex<HashMap<String, Schedule>>,
     /// Per account, the slots this node leased and has not used yet.
     leased: Mutex<HashMap<String, Arc<tokio::sync::Mutex<VecDeque<Instant>>>>>,
@@ -117,6 +127,8 @@ impl RateLimits {
                 .map(|(a, t)| (a.clone(), *t))
                 .collect(),
             tier_state: Mutex::new(HashMap::new()),
+            warmups: BTreeMap::new(),
+            warmup_state: Mutex::new(HashMap::new()),
             limits: limits
                 .iter()
                 .filter(|(_, rate)| **rate > 0.0)
@@ -203,6 +215,52 @@ impl RateLimits {
             tier,
             unique: u32::try_from(state.recipients.len()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// With warm-up schedules per account.
+    pub fn with_warmups(mut self, warmups: BTreeMap<String, Warmup>) -> Self {
+        self.warmups = warmups;
+        self
+    }
+
+    pub fn has_warmup(&self, account: &str) -> bool {
+        self.warmups.contains_key(account)
+    }
+
+    /// Owner side: one more send of `account` today within its warm-up quota? `tier` in the
+    /// answer is today's quota, `unique` the sends admitted today.
+    pub fn admit_daily(&self, account: &str) -> PermitGrant {
+        let Some(warmup) = self.warmups.get(account) else {
+            return PermitGrant::default();
+        };
+        let today = crate::context::now_unix_ms().div_euclid(86_400_000);
+        let index = usize::try_from(today - warmup.start_day).unwrap_or(0);
+        let Some(quota) = warmup.daily.get(index).copied() else {
+            return PermitGrant::default();
+        };
+        let mut states = self.warmup_state.lock();
+        let state = states.entry(account.to_owned()).or_insert((today, 0));
+        if state.0 != today {
+            *state = (today, 0);
+        }
+        let admitted = state.1 < quota;
+        if admitted {
+            state.1 += 1;
+        }
+        PermitGrant {
+            delays_us: Vec::new(),
+            refused: !admitted,
+            tier: quota,
+            unique: state.1,
+        }
+    }
+
+    /// Sender side: asks the owner for one more send of `account` within today's warm-up.
+    pub async fn admit_warmup(&self, account: &str) -> Result<PermitGrant, String> {
+        if !self.has_warmup(account) {
+            return Ok(PermitGrant::default());
+        }
+        self.ask_with(account, 0, "", true).await
     }
 
     pub fn has_tier(&self, account: &str) -> bool {
@@ -309,6 +367,16 @@ impl RateLimits {
     /// One question to the owner of `account`'s partition: slots, or (with `recipient`) a tier
     /// admission.
     async fn ask(&self, account: &str, count: u32, recipient: &str) -> Result<PermitGrant, String> {
+        self.ask_with(account, count, recipient, false).await
+    }
+
+    async fn ask_with(
+        &self,
+        account: &str,
+        count: u32,
+        recipient: &str,
+        daily: bool,
+    ) -> Result<PermitGrant, String> {
         let context = self
             .context
             .get()
@@ -331,6 +399,9 @@ impl RateLimits {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            if daily {
+                return Ok(self.admit_daily(account));
+            }
             if !recipient.is_empty() {
                 return Ok(self.admit_local(account, recipient));
             }
@@ -346,6 +417,7 @@ impl RateLimits {
                 account: account.to_owned(),
                 count,
                 recipient: recipient.to_owned(),
+                daily,
             })),
         };
         let results = self
@@ -394,6 +466,38 @@ mod tests {
         assert!(after.iter().all(|d| *d >= 1_000_000), "{after:?}");
         // Unlimited accounts always get slots at once.
         assert_eq!(limits.grant("push", 3, fence(1)), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn warmup_quota_grows_by_day_and_counts_per_day() {
+        let today = crate::context::now_unix_ms().div_euclid(86_400_000);
+        let schedule = |start_day| {
+            RateLimits::new(&BTreeMap::new(), 0.0).with_warmups(BTreeMap::from([(
+                "mail".to_owned(),
+                Warmup {
+                    start_day,
+                    daily: vec![2, 3],
+                },
+            )]))
+        };
+        // Day 0: two sends.
+        let first_day = schedule(today);
+        let verdicts: Vec<bool> = (0..3)
+            .map(|_| first_day.admit_daily("mail").refused)
+            .collect();
+        assert_eq!(verdicts, vec![false, false, true]);
+        assert_eq!(first_day.admit_daily("mail").tier, 2);
+        // Day 1: three.
+        let second_day = schedule(today - 1);
+        let admitted = (0..5)
+            .filter(|_| !second_day.admit_daily("mail").refused)
+            .count();
+        assert_eq!(admitted, 3);
+        // After the schedule: no daily limit.
+        let done = schedule(today - 2);
+        assert!((0..100).all(|_| !done.admit_daily("mail").refused));
+        // Other accounts: none.
+        assert!(!done.admit_daily("sms").refused);
     }
 
     #[test]

@@ -304,7 +304,9 @@ impl Router {
                 continue;
             }
             if let Item::Permits(request) = item {
-                let grant = if request.recipient.is_empty() {
+                let grant = if request.daily {
+                    self.context.rate_limits.admit_daily(&request.account)
+                } else if request.recipient.is_empty() {
                     PermitGrant {
                         delays_us: self.context.rate_limits.grant(
                             &request.account,

@@ -87,6 +87,42 @@ fn load_tenants(config: &NodeConfig) -> Result<Vec<TenantConfig>, Error> {
     Ok(tenants)
 }
 
+/// The warm-up schedules of `[channel_rules]`, checked.
+fn warmup_schedules(
+    config: &NodeConfig,
+) -> Result<std::collections::BTreeMap<String, crate::rate_limits::Warmup>, Error> {
+    let mut out = std::collections::BTreeMap::new();
+    for (account, rules) in &config.channel_rules {
+        if rules.warmup_daily.is_empty() {
+            continue;
+        }
+        let invalid = |message: String| {
+            Error::Config(crate::config::Error::Invalid {
+                origin: "node config".into(),
+                message: format!("channel_rules.{account}: {message}"),
+            })
+        };
+        let start = rules
+            .warmup_start
+            .as_deref()
+            .ok_or_else(|| invalid("warmup_start is required with warmup_daily".into()))?;
+        let day = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
+            .map_err(|e| invalid(format!("warmup_start {start:?}: {e} (expected YYYY-MM-DD)")))?;
+        let start_day = day
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp().div_euclid(86_400))
+            .unwrap_or(0);
+        out.insert(
+            account.clone(),
+            crate::rate_limits::Warmup {
+                start_day,
+                daily: rules.warmup_daily.clone(),
+            },
+        );
+    }
+    Ok(out)
+}
+
 struct Lifecycle {
     context: Weak<NodeContext>,
 }
@@ -247,6 +283,7 @@ impl Node {
                     message: e.to_string(),
                 })
             })?;
+        let warmups = warmup_schedules(&config)?;
         let (timers, timer_queue) = crate::timers::Timers::new();
         let timer_stats = timers.stats.clone();
         let ownership = Ownership::new(node_id.clone());
@@ -269,7 +306,8 @@ impl Node {
                     .iter()
                     .map(|(account, rules)| (account.clone(), rules.unique_recipients_per_day))
                     .collect(),
-            ),
+            )
+            .with_warmups(warmups),
             sandbox: accounts.sandbox,
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config.max_messages_in_progress.max(1),

@@ -490,6 +490,22 @@ async fn channel_rule_block(
             ));
         }
     }
+    if context.rate_limits.has_warmup(account) {
+        match context.rate_limits.admit_warmup(account).await {
+            Ok(grant) if grant.refused => {
+                return Some(format!(
+                    "warmup_quota{{account={account}, quota_today={}, sent_today={}}}",
+                    grant.tier, grant.unique
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Some(format!(
+                    "warmup_quota{{account={account}, unknown: {error}}}"
+                ));
+            }
+        }
+    }
     if context.rate_limits.has_tier(account) {
         let key = format!(
             "{:016x}",
