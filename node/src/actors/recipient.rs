@@ -1063,10 +1063,28 @@ async fn walk(
             .acquire_for(first.provider.name(), &job.tenant.id.0)
             .await
             .is_ok();
-        // Block-rate breakers: a paused campaign or sender makes the message wait.
+        // Block-rate breakers: a paused campaign or sender makes the message wait (or, for a
+        // paused sender when the message asks, go on to the next step).
         if resend.is_none()
             && let Some(paused) = paused_breaker(context, job, first.provider.name())
         {
+            if request.fall_back_when_paused && paused.key.starts_with("sender:") {
+                let reason = format!(
+                    "breaker_paused{{key={}, ratio={:.4}, sample={}, pause_threshold={}}}",
+                    paused.key, paused.ratio, paused.sample, paused.pause_threshold
+                );
+                log.push(
+                    EventKind::EventSkipped,
+                    Some(step),
+                    channel,
+                    "",
+                    &reason,
+                    MessageStatus::Pending,
+                );
+                skipped.push(reason);
+                step += 1;
+                continue;
+            }
             context
                 .breakers
                 .stats
