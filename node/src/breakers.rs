@@ -84,6 +84,8 @@ pub struct Breakers {
     peers: Peers,
     context: OnceLock<Weak<NodeContext>>,
     pub stats: BreakerStats,
+    /// Paused breakers in `states` (0 = senders skip the lookups).
+    paused_count: AtomicU64,
 }
 
 impl Breakers {
@@ -96,6 +98,7 @@ impl Breakers {
             peers: Peers::default(),
             context: OnceLock::new(),
             stats: BreakerStats::default(),
+            paused_count: AtomicU64::new(0),
         }
     }
 
@@ -118,7 +121,11 @@ impl Breakers {
     /// Counts one signal for `key` (reported with the next round).
     pub fn observe(&self, key: &str, channel: Channel, signal: Signal) {
         let mut pending = self.pending.lock();
-        let entry = pending.entry(key.to_owned()).or_default();
+        // The common case (a key already counted) allocates nothing.
+        let entry = match pending.get_mut(key) {
+            Some(entry) => entry,
+            None => pending.entry(key.to_owned()).or_default(),
+        };
         entry.channel = channel as i32;
         entry.last_active_ms = now_unix_ms();
         match signal {
@@ -131,7 +138,15 @@ impl Breakers {
 
     /// The cached state of `key` when it is paused.
     pub fn paused(&self, key: &str) -> Option<BreakerStatus> {
+        if self.paused_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         self.states.lock().get(key).filter(|s| s.paused).cloned()
+    }
+
+    /// Whether any breaker this node knows of is paused (the senders' fast path).
+    pub fn any_paused(&self) -> bool {
+        self.paused_count.load(Ordering::Relaxed) > 0
     }
 
     /// Every cached state (for `/metrics`).
@@ -245,9 +260,10 @@ impl Breakers {
                 _ => return Err("unexpected reply to a breaker report".into()),
             }
         };
-        self.states
-            .lock()
-            .insert(status.key.clone(), status.clone());
+        let mut states = self.states.lock();
+        states.insert(status.key.clone(), status.clone());
+        let paused = states.values().filter(|s| s.paused).count();
+        self.paused_count.store(paused as u64, Ordering::Relaxed);
         Ok(status)
     }
 

@@ -170,6 +170,8 @@ pub struct AccountStats {
 
 pub struct Account {
     pub provider: Arc<dyn Provider>,
+    /// The account's block-rate breaker key (`sender:<name>`), built once.
+    pub breaker_key: String,
     pub breaker: CircuitBreaker,
     pub stats: AccountStats,
 }
@@ -233,6 +235,7 @@ impl ProviderRegistry {
             .into_iter()
             .map(|provider| {
                 let account = Account {
+                    breaker_key: crate::breakers::sender_key(provider.name()),
                     provider,
                     breaker: CircuitBreaker::new(
                         config.breaker_failures,

@@ -541,6 +541,9 @@ fn paused_breaker(
     job: &Job,
     account: &str,
 ) -> Option<herald_proto::v1::BreakerStatus> {
+    if !context.breakers.any_paused() {
+        return None;
+    }
     campaign_breaker_key(job)
         .and_then(|key| context.breakers.paused(&key))
         .or_else(|| {
@@ -561,7 +564,9 @@ fn observe_breakers(
     if let Some(key) = campaign_breaker_key(job) {
         context.breakers.observe(&key, channel, signal);
     }
-    if !account.is_empty() {
+    if let Some(key) = context.providers.account(account).map(|a| &a.breaker_key) {
+        context.breakers.observe(key, channel, signal);
+    } else if !account.is_empty() {
         context
             .breakers
             .observe(&crate::breakers::sender_key(account), channel, signal);
