@@ -1218,3 +1218,150 @@ async fn tenant_quota_on_an_account() {
     assert!(busiest <= 21, "busiest second {busiest}");
     assert!(started.elapsed() >= Duration::from_secs(4));
 }
+
+/// A dead number, from the carrier's error code in an SMPP delivery receipt (`stat:UNDELIV
+/// err:001`, configured as dead for the account): the number is suppressed with its reason, and
+/// the next message skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_number_receipts_suppress_the_number() {
+    const DEAD: &str = "+12125550188";
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("smsc");
+    smsc.set_receipt_stat(&DEAD[1..], "UNDELIV", "001");
+    smsc.set_receipt_stat(DEAD, "UNDELIV", "001");
+    let tables = format!(
+        r#"
+[providers.smpp-main]
+kind = "smpp"
+host = "127.0.0.1"
+port = {port}
+system_id = "herald"
+password = "secret"
+source_addr = "{SENDER}"
+
+[channels]
+sms = ["smpp-main"]
+
+[channel_rules.smpp-main]
+dead_contact_errors = ["001"]
+"#,
+        port = smsc.port()
+    );
+    let cluster = Cluster::start(
+        1,
+        NodeSpec {
+            tables,
+            ..Default::default()
+        },
+    )
+    .await;
+    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let mut delivery = DeliveryClient::new(channel.clone());
+    let mut recipients = RecipientsClient::new(channel);
+    recipients
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(Recipient {
+                    id: "r-stop".into(),
+                    phone: DEAD.into(),
+                    ..Default::default()
+                }),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert");
+    let mut first = marketing_sms("dead-1");
+    first.class = MessageClass::Transactional as i32;
+    first.waterfall[0].success = SuccessCondition::Delivered as i32;
+    first.waterfall[0].timeout_ms = 20_000;
+    let log = {
+        let id = delivery
+            .send(authed(
+                SendRequest {
+                    message: Some(first),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("send")
+            .into_inner()
+            .message_id;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let log = delivery
+                .get_message(authed(
+                    GetMessageRequest {
+                        message_id: id.clone(),
+                    },
+                    API_KEY,
+                ))
+                .await
+                .expect("get")
+                .into_inner();
+            let status = log.events.last().map(|e| e.status()).unwrap_or_default();
+            if herald_node::actors::waterfall::is_terminal(status) {
+                break log;
+            }
+            assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(
+        log.events
+            .iter()
+            .any(|e| e.kind() == EventKind::EventBounced && e.reason.contains("err=001")),
+        "{:?}",
+        log.events
+    );
+    let person = recipient(&mut recipients).await;
+    assert!(
+        person
+            .suppressed
+            .iter()
+            .any(|s| s.channel == Channel::Sms as i32
+                && s.address == DEAD
+                && s.reason == "bounced_hard"),
+        "{:?}",
+        person.suppressed
+    );
+    let mut second = marketing_sms("dead-2");
+    second.class = MessageClass::Transactional as i32;
+    let id = delivery
+        .send(authed(
+            SendRequest {
+                message: Some(second),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("send")
+        .into_inner()
+        .message_id;
+    let deadline = Instant::now() + SETTLE;
+    let last = loop {
+        let log = delivery
+            .get_message(authed(
+                GetMessageRequest {
+                    message_id: id.clone(),
+                },
+                API_KEY,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        let last = log.events.last().cloned().unwrap_or_default();
+        if herald_node::actors::waterfall::is_terminal(last.status()) {
+            break last;
+        }
+        assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last.status(), MessageStatus::Suppressed);
+    assert!(
+        last.reason
+            .contains("suppressed{channel=sms, reason=bounced_hard}"),
+        "{}",
+        last.reason
+    );
+    assert_eq!(smsc.log().len(), 1, "nothing more went to the dead number");
+}

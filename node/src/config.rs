@@ -238,6 +238,10 @@ pub struct ChannelRules {
     pub warmup_daily: Vec<u32>,
     /// First day of the warm-up (`"2026-11-20"`, UTC). Required with `warmup_daily`.
     pub warmup_start: Option<String>,
+    /// Error codes in this account's failure receipts that mean the number (or address) is dead
+    /// (SMPP `err:` values, e.g. `["001", "0C1"]`): the contact point is then suppressed, as
+    /// after a hard bounce. Twilio's 30005/30006 are known without configuration.
+    pub dead_contact_errors: Vec<String>,
     /// Session window, hours: more than this long after the person's last inbound message,
     /// only tagged messages (`MessageRequest.tag`) may go through this account. 0 = no rule.
     pub session_window_h: u32,

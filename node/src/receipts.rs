@@ -193,6 +193,19 @@ pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
         }
     };
     let tenant = context.auth.tenant(&target.tenant.0);
+    let mut receipt = receipt;
+    let dead = receipt.kind == ReceiptKind::Failed
+        && receipt.error_code.as_ref().is_some_and(|code| {
+            context
+                .config
+                .channel_rules
+                .get(&receipt.provider)
+                .is_some_and(|rules| rules.dead_contact_errors.iter().any(|c| c == code))
+        });
+    if dead {
+        // A dead number: suppressed like a hard bounce.
+        receipt.kind = ReceiptKind::BouncedHard;
+    }
     let mut detail = receipt.detail;
     if let Some(code) = &receipt.error_code {
         detail = format!("{detail} err={code}");
