@@ -7,8 +7,7 @@
 //! slots from it in small batches over the `Forward` stream; a slot is a point in time, given
 //! as a delay from the grant (no clock agreement needed), spaced `1 / rate` apart, never more
 //! than [`HORIZON`] ahead. A sender waits for its slot, then calls the provider; a slot it
-//! could not use in time is dropped, never used late (that could bunch sends). Leased slots a
-//! node has no sender for are given back, and the owner grants them again before new ones.
+//! could not use in time is dropped, never used late (that could bunch sends).
 //!
 //! Failover: a new owner (a takeover, or a rebalance at a new epoch) starts its schedule
 //! [`HORIZON`] after it took the partition, so slots the previous owner granted can never
@@ -60,24 +59,6 @@ pub enum Error {
 struct Schedule {
     next_free: Instant,
     epoch: Epoch,
-    /// Slots given back unused, in time order: granted again before new ones.
-    returned: VecDeque<Instant>,
-}
-
-/// The slots this node leased for one account, and how many senders wait on them.
-#[derive(Default)]
-struct LeasedQueue {
-    slots: tokio::sync::Mutex<VecDeque<Instant>>,
-    waiters: std::sync::atomic::AtomicUsize,
-}
-
-/// Decrements a queue's waiters when a sender is done (whatever the outcome).
-struct Waiting<'a>(&'a LeasedQueue);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 #[derive(Default)]
@@ -90,8 +71,6 @@ pub struct RateStats {
     pub dropped: AtomicU64,
     /// Requests for slots sent to another node.
     pub remote_requests: AtomicU64,
-    /// Slots given back to this node (as owner) unused.
-    pub returned: AtomicU64,
 }
 
 /// The owner side of an account's unique-recipients tier: recipient key → last admitted (ms).
@@ -120,7 +99,7 @@ pub struct RateLimits {
     warmup_state: Mutex<HashMap<String, (i64, u32)>>,
     owned: Mutex<HashMap<String, Schedule>>,
     /// Per account, the slots this node leased and has not used yet.
-    leased: Mutex<HashMap<String, Arc<LeasedQueue>>>,
+    leased: Mutex<HashMap<String, Arc<tokio::sync::Mutex<VecDeque<Instant>>>>>,
     peers: Peers,
     context: OnceLock<Weak<NodeContext>>,
     pub stats: RateStats,
@@ -189,30 +168,15 @@ impl RateLimits {
         let schedule = owned.entry(account.to_owned()).or_insert(Schedule {
             next_free: now + HORIZON,
             epoch: fence.epoch,
-            returned: VecDeque::new(),
         });
         if schedule.epoch != fence.epoch {
             // The partition changed hands since this schedule was last used: another node may
             // have granted slots up to HORIZON ahead.
             schedule.next_free = schedule.next_free.max(now + HORIZON);
             schedule.epoch = fence.epoch;
-            schedule.returned.clear();
         }
         let mut delays = Vec::with_capacity(count as usize);
-        // Slots given back first (those still ahead of us).
-        while schedule
-            .returned
-            .front()
-            .is_some_and(|s| *s < now + SLOT_TOLERANCE)
-        {
-            schedule.returned.pop_front();
-        }
-        while delays.len() < count as usize
-            && let Some(slot) = schedule.returned.pop_front()
-        {
-            delays.push(u64::try_from((slot - now).as_micros()).unwrap_or(u64::MAX));
-        }
-        for _ in delays.len()..count as usize {
+        for _ in 0..count {
             let slot = schedule.next_free.max(now);
             if slot > now + HORIZON {
                 break;
@@ -311,54 +275,6 @@ impl RateLimits {
         self.ask(account, 0, recipient).await
     }
 
-    /// Owner side: takes back slots a node could not use (delays from now), to grant again.
-    pub fn reclaim(&self, account: &str, returned_us: &[u64], fence: Fence) {
-        let now = Instant::now();
-        let mut owned = self.owned.lock();
-        let Some(schedule) = owned.get_mut(account) else {
-            return;
-        };
-        if schedule.epoch != fence.epoch {
-            return;
-        }
-        for delay in returned_us {
-            let slot = now + Duration::from_micros(*delay);
-            if slot < schedule.next_free {
-                let at = schedule.returned.partition_point(|s| *s < slot);
-                schedule.returned.insert(at, slot);
-            }
-        }
-        self.stats
-            .returned
-            .fetch_add(returned_us.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Sender side: gives unused leased slots back to the owner (in the background).
-    fn give_back(&self, account: &str, slots: Vec<Instant>) {
-        let Some(context) = self.context.get().and_then(Weak::upgrade) else {
-            return;
-        };
-        let account = account.to_owned();
-        tokio::spawn(async move {
-            let now = Instant::now();
-            let returned_us: Vec<u64> = slots
-                .into_iter()
-                .filter(|s| *s > now + SLOT_TOLERANCE)
-                .map(|s| u64::try_from((s - now).as_micros()).unwrap_or(u64::MAX))
-                .collect();
-            if returned_us.is_empty() {
-                return;
-            }
-            if let Err(error) = context
-                .rate_limits
-                .ask_full(&account, 0, "", false, returned_us)
-                .await
-            {
-                debug!(%account, %error, "unused slots not given back; they lapse");
-            }
-        });
-    }
-
     /// Slots asked for at once: about 50 ms worth, at least 1, at most 64.
     fn batch(&self, account: &str) -> u32 {
         let rate = self.limits.get(account).copied().unwrap_or(1.0);
@@ -394,14 +310,11 @@ impl RateLimits {
             .entry(account.to_owned())
             .or_default()
             .clone();
-        queue.waiters.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&queue);
         let deadline = Instant::now() + ACQUIRE_TIMEOUT;
         let mut last_error = String::from("schedule full");
         loop {
-            let mut unused = Vec::new();
             let slot = {
-                let mut slots = queue.slots.lock().await;
+                let mut slots = queue.lock().await;
                 let now = Instant::now();
                 while slots.front().is_some_and(|s| *s + SLOT_TOLERANCE < now) {
                     slots.pop_front();
@@ -420,17 +333,8 @@ impl RateLimits {
                         Err(error) => last_error = error,
                     }
                 }
-                let slot = slots.pop_front();
-                // Nobody else waits here: the rest of the lease would lapse; give it back so
-                // another node can use it.
-                if slot.is_some() && queue.waiters.load(Ordering::Acquire) == 1 {
-                    unused.extend(slots.drain(..));
-                }
-                slot
+                slots.pop_front()
             };
-            if !unused.is_empty() {
-                self.give_back(account, unused);
-            }
             match slot {
                 Some(slot) => {
                     tokio::time::sleep_until(slot).await;
@@ -476,18 +380,6 @@ impl RateLimits {
         recipient: &str,
         daily: bool,
     ) -> Result<PermitGrant, String> {
-        self.ask_full(account, count, recipient, daily, Vec::new())
-            .await
-    }
-
-    async fn ask_full(
-        &self,
-        account: &str,
-        count: u32,
-        recipient: &str,
-        daily: bool,
-        returned_us: Vec<u64>,
-    ) -> Result<PermitGrant, String> {
         let context = self
             .context
             .get()
@@ -510,10 +402,6 @@ impl RateLimits {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if !returned_us.is_empty() {
-                self.reclaim(account, &returned_us, fence);
-                return Ok(PermitGrant::default());
-            }
             if daily {
                 return Ok(self.admit_daily(account));
             }
@@ -533,7 +421,6 @@ impl RateLimits {
                 count,
                 recipient: recipient.to_owned(),
                 daily,
-                returned_us,
             })),
         };
         let results = self
@@ -614,27 +501,6 @@ mod tests {
         assert!((0..100).all(|_| !done.admit_daily("mail").refused));
         // Other accounts: none.
         assert!(!done.admit_daily("sms").refused);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slots_given_back_are_granted_again_first() {
-        let limits = RateLimits::new(&BTreeMap::from([("sms".to_owned(), 50.0)]), 0.0);
-        tokio::time::advance(HORIZON).await;
-        let _ = limits.grant("sms", 1, fence(1));
-        tokio::time::advance(HORIZON).await;
-        let first = limits.grant("sms", 5, fence(1));
-        // A node gives back its last three slots unused.
-        limits.reclaim("sms", &first[2..], fence(1));
-        let again = limits.grant("sms", 4, fence(1));
-        assert_eq!(&again[..3], &first[2..], "the returned slots come first");
-        assert_eq!(
-            again[3],
-            first[4] + 20_000,
-            "then new ones after the last granted"
-        );
-        // Returns from an older epoch are ignored.
-        limits.reclaim("sms", &[1_000], fence(0));
-        assert_eq!(limits.stats.returned.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -304,12 +304,7 @@ impl Router {
                 continue;
             }
             if let Item::Permits(request) = item {
-                let grant = if !request.returned_us.is_empty() {
-                    self.context
-                        .rate_limits
-                        .reclaim(&request.account, &request.returned_us, fence);
-                    PermitGrant::default()
-                } else if request.daily {
+                let grant = if request.daily {
                     self.context.rate_limits.admit_daily(&request.account)
                 } else if request.recipient.is_empty() {
                     PermitGrant {
