@@ -886,14 +886,16 @@ async fn complaints_pause_the_campaign_until_resumed() {
     let cluster = Cluster::start(
         1,
         NodeSpec {
-            sandbox_latency_ms: 1,
+            // 8 messages at a time, 20 ms a call: at most 400 sends a second, so the campaign
+            // takes about 10 s and the pause comes midway.
+            sandbox_latency_ms: 20,
             sandbox: "receipt_delay_ms = 50\ncomplaint_share = 0.005\nnegatives_after_calls = 1000"
                 .into(),
             top: format!(
-                "policy_clock_offset_ms = {}",
+                "policy_clock_offset_ms = {}\nmax_messages_in_progress = 8",
                 offset_to_local(chrono_tz::America::New_York, 12)
             ),
-            tables: "[rate_limits]\nsandbox = 400\n\n[block_rate.email]\nwarn = 0.001\npause = 0.003\nmin_sample = 500\nwindow_ms = 3600000\n".into(),
+            tables: "[block_rate.email]\nwarn = 0.001\npause = 0.003\nmin_sample = 500\nwindow_ms = 3600000\n".into(),
             http: true,
             ..Default::default()
         },
@@ -960,7 +962,7 @@ async fn complaints_pause_the_campaign_until_resumed() {
         campaign_id: "spring".into(),
         sender: String::new(),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let paused = loop {
         let status = breakers
             .get(authed(campaign(), API_KEY))
@@ -1017,9 +1019,18 @@ async fn complaints_pause_the_campaign_until_resumed() {
         ))
         .await
         .expect("resume sender");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while accepted_calls(&http).await < held + 100 {
-        assert!(Instant::now() < deadline, "sending did not resume");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = held + 20.min(N as u64 - held);
+    loop {
+        let now = accepted_calls(&http).await;
+        if now >= wanted {
+            eprintln!("BREAKER: held at {held} sends while paused; {now} after the resume");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sending did not resume: {now} accepted, held at {held}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -37,6 +37,9 @@ pub struct NodeContext {
     pub breakers: crate::breakers::Breakers,
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// Permits for receipts and consent changes at once: their own pool, so they are never
+    /// starved by messages that hold `admission` while they wait (for a rate-limit slot, say).
+    pub signal_admission: Arc<tokio::sync::Semaphore>,
     /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
     pub sandbox: Arc<herald_providers::sandbox::SandboxProvider>,
 }

@@ -576,7 +576,7 @@ impl Router {
         if !belongs {
             return Ok(unknown(signal.message_id));
         }
-        let Ok(permit) = self.context.admission.clone().acquire_owned().await else {
+        let Ok(permit) = self.context.signal_admission.clone().acquire_owned().await else {
             return Err(Error::Unavailable("node shutting down".into()));
         };
         let (reply, verdict) = tokio::sync::oneshot::channel();
@@ -669,7 +669,7 @@ impl Router {
                 });
             }
         };
-        let Ok(permit) = self.context.admission.clone().acquire_owned().await else {
+        let Ok(permit) = self.context.signal_admission.clone().acquire_owned().await else {
             return Err(Error::Unavailable("node shutting down".into()));
         };
         let (reply_tx, verdict) = tokio::sync::oneshot::channel();

@@ -35,6 +35,9 @@ use crate::peers::Peers;
 use crate::router::{self, Router};
 use crate::store::{Fence, Store};
 
+/// Receipts and consent changes being applied at once on this node.
+const SIGNALS_IN_PROGRESS: usize = 512;
+
 /// gRPC message size limit: a full batch of maximum-size messages fits.
 pub const GRPC_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -309,6 +312,7 @@ impl Node {
             )
             .with_warmups(warmups),
             sandbox: accounts.sandbox,
+            signal_admission: Arc::new(tokio::sync::Semaphore::new(SIGNALS_IN_PROGRESS)),
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config.max_messages_in_progress.max(1),
             )),

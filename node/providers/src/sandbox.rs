@@ -108,7 +108,8 @@ impl SandboxProvider {
             && draw(&[recipient_id, "silent"]) < self.config.push_silent_share
     }
 
-    fn later_receipts(&self, attempt: &Attempt<'_>, provider_message_id: &str) {
+    /// `call`: this call's number (1-based) on the account.
+    fn later_receipts(&self, attempt: &Attempt<'_>, provider_message_id: &str, call: u64) {
         let Some(events) = self.events.clone() else {
             return;
         };
@@ -123,7 +124,6 @@ impl SandboxProvider {
         }
         // Complaints and blocks: exactly their share of calls (every 1/share-th call), so a
         // breaker test crosses its threshold at a known point.
-        let call = self.calls.load(Ordering::Relaxed);
         let every = |share: f64| {
             share > 0.0
                 && (call as f64 * share).floor() > (call.saturating_sub(1) as f64 * share).floor()
@@ -175,7 +175,7 @@ impl Provider for SandboxProvider {
     }
 
     async fn send(&self, attempt: Attempt<'_>) -> Outcome {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let mut latency = Duration::from_millis(self.config.latency_ms);
         if self.config.latency_jitter_ms > 0 {
             let jitter =
@@ -186,7 +186,7 @@ impl Provider for SandboxProvider {
             tokio::time::sleep(latency).await;
         }
         if self.config.unavailable_share > 0.0 {
-            let call = self.calls.load(Ordering::Relaxed).to_string();
+            let call = call.to_string();
             if draw(&[attempt.attempt_id, &call, "unavailable"]) < self.config.unavailable_share {
                 return Outcome::unavailable("sandbox 503");
             }
@@ -196,7 +196,7 @@ impl Provider for SandboxProvider {
         }
         let provider_message_id = format!("sbx-{}", attempt.attempt_id);
         if self.late_receipts() {
-            self.later_receipts(&attempt, &provider_message_id);
+            self.later_receipts(&attempt, &provider_message_id, call);
             return Outcome::Accepted {
                 provider_message_id,
                 delivered: false,

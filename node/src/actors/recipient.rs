@@ -528,7 +528,7 @@ async fn channel_rule_block(
 }
 
 /// How often a message held by a paused breaker looks again.
-const BREAKER_RECHECK_MS: i64 = 1_000;
+const BREAKER_RECHECK_MS: i64 = 2_000;
 
 fn campaign_breaker_key(job: &Job) -> Option<String> {
     let campaign = job.message.request.as_ref()?.campaign_id.as_str();
