@@ -829,8 +829,10 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         link.contains(&format!("/unsubscribe/{TENANT}/{id}/")),
         "{link}"
     );
+    // Another last hex digit than the real one: a wrong signature.
+    let other = if link.ends_with('0') { '1' } else { '0' };
     let forged = web
-        .post(format!("{}0", &link[..link.len() - 1]))
+        .post(format!("{}{other}", &link[..link.len() - 1]))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("List-Unsubscribe=One-Click")
         .send()
