@@ -94,10 +94,18 @@ async fn send_and_wait(
     delivery: &mut DeliveryClient<GrpcChannel>,
     key: &str,
 ) -> GetMessageResponse {
+    send_until_terminal(delivery, marketing_sms(key)).await
+}
+
+/// Sends `message` and polls its log until it is terminal (bounded by `SETTLE`).
+async fn send_until_terminal(
+    delivery: &mut DeliveryClient<GrpcChannel>,
+    message: MessageRequest,
+) -> GetMessageResponse {
     let id = delivery
         .send(authed(
             SendRequest {
-                message: Some(marketing_sms(key)),
+                message: Some(message),
             },
             API_KEY,
         ))
@@ -121,7 +129,11 @@ async fn send_and_wait(
         if herald_node::actors::waterfall::is_terminal(status) {
             return log;
         }
-        assert!(Instant::now() < deadline, "message {id} not terminal");
+        assert!(
+            Instant::now() < deadline,
+            "message {id} not terminal: {:?}",
+            log.events
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -783,38 +795,7 @@ async fn caps_and_preferences_explain_what_they_stop() {
     };
     let run = |request: MessageRequest| {
         let mut delivery = delivery.clone();
-        async move {
-            let id = delivery
-                .send(authed(
-                    SendRequest {
-                        message: Some(request),
-                    },
-                    API_KEY,
-                ))
-                .await
-                .expect("send")
-                .into_inner()
-                .message_id;
-            let deadline = Instant::now() + SETTLE;
-            loop {
-                let log = delivery
-                    .get_message(authed(
-                        GetMessageRequest {
-                            message_id: id.clone(),
-                        },
-                        API_KEY,
-                    ))
-                    .await
-                    .expect("get")
-                    .into_inner();
-                let last = log.events.last().cloned().unwrap_or_default();
-                if herald_node::actors::waterfall::is_terminal(last.status()) {
-                    return log;
-                }
-                assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        async move { send_until_terminal(&mut delivery, request).await }
     };
     // The person's email limit (0 a day) skips the email step; SMS carries it.
     let first = run(email_then_sms("c-1", "news", MessageClass::Marketing)).await;
@@ -1095,31 +1076,12 @@ unique_recipients_per_day = 2
         m
     };
     let mut outcome = async |m: MessageRequest| {
-        let id = delivery
-            .send(authed(SendRequest { message: Some(m) }, API_KEY))
+        send_until_terminal(&mut delivery, m)
             .await
-            .expect("send")
-            .into_inner()
-            .message_id;
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let log = delivery
-                .get_message(authed(
-                    GetMessageRequest {
-                        message_id: id.clone(),
-                    },
-                    API_KEY,
-                ))
-                .await
-                .expect("get")
-                .into_inner();
-            let last = log.events.last().cloned().unwrap_or_default();
-            if herald_node::actors::waterfall::is_terminal(last.status()) {
-                return last;
-            }
-            assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .events
+            .last()
+            .cloned()
+            .unwrap_or_default()
     };
     // Never wrote, untagged: outside the session window.
     let last = outcome(message(0, "sw-1", "")).await;
@@ -1285,38 +1247,7 @@ dead_contact_errors = ["001"]
     first.class = MessageClass::Transactional as i32;
     first.waterfall[0].success = SuccessCondition::Delivered as i32;
     first.waterfall[0].timeout_ms = 20_000;
-    let log = {
-        let id = delivery
-            .send(authed(
-                SendRequest {
-                    message: Some(first),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("send")
-            .into_inner()
-            .message_id;
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let log = delivery
-                .get_message(authed(
-                    GetMessageRequest {
-                        message_id: id.clone(),
-                    },
-                    API_KEY,
-                ))
-                .await
-                .expect("get")
-                .into_inner();
-            let status = log.events.last().map(|e| e.status()).unwrap_or_default();
-            if herald_node::actors::waterfall::is_terminal(status) {
-                break log;
-            }
-            assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let log = send_until_terminal(&mut delivery, first).await;
     assert!(
         log.events
             .iter()
@@ -1337,36 +1268,12 @@ dead_contact_errors = ["001"]
     );
     let mut second = marketing_sms("dead-2");
     second.class = MessageClass::Transactional as i32;
-    let id = delivery
-        .send(authed(
-            SendRequest {
-                message: Some(second),
-            },
-            API_KEY,
-        ))
+    let last = send_until_terminal(&mut delivery, second)
         .await
-        .expect("send")
-        .into_inner()
-        .message_id;
-    let deadline = Instant::now() + SETTLE;
-    let last = loop {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
-        let last = log.events.last().cloned().unwrap_or_default();
-        if herald_node::actors::waterfall::is_terminal(last.status()) {
-            break last;
-        }
-        assert!(Instant::now() < deadline, "not terminal: {:?}", log.events);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        .events
+        .last()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(last.status(), MessageStatus::Suppressed);
     assert!(
         last.reason

@@ -527,6 +527,26 @@ async fn channel_rule_block(
     None
 }
 
+/// Records that `step` was skipped, and why (the reason also decides, when no step is left,
+/// whether the message ends suppressed or failed).
+fn record_skip(
+    log: &mut EventLog<'_>,
+    skipped: &mut Vec<String>,
+    step: u32,
+    channel: Channel,
+    reason: String,
+) {
+    log.push(
+        EventKind::EventSkipped,
+        Some(step),
+        channel,
+        "",
+        &reason,
+        MessageStatus::Pending,
+    );
+    skipped.push(reason);
+}
+
 /// How often a message held by a paused breaker looks again.
 const BREAKER_RECHECK_MS: i64 = 2_000;
 
@@ -976,15 +996,7 @@ async fn walk(
                         .and_then(|history| channel_limit(&recipient, channel, history))
                 })
         {
-            log.push(
-                EventKind::EventSkipped,
-                Some(step),
-                channel,
-                "",
-                &reason,
-                MessageStatus::Pending,
-            );
-            skipped.push(reason);
+            record_skip(log, &mut skipped, step, channel, reason);
             step += 1;
             continue;
         }
@@ -1020,15 +1032,7 @@ async fn walk(
         }
         if chain.is_empty() && !rule_reasons.is_empty() {
             let reason = rule_reasons.join("; ");
-            log.push(
-                EventKind::EventSkipped,
-                Some(step),
-                channel,
-                "",
-                &reason,
-                MessageStatus::Pending,
-            );
-            skipped.push(reason);
+            record_skip(log, &mut skipped, step, channel, reason);
             step += 1;
             continue;
         }
@@ -1037,15 +1041,7 @@ async fn walk(
                 "opted_out{{channel={}, scope=every_sender_of_the_channel}}",
                 channel_name(channel)
             );
-            log.push(
-                EventKind::EventSkipped,
-                Some(step),
-                channel,
-                "",
-                &reason,
-                MessageStatus::Pending,
-            );
-            skipped.push(reason);
+            record_skip(log, &mut skipped, step, channel, reason);
             step += 1;
             continue;
         }
@@ -1078,15 +1074,7 @@ async fn walk(
                     "breaker_paused{{key={}, ratio={:.4}, sample={}, pause_threshold={}}}",
                     paused.key, paused.ratio, paused.sample, paused.pause_threshold
                 );
-                log.push(
-                    EventKind::EventSkipped,
-                    Some(step),
-                    channel,
-                    "",
-                    &reason,
-                    MessageStatus::Pending,
-                );
-                skipped.push(reason);
+                record_skip(log, &mut skipped, step, channel, reason);
                 step += 1;
                 continue;
             }
