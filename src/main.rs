@@ -728,7 +728,9 @@ async fn bench_waterfall(
     let cluster = LocalCluster::start(LocalOptions {
         nodes,
         redis_url: redis,
-        key_prefix: Some(format!("herald-bench-{}", ulid::Ulid::new())),
+        // A fresh prefix per run (a shared Redis may hold earlier runs); short, because Redis
+        // hashes and compares whole keys on every lookup.
+        key_prefix: Some(format!("hb{:08x}", rand::random::<u32>())),
         sandbox: SandboxConfig::default(),
         partition_count: partitions,
     })

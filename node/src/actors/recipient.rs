@@ -182,7 +182,10 @@ impl Actor for RecipientActor {
             let history = job.history.take();
             match job.signal.take() {
                 Some(signal) => Box::pin(apply_signal(&context, &job, signal)).await,
-                None => Box::pin(run_with_retries(&context, &job, history)).await,
+                None => {
+                    let recipient = job.recipient.take();
+                    Box::pin(run_with_retries(&context, &job, history, recipient)).await
+                }
             }
             state
                 .args
@@ -204,7 +207,13 @@ enum RunError {
 }
 
 /// Runs `job` from `history` (the log as the job carried it; `None` = read it from the store).
-async fn run_with_retries(context: &NodeContext, job: &Job, history: Option<Vec<Event>>) {
+/// `recipient`: as read at acceptance, for the first run only (a retry re-reads it).
+async fn run_with_retries(
+    context: &NodeContext,
+    job: &Job,
+    history: Option<Vec<Event>>,
+    mut recipient: Option<Recipient>,
+) {
     let mut history = match history {
         Some(history) => history,
         None => match load_history(context, job).await {
@@ -213,7 +222,7 @@ async fn run_with_retries(context: &NodeContext, job: &Job, history: Option<Vec<
         },
     };
     for attempt in 0..=STORE_RETRIES_MAX {
-        match run(context, job, &history).await {
+        match run(context, job, &history, recipient.take()).await {
             Ok(()) | Err(RunError::Fenced) => return,
             Err(error) => {
                 warn!(message_id = %job.message.message_id, attempt, %error, "message run failed; retrying from the log");
@@ -670,7 +679,12 @@ fn time_out(log: &mut EventLog<'_>, steps: &[WaterfallStep], waiting: &Waiting, 
     }
 }
 
-async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), RunError> {
+async fn run(
+    context: &NodeContext,
+    job: &Job,
+    history: &[Event],
+    recipient: Option<Recipient>,
+) -> Result<(), RunError> {
     let progress = Progress::from_events(history);
     let mut log = EventLog::new(context, job, history);
     if progress.terminal {
@@ -704,8 +718,8 @@ async fn run(context: &NodeContext, job: &Job, history: &[Event]) -> Result<(), 
         return Ok(());
     }
     let class = request.class();
-    let recipient = match &job.recipient {
-        Some(recipient) => Some(recipient.clone()),
+    let recipient = match recipient {
+        Some(recipient) => Some(recipient),
         None => {
             context
                 .store

@@ -46,8 +46,7 @@ pub fn attempt_cost(
         Channel::Sms => {
             let text = content.sms.as_ref().map(|s| s.text.as_str()).unwrap_or("");
             let segments = u32::try_from(sms_encoding::analyze(text).segments).unwrap_or(u32::MAX);
-            let country = pricing::country_of_phone(&recipient.phone);
-            prices.cost(channel, country.as_deref(), segments)
+            prices.sms_cost(&recipient.phone, segments)
         }
         other => prices.cost(other, None, 1),
     }

@@ -303,6 +303,24 @@ impl PriceTable {
         }
     }
 
+    /// Cost of one SMS attempt of `segments` to `e164`. The number is parsed (slow: the
+    /// numbering plan's patterns) only when its calling code is shared by countries of
+    /// different prices; a code whose countries all cost the same (all of NANP with the
+    /// built-in table) is priced from its digits alone.
+    pub fn sms_cost(&self, e164: &str, segments: u32) -> u64 {
+        let prices = &self.sms;
+        let uniform = calling_code_regions(e164).and_then(|regions| {
+            let mut each = regions.iter().map(|region| prices.price(Some(region)));
+            let first = each.next()?;
+            each.all(|price| price == first).then_some(first)
+        });
+        let price = match uniform {
+            Some(price) => price,
+            None => prices.price(country_of_phone(e164).as_deref()),
+        };
+        price.0.saturating_mul(u64::from(segments.max(1)))
+    }
+
     /// Cost of one attempt, in micro-units: SMS is the country's price × `segments` (at least
     /// one: an SMS attempt is charged a segment even if the count came back 0); push and email
     /// ignore `segments`. `country` is an ISO alpha-2 code (any case); unknown or `None` takes
@@ -326,6 +344,20 @@ impl PriceTable {
         ordered.sort_by_key(|&channel| self.cost(channel, country, 1));
         ordered
     }
+}
+
+/// The regions sharing the calling code of `e164` (`+` then 1–3 digits of code), from the
+/// numbering plan's metadata; `None` when the text has no known calling code.
+fn calling_code_regions(e164: &str) -> Option<Vec<&'static str>> {
+    let digits = e164.strip_prefix('+')?.as_bytes();
+    (1..=3).find_map(|len| {
+        let code = digits.get(..len)?;
+        if !code.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let code: u16 = std::str::from_utf8(code).ok()?.parse().ok()?;
+        phonenumber::metadata::DATABASE.region(&code)
+    })
 }
 
 /// The region (ISO 3166-1 alpha-2, e.g. `US`) of an E.164 number (`+12125551234`), or `None`
@@ -480,6 +512,33 @@ US = 1
             t.cost_order(&[Channel::Sms, Channel::Email, Channel::Push], Some("GB")),
             vec![Channel::Push, Channel::Email, Channel::Sms]
         );
+    }
+
+    #[test]
+    fn sms_cost_agrees_with_the_parsed_country() {
+        let builtin = PriceTable::default();
+        for (phone, segments) in [
+            ("+12125551234", 1),
+            ("+14165550123", 2),
+            ("+442071234567", 1),
+            ("+447700900123", 3),
+            ("+4915123456789", 1),
+            ("+74951234567", 1),
+            ("+5511912345678", 2),
+            ("garbage", 1),
+            ("", 1),
+        ] {
+            let country = country_of_phone(phone);
+            assert_eq!(
+                builtin.sms_cost(phone, segments),
+                builtin.cost(Channel::Sms, country.as_deref(), segments),
+                "{phone}"
+            );
+        }
+        // +1 is priced from its code alone (every NANP country costs the same built in); +44
+        // is shared by GB (overridden) and GG/JE/IM (default), so it is parsed.
+        assert_eq!(builtin.sms_cost("+12125551234", 1), 7_900);
+        assert_eq!(builtin.sms_cost("+442071234567", 1), 40_000);
     }
 
     #[test]
