@@ -286,6 +286,16 @@ impl RateLimits {
         format!("{account}@{tenant}")
     }
 
+    /// Whether sending through `account` may wait here: for a slot (a rate limit or the
+    /// tenant's quota on it) or for the owner's answer (warm-up, tier).
+    pub fn may_wait(&self, account: &str, tenant: &str) -> bool {
+        self.has_warmup(account)
+            || self.has_tier(account)
+            || (!self.limits.is_empty()
+                && (self.is_limited(account)
+                    || self.is_limited(&Self::tenant_key(account, tenant))))
+    }
+
     /// Sender side: waits for a slot of `account` and, when the tenant has its own quota on it,
     /// for a slot of that quota too.
     pub async fn acquire_for(&self, account: &str, tenant: &str) -> Result<(), Error> {

@@ -5,10 +5,15 @@
 //! the Forward stream. `wrong_owner` and unreachable owners are retried against newer tables
 //! until `route_timeout_ms`. Callers cannot tell local from remote.
 //!
+//! A new message whose recipient's actor is idle is not written here: its acceptance travels
+//! with the job and the actor writes it together with the message's first write (one store
+//! round trip instead of two, guarded so nothing of a duplicate is applied); the ack waits for
+//! the actor's answer. Other messages are accepted here in one batched write, then handed over.
+//!
 //! Must never validate (the API did), never write without the partition's fence, and never
 //! re-forward an item it received by Forward (the sender routes; the receiver owns or refuses).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +28,11 @@ use herald_proto::{MessageId, PartitionId, TenantId};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::actors::recipient::{Job, RecipientMsg, Signal};
+use crate::actors::recipient::{Job, PendingAccept, RecipientMsg, Signal};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::peers::Peers;
-use crate::store::{FencedOp, WriteOp, WriteOutcome};
+use crate::store::{Fence, FencedOp, WriteOp, WriteOutcome};
 
 #[derive(Clone, Debug)]
 pub enum Item {
@@ -277,6 +282,30 @@ impl Router {
             Vec::with_capacity(items.len());
         let mut signals = Vec::new();
         let prior = self.prior_recipients(tenant, &items).await;
+        // The actors need the recipients; one batched read here saves one read per message there.
+        let send_recipients: Vec<String> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Item::Send(request) => Some(request.recipient_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut recipients: HashMap<String, Recipient> = HashMap::new();
+        if !send_recipients.is_empty()
+            && let Ok(found) = self
+                .context
+                .store
+                .get_recipients(&tenant.id, &send_recipients)
+                .await
+        {
+            for recipient in found.into_iter().flatten() {
+                recipients.insert(recipient.id.clone(), recipient);
+            }
+        }
+        // New messages whose recipient's actor is idle: the actor writes the acceptance with
+        // the message's first write; the ack waits for that (see `PendingAccept`).
+        let mut with_actor: Vec<(usize, PartitionId, Fence, AcceptAnswer)> = Vec::new();
+        let mut actor_accepts: HashSet<String> = HashSet::new();
         for (index, item) in items {
             if count == 0 {
                 out.push((
@@ -326,6 +355,7 @@ impl Router {
             let op = match &mut item {
                 Item::Send(request) => {
                     let message_id = ulid::Ulid::new().to_string();
+                    let recipient_id = request.recipient_id.clone();
                     // The request moves into the stored message; only its recipient id is
                     // needed here afterwards.
                     let request = std::mem::replace(
@@ -363,12 +393,43 @@ impl Router {
                     // A copy of the event only when someone watches; the actor's history
                     // needs only its position in the log (`fresh_history`).
                     let watched = self.context.events.wanted(std::slice::from_ref(&accepted));
-                    accepted_at.push(Some((stored.clone(), watched)));
-                    WriteOp::AcceptMessage {
-                        message: stored,
+                    let accept = WriteOp::AcceptMessage {
+                        message: stored.clone(),
                         accepted,
                         idempotency_ttl: self.context.idempotency_ttl(),
+                        guards: 0,
+                    };
+                    let key = (tenant.id.clone(), recipient_id);
+                    // A recipient's later messages in this batch follow its first through the
+                    // actor, so they are accepted in request order.
+                    if actor_accepts.contains(&key.1) || self.context.directory.is_idle(&key) {
+                        actor_accepts.insert(key.1.clone());
+                        // Admission control: the ack waits while the node is saturated.
+                        let Ok(permit) = self.context.admission.clone().acquire_owned().await
+                        else {
+                            out.push((index, Err(Error::Unavailable("node shutting down".into()))));
+                            continue;
+                        };
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        dispatch(
+                            &self.context,
+                            tenant.clone(),
+                            stored,
+                            fence,
+                            Some(crate::actors::waterfall::fresh_history()),
+                            recipients.remove(&key.1),
+                            permit,
+                            Some(PendingAccept {
+                                op: FencedOp { fence, op: accept },
+                                watched,
+                                reply,
+                            }),
+                        );
+                        with_actor.push((index, partition, fence, answer));
+                        continue;
                     }
+                    accepted_at.push(Some((stored, watched)));
+                    accept
                 }
                 Item::Upsert(recipient) => {
                     let prior = prior.get(&recipient.id);
@@ -399,6 +460,7 @@ impl Router {
             out.push((index, status.map(ItemResult::Signal)));
         }
         if ops.is_empty() {
+            out.extend(accepted_by_actors(with_actor).await);
             return out;
         }
         // Erase answers whether there was anything to erase.
@@ -409,26 +471,6 @@ impl Router {
                 existed.insert(id.clone(), matches!(found, Ok(Some(_))));
             }
         }
-        // The actors need the recipients; one batched read here saves one read per message there.
-        let send_recipients: Vec<String> = op_items
-            .iter()
-            .filter_map(|(_, item, _)| match item {
-                Item::Send(request) => Some(request.recipient_id.clone()),
-                _ => None,
-            })
-            .collect();
-        let mut recipients: HashMap<String, Recipient> = HashMap::new();
-        if !send_recipients.is_empty()
-            && let Ok(found) = self
-                .context
-                .store
-                .get_recipients(&tenant.id, &send_recipients)
-                .await
-        {
-            for recipient in found.into_iter().flatten() {
-                recipients.insert(recipient.id.clone(), recipient);
-            }
-        }
         let fences: Vec<_> = ops.iter().map(|op| op.fence).collect();
         let outcomes = match self.context.store.write(ops).await {
             Ok(outcomes) => outcomes,
@@ -436,6 +478,7 @@ impl Router {
                 for (index, _, _) in op_items {
                     out.push((index, Err(Error::Unavailable(format!("store: {error}")))));
                 }
+                out.extend(accepted_by_actors(with_actor).await);
                 return out;
             }
         };
@@ -517,6 +560,7 @@ impl Router {
             // upsert.
             debug!(%error, "phone index write failed");
         }
+        out.extend(accepted_by_actors(with_actor).await);
         out
     }
 
@@ -597,6 +641,7 @@ impl Router {
                 source: signal.source,
                 reply: Some(reply),
             }),
+            accept: None,
         };
         self.context.directory.dispatch(
             &self.context,
@@ -736,10 +781,12 @@ impl Router {
             history,
             recipient,
             permit,
+            None,
         );
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     context: &Arc<NodeContext>,
     tenant: Arc<Tenant>,
@@ -748,6 +795,7 @@ pub fn dispatch(
     history: Option<Vec<Event>>,
     recipient: Option<Recipient>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    accept: Option<PendingAccept>,
 ) {
     let recipient_id = message
         .request
@@ -767,8 +815,48 @@ pub fn dispatch(
             recipient,
             permit,
             signal: None,
+            accept,
         })),
     );
+}
+
+/// A recipient actor's answer about the acceptance it wrote (see `PendingAccept`).
+type AcceptAnswer = tokio::sync::oneshot::Receiver<Result<WriteOutcome, String>>;
+
+/// The results of the messages whose actors wrote their acceptance.
+async fn accepted_by_actors(
+    waiting: Vec<(usize, PartitionId, Fence, AcceptAnswer)>,
+) -> Vec<(usize, Result<ItemResult, Error>)> {
+    let mut out = Vec::with_capacity(waiting.len());
+    for (index, partition, fence, answer) in waiting {
+        let result = match answer.await {
+            Ok(Ok(WriteOutcome::Accepted {
+                message_id,
+                duplicate,
+            })) => Ok(ItemResult::Sent(SendResponse {
+                message_id: message_id.0,
+                duplicate,
+                error: None,
+            })),
+            Ok(Ok(WriteOutcome::Conflict { message_id })) => Err(Error::IdempotencyConflict {
+                message_id: message_id.0,
+            }),
+            Ok(Ok(WriteOutcome::Fenced { stored })) => Err(Error::Fenced {
+                partition: partition.0,
+                stored: stored.0,
+                writer: fence.epoch.0,
+            }),
+            Ok(Ok(other)) => Err(Error::Internal(format!(
+                "unexpected store outcome {other:?}"
+            ))),
+            Ok(Err(reason)) => Err(Error::Unavailable(reason)),
+            Err(_) => Err(Error::Unavailable(
+                "the recipient's actor stopped before the message was accepted".into(),
+            )),
+        };
+        out.push((index, result));
+    }
+    out
 }
 
 /// When the person last wrote to the tenant (ms since the Unix epoch, as text).

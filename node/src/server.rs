@@ -198,6 +198,7 @@ async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(Partition
                     None,
                     None,
                     permit,
+                    None,
                 );
                 resumed += 1;
             }

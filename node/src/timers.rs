@@ -150,6 +150,7 @@ fn fire(context: &Arc<NodeContext>, entry: TimerEntry, stats: &TimerStats) {
             None,
             None,
             permit,
+            None,
         );
     });
 }

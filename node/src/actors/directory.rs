@@ -57,6 +57,15 @@ impl RecipientDirectory {
         self.entries.lock().len()
     }
 
+    /// Whether the recipient's actor has nothing queued or running (or is not active): a job
+    /// handed to it now starts at once.
+    pub fn is_idle(&self, key: &RecipientKey) -> bool {
+        self.entries
+            .lock()
+            .get(key)
+            .is_none_or(|entry| entry.activity.in_flight.load(Ordering::Acquire) == 0)
+    }
+
     /// Hands `message` to the recipient's actor, activating it when needed.
     pub fn dispatch(
         &self,

@@ -114,6 +114,27 @@ pub struct Job {
     pub permit: tokio::sync::OwnedSemaphorePermit,
     /// A receipt or engagement report to apply instead of running the waterfall.
     pub signal: Option<Signal>,
+    /// The message's acceptance, not written yet: the actor writes it with the message's first
+    /// write (one store round trip instead of two) and answers the router, which acks the
+    /// client only then. `None` = already accepted.
+    pub accept: Option<PendingAccept>,
+}
+
+/// A new message's acceptance, carried to its actor (see [`Job::accept`]).
+pub struct PendingAccept {
+    /// The `AcceptMessage` op (its `guards` are set when it is written).
+    pub op: FencedOp,
+    /// Copies of the `accepted` event for watchers (usually none).
+    pub watched: Vec<Event>,
+    /// The accept's outcome, or why it was not written.
+    pub reply: tokio::sync::oneshot::Sender<Result<WriteOutcome, String>>,
+}
+
+impl PendingAccept {
+    fn answer(self, outcome: Result<WriteOutcome, String>) {
+        // The router may have given up (its caller went away): nothing to do then.
+        let _ = self.reply.send(outcome);
+    }
 }
 
 /// A receipt or engagement report for one of the recipient's messages.
@@ -184,7 +205,8 @@ impl Actor for RecipientActor {
                 Some(signal) => Box::pin(apply_signal(&context, &job, signal)).await,
                 None => {
                     let recipient = job.recipient.take();
-                    Box::pin(run_with_retries(&context, &job, history, recipient)).await
+                    let accept = job.accept.take();
+                    Box::pin(run_with_retries(&context, &job, history, recipient, accept)).await
                 }
             }
             state
@@ -202,17 +224,23 @@ impl Actor for RecipientActor {
 enum RunError {
     #[error("fenced: partition moved")]
     Fenced,
+    /// The message was not new (a duplicate or an idempotency conflict): nothing to run.
+    #[error("not accepted: the idempotency key belongs to an earlier message")]
+    NotAccepted,
     #[error("store: {0}")]
     Store(#[from] store::Error),
 }
 
 /// Runs `job` from `history` (the log as the job carried it; `None` = read it from the store).
-/// `recipient`: as read at acceptance, for the first run only (a retry re-reads it).
+/// `recipient`: as read at acceptance, and `accept`: the acceptance still to write, both for
+/// the first run only (a retry re-reads the recipient and finds the message in the log, or
+/// not at all).
 async fn run_with_retries(
     context: &NodeContext,
     job: &Job,
     history: Option<Vec<Event>>,
     mut recipient: Option<Recipient>,
+    mut accept: Option<PendingAccept>,
 ) {
     let mut history = match history {
         Some(history) => history,
@@ -222,14 +250,17 @@ async fn run_with_retries(
         },
     };
     for attempt in 0..=STORE_RETRIES_MAX {
-        match run(context, job, &history, recipient.take()).await {
-            Ok(()) | Err(RunError::Fenced) => return,
+        match run(context, job, &history, recipient.take(), accept.take()).await {
+            Ok(()) | Err(RunError::Fenced) | Err(RunError::NotAccepted) => return,
             Err(error) => {
                 warn!(message_id = %job.message.message_id, attempt, %error, "message run failed; retrying from the log");
                 tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
-                // Rebuild from the log: the failed write may or may not have been applied.
-                if let Some(reloaded) = load_history(context, job).await {
-                    history = reloaded;
+                // Rebuild from the log: the failed write may or may not have been applied. No
+                // log: the message was never accepted (its acceptance failed with this run), or
+                // the store stays unreachable; it is left to the next owner's resume.
+                match load_history(context, job).await {
+                    Some(reloaded) => history = reloaded,
+                    None => return,
                 }
             }
         }
@@ -265,12 +296,22 @@ async fn load_history(context: &NodeContext, job: &Job) -> Option<Vec<Event>> {
     None
 }
 
-/// Buffers a message's new events and writes them fenced, in order.
+/// Buffers a message's new events and writes them fenced, in order. A pending acceptance
+/// goes out with the first write, guarding it.
 struct EventLog<'a> {
     context: &'a NodeContext,
     job: &'a Job,
     seq: u32,
     pending: Vec<Event>,
+    accept: Option<PendingAccept>,
+}
+
+impl Drop for EventLog<'_> {
+    fn drop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.answer(Err("the message's first write did not happen".to_owned()));
+        }
+    }
 }
 
 impl<'a> EventLog<'a> {
@@ -280,7 +321,20 @@ impl<'a> EventLog<'a> {
             job,
             seq: Progress::from_events(history).seq,
             pending: Vec::with_capacity(4),
+            accept: None,
         }
+    }
+
+    /// Writes the pending acceptance now, alone: before anything that may wait long (a rate
+    /// limit's slot, a remote admission), so the client's ack never waits for it.
+    async fn settle_accept(&mut self) -> Result<(), RunError> {
+        if self.accept.is_none() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.pending);
+        let result = self.write(Vec::new(), false, Vec::new()).await;
+        self.pending = events;
+        result.map(|_| ())
     }
 
     fn push(
@@ -323,16 +377,27 @@ impl<'a> EventLog<'a> {
     async fn flush(
         &mut self,
         terminal: bool,
-        mut extra: Vec<FencedOp>,
+        extra: Vec<FencedOp>,
     ) -> Result<Vec<WriteOutcome>, RunError> {
         let events = std::mem::take(&mut self.pending);
-        if events.is_empty() && !terminal && extra.is_empty() {
+        if events.is_empty() && !terminal && extra.is_empty() && self.accept.is_none() {
             return Ok(Vec::new());
         }
+        self.write(events, terminal, extra).await
+    }
+
+    /// Writes `extra` then `events` (and the pending acceptance first, guarding both).
+    /// Returns the outcomes of `extra` and of the append, in that order.
+    async fn write(
+        &mut self,
+        events: Vec<Event>,
+        terminal: bool,
+        mut extra: Vec<FencedOp>,
+    ) -> Result<Vec<WriteOutcome>, RunError> {
         // Copies only of what a watcher wants (usually nothing): the events themselves go to
         // the store.
         let watched = self.context.events.wanted(&events);
-        extra.push(FencedOp {
+        let append = FencedOp {
             fence: self.job.fence,
             op: WriteOp::AppendEvents {
                 tenant: self.job.tenant.id.clone(),
@@ -340,15 +405,79 @@ impl<'a> EventLog<'a> {
                 events,
                 terminal,
             },
-        });
-        let outcomes = self.context.store.write(extra).await?;
+        };
+        let Some(PendingAccept {
+            op: mut accept_op,
+            watched: accept_watched,
+            reply,
+        }) = self.accept.take()
+        else {
+            extra.push(append);
+            let outcomes = self.context.store.write(extra).await?;
+            if outcomes
+                .iter()
+                .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
+            {
+                return Err(RunError::Fenced);
+            }
+            self.context.events.publish(&self.job.tenant.id, &watched);
+            return Ok(outcomes);
+        };
+        // [accept, append, extra...]: the append right after the accept shares its RPUSH.
+        if let WriteOp::AcceptMessage { guards, .. } = &mut accept_op.op {
+            *guards = extra.len() + 1;
+        }
+        let extras = extra.len();
+        let mut ops = Vec::with_capacity(extras + 2);
+        ops.push(accept_op);
+        ops.push(append);
+        ops.extend(extra);
+        let mut outcomes = match self.context.store.write(ops).await {
+            Ok(outcomes) if outcomes.len() == extras + 2 => outcomes,
+            Ok(outcomes) => {
+                let _ = reply.send(Err(format!(
+                    "store: {} outcomes for {} ops",
+                    outcomes.len(),
+                    extras + 2
+                )));
+                return Err(RunError::Store(store::Error::Corrupt {
+                    key: "write outcomes".to_owned(),
+                    reason: "wrong count".to_owned(),
+                }));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(format!("store: {error}")));
+                return Err(error.into());
+            }
+        };
+        let accepted = outcomes.remove(0);
+        let new = matches!(
+            accepted,
+            WriteOutcome::Accepted {
+                duplicate: false,
+                ..
+            }
+        );
+        let fenced = matches!(accepted, WriteOutcome::Fenced { .. });
+        let _ = reply.send(Ok(accepted));
+        if fenced {
+            return Err(RunError::Fenced);
+        }
+        if !new {
+            return Err(RunError::NotAccepted);
+        }
         if outcomes
             .iter()
             .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
         {
             return Err(RunError::Fenced);
         }
+        self.context
+            .events
+            .publish(&self.job.tenant.id, &accept_watched);
         self.context.events.publish(&self.job.tenant.id, &watched);
+        // The old order: extra first, then the append.
+        outcomes.rotate_left(1);
         Ok(outcomes)
     }
 }
@@ -684,9 +813,11 @@ async fn run(
     job: &Job,
     history: &[Event],
     recipient: Option<Recipient>,
+    accept: Option<PendingAccept>,
 ) -> Result<(), RunError> {
     let progress = Progress::from_events(history);
     let mut log = EventLog::new(context, job, history);
+    log.accept = accept;
     if progress.terminal {
         // Already done; make sure it left the active set.
         log.flush(true, Vec::new()).await?;
@@ -1024,6 +1155,17 @@ async fn walk(
                 account.provider.name(),
             )
         });
+        // The client's ack must not wait for a slot or an owner's answer: a message not yet
+        // accepted is accepted first, on its own, when any of this may wait.
+        if log.accept.is_some()
+            && chain.iter().any(|account| {
+                let name = account.provider.name();
+                context.config.channel_rules.contains_key(name)
+                    || context.rate_limits.may_wait(name, &job.tenant.id.0)
+            })
+        {
+            log.settle_accept().await?;
+        }
         // Messenger-style rules of the accounts: the session window and the tier.
         let mut rule_reasons = Vec::new();
         if resend.is_none() && !chain.is_empty() {

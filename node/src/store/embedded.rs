@@ -814,6 +814,8 @@ enum PreparedKind {
 struct Prepared {
     fence: Fence,
     kind: PreparedKind,
+    /// An accept's guarded ops (see [`WriteOp::AcceptMessage`]); 0 for every other op.
+    guards: usize,
 }
 
 impl Prepared {
@@ -830,6 +832,7 @@ impl Prepared {
 /// Turns an op into its effect (and its log encoding) outside the lock.
 fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
     let FencedOp { fence, op } = op;
+    let mut guards = 0;
     let entry = match op {
         WriteOp::PutRecipient { tenant, recipient } => Entry::PutRecipient(PutRecipient {
             tenant: tenant.0,
@@ -846,12 +849,16 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
             message,
             accepted,
             idempotency_ttl,
-        } => Entry::Accept(Accept {
-            message: Some(Arc::unwrap_or_clone(message)),
-            accepted: Some(accepted),
-            partition: fence.partition.0,
-            idempotency_expires_unix_ms: now_ms.saturating_add(ttl_ms(idempotency_ttl)),
-        }),
+            guards: guarded,
+        } => {
+            guards = guarded;
+            Entry::Accept(Accept {
+                message: Some(Arc::unwrap_or_clone(message)),
+                accepted: Some(accepted),
+                partition: fence.partition.0,
+                idempotency_expires_unix_ms: now_ms.saturating_add(ttl_ms(idempotency_ttl)),
+            })
+        }
         WriteOp::AppendEvents {
             tenant,
             message_id,
@@ -877,6 +884,7 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
                     delta,
                     ttl_ms: ttl_ms(ttl),
                 },
+                guards: 0,
             };
         }
     };
@@ -888,6 +896,7 @@ fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
     Prepared {
         fence,
         kind: PreparedKind::Effect { entry, encoded },
+        guards,
     }
 }
 
@@ -1156,9 +1165,27 @@ impl Store for EmbeddedStore {
             check_poisoned(&state)?;
             state.sweep(now_ms, SWEEP_BUDGET);
             let mut record = Vec::new();
+            let mut skipping = 0;
             let outcomes: Vec<WriteOutcome> = prepared
                 .into_iter()
-                .map(|op| state.write_op(op, now_ms, durable, &mut record))
+                .map(|op| {
+                    if skipping > 0 {
+                        skipping -= 1;
+                        return WriteOutcome::Skipped;
+                    }
+                    let guards = op.guards;
+                    let outcome = state.write_op(op, now_ms, durable, &mut record);
+                    if !matches!(
+                        outcome,
+                        WriteOutcome::Accepted {
+                            duplicate: false,
+                            ..
+                        }
+                    ) {
+                        skipping = guards;
+                    }
+                    outcome
+                })
                 .collect();
             let (seq, start_flusher) = state.append(record);
             (outcomes, seq, start_flusher)

@@ -79,11 +79,18 @@ pub enum WriteOp {
     /// message, append `accepted` to its event log and add it to the partition's active set.
     /// Same key + same `payload_hash` → `Accepted { duplicate: true }` with the first id;
     /// same key + other hash → `Conflict`.
+    ///
+    /// `guards`: the next `guards` ops of the same call apply only when this accept stores a
+    /// new message; after a duplicate, a conflict or a fenced accept they are not applied and
+    /// answer [`WriteOutcome::Skipped`]. The recipient actor uses this to write a message's
+    /// acceptance together with its first steps (one write instead of two), without ever
+    /// applying those steps to a message that was not new.
     AcceptMessage {
         /// Shared with the actor that runs the message: no deep copy on the hot path.
         message: Arc<StoredMessage>,
         accepted: Event,
         idempotency_ttl: Duration,
+        guards: usize,
     },
     /// Append events to a message's log. `terminal` removes the message from its partition's
     /// active set in the same step.
@@ -125,6 +132,8 @@ pub enum WriteOutcome {
     Fenced {
         stored: Epoch,
     },
+    /// Not applied: guarded by an accept that did not store a new message.
+    Skipped,
 }
 
 /// A message as stored, with its event log in order.

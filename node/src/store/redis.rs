@@ -72,6 +72,8 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 /// - `X` erase recipient: key
 /// - `A` accept message: idempotency key (empty = none), idempotency value, ttl ms,
 ///   message key, message bytes, events key, accepted event bytes, active member
+/// - `B` accept message guarding the ops after it, with the message's first append folded in
+///   (fields in the script)
 /// - `E` append events: events key, active member to remove (empty = not terminal), count,
 ///   event bytes...
 /// - `C` counter: key, delta, ttl ms
@@ -156,6 +158,41 @@ while i <= argc do
       end
     end
     i = i + 10
+  elseif code == 'B' then
+    -- An accept that guards the ops after it (see `WriteOp::AcceptMessage::guards`), with the
+    -- first append of the message folded into its RPUSH. Fields: idempotency key, value, ttl,
+    -- events key, active member ('' = the folded append is terminal), skip_args, skip_replies,
+    -- folded (0/1), count, then `count` log entries (the message, `accepted`, the folded
+    -- events). Not new (or fenced): the guarded ops are skipped, each answering {'skipped'}.
+    local count = tonumber(ARGV[i + 11])
+    local last = i + 11 + count
+    local prior = false
+    if fenced then
+      prior = {stored}
+    elseif ARGV[i + 3] ~= '' then
+      if not redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
+        prior = redis.call('GET', ARGV[i + 3])
+      end
+    end
+    if prior then
+      out[n] = prior
+      for _ = 1, tonumber(ARGV[i + 9]) do
+        n = n + 1
+        out[n] = {'skipped'}
+      end
+      i = last + 1 + tonumber(ARGV[i + 8])
+    else
+      append(ARGV[i + 6], '', p, i + 12, last)
+      if ARGV[i + 7] ~= '' then
+        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 7])
+      end
+      out[n] = 1
+      if ARGV[i + 10] == '1' then
+        n = n + 1
+        out[n] = 0
+      end
+      i = last + 1
+    end
   elseif code == 'R' then
     if fenced then
       out[n] = {stored}
@@ -516,6 +553,13 @@ impl Args {
         message.encode_raw(&mut self.buf);
         self.ends.push(self.buf.len());
     }
+    /// Appends every entry of `other`.
+    fn extend(&mut self, other: Args) {
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf);
+        self.ends
+            .extend(other.ends.into_iter().map(|end| base + end));
+    }
     fn append_to(&self, cmd: &mut Cmd) {
         let mut start = 0;
         for &end in &self.ends {
@@ -539,6 +583,48 @@ fn push_counter(args: &mut Args, keys: &Keys, key: &str, delta: i64, ttl: Durati
     args.push_u64(ttl_ms(ttl));
 }
 
+/// `idempotency key ('' = none), value, ttl ms` of an accept; returns the payload hash as
+/// stored in the value.
+fn push_idempotency(
+    args: &mut Args,
+    keys: &Keys,
+    message: &StoredMessage,
+    ttl: Duration,
+) -> String {
+    let idempotency_key = message
+        .request
+        .as_ref()
+        .map(|r| r.idempotency_key.as_str())
+        .unwrap_or_default();
+    let hash = format!("{:016x}", message.payload_hash);
+    if idempotency_key.is_empty() {
+        args.push(b"");
+    } else {
+        args.push(
+            keys.idempotency(&message.tenant, idempotency_key)
+                .as_bytes(),
+        );
+    }
+    args.push_parts(&[message.message_id.as_bytes(), SEP_BYTES, hash.as_bytes()]);
+    args.push_u64(ttl_ms(ttl));
+    hash
+}
+
+fn push_events_key(args: &mut Args, keys: &Keys, tenant: &str, message_id: &str) {
+    args.push_parts(&[
+        keys.prefix.as_bytes(),
+        b":e:",
+        tenant.as_bytes(),
+        b":",
+        message_id.as_bytes(),
+    ]);
+}
+
+/// A message's member in its partition's active set.
+fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
+    args.push_parts(&[tenant.as_bytes(), SEP_BYTES, message_id.as_bytes()]);
+}
+
 /// `events key, active member or '', count, events...` of an append op.
 fn push_append(
     args: &mut Args,
@@ -548,19 +634,9 @@ fn push_append(
     events: &[Event],
     terminal: bool,
 ) {
-    args.push_parts(&[
-        keys.prefix.as_bytes(),
-        b":e:",
-        tenant.as_str().as_bytes(),
-        b":",
-        message_id.as_str().as_bytes(),
-    ]);
+    push_events_key(args, keys, tenant.as_str(), message_id.as_str());
     if terminal {
-        args.push_parts(&[
-            tenant.as_str().as_bytes(),
-            SEP_BYTES,
-            message_id.as_str().as_bytes(),
-        ]);
+        push_active_member(args, tenant.as_str(), message_id.as_str());
     } else {
         args.push(b"");
     }
@@ -603,6 +679,69 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             expect.push(Expect::Done);
             continue;
         }
+        if let WriteOp::AcceptMessage {
+            message,
+            accepted,
+            idempotency_ttl,
+            guards,
+        } = op
+            && *guards > 0
+        {
+            let guarded_end = index.saturating_add(*guards).min(ops.len());
+            // The message's own append right after its accept joins the accept's RPUSH.
+            let folded = match ops.get(index) {
+                Some(FencedOp {
+                    fence: next_fence,
+                    op:
+                        WriteOp::AppendEvents {
+                            tenant,
+                            message_id,
+                            events,
+                            terminal,
+                        },
+                }) if next_fence == fence
+                    && index < guarded_end
+                    && tenant.as_str() == message.tenant
+                    && message_id.as_str() == message.message_id =>
+                {
+                    Some((events, *terminal))
+                }
+                _ => None,
+            };
+            let rest = index + usize::from(folded.is_some());
+            let (guarded_args, guarded_expect) = encode_ops(keys, &ops[rest..guarded_end]);
+            args.push(b"B");
+            args.push_u64(u64::from(fence.partition.0));
+            args.push_u64(fence.epoch.0);
+            let hash = push_idempotency(&mut args, keys, message, *idempotency_ttl);
+            push_events_key(&mut args, keys, &message.tenant, &message.message_id);
+            if folded.is_some_and(|(_, terminal)| terminal) {
+                args.push(b"");
+            } else {
+                push_active_member(&mut args, &message.tenant, &message.message_id);
+            }
+            args.push_u64(guarded_args.ends.len() as u64);
+            args.push_u64((usize::from(folded.is_some()) + guarded_expect.len()) as u64);
+            args.push(if folded.is_some() { b"1" } else { b"0" });
+            let following = folded.map_or(&[][..], |(events, _)| events.as_slice());
+            args.push_u64(2 + following.len() as u64);
+            args.push_message(message.as_ref());
+            args.push_message(accepted);
+            for event in following {
+                args.push_message(event);
+            }
+            expect.push(Expect::Accept {
+                message_id: MessageId(message.message_id.clone()),
+                hash,
+            });
+            if folded.is_some() {
+                expect.push(Expect::Done);
+            }
+            args.extend(guarded_args);
+            expect.extend(guarded_expect);
+            index = guarded_end;
+            continue;
+        }
         let code: &[u8] = match op {
             WriteOp::PutRecipient { .. } => b"R",
             WriteOp::EraseRecipient { .. } => b"X",
@@ -631,37 +770,13 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 message,
                 accepted,
                 idempotency_ttl,
+                guards: _,
             } => {
-                let idempotency_key = message
-                    .request
-                    .as_ref()
-                    .map(|r| r.idempotency_key.as_str())
-                    .unwrap_or_default();
-                let hash = format!("{:016x}", message.payload_hash);
-                if idempotency_key.is_empty() {
-                    args.push(b"");
-                } else {
-                    args.push(
-                        keys.idempotency(&message.tenant, idempotency_key)
-                            .as_bytes(),
-                    );
-                }
-                args.push_parts(&[message.message_id.as_bytes(), SEP_BYTES, hash.as_bytes()]);
-                args.push_u64(ttl_ms(*idempotency_ttl));
-                args.push_parts(&[
-                    keys.prefix.as_bytes(),
-                    b":e:",
-                    message.tenant.as_bytes(),
-                    b":",
-                    message.message_id.as_bytes(),
-                ]);
+                let hash = push_idempotency(&mut args, keys, message, *idempotency_ttl);
+                push_events_key(&mut args, keys, &message.tenant, &message.message_id);
                 args.push_message(message.as_ref());
                 args.push_message(accepted);
-                args.push_parts(&[
-                    message.tenant.as_bytes(),
-                    SEP_BYTES,
-                    message.message_id.as_bytes(),
-                ]);
+                push_active_member(&mut args, &message.tenant, &message.message_id);
                 expect.push(Expect::Accept {
                     message_id: MessageId(message.message_id.clone()),
                     hash,
@@ -702,6 +817,7 @@ fn decode_outcome(expect: &Expect, value: Value) -> Result<WriteOutcome> {
             [Value::Int(stored)] => Ok(WriteOutcome::Fenced {
                 stored: Epoch(u64::try_from(*stored).map_err(|_| bad(&value))?),
             }),
+            [Value::BulkString(word)] if word.as_slice() == b"skipped" => Ok(WriteOutcome::Skipped),
             _ => Err(bad(&value)),
         };
     }
@@ -900,12 +1016,35 @@ fn utf8(key: &str, bytes: Vec<u8>) -> Result<String> {
     })
 }
 
+/// `ops` in chunks of at most `max` ops, never separating an accept from the ops it guards
+/// (such a group is one chunk, however long).
+fn chunks(ops: &[FencedOp], max: usize) -> Vec<&[FencedOp]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut index = 0;
+    while index < ops.len() {
+        let group = match &ops[index].op {
+            WriteOp::AcceptMessage { guards, .. } => 1 + (*guards).min(ops.len() - index - 1),
+            _ => 1,
+        };
+        if index > start && index + group - start > max {
+            out.push(&ops[start..index]);
+            start = index;
+        }
+        index += group;
+    }
+    if start < ops.len() {
+        out.push(&ops[start..]);
+    }
+    out
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(ops.len());
         // Chunks of one call are committed one after the other, so its ops apply in order.
-        for chunk in ops.chunks(self.max_batch_ops) {
+        for chunk in chunks(&ops, self.max_batch_ops) {
             let (args, expect) = encode_ops(&self.keys, chunk);
             let mut partitions: Vec<u32> = chunk.iter().map(|op| op.fence.partition.0).collect();
             partitions.sort_unstable();
@@ -1166,6 +1305,62 @@ mod unit {
         assert_eq!(options.max_batch_ops, 1024);
         assert_eq!(options.commits_in_flight, 4);
         assert!(toml::from_str::<RedisOptions>("max_batch = 3").is_err());
+    }
+
+    #[test]
+    fn chunks_never_separate_an_accept_from_its_guarded_ops() {
+        let fence = crate::store::Fence {
+            partition: PartitionId(1),
+            epoch: Epoch(1),
+        };
+        let counter = || FencedOp {
+            fence,
+            op: WriteOp::IncrCounter {
+                key: "k".into(),
+                delta: 1,
+                ttl: Duration::from_secs(1),
+            },
+        };
+        let accept = |guards| FencedOp {
+            fence,
+            op: WriteOp::AcceptMessage {
+                message: Arc::new(StoredMessage::default()),
+                accepted: Event::default(),
+                idempotency_ttl: Duration::from_secs(1),
+                guards,
+            },
+        };
+        let lengths = |ops: &[FencedOp], max| {
+            chunks(ops, max)
+                .iter()
+                .map(|chunk| chunk.len())
+                .collect::<Vec<_>>()
+        };
+        let plain: Vec<FencedOp> = (0..5).map(|_| counter()).collect();
+        assert_eq!(lengths(&plain, 2), vec![2, 2, 1]);
+        // [c, accept+2, c, c] in chunks of 2: the guarded group of 3 stays whole.
+        let ops = vec![
+            counter(),
+            accept(2),
+            counter(),
+            counter(),
+            counter(),
+            counter(),
+        ];
+        assert_eq!(lengths(&ops, 2), vec![1, 3, 2]);
+        // Guards past the end of the call cover what is there.
+        let ops = vec![counter(), accept(9), counter()];
+        assert_eq!(lengths(&ops, 2), vec![1, 2]);
+        assert_eq!(lengths(&[], 2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn skipped_reply_decodes() {
+        let outcome = decode_outcome(
+            &Expect::Counter,
+            Value::Array(vec![Value::BulkString(b"skipped".to_vec())]),
+        );
+        assert_eq!(outcome.expect("decodes"), WriteOutcome::Skipped);
     }
 
     #[test]

@@ -64,6 +64,10 @@ fn event(message_id: &str, kind: EventKind, seq: u32) -> Event {
 }
 
 fn accept(fence: Fence, message: StoredMessage, ttl: Duration) -> FencedOp {
+    guarded_accept(fence, message, ttl, 0)
+}
+
+fn guarded_accept(fence: Fence, message: StoredMessage, ttl: Duration, guards: usize) -> FencedOp {
     let accepted = event(&message.message_id, EventKind::EventAccepted, 1);
     FencedOp {
         fence,
@@ -71,6 +75,7 @@ fn accept(fence: Fence, message: StoredMessage, ttl: Duration) -> FencedOp {
             message: Arc::new(message),
             accepted,
             idempotency_ttl: ttl,
+            guards,
         },
     }
 }
@@ -1001,6 +1006,127 @@ async fn concurrent_writers(store: Arc<dyn Store>) {
     }
 }
 
+/// An accept guarding the ops after it: applied with a new message (the append folded or
+/// not, terminal or not), skipped after a duplicate, a conflict or a fenced accept.
+async fn accept_with_guarded_ops(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(5, 1);
+    let first_write = |id: &str, key: &str, hash: u64, terminal: bool| {
+        vec![
+            guarded_accept(f, message(id, key, hash, 5), LONG, 3),
+            append(
+                f,
+                id,
+                vec![event(id, EventKind::EventAttempted, 2)],
+                terminal,
+            ),
+            incr(f, "freq:guard", 1, LONG),
+            put_value(f, &format!("index:{id}"), id.as_bytes(), LONG),
+        ]
+    };
+    // New: everything applies; the outcomes are one per op.
+    let outcomes = write(store, first_write("m-g1", "k-g1", 1, false)).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            accepted("m-g1", false),
+            WriteOutcome::Done,
+            WriteOutcome::Counter(1),
+            WriteOutcome::Done
+        ]
+    );
+    assert_eq!(
+        event_kinds(store, "m-g1").await,
+        vec![
+            EventKind::EventAccepted as i32,
+            EventKind::EventAttempted as i32
+        ]
+    );
+    assert!(active_ids(store, 5).await.contains("m-g1"));
+    assert_eq!(
+        store.get_value("index:m-g1").await.expect("get"),
+        Some(b"m-g1".to_vec())
+    );
+    // The same key and payload again (another id): a duplicate; the guarded ops are skipped.
+    let outcomes = write(store, first_write("m-g2", "k-g1", 1, false)).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            accepted("m-g1", true),
+            WriteOutcome::Skipped,
+            WriteOutcome::Skipped,
+            WriteOutcome::Skipped
+        ]
+    );
+    // Another payload: a conflict, skipped the same way.
+    let outcomes = write(store, first_write("m-g3", "k-g1", 2, false)).await;
+    assert_eq!(
+        outcomes[0],
+        WriteOutcome::Conflict {
+            message_id: MessageId("m-g1".into())
+        }
+    );
+    assert!(outcomes[1..].iter().all(|o| *o == WriteOutcome::Skipped));
+    for id in ["m-g2", "m-g3"] {
+        let stored = store
+            .get_message(&tenant(), &MessageId(id.into()))
+            .await
+            .expect("get");
+        assert_eq!(stored, None, "{id} was not stored");
+        assert_eq!(
+            store.get_value(&format!("index:{id}")).await.expect("get"),
+            None
+        );
+    }
+    assert!(!active_ids(store, 5).await.contains("m-g2"));
+    // The counter moved once, for the new message only.
+    assert_eq!(
+        write(store, vec![incr(f, "freq:guard", 0, LONG)]).await,
+        vec![WriteOutcome::Counter(1)]
+    );
+    // A terminal first write: stored, and never in the active set.
+    let outcomes = write(store, first_write("m-g4", "k-g4", 4, true)).await;
+    assert_eq!(outcomes[0], accepted("m-g4", false));
+    assert!(!active_ids(store, 5).await.contains("m-g4"));
+    assert_eq!(event_kinds(store, "m-g4").await.len(), 2);
+    // Guarded ops that are not the message's append (nothing to fold) apply too.
+    let outcomes = write(
+        store,
+        vec![
+            guarded_accept(f, message("m-g5", "", 5, 5), LONG, 1),
+            incr(f, "freq:guard", 1, LONG),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![accepted("m-g5", false), WriteOutcome::Counter(3)]
+    );
+    assert!(active_ids(store, 5).await.contains("m-g5"));
+    // A newer owner: the accept is fenced and its guarded ops skipped.
+    store
+        .acquire_leases(&node("newer"), Epoch(9), &[PartitionId(5)], LONG)
+        .await
+        .expect("acquire");
+    let outcomes = write(store, first_write("m-g6", "k-g6", 6, false)).await;
+    assert_eq!(
+        outcomes,
+        vec![
+            WriteOutcome::Fenced { stored: Epoch(9) },
+            WriteOutcome::Skipped,
+            WriteOutcome::Skipped,
+            WriteOutcome::Skipped
+        ]
+    );
+    assert_eq!(
+        store
+            .get_message(&tenant(), &MessageId("m-g6".into()))
+            .await
+            .expect("get"),
+        None
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         /// Each test on its own `redis-server`.
@@ -1048,6 +1174,7 @@ suite!(
     counters,
     expiring_values,
     counter_then_append,
+    accept_with_guarded_ops,
     singleton_lease,
     blobs_and_api_keys,
     concurrent_writers,
