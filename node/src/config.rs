@@ -380,7 +380,7 @@ impl Default for NodeConfig {
             lease_ttl_ms: 2000,
             lease_renew_interval_ms: 650,
             lease_acquire_retry_ms: 100,
-            actor_idle_ms: 2_000,
+            actor_idle_ms: 250,
             idempotency_ttl_s: 7 * 24 * 3600,
             max_message_bytes: 64 * 1024,
             batch_max: 1000,
