@@ -19,7 +19,10 @@ use serde::Serialize;
 use tonic::transport::Channel as GrpcChannel;
 
 const BATCH: usize = 1000;
-const BATCHES_IN_FLIGHT: usize = 32;
+/// `SendBatch` calls in flight. 8 keeps every node's admission full (3 × 2,000 messages in
+/// progress) without queueing tens of thousands of acked-but-waiting messages: against 32,
+/// the same throughput with p99 2.3 s → 0.9 s and peak RSS 510 → 390 MiB (waterfall-100000).
+const BATCHES_IN_FLIGHT: usize = 8;
 
 pub fn authed<T>(message: T, api_key: &str) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);

@@ -160,12 +160,13 @@ while i <= argc do
     i = i + 10
   elseif code == 'B' then
     -- An accept that guards the ops after it (see `WriteOp::AcceptMessage::guards`), with the
-    -- first append of the message folded into its RPUSH. Fields: idempotency key, value, ttl,
-    -- events key, active member ('' = the folded append is terminal), skip_args, skip_replies,
-    -- folded (0/1), count, then `count` log entries (the message, `accepted`, the folded
-    -- events). Not new (or fenced): the guarded ops are skipped, each answering {'skipped'}.
-    local count = tonumber(ARGV[i + 11])
-    local last = i + 11 + count
+    -- first append of the message folded into its RPUSH and a counter folded in too. Fields:
+    -- idempotency key, value, ttl, events key, active member ('' = the folded append is
+    -- terminal), skip_args, skip_replies, folded append (0/1), counter key ('' = none), delta,
+    -- ttl, count, then `count` log entries (the message, `accepted`, the folded events). Not
+    -- new (or fenced): the guarded ops are skipped, each answering {'skipped'}.
+    local count = tonumber(ARGV[i + 14])
+    local last = i + 14 + count
     local prior = false
     if fenced then
       prior = {stored}
@@ -182,7 +183,7 @@ while i <= argc do
       end
       i = last + 1 + tonumber(ARGV[i + 8])
     else
-      append(ARGV[i + 6], '', p, i + 12, last)
+      append(ARGV[i + 6], '', p, i + 15, last)
       if ARGV[i + 7] ~= '' then
         redis.call('SADD', P .. ':a:' .. p, ARGV[i + 7])
       end
@@ -190,6 +191,10 @@ while i <= argc do
       if ARGV[i + 10] == '1' then
         n = n + 1
         out[n] = 0
+      end
+      if ARGV[i + 11] ~= '' then
+        n = n + 1
+        out[n] = incr(ARGV[i + 11], ARGV[i + 12], ARGV[i + 13])
       end
       i = last + 1
     end
@@ -708,7 +713,16 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 }
                 _ => None,
             };
-            let rest = index + usize::from(folded.is_some());
+            let mut rest = index + usize::from(folded.is_some());
+            // So does a counter under the same fence (the frequency cap's increment).
+            let counter = match ops.get(rest) {
+                Some(FencedOp {
+                    fence: next_fence,
+                    op: WriteOp::IncrCounter { key, delta, ttl },
+                }) if next_fence == fence && rest < guarded_end => Some((key, *delta, *ttl)),
+                _ => None,
+            };
+            rest += usize::from(counter.is_some());
             let (guarded_args, guarded_expect) = encode_ops(keys, &ops[rest..guarded_end]);
             args.push(b"B");
             args.push_u64(u64::from(fence.partition.0));
@@ -721,8 +735,17 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 push_active_member(&mut args, &message.tenant, &message.message_id);
             }
             args.push_u64(guarded_args.ends.len() as u64);
-            args.push_u64((usize::from(folded.is_some()) + guarded_expect.len()) as u64);
+            let folded_replies = usize::from(folded.is_some()) + usize::from(counter.is_some());
+            args.push_u64((folded_replies + guarded_expect.len()) as u64);
             args.push(if folded.is_some() { b"1" } else { b"0" });
+            match counter {
+                Some((key, delta, ttl)) => push_counter(&mut args, keys, key, delta, ttl),
+                None => {
+                    args.push(b"");
+                    args.push(b"0");
+                    args.push(b"0");
+                }
+            }
             let following = folded.map_or(&[][..], |(events, _)| events.as_slice());
             args.push_u64(2 + following.len() as u64);
             args.push_message(message.as_ref());
@@ -736,6 +759,9 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             });
             if folded.is_some() {
                 expect.push(Expect::Done);
+            }
+            if counter.is_some() {
+                expect.push(Expect::Counter);
             }
             args.extend(guarded_args);
             expect.extend(guarded_expect);
