@@ -158,21 +158,19 @@ impl RecipientDirectory {
         let now = self.elapsed_ms();
         let idle_ms = idle.as_millis() as u64;
         let mut entries = self.entries.lock();
-        let idle_keys: Vec<RecipientKey> = entries
-            .iter()
-            .filter(|(_, e)| {
-                e.activity.in_flight.load(Ordering::Acquire) == 0
-                    && now.saturating_sub(e.activity.last_active_ms.load(Ordering::Relaxed))
-                        >= idle_ms
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in &idle_keys {
-            if let Some(entry) = entries.remove(key) {
-                entry.actor.stop(Some("idle".into()));
+        let before = entries.len();
+        // In place: no key is copied (this sweeps every active recipient several times a
+        // second).
+        entries.retain(|_, entry| {
+            let idle = entry.activity.in_flight.load(Ordering::Acquire) == 0
+                && now.saturating_sub(entry.activity.last_active_ms.load(Ordering::Relaxed))
+                    >= idle_ms;
+            if idle {
+                entry.actor.stop(None);
             }
-        }
-        idle_keys.len()
+            !idle
+        });
+        before - entries.len()
     }
 
     /// Runs passivation until the context is gone.

@@ -61,6 +61,7 @@ use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use herald_proto::v1::{Event, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use prost::Message;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -486,9 +487,6 @@ impl Keys {
     fn events(&self, tenant: &str, id: &str) -> String {
         format!("{}:e:{}:{}", self.prefix, tenant, id)
     }
-    fn idempotency(&self, tenant: &str, key: &str) -> String {
-        format!("{}:i:{}:{}", self.prefix, tenant, key)
-    }
     fn active(&self, partition: PartitionId) -> String {
         format!("{}:a:{}", self.prefix, partition.0)
     }
@@ -605,10 +603,13 @@ fn push_idempotency(
     if idempotency_key.is_empty() {
         args.push(b"");
     } else {
-        args.push(
-            keys.idempotency(&message.tenant, idempotency_key)
-                .as_bytes(),
-        );
+        args.push_parts(&[
+            keys.prefix.as_bytes(),
+            b":i:",
+            message.tenant.as_bytes(),
+            b":",
+            idempotency_key.as_bytes(),
+        ]);
     }
     args.push_parts(&[message.message_id.as_bytes(), SEP_BYTES, hash.as_bytes()]);
     args.push_u64(ttl_ms(ttl));
@@ -651,8 +652,34 @@ fn push_append(
     }
 }
 
+/// Roughly the argument bytes and entries of `ops`, so their buffers are sized once.
+fn size_hint(ops: &[FencedOp]) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut entries = 0;
+    for op in ops {
+        // Code, partition, epoch, keys and small fields.
+        bytes += 160;
+        entries += 16;
+        match &op.op {
+            WriteOp::AcceptMessage { message, .. } => bytes += message.encoded_len() + 128,
+            WriteOp::AppendEvents { events, .. } => {
+                bytes += events.iter().map(Message::encoded_len).sum::<usize>();
+                entries += events.len();
+            }
+            WriteOp::PutRecipient { recipient, .. } => bytes += recipient.encoded_len(),
+            WriteOp::PutValue { value, .. } => bytes += value.len(),
+            WriteOp::EraseRecipient { .. } | WriteOp::IncrCounter { .. } => {}
+        }
+    }
+    (bytes, entries)
+}
+
 fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
-    let mut args = Args::default();
+    let (bytes, entries) = size_hint(ops);
+    let mut args = Args {
+        buf: Vec::with_capacity(bytes),
+        ends: Vec::with_capacity(entries),
+    };
     let mut expect = Vec::with_capacity(ops.len());
     let mut index = 0;
     while index < ops.len() {
