@@ -1168,7 +1168,14 @@ async fn walk(
         }
         // Messenger-style rules of the accounts: the session window and the tier.
         let mut rule_reasons = Vec::new();
-        if resend.is_none() && !chain.is_empty() {
+        if resend.is_none()
+            && chain.iter().any(|account| {
+                let name = account.provider.name();
+                context.config.channel_rules.contains_key(name)
+                    || context.rate_limits.has_warmup(name)
+                    || context.rate_limits.has_tier(name)
+            })
+        {
             let mut kept = Vec::with_capacity(chain.len());
             for account in chain {
                 match channel_rule_block(
