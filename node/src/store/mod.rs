@@ -93,7 +93,7 @@ pub enum WriteOp {
         guards: usize,
     },
     /// Append events to a message's log. `terminal` removes the message from its partition's
-    /// active set in the same step.
+    /// active set: in the same step, or soon after in bulk ([`Store::retire_pending`]).
     AppendEvents {
         tenant: TenantId,
         message_id: MessageId,
@@ -186,8 +186,17 @@ pub trait Store: Send + Sync + 'static {
         message_id: &MessageId,
     ) -> Result<Option<MessageRecord>>;
 
-    /// Non-terminal messages of a partition (a new owner resumes them).
+    /// Non-terminal messages of a partition (a new owner resumes them). A message that just
+    /// became terminal may still be listed for a moment (see [`Store::retire_pending`]); the
+    /// owner that resumes it finds it terminal in its log and ends it again.
     async fn active_messages(&self, partition: PartitionId) -> Result<Vec<(TenantId, MessageId)>>;
+
+    /// Takes the messages that became terminal out of their active sets now. A backend may do
+    /// this lazily, in bulk (Redis: every 200 ms, one `SREM` per partition instead of one per
+    /// message inside the write script); the rest do it in the write itself.
+    async fn retire_pending(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Takes or extends the lease of each partition for `node` at `epoch`. A partition is
     /// acquired when its lease is free or already `node`'s, and its stored epoch is not newer

@@ -15,7 +15,7 @@
 //! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
 //! | `{p}:e:{tenant}:{message_id}` | list | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event) |
 //! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
-//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence |
+//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence. A message joins in its accept's script and leaves in bulk after its terminal append (one pipelined `SREM` per partition every 200 ms), so a terminal message can be listed for a moment |
 //! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
 //! | `{p}:fences` | hash | partition → fencing epoch (decimal); only lease acquisition raises it |
 //! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created |
@@ -75,7 +75,8 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 ///   message key, message bytes, events key, accepted event bytes, active member
 /// - `B` accept message guarding the ops after it, with the message's first append folded in
 ///   (fields in the script)
-/// - `E` append events: events key, active member to remove (empty = not terminal), count,
+/// - `E` append events: events key, active member to remove (empty = none; the encoder always
+///   sends none: terminal messages are retired in bulk, see `Retiring`), count,
 ///   event bytes...
 /// - `C` counter: key, delta, ttl ms
 /// - `S` expiring value: key, bytes, ttl ms
@@ -373,6 +374,7 @@ pub struct RedisStore {
     release: Script,
     singleton: Script,
     stats: Arc<Stats>,
+    retiring: Arc<Retiring>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -420,6 +422,12 @@ impl RedisStore {
             stats: stats.clone(),
         };
         tokio::spawn(committer.run(rx));
+        let retiring = Arc::new(Retiring::default());
+        tokio::spawn(Retiring::run(
+            Arc::downgrade(&retiring),
+            conn.clone(),
+            keys.clone(),
+        ));
         Ok(RedisStore {
             conn,
             keys,
@@ -430,6 +438,7 @@ impl RedisStore {
             release,
             singleton,
             stats,
+            retiring,
         })
     }
 
@@ -470,6 +479,79 @@ impl RedisStore {
 struct Stats {
     batches: AtomicU64,
     ops: AtomicU64,
+}
+
+/// Terminal messages waiting to leave their partitions' active sets: partition → members.
+/// Taken out in bulk every [`RETIRE_EVERY`] by a task of the store (and by
+/// [`Store::retire_pending`]). Losing them (a crash) only leaves terminal messages listed as
+/// active; the next owner resumes them, finds them terminal and retires them again.
+#[derive(Default)]
+struct Retiring {
+    members: parking_lot::Mutex<std::collections::HashMap<u32, Vec<Vec<u8>>>>,
+}
+
+/// How often buffered retirements are applied.
+const RETIRE_EVERY: Duration = Duration::from_millis(200);
+
+impl Retiring {
+    /// Buffers the messages that `ops` made terminal (only those whose append was applied).
+    fn note(&self, ops: &[FencedOp], outcomes: &[WriteOutcome]) {
+        let mut members = None;
+        for (op, outcome) in ops.iter().zip(outcomes) {
+            if let WriteOp::AppendEvents {
+                tenant,
+                message_id,
+                terminal: true,
+                ..
+            } = &op.op
+                && *outcome == WriteOutcome::Done
+            {
+                let mut member = Vec::with_capacity(tenant.0.len() + 1 + message_id.0.len());
+                member.extend_from_slice(tenant.0.as_bytes());
+                member.extend_from_slice(SEP_BYTES);
+                member.extend_from_slice(message_id.0.as_bytes());
+                members
+                    .get_or_insert_with(|| self.members.lock())
+                    .entry(op.fence.partition.0)
+                    .or_default()
+                    .push(member);
+            }
+        }
+    }
+
+    /// Applies what is buffered: one `SREM` per partition, pipelined.
+    async fn flush(&self, conn: &ConnectionManager, keys: &Keys) -> Result<()> {
+        let batch = std::mem::take(&mut *self.members.lock());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for (partition, members) in &batch {
+            pipe.cmd("SREM")
+                .arg(keys.active(PartitionId(*partition)))
+                .arg(members)
+                .ignore();
+        }
+        let mut conn = conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Applies buffered retirements every [`RETIRE_EVERY`] until the store is dropped.
+    async fn run(retiring: std::sync::Weak<Retiring>, conn: ConnectionManager, keys: Arc<Keys>) {
+        let mut tick = tokio::time::interval(RETIRE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(retiring) = retiring.upgrade() else {
+                return;
+            };
+            if let Err(error) = retiring.flush(&conn, &keys).await {
+                // Harmless: the messages stay listed as active until a resume retires them.
+                tracing::debug!(%error, "retiring terminal messages from active sets failed");
+            }
+        }
+    }
 }
 
 /// Builds keys (never parses them).
@@ -631,21 +713,19 @@ fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
     args.push_parts(&[tenant.as_bytes(), SEP_BYTES, message_id.as_bytes()]);
 }
 
-/// `events key, active member or '', count, events...` of an append op.
+/// `events key, '' (the active member: retired in bulk instead), count, events...` of an
+/// append op.
 fn push_append(
     args: &mut Args,
     keys: &Keys,
     tenant: &TenantId,
     message_id: &MessageId,
     events: &[Event],
-    terminal: bool,
 ) {
     push_events_key(args, keys, tenant.as_str(), message_id.as_str());
-    if terminal {
-        push_active_member(args, tenant.as_str(), message_id.as_str());
-    } else {
-        args.push(b"");
-    }
+    // A terminal message leaves its active set in bulk, after the write (`Retiring`): one
+    // SREM call per message inside the script cost more than the rest of its append.
+    args.push(b"");
     args.push_u64(events.len() as u64);
     for event in events {
         args.push_message(event);
@@ -695,7 +775,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                         tenant,
                         message_id,
                         events,
-                        terminal,
+                        terminal: _,
                     },
             }),
         ) = (op, ops.get(index))
@@ -706,7 +786,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             args.push_u64(u64::from(fence.partition.0));
             args.push_u64(fence.epoch.0);
             push_counter(&mut args, keys, key, *delta, *ttl);
-            push_append(&mut args, keys, tenant, message_id, events, *terminal);
+            push_append(&mut args, keys, tenant, message_id, events);
             expect.push(Expect::Counter);
             expect.push(Expect::Done);
             continue;
@@ -839,9 +919,9 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 tenant,
                 message_id,
                 events,
-                terminal,
+                terminal: _,
             } => {
-                push_append(&mut args, keys, tenant, message_id, events, *terminal);
+                push_append(&mut args, keys, tenant, message_id, events);
                 expect.push(Expect::Done);
             }
             WriteOp::IncrCounter { key, delta, ttl } => {
@@ -1112,9 +1192,15 @@ impl Store for RedisStore {
                 })
                 .await
                 .map_err(|_| Error::Closed)?;
-            outcomes.extend(rx.await.map_err(|_| Error::Closed)??);
+            let chunk_outcomes = rx.await.map_err(|_| Error::Closed)??;
+            self.retiring.note(chunk, &chunk_outcomes);
+            outcomes.extend(chunk_outcomes);
         }
         Ok(outcomes)
+    }
+
+    async fn retire_pending(&self) -> Result<()> {
+        self.retiring.flush(&self.conn, &self.keys).await
     }
 
     async fn get_recipient(

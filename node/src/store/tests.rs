@@ -133,6 +133,7 @@ async fn write(store: &dyn Store, ops: Vec<FencedOp>) -> Vec<WriteOutcome> {
 }
 
 async fn active_ids(store: &dyn Store, partition: u32) -> HashSet<String> {
+    store.retire_pending().await.expect("retire pending");
     store
         .active_messages(PartitionId(partition))
         .await
