@@ -71,10 +71,9 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 /// `code, partition, epoch, fields...`:
 /// - `R` put recipient: key, bytes
 /// - `X` erase recipient: key
-/// - `A` accept message: idempotency key (empty = none), idempotency value, ttl ms,
-///   message key, message bytes, events key, accepted event bytes, active member
-/// - `B` accept message guarding the ops after it, with the message's first append folded in
-///   (fields in the script)
+/// - `B` accept message (the idempotency check, the message and its `accepted` event, the
+///   active set), guarding the ops after it, with the message's first append and counter
+///   folded in when they follow it (fields in the script)
 /// - `E` append events: events key, active member to remove (empty = none; the encoder always
 ///   sends none: terminal messages are retired in bulk, see `Retiring`), count,
 ///   event bytes...
@@ -139,27 +138,6 @@ while i <= argc do
       out[n] = 0
     end
     i = last + 1
-  elseif code == 'A' then
-    if fenced then
-      out[n] = {stored}
-    else
-      -- SET NX first: one call in the common (new key) case, GET only for a repeat.
-      local prior = false
-      if ARGV[i + 3] ~= '' then
-        if not redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
-          prior = redis.call('GET', ARGV[i + 3])
-        end
-      end
-      if prior then
-        out[n] = prior
-      else
-        -- The log's first element is the message itself: one RPUSH stores both.
-        redis.call('RPUSH', ARGV[i + 6], ARGV[i + 7], ARGV[i + 8])
-        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 9])
-        out[n] = 1
-      end
-    end
-    i = i + 10
   elseif code == 'B' then
     -- An accept that guards the ops after it (see `WriteOp::AcceptMessage::guards`), with the
     -- first append of the message folded into its RPUSH and a counter folded in too. Fields:
@@ -797,7 +775,6 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
             idempotency_ttl,
             guards,
         } = op
-            && *guards > 0
         {
             let guarded_end = index.saturating_add(*guards).min(ops.len());
             // The message's own append right after its accept joins the accept's RPUSH.
@@ -878,7 +855,8 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
         let code: &[u8] = match op {
             WriteOp::PutRecipient { .. } => b"R",
             WriteOp::EraseRecipient { .. } => b"X",
-            WriteOp::AcceptMessage { .. } => b"A",
+            // Encoded above (a `B` op, with what it guards); never reaches here.
+            WriteOp::AcceptMessage { .. } => continue,
             WriteOp::AppendEvents { .. } => b"E",
             WriteOp::IncrCounter { .. } => b"C",
             WriteOp::PutValue { .. } => b"S",
@@ -899,22 +877,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 args.push(keys.recipient(tenant, recipient_id).as_bytes());
                 expect.push(Expect::Done);
             }
-            WriteOp::AcceptMessage {
-                message,
-                accepted,
-                idempotency_ttl,
-                guards: _,
-            } => {
-                let hash = push_idempotency(&mut args, keys, message, *idempotency_ttl);
-                push_events_key(&mut args, keys, &message.tenant, &message.message_id);
-                args.push_message(message.as_ref());
-                args.push_message(accepted);
-                push_active_member(&mut args, &message.tenant, &message.message_id);
-                expect.push(Expect::Accept {
-                    message_id: MessageId(message.message_id.clone()),
-                    hash,
-                });
-            }
+            WriteOp::AcceptMessage { .. } => {}
             WriteOp::AppendEvents {
                 tenant,
                 message_id,
