@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::context::{NodeContext, now_unix_ms};
-use crate::peers::Peers;
+use crate::peers::{KeyOwner, Peers};
 use crate::policy::block_rate::{BlockRate, Level, Signal, Thresholds};
 use crate::store::Fence;
 
@@ -226,38 +226,20 @@ impl Breakers {
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| "node shutting down".to_owned())?;
-        let table = context.ownership.table();
-        if table.partition_count == 0 {
-            return Err("no partition table yet".into());
-        }
-        let partition = Self::partition(&report.key, table.partition_count);
-        let owner = table
-            .owner(partition)
-            .ok_or_else(|| format!("partition {partition} has no owner"))?;
-        let status = if owner.node_id == context.node_id.0 {
-            let fence = context
-                .ownership
-                .fence_or_wait(
-                    partition,
-                    Duration::from_millis(context.config.lease_ttl_ms),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            self.apply(&report, fence)
-        } else {
-            let item = ForwardItem {
-                tenant: BREAKERS_TENANT.to_owned(),
-                op: Some(forward_item::Op::Breaker(report)),
-            };
-            let results = self
-                .peers
-                .forward(&owner.address, table.epoch, vec![item])
-                .await
-                .map_err(|e| e.to_string())?;
-            match results.into_iter().next().and_then(|r| r.result) {
-                Some(forward_result::Result::Breaker(status)) => status,
-                Some(forward_result::Result::Error(error)) => return Err(error.message),
-                _ => return Err("unexpected reply to a breaker report".into()),
+        let owner =
+            crate::peers::key_owner(&context, |count| Self::partition(&report.key, count)).await?;
+        let status = match owner {
+            KeyOwner::Local(fence) => self.apply(&report, fence),
+            KeyOwner::Remote { address, epoch } => {
+                let item = ForwardItem {
+                    tenant: BREAKERS_TENANT.to_owned(),
+                    op: Some(forward_item::Op::Breaker(report)),
+                };
+                match self.peers.forward_one(&address, epoch, item).await? {
+                    forward_result::Result::Breaker(status) => status,
+                    forward_result::Result::Error(error) => return Err(error.message),
+                    _ => return Err("unexpected reply to a breaker report".into()),
+                }
             }
         };
         let mut states = self.states.lock();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use herald_proto::Epoch;
 use herald_proto::v1::forward_client::ForwardClient;
-use herald_proto::v1::{ForwardBatch, ForwardItem, ForwardResult};
+use herald_proto::v1::{ForwardBatch, ForwardItem, ForwardResult, forward_result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -154,5 +154,64 @@ impl Peers {
             }
         });
         Ok(link)
+    }
+}
+
+/// Where the partition of an internal key (a channel's schedule, a breaker) is served.
+pub enum KeyOwner {
+    /// Here, under this fence.
+    Local(crate::store::Fence),
+    /// At a peer: forward the request there (see [`Peers::forward_one`]).
+    Remote { address: String, epoch: Epoch },
+}
+
+/// The owner of `partition_of(partition_count)`: this node (waiting up to a lease TTL for its
+/// fence) or a peer.
+pub async fn key_owner(
+    context: &crate::context::NodeContext,
+    partition_of: impl FnOnce(u32) -> herald_proto::PartitionId,
+) -> Result<KeyOwner, String> {
+    let table = context.ownership.table();
+    if table.partition_count == 0 {
+        return Err("no partition table yet".into());
+    }
+    let partition = partition_of(table.partition_count);
+    let owner = table
+        .owner(partition)
+        .ok_or_else(|| format!("partition {partition} has no owner"))?;
+    if owner.node_id != context.node_id.0 {
+        return Ok(KeyOwner::Remote {
+            address: owner.address.clone(),
+            epoch: table.epoch,
+        });
+    }
+    context
+        .ownership
+        .fence_or_wait(
+            partition,
+            Duration::from_millis(context.config.lease_ttl_ms),
+        )
+        .await
+        .map(KeyOwner::Local)
+        .map_err(|e| e.to_string())
+}
+
+impl Peers {
+    /// Forwards one item; its result, or why there is none.
+    pub async fn forward_one(
+        &self,
+        address: &str,
+        epoch: Epoch,
+        item: ForwardItem,
+    ) -> Result<forward_result::Result, String> {
+        let results = self
+            .forward(address, epoch, vec![item])
+            .await
+            .map_err(|e| e.to_string())?;
+        results
+            .into_iter()
+            .next()
+            .and_then(|r| r.result)
+            .ok_or_else(|| "empty reply".to_owned())
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::context::NodeContext;
-use crate::peers::Peers;
+use crate::peers::{KeyOwner, Peers};
 use crate::store::Fence;
 
 /// The reserved tenant under which channel accounts are placed on the partition table.
@@ -395,34 +395,22 @@ impl RateLimits {
             .get()
             .and_then(Weak::upgrade)
             .ok_or_else(|| "node shutting down".to_owned())?;
-        let table = context.ownership.table();
-        if table.partition_count == 0 {
-            return Err("no partition table yet".into());
-        }
-        let partition = Self::partition(account, table.partition_count);
-        let owner = table
-            .owner(partition)
-            .ok_or_else(|| format!("partition {partition} has no owner"))?;
-        if owner.node_id == context.node_id.0 {
-            let fence = context
-                .ownership
-                .fence_or_wait(
-                    partition,
-                    Duration::from_millis(context.config.lease_ttl_ms),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            if daily {
-                return Ok(self.admit_daily(account));
-            }
-            if !recipient.is_empty() {
-                return Ok(self.admit_local(account, recipient));
-            }
-            return Ok(PermitGrant {
-                delays_us: self.grant(account, count, fence),
-                ..Default::default()
-            });
-        }
+        let (address, epoch) =
+            match crate::peers::key_owner(&context, |n| Self::partition(account, n)).await? {
+                KeyOwner::Local(fence) => {
+                    if daily {
+                        return Ok(self.admit_daily(account));
+                    }
+                    if !recipient.is_empty() {
+                        return Ok(self.admit_local(account, recipient));
+                    }
+                    return Ok(PermitGrant {
+                        delays_us: self.grant(account, count, fence),
+                        ..Default::default()
+                    });
+                }
+                KeyOwner::Remote { address, epoch } => (address, epoch),
+            };
         self.stats.remote_requests.fetch_add(1, Ordering::Relaxed);
         let item = ForwardItem {
             tenant: CHANNELS_TENANT.to_owned(),
@@ -433,14 +421,9 @@ impl RateLimits {
                 daily,
             })),
         };
-        let results = self
-            .peers
-            .forward(&owner.address, table.epoch, vec![item])
-            .await
-            .map_err(|e| e.to_string())?;
-        match results.into_iter().next().and_then(|r| r.result) {
-            Some(forward_result::Result::Permits(grant)) => Ok(grant),
-            Some(forward_result::Result::Error(error)) => {
+        match self.peers.forward_one(&address, epoch, item).await? {
+            forward_result::Result::Permits(grant) => Ok(grant),
+            forward_result::Result::Error(error) => {
                 debug!(account, code = error.code, "slot request refused");
                 Err(error.message)
             }
