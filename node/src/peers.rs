@@ -204,8 +204,10 @@ impl Peers {
         epoch: Epoch,
         item: ForwardItem,
     ) -> Result<forward_result::Result, String> {
-        let results = self
-            .forward(address, epoch, vec![item])
+        // Boxed: the gRPC call's future is ~3 KB, and every caller up to the recipient actor's
+        // message handler (rate limits, breakers, the step walk) would carry it inline and
+        // copy it on each call, also when no remote call is made (perf: memmove 12%).
+        let results = Box::pin(self.forward(address, epoch, vec![item]))
             .await
             .map_err(|e| e.to_string())?;
         results
