@@ -51,6 +51,7 @@ impl LocalCluster {
             redis_url: options.redis_url.clone(),
             data_dir: None,
             key_prefix: options.key_prefix.clone(),
+            ..StoreConfig::default()
         };
         let store = open_store(&store_config)
             .await

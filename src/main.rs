@@ -403,6 +403,8 @@ async fn run_node(config: Option<PathBuf>) -> Result<()> {
     use herald_node::config::{NodeConfig, load, relevant_env, top_level_keys};
     let env = relevant_env(&top_level_keys::<NodeConfig>(), std::env::vars());
     let config: NodeConfig = load(config.as_deref(), env)?;
+    // Before connecting to the store, so a bad value is reported at once.
+    config.validate()?;
     let store = herald_node::server::open_store(&config.store).await?;
     let node = herald_node::server::Node::start(config, store).await?;
     tracing::info!(addr = %node.local_addr, node = %node.node_id(), "serving");
@@ -459,6 +461,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
         redis_url: redis_url.clone(),
         data_dir: None,
         key_prefix,
+        ..Default::default()
     })
     .await?;
     if redis_url.is_none() {

@@ -224,6 +224,97 @@ pub struct StoreConfig {
     pub data_dir: Option<PathBuf>,
     /// Key prefix in Redis, so several clusters can share one Redis.
     pub key_prefix: Option<String>,
+    /// Tuning of the Redis store's group commit (`[store.redis]`). Ignored on the embedded
+    /// store.
+    pub redis: RedisTuning,
+}
+
+/// `[store.redis]`: how the Redis store groups writes into commit scripts. The defaults are
+/// the measured ones (docs/configuration.md has the figures); each knob is bounded so that a
+/// typo cannot stall Redis (which runs one script at a time) or the node.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTuning {
+    /// Most ops in one commit script (1..=65536).
+    pub max_batch_ops: usize,
+    /// Most argument bytes in one commit script (64 KiB..=64 MiB). An op larger than this is
+    /// committed alone.
+    pub max_batch_bytes: usize,
+    /// Commit scripts pipelined at once on the connection (1..=64).
+    pub commits_in_flight: usize,
+    /// Writes waiting for the committer before writers wait for room (1..=1000000).
+    pub queue_capacity: usize,
+    /// Time limit of one Redis command, ms (100..=600000). A write that times out has an
+    /// unknown outcome (the message is retried from its log).
+    pub response_timeout_ms: u64,
+    /// Time limit of one connection attempt, ms (100..=600000).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisTuning {
+    fn default() -> Self {
+        let options = crate::store::redis::RedisOptions::default();
+        RedisTuning {
+            max_batch_ops: options.max_batch_ops,
+            max_batch_bytes: options.max_batch_bytes,
+            commits_in_flight: options.commits_in_flight,
+            queue_capacity: options.queue_capacity,
+            response_timeout_ms: options.response_timeout_ms,
+            connect_timeout_ms: options.connect_timeout_ms,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The Redis store's options: `[store.redis]` and `key_prefix`.
+    pub fn redis_options(&self) -> crate::store::redis::RedisOptions {
+        let tuning = &self.redis;
+        let mut options = crate::store::redis::RedisOptions {
+            max_batch_ops: tuning.max_batch_ops,
+            max_batch_bytes: tuning.max_batch_bytes,
+            commits_in_flight: tuning.commits_in_flight,
+            queue_capacity: tuning.queue_capacity,
+            response_timeout_ms: tuning.response_timeout_ms,
+            connect_timeout_ms: tuning.connect_timeout_ms,
+            ..Default::default()
+        };
+        if let Some(prefix) = &self.key_prefix {
+            options.key_prefix = prefix.clone();
+        }
+        options
+    }
+}
+
+impl RedisTuning {
+    /// The first knob out of its range, as `store.redis.<key> must be in <range>`.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 6] = [
+            ("max_batch_ops", self.max_batch_ops as u64, 1..=65_536),
+            (
+                "max_batch_bytes",
+                self.max_batch_bytes as u64,
+                (64 << 10)..=(64 << 20),
+            ),
+            ("commits_in_flight", self.commits_in_flight as u64, 1..=64),
+            ("queue_capacity", self.queue_capacity as u64, 1..=1_000_000),
+            (
+                "response_timeout_ms",
+                self.response_timeout_ms,
+                100..=600_000,
+            ),
+            ("connect_timeout_ms", self.connect_timeout_ms, 100..=600_000),
+        ];
+        for (key, value, range) in checks {
+            if !range.contains(&value) {
+                return Err(format!(
+                    "store.redis.{key} must be in {}..={} (got {value})",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
@@ -423,6 +514,10 @@ impl NodeConfig {
         if self.weight == 0 {
             return Err(invalid("weight must be at least 1"));
         }
+        self.store
+            .redis
+            .validate()
+            .map_err(|message| invalid(&message))?;
         if self.lease_renew_interval_ms * 2 > self.lease_ttl_ms {
             return Err(invalid(
                 "lease_renew_interval_ms must be at most half of lease_ttl_ms",
@@ -536,6 +631,87 @@ mod tests {
         );
         let config: NodeConfig = load(None, env).expect("config");
         assert_eq!(config.weight, 2);
+    }
+
+    /// `[store.redis]` reaches the Redis store's options, from the file and from the
+    /// environment; the defaults are the store's own.
+    #[test]
+    fn store_redis_tuning_reaches_the_store_options() {
+        let defaults = NodeConfig::default().store.redis_options();
+        assert_eq!(defaults, crate::store::redis::RedisOptions::default());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[store]\nkey_prefix = \"blue\"\n[store.redis]\nmax_batch_ops = 256\n\
+             max_batch_bytes = 1048576\ncommits_in_flight = 2\nqueue_capacity = 100\n\
+             response_timeout_ms = 1500\n",
+        )
+        .expect("write config");
+        let env = vec![(
+            "HERALD_STORE__REDIS__CONNECT_TIMEOUT_MS".to_string(),
+            "900".to_string(),
+        )];
+        let config: NodeConfig = load(Some(&path), env).expect("config");
+        config.validate().expect("valid");
+        let options = config.store.redis_options();
+        assert_eq!(
+            options,
+            crate::store::redis::RedisOptions {
+                key_prefix: "blue".into(),
+                max_batch_ops: 256,
+                max_batch_bytes: 1 << 20,
+                commits_in_flight: 2,
+                queue_capacity: 100,
+                response_timeout_ms: 1500,
+                connect_timeout_ms: 900,
+            }
+        );
+    }
+
+    #[test]
+    fn store_redis_tuning_out_of_range_names_the_key() {
+        for (variable, value, expected) in [
+            (
+                "HERALD_STORE__REDIS__MAX_BATCH_OPS",
+                "0",
+                "store.redis.max_batch_ops must be in 1..=65536 (got 0)",
+            ),
+            (
+                "HERALD_STORE__REDIS__COMMITS_IN_FLIGHT",
+                "1000",
+                "store.redis.commits_in_flight must be in 1..=64 (got 1000)",
+            ),
+            (
+                "HERALD_STORE__REDIS__MAX_BATCH_BYTES",
+                "10",
+                "store.redis.max_batch_bytes must be in 65536..=67108864 (got 10)",
+            ),
+            (
+                "HERALD_STORE__REDIS__RESPONSE_TIMEOUT_MS",
+                "0",
+                "store.redis.response_timeout_ms must be in 100..=600000 (got 0)",
+            ),
+        ] {
+            let env = vec![(variable.to_string(), value.to_string())];
+            let config: NodeConfig = load(None, env).expect("parses");
+            let error = config.validate().expect_err("out of range");
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        let env = vec![("HERALD_STORE__REDIS__NO_SUCH".to_string(), "1".to_string())];
+        let error = load::<NodeConfig>(None, env).expect_err("unknown key");
+        assert!(error.to_string().contains("no_such"), "{error}");
+    }
+
+    /// The shipped example is a valid config, and its `[store.redis]` spells out the defaults.
+    #[test]
+    fn deploy_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/node.toml");
+        let config: NodeConfig = load(Some(&path), Vec::new()).expect("deploy/config/node.toml");
+        config.validate().expect("valid");
+        assert_eq!(config.store.redis, RedisTuning::default());
     }
 
     #[test]

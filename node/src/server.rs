@@ -58,10 +58,7 @@ pub enum Error {
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Error> {
     match &config.redis_url {
         Some(url) => {
-            let mut options = crate::store::redis::RedisOptions::default();
-            if let Some(prefix) = &config.key_prefix {
-                options.key_prefix = prefix.clone();
-            }
+            let options = config.redis_options();
             Ok(Arc::new(
                 crate::store::redis::RedisStore::connect(url, options).await?,
             ))

@@ -296,8 +296,9 @@ const MAX_TTL_MS: u64 = 1 << 40;
 const SEP: char = '\x1f';
 const SEP_BYTES: &[u8] = b"\x1f";
 
-/// Settings of the Redis backend. A node's config reaches only `key_prefix` (as
-/// `store.key_prefix`); the rest are tuned in code, with these defaults.
+/// Settings of the Redis backend. A node's config sets them as `[store.redis]` (bounds there,
+/// in `config::RedisTuning`) and `store.key_prefix`; the control plane, whose store traffic is
+/// a few ops per second, uses these defaults with its own `key_prefix`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisOptions {
