@@ -229,91 +229,19 @@ pub struct StoreConfig {
     pub redis: RedisTuning,
 }
 
-/// `[store.redis]`: how the Redis store groups writes into commit scripts. The defaults are
-/// the measured ones (docs/configuration.md has the figures); each knob is bounded so that a
-/// typo cannot stall Redis (which runs one script at a time) or the node.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisTuning {
-    /// Most ops in one commit script (1..=65536).
-    pub max_batch_ops: usize,
-    /// Most argument bytes in one commit script (64 KiB..=64 MiB). An op larger than this is
-    /// committed alone.
-    pub max_batch_bytes: usize,
-    /// Commit scripts pipelined at once on the connection (1..=64).
-    pub commits_in_flight: usize,
-    /// Writes waiting for the committer before writers wait for room (1..=1000000).
-    pub queue_capacity: usize,
-    /// Time limit of one Redis command, ms (100..=600000). A write that times out has an
-    /// unknown outcome (the message is retried from its log).
-    pub response_timeout_ms: u64,
-    /// Time limit of one connection attempt, ms (100..=600000).
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for RedisTuning {
-    fn default() -> Self {
-        let options = crate::store::redis::RedisOptions::default();
-        RedisTuning {
-            max_batch_ops: options.max_batch_ops,
-            max_batch_bytes: options.max_batch_bytes,
-            commits_in_flight: options.commits_in_flight,
-            queue_capacity: options.queue_capacity,
-            response_timeout_ms: options.response_timeout_ms,
-            connect_timeout_ms: options.connect_timeout_ms,
-        }
-    }
-}
+pub use crate::store::redis::RedisTuning;
 
 impl StoreConfig {
     /// The Redis store's options: `[store.redis]` and `key_prefix`.
     pub fn redis_options(&self) -> crate::store::redis::RedisOptions {
-        let tuning = &self.redis;
         let mut options = crate::store::redis::RedisOptions {
-            max_batch_ops: tuning.max_batch_ops,
-            max_batch_bytes: tuning.max_batch_bytes,
-            commits_in_flight: tuning.commits_in_flight,
-            queue_capacity: tuning.queue_capacity,
-            response_timeout_ms: tuning.response_timeout_ms,
-            connect_timeout_ms: tuning.connect_timeout_ms,
+            tuning: self.redis.clone(),
             ..Default::default()
         };
         if let Some(prefix) = &self.key_prefix {
             options.key_prefix = prefix.clone();
         }
         options
-    }
-}
-
-impl RedisTuning {
-    /// The first knob out of its range, as `store.redis.<key> must be in <range>`.
-    pub fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 6] = [
-            ("max_batch_ops", self.max_batch_ops as u64, 1..=65_536),
-            (
-                "max_batch_bytes",
-                self.max_batch_bytes as u64,
-                (64 << 10)..=(64 << 20),
-            ),
-            ("commits_in_flight", self.commits_in_flight as u64, 1..=64),
-            ("queue_capacity", self.queue_capacity as u64, 1..=1_000_000),
-            (
-                "response_timeout_ms",
-                self.response_timeout_ms,
-                100..=600_000,
-            ),
-            ("connect_timeout_ms", self.connect_timeout_ms, 100..=600_000),
-        ];
-        for (key, value, range) in checks {
-            if !range.contains(&value) {
-                return Err(format!(
-                    "store.redis.{key} must be in {}..={} (got {value})",
-                    range.start(),
-                    range.end()
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -660,12 +588,14 @@ mod tests {
             options,
             crate::store::redis::RedisOptions {
                 key_prefix: "blue".into(),
-                max_batch_ops: 256,
-                max_batch_bytes: 1 << 20,
-                commits_in_flight: 2,
-                queue_capacity: 100,
-                response_timeout_ms: 1500,
-                connect_timeout_ms: 900,
+                tuning: RedisTuning {
+                    max_batch_ops: 256,
+                    max_batch_bytes: 1 << 20,
+                    commits_in_flight: 2,
+                    queue_capacity: 100,
+                    response_timeout_ms: 1500,
+                    connect_timeout_ms: 900,
+                },
             }
         );
     }

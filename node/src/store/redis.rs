@@ -62,7 +62,7 @@ use async_trait::async_trait;
 use herald_proto::v1::{Event, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
 use prost::Message;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome};
@@ -296,32 +296,52 @@ const MAX_TTL_MS: u64 = 1 << 40;
 const SEP: char = '\x1f';
 const SEP_BYTES: &[u8] = b"\x1f";
 
-/// Settings of the Redis backend. A node's config sets them as `[store.redis]` (bounds there,
-/// in `config::RedisTuning`) and `store.key_prefix`; the control plane, whose store traffic is
-/// a few ops per second, uses these defaults with its own `key_prefix`.
+/// Settings of the Redis backend. A node's config sets `key_prefix` as `store.key_prefix` and
+/// `tuning` as `[store.redis]`; the control plane, whose store traffic is a few ops per second,
+/// uses the default tuning with its own `key_prefix`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisOptions {
     /// Prefix of every key, so several clusters (or tests) can share one Redis.
     pub key_prefix: String,
-    /// Most ops in one commit script (bounds the script's run time: Redis is single-threaded).
-    pub max_batch_ops: usize,
-    /// Most argument bytes in one commit script.
-    pub max_batch_bytes: usize,
-    /// Commit scripts pipelined at once on the connection.
-    pub commits_in_flight: usize,
-    /// `write` calls waiting for the committer before callers wait for room (backpressure).
-    pub queue_capacity: usize,
-    /// Time limit of one Redis command; a timed-out write has an unknown outcome.
-    pub response_timeout_ms: u64,
-    /// Time limit of one connection attempt.
-    pub connect_timeout_ms: u64,
+    /// How writes are grouped into commit scripts.
+    pub tuning: RedisTuning,
 }
 
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             key_prefix: "herald".to_owned(),
+            tuning: RedisTuning::default(),
+        }
+    }
+}
+
+/// How the store groups writes into commit scripts: a node's `[store.redis]`. The defaults are
+/// the measured ones (docs/configuration.md has the figures). [`RedisTuning::validate`] bounds
+/// each knob so that a config typo cannot stall Redis (which runs one script at a time) or the
+/// node; tests may go below the bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTuning {
+    /// Most ops in one commit script (bounds the script's run time: Redis is single-threaded).
+    pub max_batch_ops: usize,
+    /// Most argument bytes in one commit script. An op larger than this is committed alone.
+    pub max_batch_bytes: usize,
+    /// Commit scripts pipelined at once on the connection.
+    pub commits_in_flight: usize,
+    /// `write` calls waiting for the committer before callers wait for room (backpressure).
+    pub queue_capacity: usize,
+    /// Time limit of one Redis command, ms; a timed-out write has an unknown outcome (the
+    /// message is retried from its log).
+    pub response_timeout_ms: u64,
+    /// Time limit of one connection attempt, ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisTuning {
+    fn default() -> Self {
+        RedisTuning {
             max_batch_ops: 1024,
             max_batch_bytes: 4 << 20,
             commits_in_flight: 4,
@@ -329,6 +349,38 @@ impl Default for RedisOptions {
             response_timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
         }
+    }
+}
+
+impl RedisTuning {
+    /// The first knob out of its range, as `store.redis.<key> must be in <range>`.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 6] = [
+            ("max_batch_ops", self.max_batch_ops as u64, 1..=65_536),
+            (
+                "max_batch_bytes",
+                self.max_batch_bytes as u64,
+                (64 << 10)..=(64 << 20),
+            ),
+            ("commits_in_flight", self.commits_in_flight as u64, 1..=64),
+            ("queue_capacity", self.queue_capacity as u64, 1..=1_000_000),
+            (
+                "response_timeout_ms",
+                self.response_timeout_ms,
+                100..=600_000,
+            ),
+            ("connect_timeout_ms", self.connect_timeout_ms, 100..=600_000),
+        ];
+        for (key, value, range) in checks {
+            if !range.contains(&value) {
+                return Err(format!(
+                    "store.redis.{key} must be in {}..={} (got {value})",
+                    range.start(),
+                    range.end()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -371,10 +423,10 @@ impl RedisStore {
         let client = ::redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_millis(
-                options.response_timeout_ms.max(1),
+                options.tuning.response_timeout_ms.max(1),
             )))
             .set_connection_timeout(Some(Duration::from_millis(
-                options.connect_timeout_ms.max(1),
+                options.tuning.connect_timeout_ms.max(1),
             )));
         let mut conn = ConnectionManager::new_with_config(client, config).await?;
         let write = Script::new(WRITE_SCRIPT);
@@ -390,14 +442,14 @@ impl RedisStore {
             prefix: options.key_prefix.clone(),
         });
         let stats = Arc::new(Stats::default());
-        let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (queue, rx) = mpsc::channel(options.tuning.queue_capacity.max(1));
         let committer = Committer {
             conn: conn.clone(),
             script: write,
             prefix: options.key_prefix.clone(),
-            max_ops: options.max_batch_ops.max(1),
-            max_bytes: options.max_batch_bytes.max(1),
-            in_flight: Arc::new(Semaphore::new(options.commits_in_flight.max(1))),
+            max_ops: options.tuning.max_batch_ops.max(1),
+            max_bytes: options.tuning.max_batch_bytes.max(1),
+            in_flight: Arc::new(Semaphore::new(options.tuning.commits_in_flight.max(1))),
             stats: stats.clone(),
         };
         tokio::spawn(committer.run(rx));
@@ -411,7 +463,7 @@ impl RedisStore {
             conn,
             keys,
             queue,
-            max_batch_ops: options.max_batch_ops.max(1),
+            max_batch_ops: options.tuning.max_batch_ops.max(1),
             acquire,
             renew,
             release,
@@ -1405,8 +1457,8 @@ mod unit {
     fn options_defaults_and_unknown_fields() {
         let options: RedisOptions = toml::from_str("key_prefix = \"x\"").expect("valid options");
         assert_eq!(options.key_prefix, "x");
-        assert_eq!(options.max_batch_ops, 1024);
-        assert_eq!(options.commits_in_flight, 4);
+        assert_eq!(options.tuning.max_batch_ops, 1024);
+        assert_eq!(options.tuning.commits_in_flight, 4);
         assert!(toml::from_str::<RedisOptions>("max_batch = 3").is_err());
     }
 

@@ -12,7 +12,7 @@ use herald_proto::v1::{Event, EventKind, MessageRequest, Recipient, StoredMessag
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
 
 use super::embedded::EmbeddedStore;
-use super::redis::{RedisOptions, RedisStore};
+use super::redis::{RedisOptions, RedisStore, RedisTuning};
 use super::{Fence, FencedOp, Store, WriteOp, WriteOutcome};
 use crate::test_support::RedisServer;
 
@@ -1495,10 +1495,13 @@ async fn redis_key_prefixes_isolate_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_tiny_batches() {
     let options = RedisOptions {
-        max_batch_ops: 3,
-        max_batch_bytes: 64,
-        commits_in_flight: 1,
-        queue_capacity: 2,
+        tuning: RedisTuning {
+            max_batch_ops: 3,
+            max_batch_bytes: 64,
+            commits_in_flight: 1,
+            queue_capacity: 2,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let (_server, store) = redis_store(options).await;
