@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use herald_node::store::Store;
 use herald_proto::NodeId;
 use herald_proto::v1::{ClusterStatusResponse, NodeInfo, NodeStatus, PartitionTable};
+use herald_store::Store;
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};

@@ -32,9 +32,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_node::store::Store;
 use herald_proto::v1::PartitionTable;
 use herald_proto::v1::control_server::ControlServer;
+use herald_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,7 +60,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("store: {0}")]
-    Store(#[from] herald_node::store::Error),
+    Store(#[from] herald_store::Error),
     #[error("store call timed out")]
     StoreTimeout,
     /// The stored table cannot be decoded or is malformed: leading would risk reusing epochs.

@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_control::{ControlConfig, ControlHandle, ControlPlane};
-use herald_node::store::embedded::EmbeddedStore;
-use herald_node::store::redis::{RedisOptions, RedisStore};
-use herald_node::store::{self, FencedOp, MessageRecord, Store, WriteOutcome};
-use herald_node::test_support::RedisServer;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::{
     ClusterStatusRequest, HeartbeatRequest, JoinRequest, LeaveRequest, NodeInfo, PartitionTable,
     Recipient, WatchTableRequest,
 };
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use herald_store::embedded::EmbeddedStore;
+use herald_store::redis::{RedisOptions, RedisStore};
+use herald_store::testsuite::RedisServer;
+use herald_store::{self as store, FencedOp, MessageRecord, Store, WriteOutcome};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 
 use crate::config::TenantConfig;
-use crate::store::Store;
+use herald_store::Store;
 
 /// Per-tenant settings the data plane needs at run time.
 #[derive(Clone, Debug)]

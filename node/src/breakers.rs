@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 use crate::context::{NodeContext, now_unix_ms};
 use crate::peers::{KeyOwner, Peers};
 use crate::policy::block_rate::{BlockRate, Level, Signal, Thresholds};
-use crate::store::Fence;
+use herald_store::Fence;
 
 /// The reserved tenant under which breakers are placed on the partition table.
 pub const BREAKERS_TENANT: &str = "__breakers";

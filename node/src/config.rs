@@ -213,37 +213,7 @@ fn default_quiet_hours_spread_s() -> u64 {
     900
 }
 
-/// Where state lives.
-#[derive(Clone, Debug, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Redis URL (`redis://host:port/db`). Set = Redis is the state of record (clusters).
-    /// Unset = the embedded store (single process only).
-    pub redis_url: Option<String>,
-    /// Embedded store: directory of its append-only log. Unset = memory only.
-    pub data_dir: Option<PathBuf>,
-    /// Key prefix in Redis, so several clusters can share one Redis.
-    pub key_prefix: Option<String>,
-    /// Tuning of the Redis store's group commit (`[store.redis]`). Ignored on the embedded
-    /// store.
-    pub redis: RedisTuning,
-}
-
-pub use crate::store::redis::RedisTuning;
-
-impl StoreConfig {
-    /// The Redis store's options: `[store.redis]` and `key_prefix`.
-    pub fn redis_options(&self) -> crate::store::redis::RedisOptions {
-        let mut options = crate::store::redis::RedisOptions {
-            tuning: self.redis.clone(),
-            ..Default::default()
-        };
-        if let Some(prefix) = &self.key_prefix {
-            options.key_prefix = prefix.clone();
-        }
-        options
-    }
-}
+pub use herald_store::StoreConfig;
 
 pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
 
@@ -527,6 +497,7 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_store::redis::RedisTuning;
 
     #[test]
     fn env_overrides_nested_keys() {
@@ -566,7 +537,7 @@ mod tests {
     #[test]
     fn store_redis_tuning_reaches_the_store_options() {
         let defaults = NodeConfig::default().store.redis_options();
-        assert_eq!(defaults, crate::store::redis::RedisOptions::default());
+        assert_eq!(defaults, herald_store::redis::RedisOptions::default());
 
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.toml");
@@ -586,7 +557,7 @@ mod tests {
         let options = config.store.redis_options();
         assert_eq!(
             options,
-            crate::store::redis::RedisOptions {
+            herald_store::redis::RedisOptions {
                 key_prefix: "blue".into(),
                 tuning: RedisTuning {
                     max_batch_ops: 256,

@@ -15,8 +15,8 @@ use crate::events::EventBus;
 use crate::failover::ProviderRegistry;
 use crate::ownership::Ownership;
 use crate::receipts::ReceiptStats;
-use crate::store::Store;
 use crate::timers::Timers;
+use herald_store::Store;
 
 pub struct NodeContext {
     pub node_id: NodeId,

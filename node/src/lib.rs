@@ -39,8 +39,7 @@ pub mod receipts;
 pub use herald_providers as providers;
 pub mod router;
 pub mod server;
-pub mod store;
-pub mod test_support;
+
 pub mod timers;
 pub mod validate;
 pub mod watch;

@@ -19,7 +19,7 @@ use herald_proto::{Epoch, NodeId, PartitionId};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::store::{Fence, Store};
+use herald_store::{Fence, Store};
 
 /// An immutable partition table with lookups.
 #[derive(Debug, Default)]

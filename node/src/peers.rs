@@ -160,7 +160,7 @@ impl Peers {
 /// Where the partition of an internal key (a channel's schedule, a breaker) is served.
 pub enum KeyOwner {
     /// Here, under this fence.
-    Local(crate::store::Fence),
+    Local(herald_store::Fence),
     /// At a peer: forward the request there (see [`Peers::forward_one`]).
     Remote { address: String, epoch: Epoch },
 }

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::context::NodeContext;
 use crate::peers::{KeyOwner, Peers};
-use crate::store::Fence;
+use herald_store::Fence;
 
 /// The reserved tenant under which channel accounts are placed on the partition table.
 pub const CHANNELS_TENANT: &str = "__channels";

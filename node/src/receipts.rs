@@ -26,14 +26,10 @@ use crate::actors::recipient::Job;
 use crate::auth::Tenant;
 use crate::context::NodeContext;
 use crate::router::{Item, ItemResult, Router};
-use crate::store::{FencedOp, WriteOp};
+use herald_store::{FencedOp, WriteOp};
 
 /// Field separator inside an index value (never part of ids or tenant names).
 const SEP: char = '\u{1f}';
-
-fn index_key(account: &str, provider_message_id: &str) -> String {
-    format!("rcpt:{account}:{provider_message_id}")
-}
 
 /// The index entry for an accepted attempt, written with its `sent` event.
 pub fn index_op(
@@ -56,7 +52,7 @@ pub fn index_op(
     FencedOp {
         fence: job.fence,
         op: WriteOp::PutValue {
-            key: index_key(account, provider_message_id),
+            key: herald_store::keys::value::receipt_index(account, provider_message_id),
             value: value.into_bytes(),
             ttl: Duration::from_secs(context.config.receipt_index_ttl_s),
         },
@@ -79,7 +75,10 @@ pub async fn lookup(
 ) -> Result<Option<AttemptRef>, Error> {
     let value = context
         .store
-        .get_value(&index_key(account, provider_message_id))
+        .get_value(&herald_store::keys::value::receipt_index(
+            account,
+            provider_message_id,
+        ))
         .await
         .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
     let Some(value) = value else { return Ok(None) };
@@ -251,7 +250,7 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
     if keyword.is_none() {
         // A reply: it opens messenger-style session windows for the person.
         for tenant in context.auth.tenants() {
-            let key = crate::router::phone_index_key(&tenant.id, &inbound.from);
+            let key = herald_store::keys::value::phone_index(&tenant.id, &inbound.from);
             if let Ok(Some(id)) = context.store.get_value(&key).await {
                 let signal = ForwardSignal {
                     recipient_id: String::from_utf8_lossy(&id).into_owned(),
@@ -302,7 +301,7 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
         Keyword::Start => (EngagementKind::EngagementOptedIn, "start"),
     };
     for tenant in context.auth.tenants() {
-        let key = crate::router::phone_index_key(&tenant.id, &inbound.from);
+        let key = herald_store::keys::value::phone_index(&tenant.id, &inbound.from);
         let recipient_id = match context.store.get_value(&key).await {
             Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
             Ok(None) => continue,

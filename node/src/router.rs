@@ -31,7 +31,7 @@ use crate::actors::recipient::{Job, PendingAccept, RecipientMsg, Signal};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::peers::Peers;
-use crate::store::{Fence, FencedOp, WriteOp, WriteOutcome};
+use herald_store::{Fence, FencedOp, WriteOp, WriteOutcome};
 
 #[derive(Clone, Debug)]
 pub enum Item {
@@ -543,7 +543,10 @@ impl Router {
                         phone_index.push(FencedOp {
                             fence,
                             op: WriteOp::PutValue {
-                                key: phone_index_key(&tenant.id, &recipient.phone),
+                                key: herald_store::keys::value::phone_index(
+                                    &tenant.id,
+                                    &recipient.phone,
+                                ),
                                 value: recipient.id.clone().into_bytes(),
                                 ttl: PHONE_INDEX_TTL,
                             },
@@ -606,7 +609,7 @@ impl Router {
         &self,
         tenant: &Arc<Tenant>,
         signal: ForwardSignal,
-        fence: crate::store::Fence,
+        fence: herald_store::Fence,
     ) -> Result<ReportResult, Error> {
         let unknown = |message_id: String| ReportResult {
             status: ReportStatus::ReportUnknown as i32,
@@ -675,7 +678,7 @@ impl Router {
         &self,
         tenant: &Arc<Tenant>,
         signal: ForwardSignal,
-        fence: crate::store::Fence,
+        fence: herald_store::Fence,
     ) -> Result<ReportResult, Error> {
         use herald_proto::v1::{ChannelConsent, ConsentState, EngagementKind};
         let replies = &self.context.config.sms_keywords;
@@ -687,7 +690,10 @@ impl Router {
                 .write(vec![FencedOp {
                     fence,
                     op: WriteOp::PutValue {
-                        key: last_inbound_key(&tenant.id, &signal.recipient_id),
+                        key: herald_store::keys::value::last_inbound(
+                            &tenant.id,
+                            &signal.recipient_id,
+                        ),
                         value: now_unix_ms().to_string().into_bytes(),
                         ttl: Duration::from_secs(30 * 86_400),
                     },
@@ -775,7 +781,7 @@ impl Router {
         &self,
         tenant: &Arc<Tenant>,
         message: Arc<StoredMessage>,
-        fence: crate::store::Fence,
+        fence: herald_store::Fence,
         history: Option<Vec<Event>>,
         recipient: Option<Recipient>,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -798,7 +804,7 @@ pub fn dispatch(
     context: &Arc<NodeContext>,
     tenant: Arc<Tenant>,
     message: Arc<StoredMessage>,
-    fence: crate::store::Fence,
+    fence: herald_store::Fence,
     history: Option<Vec<Event>>,
     recipient: Option<Recipient>,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -866,18 +872,8 @@ async fn accepted_by_actors(
     out
 }
 
-/// When the person last wrote to the tenant (ms since the Unix epoch, as text).
-pub fn last_inbound_key(tenant: &TenantId, recipient_id: &str) -> String {
-    format!("inbound:{}:{recipient_id}", tenant.0)
-}
-
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
 const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
-
-/// The index key of a tenant's recipient by phone number (inbound SMS name only the number).
-pub fn phone_index_key(tenant: &TenantId, phone: &str) -> String {
-    format!("phone:{}:{phone}", tenant.0)
-}
 
 /// Carries `prior`'s suppressed contact points over to `next` (an upsert replaces the record,
 /// but a suppression ends only by a new explicit consent): an entry stays while its address is
@@ -914,7 +910,7 @@ pub async fn load_message(
     context: &NodeContext,
     tenant: &TenantId,
     message_id: &str,
-) -> Result<Option<crate::store::MessageRecord>, Error> {
+) -> Result<Option<herald_store::MessageRecord>, Error> {
     context
         .store
         .get_message(tenant, &MessageId(message_id.to_string()))

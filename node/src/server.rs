@@ -33,7 +33,7 @@ use crate::events::EventBus;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
 use crate::router::{self, Router};
-use crate::store::{Fence, Store};
+use herald_store::{Fence, Store};
 
 /// Receipts and consent changes being applied at once on this node.
 const SIGNALS_IN_PROGRESS: usize = 512;
@@ -46,7 +46,7 @@ pub enum Error {
     #[error("config: {0}")]
     Config(#[from] crate::config::Error),
     #[error("store: {0}")]
-    Store(#[from] crate::store::Error),
+    Store(#[from] herald_store::Error),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,17 +56,7 @@ pub enum Error {
 
 /// Opens the store the config names: Redis when `redis_url` is set, else embedded.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Error> {
-    match &config.redis_url {
-        Some(url) => {
-            let options = config.redis_options();
-            Ok(Arc::new(
-                crate::store::redis::RedisStore::connect(url, options).await?,
-            ))
-        }
-        None => Ok(Arc::new(crate::store::embedded::EmbeddedStore::open(
-            config.data_dir.as_deref(),
-        )?)),
-    }
+    Ok(herald_store::open(config).await?)
 }
 
 fn load_tenants(config: &NodeConfig) -> Result<Vec<TenantConfig>, Error> {
@@ -331,7 +321,7 @@ impl Node {
             .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| {
-                Error::Store(crate::store::Error::Corrupt {
+                Error::Store(herald_store::Error::Corrupt {
                     key: "reflection".into(),
                     reason: e.to_string(),
                 })

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::router;
-use crate::store::Fence;
+use herald_store::Fence;
 
 /// A message to re-run at `due_unix_ms`.
 pub struct TimerEntry {

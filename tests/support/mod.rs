@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_node::test_support::RedisServer;
+use herald_store::testsuite::RedisServer;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;

@@ -28,9 +28,9 @@ use super::waterfall::{Progress, Waiting};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::failover::StepCall;
-use crate::store::{self, Fence, FencedOp, WriteOp, WriteOutcome};
 use crate::timers::TimerEntry;
 use herald_providers::Outcome;
+use herald_store::{self as store, Fence, FencedOp, WriteOp, WriteOutcome};
 
 /// Store errors are retried this many times (with backoff) before the message is dead-lettered.
 const STORE_RETRIES_MAX: u32 = 8;
@@ -516,11 +516,6 @@ fn skip_reason(
     crate::policy::consent::verdict(recipient, channel as i32, &name(), class, topic)
 }
 
-fn counter_key(tenant: &TenantId, recipient_id: &str) -> String {
-    let day = now_unix_ms() / 86_400_000;
-    format!("freq:{}:{}:{day}", tenant.0, recipient_id)
-}
-
 /// Re-runs the message at `due_unix_ms` (the durable part is the `waiting` event).
 fn schedule(context: &NodeContext, job: &Job, due_unix_ms: i64) {
     context.timers.schedule(TimerEntry {
@@ -609,7 +604,7 @@ async fn channel_rule_block(
     {
         let last = context
             .store
-            .get_value(&crate::router::last_inbound_key(
+            .get_value(&herald_store::keys::value::last_inbound(
                 &job.tenant.id,
                 &recipient.id,
             ))
@@ -876,7 +871,11 @@ async fn run(
         let counter = FencedOp {
             fence: job.fence,
             op: WriteOp::IncrCounter {
-                key: counter_key(&job.tenant.id, &recipient.id),
+                key: herald_store::keys::value::daily_messages(
+                    &job.tenant.id,
+                    &recipient.id,
+                    now_unix_ms() / 86_400_000,
+                ),
                 delta: 1,
                 ttl: Duration::from_secs(2 * 86_400),
             },
@@ -969,10 +968,6 @@ async fn run(
 /// Marketing sends to a recipient over the last week (for sliding-window caps).
 const SENDS_KEEP: Duration = Duration::from_secs(8 * 86_400);
 
-fn sends_key(tenant: &TenantId, recipient_id: &str) -> String {
-    format!("sends:{}:{recipient_id}", tenant.0)
-}
-
 /// The recipient's recent marketing sends: `at_ms:channel` entries separated by `;`.
 async fn load_sends(
     context: &NodeContext,
@@ -981,7 +976,10 @@ async fn load_sends(
 ) -> Result<Vec<crate::policy::caps::SentRecord>, RunError> {
     let bytes = context
         .store
-        .get_value(&sends_key(&job.tenant.id, recipient_id))
+        .get_value(&herald_store::keys::value::marketing_sends(
+            &job.tenant.id,
+            recipient_id,
+        ))
         .await?
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
@@ -1015,7 +1013,7 @@ fn record_send(
     FencedOp {
         fence: job.fence,
         op: WriteOp::PutValue {
-            key: sends_key(&job.tenant.id, recipient_id),
+            key: herald_store::keys::value::marketing_sends(&job.tenant.id, recipient_id),
             value: text.into_bytes(),
             ttl: SENDS_KEEP,
         },

@@ -7,24 +7,7 @@
 //! whose outcome is unknown (a timed-out script may have run; the caller decides).
 //!
 //! ## Keys
-//! `{p}` is the key prefix ([`RedisOptions::key_prefix`], default `herald`); values are
-//! prost-encoded unless said otherwise.
-//!
-//! | key | type | value |
-//! |---|---|---|
-//! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
-//! | `{p}:e:{tenant}:{message_id}` | list | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event) |
-//! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
-//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence. A message joins in its accept's script and leaves in bulk after its terminal append (one pipelined `SREM` per partition every 200 ms), so a terminal message can be listed for a moment |
-//! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
-//! | `{p}:fences` | hash | partition → fencing epoch (decimal); only lease acquisition raises it |
-//! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created |
-//! | `{p}:singleton:{name}` | string, PX ttl | holder of a singleton lease (control leader) |
-//! | `{p}:blob:{name}` | string | opaque bytes |
-//! | `{p}:apikeys` | hash | SHA-256 hex of an API key → tenant id |
-//!
-//! Keys are only ever built, so tenant ids, recipient ids and idempotency keys may contain `:`.
-//! Active-set members are split at their last `\x1f` (message ids are ULIDs).
+//! The layout is in [`crate::keys`] (one table for every key of every backend).
 //!
 //! ## Writes: group commit and the write script
 //! [`Store::write`] encodes its ops into flat `ARGV` entries (prost bytes, decimal numbers,
@@ -65,7 +48,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome};
+use crate::keys::{COUNTER_SEGMENT, EVENTS_SEGMENT, IDEMPOTENCY_SEGMENT, RedisKeys, VALUE_SEGMENT};
+use crate::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome};
 
 /// Applies a batch of fenced ops. `ARGV[1]` is the key prefix; then each op is
 /// `code, partition, epoch, fields...`:
@@ -79,216 +63,19 @@ use super::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 ///   event bytes...
 /// - `C` counter: key, delta, ttl ms
 /// - `S` expiring value: key, bytes, ttl ms
-pub const WRITE_SCRIPT: &str = r#"
-local P = ARGV[1]
--- ARGV[2] = k, then the k distinct partitions of the batch: their fences are read with one
--- HMGET per 256 instead of one GET per op (the fence reads were a sixth of the script's time).
-local k = tonumber(ARGV[2])
-local fences = {}
-local j = 3
-while j <= 2 + k do
-  local last = math.min(j + 255, 2 + k)
-  local values = redis.call('HMGET', P .. ':fences', unpack(ARGV, j, last))
-  for x = j, last do
-    fences[ARGV[x]] = tonumber(values[x - j + 1] or '0')
-  end
-  j = last + 1
-end
--- Appends ARGV[first..last] to `key` (in chunks: unpack() is bounded by the Lua C stack) and,
--- when `member` is not empty, takes the message out of partition p's active set.
-local function append(key, member, p, first, last)
-  local j = first
-  while j <= last do
-    local chunk_end = math.min(j + 255, last)
-    redis.call('RPUSH', key, unpack(ARGV, j, chunk_end))
-    j = chunk_end + 1
-  end
-  if member ~= '' then
-    redis.call('SREM', P .. ':a:' .. p, member)
-  end
-end
--- Adds `delta` to a counter, creating it with its expiry in one call (SET NX PX); only an
--- existing counter needs INCRBY.
-local function incr(key, delta, ttl)
-  if redis.call('SET', key, delta, 'PX', ttl, 'NX') then
-    return tonumber(delta)
-  end
-  return redis.call('INCRBY', key, delta)
-end
-local out = {}
-local n = 0
-local i = 3 + k
-local argc = #ARGV
-while i <= argc do
-  local code, p, epoch = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local stored = fences[p]
-  if stored == nil then
-    stored = tonumber(redis.call('HGET', P .. ':fences', p) or '0')
-    fences[p] = stored
-  end
-  local fenced = stored > epoch
-  n = n + 1
-  if code == 'E' then
-    local count = tonumber(ARGV[i + 5])
-    local last = i + 5 + count
-    if fenced then
-      out[n] = {stored}
-    else
-      append(ARGV[i + 3], ARGV[i + 4], p, i + 6, last)
-      out[n] = 0
-    end
-    i = last + 1
-  elseif code == 'B' then
-    -- An accept that guards the ops after it (see `WriteOp::AcceptMessage::guards`), with the
-    -- first append of the message folded into its RPUSH and a counter folded in too. Fields:
-    -- idempotency key, value, ttl, events key, active member ('' = the folded append is
-    -- terminal), skip_args, skip_replies, folded append (0/1), counter key ('' = none), delta,
-    -- ttl, count, then `count` log entries (the message, `accepted`, the folded events). Not
-    -- new (or fenced): the guarded ops are skipped, each answering {'skipped'}.
-    local count = tonumber(ARGV[i + 14])
-    local last = i + 14 + count
-    local prior = false
-    if fenced then
-      prior = {stored}
-    elseif ARGV[i + 3] ~= '' then
-      if not redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5], 'NX') then
-        prior = redis.call('GET', ARGV[i + 3])
-      end
-    end
-    if prior then
-      out[n] = prior
-      for _ = 1, tonumber(ARGV[i + 9]) do
-        n = n + 1
-        out[n] = {'skipped'}
-      end
-      i = last + 1 + tonumber(ARGV[i + 8])
-    else
-      append(ARGV[i + 6], '', p, i + 15, last)
-      if ARGV[i + 7] ~= '' then
-        redis.call('SADD', P .. ':a:' .. p, ARGV[i + 7])
-      end
-      out[n] = 1
-      if ARGV[i + 10] == '1' then
-        n = n + 1
-        out[n] = 0
-      end
-      if ARGV[i + 11] ~= '' then
-        n = n + 1
-        out[n] = incr(ARGV[i + 11], ARGV[i + 12], ARGV[i + 13])
-      end
-      i = last + 1
-    end
-  elseif code == 'R' then
-    if fenced then
-      out[n] = {stored}
-    else
-      redis.call('SET', ARGV[i + 3], ARGV[i + 4])
-      out[n] = 0
-    end
-    i = i + 5
-  elseif code == 'X' then
-    if fenced then
-      out[n] = {stored}
-    else
-      redis.call('DEL', ARGV[i + 3])
-      out[n] = 0
-    end
-    i = i + 4
-  elseif code == 'S' then
-    if fenced then
-      out[n] = {stored}
-    else
-      redis.call('SET', ARGV[i + 3], ARGV[i + 4], 'PX', ARGV[i + 5])
-      out[n] = 0
-    end
-    i = i + 6
-  elseif code == 'C' then
-    if fenced then
-      out[n] = {stored}
-    else
-      out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-    end
-    i = i + 6
-  elseif code == 'F' then
-    -- A counter increment and an event append of one message under one fence (an actor's
-    -- first write): one op, so one fence check and one op's overhead. Two replies.
-    local count = tonumber(ARGV[i + 8])
-    local last = i + 8 + count
-    if fenced then
-      out[n] = {stored}
-      n = n + 1
-      out[n] = {stored}
-    else
-      out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      append(ARGV[i + 6], ARGV[i + 7], p, i + 9, last)
-      n = n + 1
-      out[n] = 0
-    end
-    i = last + 1
-  else
-    return redis.error_reply('herald write script: unknown op code ' .. tostring(code))
-  end
-end
-return out
-"#;
+pub const WRITE_SCRIPT: &str = include_str!("scripts/write.lua");
 
 /// `ARGV`: prefix, node, epoch, ttl ms, partitions... Returns the acquired partitions.
-pub const ACQUIRE_SCRIPT: &str = r#"
-local P, node, epoch, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local out = {}
-for i = 5, #ARGV do
-  local p = ARGV[i]
-  local lease = P .. ':lease:' .. p
-  local holder = redis.call('GET', lease)
-  if (not holder) or holder == node then
-    local stored = tonumber(redis.call('HGET', P .. ':fences', p) or '0')
-    if stored <= epoch then
-      redis.call('SET', lease, node, 'PX', ttl)
-      if stored < epoch then
-        redis.call('HSET', P .. ':fences', p, ARGV[3])
-      end
-      out[#out + 1] = tonumber(p)
-    end
-  end
-end
-return out
-"#;
+pub const ACQUIRE_SCRIPT: &str = include_str!("scripts/acquire_leases.lua");
 
 /// `ARGV`: prefix, node, ttl ms, partitions... Returns the partitions still held.
-pub const RENEW_SCRIPT: &str = r#"
-local P, node, ttl = ARGV[1], ARGV[2], ARGV[3]
-local out = {}
-for i = 4, #ARGV do
-  local lease = P .. ':lease:' .. ARGV[i]
-  if redis.call('GET', lease) == node then
-    redis.call('PEXPIRE', lease, ttl)
-    out[#out + 1] = tonumber(ARGV[i])
-  end
-end
-return out
-"#;
+pub const RENEW_SCRIPT: &str = include_str!("scripts/renew_leases.lua");
 
 /// `ARGV`: prefix, node, partitions... Deletes the leases `node` holds.
-pub const RELEASE_SCRIPT: &str = r#"
-local P, node = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  local lease = P .. ':lease:' .. ARGV[i]
-  if redis.call('GET', lease) == node then
-    redis.call('DEL', lease)
-  end
-end
-return 0
-"#;
+pub const RELEASE_SCRIPT: &str = include_str!("scripts/release_leases.lua");
 
 /// `KEYS[1]`: the singleton key; `ARGV`: holder, ttl ms. Returns the holder after the call.
-pub const SINGLETON_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
-end
-return cur
-"#;
+pub const SINGLETON_SCRIPT: &str = include_str!("scripts/singleton_lease.lua");
 
 /// Largest ttl passed to Redis (~35 years): `PX` rejects values that overflow its clock.
 const MAX_TTL_MS: u64 = 1 << 40;
@@ -397,7 +184,7 @@ pub struct CommitStats {
 /// the queued writes are done.
 pub struct RedisStore {
     conn: ConnectionManager,
-    keys: Arc<Keys>,
+    keys: Arc<RedisKeys>,
     queue: mpsc::Sender<Request>,
     max_batch_ops: usize,
     acquire: Script,
@@ -438,7 +225,7 @@ impl RedisStore {
         for script in [&write, &acquire, &renew, &release, &singleton] {
             script.load_async(&mut conn).await?;
         }
-        let keys = Arc::new(Keys {
+        let keys = Arc::new(RedisKeys {
             prefix: options.key_prefix.clone(),
         });
         let stats = Arc::new(Stats::default());
@@ -551,7 +338,7 @@ impl Retiring {
     }
 
     /// Applies what is buffered: one `SREM` per partition, pipelined.
-    async fn flush(&self, conn: &ConnectionManager, keys: &Keys) -> Result<()> {
+    async fn flush(&self, conn: &ConnectionManager, keys: &RedisKeys) -> Result<()> {
         let batch = std::mem::take(&mut *self.members.lock());
         if batch.is_empty() {
             return Ok(());
@@ -569,7 +356,11 @@ impl Retiring {
     }
 
     /// Applies buffered retirements every [`RETIRE_EVERY`] until the store is dropped.
-    async fn run(retiring: std::sync::Weak<Retiring>, conn: ConnectionManager, keys: Arc<Keys>) {
+    async fn run(
+        retiring: std::sync::Weak<Retiring>,
+        conn: ConnectionManager,
+        keys: Arc<RedisKeys>,
+    ) {
         let mut tick = tokio::time::interval(RETIRE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -582,38 +373,6 @@ impl Retiring {
                 tracing::debug!(%error, "retiring terminal messages from active sets failed");
             }
         }
-    }
-}
-
-/// Builds keys (never parses them).
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn recipient(&self, tenant: &TenantId, id: &str) -> String {
-        format!("{}:r:{}:{}", self.prefix, tenant, id)
-    }
-    fn recipients(&self, tenant: &TenantId, ids: &[String]) -> Vec<String> {
-        ids.iter().map(|id| self.recipient(tenant, id)).collect()
-    }
-    fn events(&self, tenant: &str, id: &str) -> String {
-        format!("{}:e:{}:{}", self.prefix, tenant, id)
-    }
-    fn active(&self, partition: PartitionId) -> String {
-        format!("{}:a:{}", self.prefix, partition.0)
-    }
-    fn fences(&self) -> String {
-        format!("{}:fences", self.prefix)
-    }
-    fn singleton(&self, name: &str) -> String {
-        format!("{}:singleton:{}", self.prefix, name)
-    }
-    fn blob(&self, name: &str) -> String {
-        format!("{}:blob:{}", self.prefix, name)
-    }
-    fn api_keys(&self) -> String {
-        format!("{}:apikeys", self.prefix)
     }
 }
 
@@ -693,8 +452,8 @@ enum Expect {
 }
 
 /// `key, delta, ttl` of a counter op.
-fn push_counter(args: &mut Args, keys: &Keys, key: &str, delta: i64, ttl: Duration) {
-    args.push_parts(&[keys.prefix.as_bytes(), b":c:", key.as_bytes()]);
+fn push_counter(args: &mut Args, keys: &RedisKeys, key: &str, delta: i64, ttl: Duration) {
+    args.push_parts(&[keys.prefix.as_bytes(), COUNTER_SEGMENT, key.as_bytes()]);
     args.push_i64(delta);
     args.push_u64(ttl_ms(ttl));
 }
@@ -703,7 +462,7 @@ fn push_counter(args: &mut Args, keys: &Keys, key: &str, delta: i64, ttl: Durati
 /// stored in the value.
 fn push_idempotency(
     args: &mut Args,
-    keys: &Keys,
+    keys: &RedisKeys,
     message: &StoredMessage,
     ttl: Duration,
 ) -> String {
@@ -718,7 +477,7 @@ fn push_idempotency(
     } else {
         args.push_parts(&[
             keys.prefix.as_bytes(),
-            b":i:",
+            IDEMPOTENCY_SEGMENT,
             message.tenant.as_bytes(),
             b":",
             idempotency_key.as_bytes(),
@@ -729,10 +488,10 @@ fn push_idempotency(
     hash
 }
 
-fn push_events_key(args: &mut Args, keys: &Keys, tenant: &str, message_id: &str) {
+fn push_events_key(args: &mut Args, keys: &RedisKeys, tenant: &str, message_id: &str) {
     args.push_parts(&[
         keys.prefix.as_bytes(),
-        b":e:",
+        EVENTS_SEGMENT,
         tenant.as_bytes(),
         b":",
         message_id.as_bytes(),
@@ -748,7 +507,7 @@ fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
 /// append op.
 fn push_append(
     args: &mut Args,
-    keys: &Keys,
+    keys: &RedisKeys,
     tenant: &TenantId,
     message_id: &MessageId,
     events: &[Event],
@@ -785,7 +544,7 @@ fn size_hint(ops: &[FencedOp]) -> (usize, usize) {
     (bytes, entries)
 }
 
-fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
+fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
     let (bytes, entries) = size_hint(ops);
     let mut args = Args {
         buf: Vec::with_capacity(bytes),
@@ -945,7 +704,7 @@ fn encode_ops(keys: &Keys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
                 expect.push(Expect::Counter);
             }
             WriteOp::PutValue { key, value, ttl } => {
-                args.push_parts(&[keys.prefix.as_bytes(), b":v:", key.as_bytes()]);
+                args.push_parts(&[keys.prefix.as_bytes(), VALUE_SEGMENT, key.as_bytes()]);
                 args.push(value);
                 args.push_u64(ttl_ms(*ttl));
                 expect.push(Expect::Done);
@@ -1422,8 +1181,7 @@ impl Store for RedisStore {
     }
 
     async fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get_bytes(&format!("{}:v:{key}", self.keys.prefix))
-            .await
+        self.get_bytes(&self.keys.value(key)).await
     }
 
     async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>> {
@@ -1464,7 +1222,7 @@ mod unit {
 
     #[test]
     fn chunks_never_separate_an_accept_from_its_guarded_ops() {
-        let fence = crate::store::Fence {
+        let fence = crate::Fence {
             partition: PartitionId(1),
             epoch: Epoch(1),
         };

@@ -1,11 +1,13 @@
-//! # store: Herald's state of record
+//! # herald-store: Herald's state of record
 //!
 //! Owns durable state: recipients, accepted messages and their event logs, idempotency keys,
-//! counters, expiring values (receipt indexes), partition leases and fencing epochs, and the control plane's leader lease and table.
+//! counters, expiring values (receipt indexes), partition leases and fencing epochs, and the
+//! control plane's leader lease and table.
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (clusters) and
 //! [`embedded::EmbeddedStore`] (a single process). Both pass the same test suite
-//! (`store::tests`), so callers cannot tell them apart.
+//! ([`testsuite`], behind the `testsuite` feature), so callers cannot tell them apart. Every key
+//! format is in [`keys`]; the Redis backend's Lua scripts are the files in `src/scripts/`.
 //!
 //! Rules every backend keeps:
 //! - **Fencing**: every write for a partition carries a [`Fence`] — the partition and the epoch
@@ -19,18 +21,30 @@
 //!
 //! The store must never make policy decisions or hold per-recipient locks: the RecipientActor
 //! serialises everything that touches one person.
+//!
+//! ## Layout
+//! - this file: the [`Store`] trait, its ops and outcomes, [`Error`], [`StoreConfig`] and
+//!   [`open`].
+//! - [`keys`]: every key name and the Redis layout.
+//! - [`redis`]: the Redis backend (group commit, the write script).
+//! - [`embedded`]: the in-process backend with its append-only log.
+//! - [`testsuite`] (feature `testsuite`): the suite every backend passes, and
+//!   [`testsuite::RedisServer`], a throwaway `redis-server` for tests.
 
 pub mod embedded;
+pub mod keys;
 pub mod redis;
-#[cfg(test)]
-mod tests;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_proto::v1::{Event, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use serde::{Deserialize, Serialize};
 
 /// Store failures that are not per-op outcomes (those are [`WriteOutcome`]s).
 #[derive(Debug, thiserror::Error)]
@@ -243,4 +257,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers an API key (by SHA-256 hex digest) for a tenant.
     async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()>;
+}
+
+/// Where state lives (a node's `[store]`).
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Redis URL (`redis://host:port/db`). Set = Redis is the state of record (clusters).
+    /// Unset = the embedded store (single process only).
+    pub redis_url: Option<String>,
+    /// Embedded store: directory of its append-only log. Unset = memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Key prefix in Redis, so several clusters can share one Redis.
+    pub key_prefix: Option<String>,
+    /// Tuning of the Redis store's group commit (`[store.redis]`). Ignored on the embedded
+    /// store.
+    pub redis: redis::RedisTuning,
+}
+
+impl StoreConfig {
+    /// The Redis store's options: `[store.redis]` and `key_prefix`.
+    pub fn redis_options(&self) -> redis::RedisOptions {
+        let mut options = redis::RedisOptions {
+            tuning: self.redis.clone(),
+            ..Default::default()
+        };
+        if let Some(prefix) = &self.key_prefix {
+            options.key_prefix = prefix.clone();
+        }
+        options
+    }
+}
+
+/// Opens the store `config` names: Redis when `redis_url` is set, else embedded.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+    match &config.redis_url {
+        Some(url) => Ok(Arc::new(
+            redis::RedisStore::connect(url, config.redis_options()).await?,
+        )),
+        None => Ok(Arc::new(embedded::EmbeddedStore::open(
+            config.data_dir.as_deref(),
+        )?)),
+    }
 }

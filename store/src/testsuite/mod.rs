@@ -1,20 +1,28 @@
-//! The one test suite every [`Store`] backend must pass, run against Redis (a real
-//! `redis-server` per test), the embedded store in memory, and the embedded store on disk;
-//! plus backend-specific tests (restart, torn log, script reload) and throughput checks
-//! (`#[ignore]`d: `cargo test --release -p herald-node store::tests::throughput -- --ignored
-//! --nocapture`).
+//! # testsuite: the one suite every [`Store`] backend must pass
+//!
+//! Each case is a `pub async fn(Arc<dyn Store>)`; [`crate::backend_suite!`] runs every case
+//! against a backend (a new store per case). This crate runs it against Redis (a real
+//! `redis-server` per test, see [`RedisServer`]), the embedded store in memory, and the embedded
+//! store on disk; a new backend adds one `backend_suite!` line. Backend-specific tests (restart,
+//! torn log, script reload) and throughput checks (`#[ignore]`d: `cargo test --release -p
+//! herald-store throughput -- --ignored --nocapture`) are at the end.
+//!
+//! Built only with the `testsuite` feature (and for this crate's own tests): it panics instead
+//! of returning errors, as a test cannot go on without its store.
+
+mod redis_server;
+
+pub use redis_server::{REDIS_SERVER_ENV, RedisServer};
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_proto::v1::{Event, EventKind, MessageRequest, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
 
-use super::embedded::EmbeddedStore;
-use super::redis::{RedisOptions, RedisStore, RedisTuning};
-use super::{Fence, FencedOp, Store, WriteOp, WriteOutcome};
-use crate::test_support::RedisServer;
+use crate::redis::{RedisOptions, RedisStore};
+use crate::{Fence, FencedOp, Store, WriteOp, WriteOutcome};
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(200);
@@ -161,7 +169,7 @@ async fn event_kinds(store: &dyn Store, id: &str) -> Vec<i32> {
 // ---------------------------------------------------------------------------------------------
 // The suite.
 
-async fn fencing(store: Arc<dyn Store>) {
+pub async fn fencing(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let (a, b) = (node("a"), node("b"));
     let p = PartitionId(3);
@@ -285,7 +293,7 @@ async fn fencing(store: Arc<dyn Store>) {
     );
 }
 
-async fn lease_ttl_expiry(store: Arc<dyn Store>) {
+pub async fn lease_ttl_expiry(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let (a, b) = (node("a"), node("b"));
     let p = PartitionId(9);
@@ -342,7 +350,7 @@ async fn lease_ttl_expiry(store: Arc<dyn Store>) {
     );
 }
 
-async fn renew_returns_only_held(store: Arc<dyn Store>) {
+pub async fn renew_returns_only_held(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let (a, b, c) = (node("a"), node("b"), node("c"));
     let ps: Vec<PartitionId> = (0..5).map(PartitionId).collect();
@@ -426,7 +434,7 @@ async fn renew_returns_only_held(store: Arc<dyn Store>) {
     );
 }
 
-async fn idempotency(store: Arc<dyn Store>) {
+pub async fn idempotency(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(2, 1);
     assert_eq!(
@@ -509,7 +517,7 @@ async fn idempotency(store: Arc<dyn Store>) {
     );
 }
 
-async fn events_and_active_set(store: Arc<dyn Store>) {
+pub async fn events_and_active_set(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(5, 2);
     write(
@@ -590,7 +598,7 @@ async fn events_and_active_set(store: Arc<dyn Store>) {
     );
 }
 
-async fn recipients(store: Arc<dyn Store>) {
+pub async fn recipients(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(1, 1);
     assert!(
@@ -649,7 +657,7 @@ async fn recipients(store: Arc<dyn Store>) {
     );
 }
 
-async fn counters(store: Arc<dyn Store>) {
+pub async fn counters(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(1, 1);
     let outcomes = write(
@@ -695,7 +703,7 @@ fn put_value(fence: Fence, key: &str, value: &[u8], ttl: Duration) -> FencedOp {
 }
 
 /// Expiring values: written fenced, replaced by a later write, gone after their ttl.
-async fn expiring_values(store: Arc<dyn Store>) {
+pub async fn expiring_values(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(2, 5);
     store
@@ -736,7 +744,7 @@ async fn expiring_values(store: Arc<dyn Store>) {
 
 /// An actor's first write: a counter and an append under one fence (Redis sends them as one
 /// op). Each keeps its own outcome, and fencing rejects both.
-async fn counter_then_append(store: Arc<dyn Store>) {
+pub async fn counter_then_append(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(3, 1);
     write(store, vec![accept(f, message("m-ca", "k-ca", 1, 3), LONG)]).await;
@@ -810,7 +818,7 @@ async fn counter_then_append(store: Arc<dyn Store>) {
     );
 }
 
-async fn singleton_lease(store: Arc<dyn Store>) {
+pub async fn singleton_lease(store: Arc<dyn Store>) {
     let store = store.as_ref();
     assert_eq!(
         store.singleton_holder("leader").await.expect("holder"),
@@ -881,7 +889,7 @@ async fn singleton_lease(store: Arc<dyn Store>) {
     );
 }
 
-async fn blobs_and_api_keys(store: Arc<dyn Store>) {
+pub async fn blobs_and_api_keys(store: Arc<dyn Store>) {
     let store = store.as_ref();
     assert_eq!(store.get_blob("table").await.expect("get"), None);
     store.put_blob("table", vec![1, 2, 3]).await.expect("put");
@@ -910,7 +918,7 @@ async fn blobs_and_api_keys(store: Arc<dyn Store>) {
 }
 
 /// 200 tasks × 50 ops (in calls of 10) at once: every caller gets its own outcomes, in order.
-async fn concurrent_writers(store: Arc<dyn Store>) {
+pub async fn concurrent_writers(store: Arc<dyn Store>) {
     const TASKS: usize = 200;
     const OPS: usize = 50;
     const PER_CALL: usize = 10;
@@ -1009,7 +1017,7 @@ async fn concurrent_writers(store: Arc<dyn Store>) {
 
 /// An accept guarding the ops after it: applied with a new message (the append folded or
 /// not, terminal or not), skipped after a duplicate, a conflict or a fenced accept.
-async fn accept_with_guarded_ops(store: Arc<dyn Store>) {
+pub async fn accept_with_guarded_ops(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let f = fence(5, 1);
     let first_write = |id: &str, key: &str, hash: u64, terminal: bool| {
@@ -1128,60 +1136,46 @@ async fn accept_with_guarded_ops(store: Arc<dyn Store>) {
     );
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        /// Each test on its own `redis-server`.
-        mod on_redis {
+/// Runs every case of the suite against one backend: `backend_suite!(on_memory, async {
+/// (guard, store) })`, the expression written as in the calling module, makes a module `on_memory` with one `#[tokio::test]` per case; `store` is
+/// an `Arc<dyn Store>` and `guard` lives as long as the case (a server, a directory).
+#[macro_export]
+macro_rules! backend_suite {
+    ($module:ident, $make:expr) => {
+        $crate::backend_suite!(@cases $module, $make;
+            fencing,
+            lease_ttl_expiry,
+            renew_returns_only_held,
+            idempotency,
+            events_and_active_set,
+            recipients,
+            counters,
+            expiring_values,
+            counter_then_append,
+            accept_with_guarded_ops,
+            singleton_lease,
+            blobs_and_api_keys,
+            concurrent_writers,
+        );
+    };
+    (@cases $module:ident, $make:expr; $($case:ident),* $(,)?) => {
+        mod $module {
+            // The constructor expression is written in the caller's module.
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let (_server, store) = super::redis_store(Default::default()).await;
-                    super::$name(Arc::new(store)).await;
+                async fn $case() {
+                    let (_guard, store) = $make.await;
+                    $crate::testsuite::$case(store).await;
                 }
             )*
-            use std::sync::Arc;
-        }
-        mod on_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let store = super::EmbeddedStore::open(None).expect("open");
-                    super::$name(Arc::new(store)).await;
-                }
-            )*
-            use std::sync::Arc;
-        }
-        mod on_disk {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::tempdir().expect("tempdir");
-                    let store = super::EmbeddedStore::open(Some(dir.path())).expect("open");
-                    super::$name(Arc::new(store)).await;
-                }
-            )*
-            use std::sync::Arc;
         }
     };
 }
 
-suite!(
-    fencing,
-    lease_ttl_expiry,
-    renew_returns_only_held,
-    idempotency,
-    events_and_active_set,
-    recipients,
-    counters,
-    expiring_values,
-    counter_then_append,
-    accept_with_guarded_ops,
-    singleton_lease,
-    blobs_and_api_keys,
-    concurrent_writers,
-);
-
-async fn redis_store(options: RedisOptions) -> (RedisServer, RedisStore) {
+/// A store on its own `redis-server` (the server stops when the returned guard drops).
+pub async fn redis_store(options: RedisOptions) -> (RedisServer, RedisStore) {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url(), options)
         .await
@@ -1189,158 +1183,207 @@ async fn redis_store(options: RedisOptions) -> (RedisServer, RedisStore) {
     (server, store)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Backend-specific.
+#[cfg(test)]
+mod backends {
+    use std::sync::Arc;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_restart_keeps_durable_state_and_drops_leases() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = PartitionId(4);
-    {
+    use super::redis_store;
+    use crate::Store;
+    use crate::embedded::EmbeddedStore;
+
+    crate::backend_suite!(on_redis, async {
+        let (server, store) = redis_store(Default::default()).await;
+        (server, Arc::new(store) as Arc<dyn Store>)
+    });
+    crate::backend_suite!(on_memory, async {
+        let store = EmbeddedStore::open(None).expect("open");
+        ((), Arc::new(store) as Arc<dyn Store>)
+    });
+    crate::backend_suite!(on_disk, async {
+        let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(Some(dir.path())).expect("open");
-        store
-            .acquire_leases(&node("a"), Epoch(4), &[p], LONG)
-            .await
-            .expect("acquire");
-        let f = fence(4, 4);
-        write(
-            &store,
-            vec![
-                accept(f, message("m1", "k1", 1, 4), LONG),
-                accept(f, message("m2", "k2", 2, 4), LONG),
-                append(f, "m1", vec![event("m1", EventKind::EventSent, 2)], false),
-                append(f, "m2", vec![event("m2", EventKind::EventFailed, 2)], true),
-                put_recipient(f, recipient("r1", "a@x")),
-                put_recipient(f, recipient("r2", "b@x")),
-                FencedOp {
-                    fence: f,
-                    op: WriteOp::EraseRecipient {
-                        tenant: tenant(),
-                        recipient_id: "r2".to_owned(),
-                    },
-                },
-                incr(f, "c", 3, LONG),
-                incr(f, "c", 4, LONG),
-                incr(f, "short", 1, Duration::from_millis(1)),
-            ],
-        )
-        .await;
-        store.put_blob("table", vec![9, 9]).await.expect("blob");
-        store.put_api_key("abc", &tenant()).await.expect("api key");
-        store
-            .try_singleton_lease("leader", "c1", LONG)
-            .await
-            .expect("singleton");
-    }
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
-    assert_eq!(
-        event_kinds(&store, "m1").await,
-        vec![EventKind::EventAccepted as i32, EventKind::EventSent as i32]
-    );
-    assert_eq!(
-        event_kinds(&store, "m2").await,
-        vec![
-            EventKind::EventAccepted as i32,
-            EventKind::EventFailed as i32
-        ]
-    );
-    assert_eq!(
-        active_ids(&store, 4).await,
-        HashSet::from(["m1".to_owned()])
-    );
-    assert_eq!(
-        store.get_recipient(&tenant(), "r1").await.expect("get"),
-        Some(recipient("r1", "a@x"))
-    );
-    assert!(
-        store
-            .get_recipient(&tenant(), "r2")
-            .await
-            .expect("get")
-            .is_none()
-    );
-    assert_eq!(
-        store.get_blob("table").await.expect("blob"),
-        Some(vec![9, 9])
-    );
-    assert_eq!(
-        store.tenant_for_api_key("abc").await.expect("key"),
-        Some(tenant())
-    );
-    // The fence survived; the leases did not.
-    assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(4));
-    assert_eq!(
-        store.singleton_holder("leader").await.expect("holder"),
-        None
-    );
-    assert!(
-        store
-            .renew_leases(&node("a"), &[p], LONG)
-            .await
-            .expect("renew")
-            .is_empty()
-    );
-    assert!(
-        store
-            .acquire_leases(&node("b"), Epoch(3), &[p], LONG)
-            .await
-            .expect("acq")
-            .is_empty()
-    );
-    assert_eq!(
-        store
-            .acquire_leases(&node("b"), Epoch(4), &[p], LONG)
-            .await
-            .expect("acquire"),
-        vec![p]
-    );
-    let f = fence(4, 4);
-    assert_eq!(
-        write(
-            &store,
-            vec![
-                accept(f, message("m3", "k1", 1, 4), LONG),
-                incr(f, "c", 1, LONG),
-                incr(f, "short", 1, LONG),
-                put_recipient(fence(4, 3), recipient("r1", "z@x")),
-            ]
-        )
-        .await,
-        vec![
-            accepted("m1", true),
-            WriteOutcome::Counter(8),
-            WriteOutcome::Counter(1),
-            WriteOutcome::Fenced { stored: Epoch(4) },
-        ]
-    );
+        (dir, Arc::new(store) as Arc<dyn Store>)
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_torn_tail_is_ignored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(super::embedded::LOG_FILE);
-    {
-        let store = EmbeddedStore::open(Some(dir.path())).expect("open");
-        write(
-            &store,
-            vec![put_recipient(fence(1, 1), recipient("r1", "a@x"))],
-        )
-        .await;
-    }
-    let good_len = std::fs::metadata(&path).expect("log").len();
-    // A crash in the middle of a record: a header announcing 100 bytes, then 10 of them.
-    let mut torn = std::fs::read(&path).expect("read log");
-    torn.extend_from_slice(&100u32.to_le_bytes());
-    torn.extend_from_slice(&[0xAB; 14]);
-    std::fs::write(&path, &torn).expect("write log");
-    {
-        let store = EmbeddedStore::open(Some(dir.path())).expect("open torn");
+#[cfg(test)]
+mod specific {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::embedded::EmbeddedStore;
+    use crate::redis::RedisTuning;
+
+    // ---------------------------------------------------------------------------------------------
+    // Backend-specific.
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_restart_keeps_durable_state_and_drops_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = PartitionId(4);
+        {
+            let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+            store
+                .acquire_leases(&node("a"), Epoch(4), &[p], LONG)
+                .await
+                .expect("acquire");
+            let f = fence(4, 4);
+            write(
+                &store,
+                vec![
+                    accept(f, message("m1", "k1", 1, 4), LONG),
+                    accept(f, message("m2", "k2", 2, 4), LONG),
+                    append(f, "m1", vec![event("m1", EventKind::EventSent, 2)], false),
+                    append(f, "m2", vec![event("m2", EventKind::EventFailed, 2)], true),
+                    put_recipient(f, recipient("r1", "a@x")),
+                    put_recipient(f, recipient("r2", "b@x")),
+                    FencedOp {
+                        fence: f,
+                        op: WriteOp::EraseRecipient {
+                            tenant: tenant(),
+                            recipient_id: "r2".to_owned(),
+                        },
+                    },
+                    incr(f, "c", 3, LONG),
+                    incr(f, "c", 4, LONG),
+                    incr(f, "short", 1, Duration::from_millis(1)),
+                ],
+            )
+            .await;
+            store.put_blob("table", vec![9, 9]).await.expect("blob");
+            store.put_api_key("abc", &tenant()).await.expect("api key");
+            store
+                .try_singleton_lease("leader", "c1", LONG)
+                .await
+                .expect("singleton");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
         assert_eq!(
-            std::fs::metadata(&path).expect("log").len(),
-            good_len,
-            "tail cut"
+            event_kinds(&store, "m1").await,
+            vec![EventKind::EventAccepted as i32, EventKind::EventSent as i32]
         );
+        assert_eq!(
+            event_kinds(&store, "m2").await,
+            vec![
+                EventKind::EventAccepted as i32,
+                EventKind::EventFailed as i32
+            ]
+        );
+        assert_eq!(
+            active_ids(&store, 4).await,
+            HashSet::from(["m1".to_owned()])
+        );
+        assert_eq!(
+            store.get_recipient(&tenant(), "r1").await.expect("get"),
+            Some(recipient("r1", "a@x"))
+        );
+        assert!(
+            store
+                .get_recipient(&tenant(), "r2")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        assert_eq!(
+            store.get_blob("table").await.expect("blob"),
+            Some(vec![9, 9])
+        );
+        assert_eq!(
+            store.tenant_for_api_key("abc").await.expect("key"),
+            Some(tenant())
+        );
+        // The fence survived; the leases did not.
+        assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(4));
+        assert_eq!(
+            store.singleton_holder("leader").await.expect("holder"),
+            None
+        );
+        assert!(
+            store
+                .renew_leases(&node("a"), &[p], LONG)
+                .await
+                .expect("renew")
+                .is_empty()
+        );
+        assert!(
+            store
+                .acquire_leases(&node("b"), Epoch(3), &[p], LONG)
+                .await
+                .expect("acq")
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .acquire_leases(&node("b"), Epoch(4), &[p], LONG)
+                .await
+                .expect("acquire"),
+            vec![p]
+        );
+        let f = fence(4, 4);
+        assert_eq!(
+            write(
+                &store,
+                vec![
+                    accept(f, message("m3", "k1", 1, 4), LONG),
+                    incr(f, "c", 1, LONG),
+                    incr(f, "short", 1, LONG),
+                    put_recipient(fence(4, 3), recipient("r1", "z@x")),
+                ]
+            )
+            .await,
+            vec![
+                accepted("m1", true),
+                WriteOutcome::Counter(8),
+                WriteOutcome::Counter(1),
+                WriteOutcome::Fenced { stored: Epoch(4) },
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::embedded::LOG_FILE);
+        {
+            let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+            write(
+                &store,
+                vec![put_recipient(fence(1, 1), recipient("r1", "a@x"))],
+            )
+            .await;
+        }
+        let good_len = std::fs::metadata(&path).expect("log").len();
+        // A crash in the middle of a record: a header announcing 100 bytes, then 10 of them.
+        let mut torn = std::fs::read(&path).expect("read log");
+        torn.extend_from_slice(&100u32.to_le_bytes());
+        torn.extend_from_slice(&[0xAB; 14]);
+        std::fs::write(&path, &torn).expect("write log");
+        {
+            let store = EmbeddedStore::open(Some(dir.path())).expect("open torn");
+            assert_eq!(
+                std::fs::metadata(&path).expect("log").len(),
+                good_len,
+                "tail cut"
+            );
+            assert!(
+                store
+                    .get_recipient(&tenant(), "r1")
+                    .await
+                    .expect("get")
+                    .is_some()
+            );
+            write(
+                &store,
+                vec![put_recipient(fence(1, 1), recipient("r2", "b@x"))],
+            )
+            .await;
+        }
+        // A zero-filled tail (file extended, data never written) is torn too.
+        let mut zeroed = std::fs::read(&path).expect("read log");
+        zeroed.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &zeroed).expect("write log");
+        let store = EmbeddedStore::open(Some(dir.path())).expect("open zeroed");
         assert!(
             store
                 .get_recipient(&tenant(), "r1")
@@ -1348,243 +1391,226 @@ async fn embedded_torn_tail_is_ignored() {
                 .expect("get")
                 .is_some()
         );
-        write(
-            &store,
-            vec![put_recipient(fence(1, 1), recipient("r2", "b@x"))],
-        )
-        .await;
-    }
-    // A zero-filled tail (file extended, data never written) is torn too.
-    let mut zeroed = std::fs::read(&path).expect("read log");
-    zeroed.extend_from_slice(&[0; 64]);
-    std::fs::write(&path, &zeroed).expect("write log");
-    let store = EmbeddedStore::open(Some(dir.path())).expect("open zeroed");
-    assert!(
-        store
-            .get_recipient(&tenant(), "r1")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        store
-            .get_recipient(&tenant(), "r2")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    drop(store);
-
-    // Damage followed by good data is refused, not skipped.
-    let mut bytes = std::fs::read(&path).expect("read log");
-    bytes[9] ^= 0xFF;
-    std::fs::write(&path, &bytes).expect("write log");
-    assert!(matches!(
-        EmbeddedStore::open(Some(dir.path())),
-        Err(super::Error::Corrupt { .. })
-    ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_log_is_compacted_on_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(super::embedded::LOG_FILE);
-    {
-        let store = EmbeddedStore::open(Some(dir.path())).expect("open");
-        // ~12 MiB of overwrites of one 100 KiB blob.
-        for i in 0..120u8 {
+        assert!(
             store
-                .put_blob("table", vec![i; 100 << 10])
+                .get_recipient(&tenant(), "r2")
                 .await
-                .expect("blob");
-        }
-        write(
-            &store,
-            vec![accept(fence(1, 1), message("m1", "k1", 1, 1), LONG)],
-        )
-        .await;
+                .expect("get")
+                .is_some()
+        );
+        drop(store);
+
+        // Damage followed by good data is refused, not skipped.
+        let mut bytes = std::fs::read(&path).expect("read log");
+        bytes[9] ^= 0xFF;
+        std::fs::write(&path, &bytes).expect("write log");
+        assert!(matches!(
+            EmbeddedStore::open(Some(dir.path())),
+            Err(crate::Error::Corrupt { .. })
+        ));
     }
-    assert!(std::fs::metadata(&path).expect("log").len() > 10 << 20);
-    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
-    assert!(
-        std::fs::metadata(&path).expect("log").len() < 1 << 20,
-        "compacted"
-    );
-    assert_eq!(
-        store.get_blob("table").await.expect("blob"),
-        Some(vec![119; 100 << 10])
-    );
-    assert_eq!(
-        active_ids(&store, 1).await,
-        HashSet::from(["m1".to_owned()])
-    );
-    assert_eq!(
-        event_kinds(&store, "m1").await,
-        vec![EventKind::EventAccepted as i32]
-    );
-    drop(store);
-    let store = EmbeddedStore::open(Some(dir.path())).expect("reopen compacted");
-    assert_eq!(
-        write(
-            &store,
-            vec![accept(fence(1, 1), message("m2", "k1", 1, 1), LONG)]
-        )
-        .await,
-        vec![accepted("m1", true)]
-    );
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_reloads_flushed_scripts() {
-    let (server, store) = redis_store(Default::default()).await;
-    let client = ::redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    ::redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .exec_async(&mut conn)
-        .await
-        .expect("script flush");
-    assert_eq!(
-        write(&store, vec![incr(fence(1, 0), "c", 2, LONG)]).await,
-        vec![WriteOutcome::Counter(2)]
-    );
-    ::redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .exec_async(&mut conn)
-        .await
-        .expect("script flush");
-    assert_eq!(
-        store
-            .acquire_leases(&node("a"), Epoch(1), &[PartitionId(1)], LONG)
-            .await
-            .expect("acq"),
-        vec![PartitionId(1)]
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_key_prefixes_isolate_stores() {
-    let server = RedisServer::start();
-    let options = |prefix: &str| RedisOptions {
-        key_prefix: prefix.to_owned(),
-        ..Default::default()
-    };
-    let one = RedisStore::connect(&server.url(), options("one"))
-        .await
-        .expect("connect");
-    let two = RedisStore::connect(&server.url(), options("two"))
-        .await
-        .expect("connect");
-    one.acquire_leases(&node("a"), Epoch(5), &[PartitionId(1)], LONG)
-        .await
-        .expect("acq");
-    assert_eq!(
-        two.partition_epoch(PartitionId(1)).await.expect("epoch"),
-        Epoch(0)
-    );
-    assert_eq!(
-        write(&two, vec![incr(fence(1, 1), "c", 1, LONG)]).await,
-        vec![WriteOutcome::Counter(1)]
-    );
-}
-
-/// Small batches and a single commit slot still give every caller its outcomes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_tiny_batches() {
-    let options = RedisOptions {
-        tuning: RedisTuning {
-            max_batch_ops: 3,
-            max_batch_bytes: 64,
-            commits_in_flight: 1,
-            queue_capacity: 2,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let (_server, store) = redis_store(options).await;
-    let store: Arc<dyn Store> = Arc::new(store);
-    concurrent_writers(store).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Throughput (ignored by default; run in release mode).
-
-const THROUGHPUT_OPS: usize = 100_000;
-/// The throughput tests take turns: run side by side they would measure each other.
-static THROUGHPUT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const THROUGHPUT_TASKS: usize = 500;
-
-/// `THROUGHPUT_OPS` single-op AppendEvents calls from `THROUGHPUT_TASKS` tasks; returns ops/s.
-async fn append_throughput(store: Arc<dyn Store>) -> f64 {
-    let per_task = THROUGHPUT_OPS / THROUGHPUT_TASKS;
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(THROUGHPUT_TASKS);
-    for t in 0..THROUGHPUT_TASKS {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_task {
-                let id = format!("01JTHROUGHPUT{t:05}{i:06}");
-                let mut sent = event(&id, EventKind::EventSent, 2);
-                sent.attempt_id = format!("{id}-0");
-                sent.provider = "sandbox".to_owned();
-                let partition = ((t * per_task + i) % 4096) as u32;
-                let op = append(fence(partition, 0), &id, vec![sent], false);
-                let outcomes = store.write(vec![op]).await.expect("write");
-                assert_eq!(outcomes, vec![WriteOutcome::Done]);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_log_is_compacted_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::embedded::LOG_FILE);
+        {
+            let store = EmbeddedStore::open(Some(dir.path())).expect("open");
+            // ~12 MiB of overwrites of one 100 KiB blob.
+            for i in 0..120u8 {
+                store
+                    .put_blob("table", vec![i; 100 << 10])
+                    .await
+                    .expect("blob");
             }
-        }));
+            write(
+                &store,
+                vec![accept(fence(1, 1), message("m1", "k1", 1, 1), LONG)],
+            )
+            .await;
+        }
+        assert!(std::fs::metadata(&path).expect("log").len() > 10 << 20);
+        let store = EmbeddedStore::open(Some(dir.path())).expect("reopen");
+        assert!(
+            std::fs::metadata(&path).expect("log").len() < 1 << 20,
+            "compacted"
+        );
+        assert_eq!(
+            store.get_blob("table").await.expect("blob"),
+            Some(vec![119; 100 << 10])
+        );
+        assert_eq!(
+            active_ids(&store, 1).await,
+            HashSet::from(["m1".to_owned()])
+        );
+        assert_eq!(
+            event_kinds(&store, "m1").await,
+            vec![EventKind::EventAccepted as i32]
+        );
+        drop(store);
+        let store = EmbeddedStore::open(Some(dir.path())).expect("reopen compacted");
+        assert_eq!(
+            write(
+                &store,
+                vec![accept(fence(1, 1), message("m2", "k1", 1, 1), LONG)]
+            )
+            .await,
+            vec![accepted("m1", true)]
+        );
     }
-    for task in tasks {
-        task.await.expect("task");
-    }
-    (per_task * THROUGHPUT_TASKS) as f64 / started.elapsed().as_secs_f64()
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "throughput figure; run with --release --ignored --nocapture"]
-async fn throughput_redis_append_events() {
-    let _turn = THROUGHPUT_TURN.lock().await;
-    let (server, store) = redis_store(Default::default()).await;
-    let store = Arc::new(store);
-    let rate = append_throughput(store.clone()).await;
-    let stats = store.commit_stats();
-    // The server's own time in the write script, to tell Redis cost from client cost.
-    let client = ::redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .expect("info");
-    let script_usec: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    println!(
-        "redis: {rate:.0} ops/s ({} ops in {} batches, {:.1} ops/batch; \
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_reloads_flushed_scripts() {
+        let (server, store) = redis_store(Default::default()).await;
+        let client = ::redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        ::redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .exec_async(&mut conn)
+            .await
+            .expect("script flush");
+        assert_eq!(
+            write(&store, vec![incr(fence(1, 0), "c", 2, LONG)]).await,
+            vec![WriteOutcome::Counter(2)]
+        );
+        ::redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .exec_async(&mut conn)
+            .await
+            .expect("script flush");
+        assert_eq!(
+            store
+                .acquire_leases(&node("a"), Epoch(1), &[PartitionId(1)], LONG)
+                .await
+                .expect("acq"),
+            vec![PartitionId(1)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_key_prefixes_isolate_stores() {
+        let server = RedisServer::start();
+        let options = |prefix: &str| RedisOptions {
+            key_prefix: prefix.to_owned(),
+            ..Default::default()
+        };
+        let one = RedisStore::connect(&server.url(), options("one"))
+            .await
+            .expect("connect");
+        let two = RedisStore::connect(&server.url(), options("two"))
+            .await
+            .expect("connect");
+        one.acquire_leases(&node("a"), Epoch(5), &[PartitionId(1)], LONG)
+            .await
+            .expect("acq");
+        assert_eq!(
+            two.partition_epoch(PartitionId(1)).await.expect("epoch"),
+            Epoch(0)
+        );
+        assert_eq!(
+            write(&two, vec![incr(fence(1, 1), "c", 1, LONG)]).await,
+            vec![WriteOutcome::Counter(1)]
+        );
+    }
+
+    /// Small batches and a single commit slot still give every caller its outcomes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_tiny_batches() {
+        let options = RedisOptions {
+            tuning: RedisTuning {
+                max_batch_ops: 3,
+                max_batch_bytes: 64,
+                commits_in_flight: 1,
+                queue_capacity: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_server, store) = redis_store(options).await;
+        let store: Arc<dyn Store> = Arc::new(store);
+        concurrent_writers(store).await;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Throughput (ignored by default; run in release mode).
+
+    const THROUGHPUT_OPS: usize = 100_000;
+    /// The throughput tests take turns: run side by side they would measure each other.
+    static THROUGHPUT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    const THROUGHPUT_TASKS: usize = 500;
+
+    /// `THROUGHPUT_OPS` single-op AppendEvents calls from `THROUGHPUT_TASKS` tasks; returns ops/s.
+    async fn append_throughput(store: Arc<dyn Store>) -> f64 {
+        let per_task = THROUGHPUT_OPS / THROUGHPUT_TASKS;
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(THROUGHPUT_TASKS);
+        for t in 0..THROUGHPUT_TASKS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    let id = format!("01JTHROUGHPUT{t:05}{i:06}");
+                    let mut sent = event(&id, EventKind::EventSent, 2);
+                    sent.attempt_id = format!("{id}-0");
+                    sent.provider = "sandbox".to_owned();
+                    let partition = ((t * per_task + i) % 4096) as u32;
+                    let op = append(fence(partition, 0), &id, vec![sent], false);
+                    let outcomes = store.write(vec![op]).await.expect("write");
+                    assert_eq!(outcomes, vec![WriteOutcome::Done]);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        (per_task * THROUGHPUT_TASKS) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "throughput figure; run with --release --ignored --nocapture"]
+    async fn throughput_redis_append_events() {
+        let _turn = THROUGHPUT_TURN.lock().await;
+        let (server, store) = redis_store(Default::default()).await;
+        let store = Arc::new(store);
+        let rate = append_throughput(store.clone()).await;
+        let stats = store.commit_stats();
+        // The server's own time in the write script, to tell Redis cost from client cost.
+        let client = ::redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let info: String = ::redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        let script_usec: f64 = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        println!(
+            "redis: {rate:.0} ops/s ({} ops in {} batches, {:.1} ops/batch; \
          redis-server spent {:.2} us/op in the script)",
-        stats.ops,
-        stats.batches,
-        stats.ops as f64 / stats.batches.max(1) as f64,
-        script_usec / stats.ops.max(1) as f64
-    );
-}
+            stats.ops,
+            stats.batches,
+            stats.ops as f64 / stats.batches.max(1) as f64,
+            script_usec / stats.ops.max(1) as f64
+        );
+    }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "throughput figure; run with --release --ignored --nocapture"]
-async fn throughput_embedded_append_events() {
-    let _turn = THROUGHPUT_TURN.lock().await;
-    let memory = append_throughput(Arc::new(EmbeddedStore::open(None).expect("open"))).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = EmbeddedStore::open(Some(dir.path())).expect("open");
-    let disk = append_throughput(Arc::new(disk)).await;
-    println!("embedded: {memory:.0} ops/s in memory, {disk:.0} ops/s with the log (fdatasync)");
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "throughput figure; run with --release --ignored --nocapture"]
+    async fn throughput_embedded_append_events() {
+        let _turn = THROUGHPUT_TURN.lock().await;
+        let memory = append_throughput(Arc::new(EmbeddedStore::open(None).expect("open"))).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = EmbeddedStore::open(Some(dir.path())).expect("open");
+        let disk = append_throughput(Arc::new(disk)).await;
+        println!("embedded: {memory:.0} ops/s in memory, {disk:.0} ops/s with the log (fdatasync)");
+    }
 }

@@ -1,9 +1,8 @@
-//! # test_support: real dependencies for tests
+//! # testsuite::redis_server: a real `redis-server` for tests
 //!
 //! Owns [`RedisServer`]: a throwaway `redis-server` process on a free loopback port, with no
-//! persistence, in its own temporary directory, killed when the handle is dropped. Tests of this
-//! crate and integration tests of other crates (control plane, black-box cluster tests) use it,
-//! so it is a normal public module rather than `cfg(test)`.
+//! persistence, in its own temporary directory, killed when the handle is dropped. The store's
+//! suite, the control plane's tests and the test kit use it (feature `testsuite`).
 //!
 //! It must never be used by production code paths: it panics (with a message saying what to do)
 //! instead of returning errors, because a test cannot go on without its Redis.

@@ -1,0 +1,129 @@
+//! # keys: every key Herald stores, in one place
+//!
+//! Owns two kinds of names:
+//!
+//! - **Value keys** ([`value`]): the names callers give to expiring values and counters
+//!   ([`crate::WriteOp::PutValue`], [`crate::WriteOp::IncrCounter`], [`crate::Store::get_value`]).
+//!   They are the same on every backend; the data plane builds them only through these
+//!   functions, never by hand.
+//! - **The Redis layout** ([`RedisKeys`] and the table below): where the Redis backend puts each
+//!   record. The Lua scripts (`scripts/*.lua`) build the keys they derive from the prefix
+//!   (`:lease:`, `:a:`, `:fences`) with the same spelling.
+//!
+//! Must never parse keys back (except active-set members, split at their last `\x1f`, since
+//! message ids are ULIDs), and never put a contact point or a message body into a key name that
+//! is not listed here (the phone index is the one exception today, kept for inbound keyword
+//! lookups; its replacement by a keyed hash is tracked with the trust-boundary work).
+//!
+//! ## The Redis layout
+//! `{p}` is the key prefix ([`crate::redis::RedisOptions::key_prefix`], default `herald`);
+//! values are prost-encoded unless said otherwise.
+//!
+//! | key | type | value |
+//! |---|---|---|
+//! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
+//! | `{p}:e:{tenant}:{message_id}` | list | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event); the event with sequence number `s` is at index `s` |
+//! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
+//! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence. A message joins in its accept's script and leaves in bulk after its terminal append (one pipelined `SREM` per partition every 200 ms), so a terminal message can be listed for a moment |
+//! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |
+//! | `{p}:fences` | hash | partition → fencing epoch (decimal); only lease acquisition raises it |
+//! | `{p}:c:{counter}` | string, PX ttl | counter (INCRBY); the ttl is set when it is created; `{counter}` is a [`value`] key |
+//! | `{p}:v:{value}` | string, PX ttl | an expiring value; `{value}` is a [`value`] key |
+//! | `{p}:singleton:{name}` | string, PX ttl | holder of a singleton lease (control leader) |
+//! | `{p}:blob:{name}` | string | opaque bytes |
+//! | `{p}:apikeys` | hash | SHA-256 hex of an API key → tenant id |
+//!
+//! Keys are only ever built, so tenant ids, recipient ids and idempotency keys may contain `:`.
+
+use herald_proto::{PartitionId, TenantId};
+
+/// The names of expiring values and counters, as callers of the store give them.
+pub mod value {
+    use herald_proto::TenantId;
+
+    /// When the person last wrote to the tenant (ms since the Unix epoch, as text): opens
+    /// messenger-style session windows.
+    pub fn last_inbound(tenant: &TenantId, recipient_id: &str) -> String {
+        format!("inbound:{}:{recipient_id}", tenant.0)
+    }
+
+    /// The tenant's recipient with this phone number (inbound SMS name only the number).
+    pub fn phone_index(tenant: &TenantId, phone: &str) -> String {
+        format!("phone:{}:{phone}", tenant.0)
+    }
+
+    /// The attempt a provider's message id belongs to (receipts name only that id).
+    pub fn receipt_index(account: &str, provider_message_id: &str) -> String {
+        format!("rcpt:{account}:{provider_message_id}")
+    }
+
+    /// Messages started for a recipient on one UTC day (`day` = days since the Unix epoch).
+    pub fn daily_messages(tenant: &TenantId, recipient_id: &str, day: i64) -> String {
+        format!("freq:{}:{recipient_id}:{day}", tenant.0)
+    }
+
+    /// The recipient's recent marketing sends (for sliding-window caps).
+    pub fn marketing_sends(tenant: &TenantId, recipient_id: &str) -> String {
+        format!("sends:{}:{recipient_id}", tenant.0)
+    }
+}
+
+/// Segments the Redis backend writes straight into its argument buffer (no `String` per op).
+pub(crate) const COUNTER_SEGMENT: &[u8] = b":c:";
+pub(crate) const VALUE_SEGMENT: &[u8] = b":v:";
+pub(crate) const IDEMPOTENCY_SEGMENT: &[u8] = b":i:";
+pub(crate) const EVENTS_SEGMENT: &[u8] = b":e:";
+
+/// Builds the Redis backend's keys (see the table in the module docs).
+pub(crate) struct RedisKeys {
+    pub(crate) prefix: String,
+}
+
+impl RedisKeys {
+    pub(crate) fn recipient(&self, tenant: &TenantId, id: &str) -> String {
+        format!("{}:r:{}:{}", self.prefix, tenant, id)
+    }
+    pub(crate) fn recipients(&self, tenant: &TenantId, ids: &[String]) -> Vec<String> {
+        ids.iter().map(|id| self.recipient(tenant, id)).collect()
+    }
+    pub(crate) fn events(&self, tenant: &str, id: &str) -> String {
+        format!("{}:e:{}:{}", self.prefix, tenant, id)
+    }
+    pub(crate) fn active(&self, partition: PartitionId) -> String {
+        format!("{}:a:{}", self.prefix, partition.0)
+    }
+    pub(crate) fn fences(&self) -> String {
+        format!("{}:fences", self.prefix)
+    }
+    pub(crate) fn singleton(&self, name: &str) -> String {
+        format!("{}:singleton:{}", self.prefix, name)
+    }
+    pub(crate) fn blob(&self, name: &str) -> String {
+        format!("{}:blob:{}", self.prefix, name)
+    }
+    pub(crate) fn api_keys(&self) -> String {
+        format!("{}:apikeys", self.prefix)
+    }
+    pub(crate) fn value(&self, key: &str) -> String {
+        format!("{}:v:{key}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_keys_keep_their_stored_spelling() {
+        // These names are in stores already: changing one loses data.
+        let acme = TenantId("acme".into());
+        assert_eq!(value::last_inbound(&acme, "r1"), "inbound:acme:r1");
+        assert_eq!(value::receipt_index("fcm", "m-1"), "rcpt:fcm:m-1");
+        assert_eq!(value::daily_messages(&acme, "r1", 3), "freq:acme:r1:3");
+        assert_eq!(value::marketing_sends(&acme, "r1"), "sends:acme:r1");
+        let keys = RedisKeys { prefix: "h".into() };
+        assert_eq!(keys.events("acme", "m"), "h:e:acme:m");
+        assert_eq!(keys.value("rcpt:x:y"), "h:v:rcpt:x:y");
+        assert_eq!(keys.active(PartitionId(7)), "h:a:7");
+    }
+}
