@@ -5,7 +5,7 @@
 //! [`crate::partition_table::compute_owners`].
 //!
 //! It must never do I/O, read the clock (callers pass `now`) or publish anything: the leader
-//! ([`crate::leader`]) persists a table before anyone sees it. Keeping this module pure is what
+//! (the `leader` module) persists a table before anyone sees it. Keeping this module pure is what
 //! lets the leader compute a candidate table, persist it, and only then commit the change.
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,10 +11,14 @@
 //! - [`ids`]: `PartitionId`, `Epoch`, `NodeId`, `MessageId`, `TenantId`.
 //! - [`partition`]: the stable partition hash.
 //! - [`error`]: `error::Error` and its `tonic::Status` mapping.
+//! - [`clock`]: the injected wall clock ([`clock::SystemClock`], [`clock::ManualClock`]).
+//! - [`status`]: what a message status means (terminal or not).
 
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod partition;
+pub mod status;
 
 /// Generated code for `herald.v1`.
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]

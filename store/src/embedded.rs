@@ -604,6 +604,15 @@ impl State {
         })
     }
 
+    /// The outcome of an append whose first event is not the next of its log (see
+    /// [`WriteOp::AppendEvents`]), `None` when it is.
+    fn seq_conflict(&self, append: &Append) -> Option<WriteOutcome> {
+        let first = append.events.first()?;
+        let last_seq = get2(&self.events, &append.tenant, &append.message_id)
+            .map_or(0, |log| u32::try_from(log.len()).unwrap_or(u32::MAX));
+        (first.seq != last_seq.saturating_add(1)).then_some(WriteOutcome::SeqConflict { last_seq })
+    }
+
     /// Checks and applies one op; appends its effect to `record` (when durable).
     fn write_op(
         &mut self,
@@ -617,6 +626,14 @@ impl State {
             return WriteOutcome::Fenced {
                 stored: Epoch(stored),
             };
+        }
+        if let PreparedKind::Effect {
+            entry: Entry::Append(append),
+            ..
+        } = &op.kind
+            && let Some(conflict) = self.seq_conflict(append)
+        {
+            return conflict;
         }
         match op.kind {
             PreparedKind::Effect { entry, encoded } => {
@@ -1166,27 +1183,42 @@ impl Store for EmbeddedStore {
             state.sweep(now_ms, SWEEP_BUDGET);
             let mut record = Vec::new();
             let mut skipping = 0;
-            let outcomes: Vec<WriteOutcome> = prepared
-                .into_iter()
-                .map(|op| {
-                    if skipping > 0 {
-                        skipping -= 1;
-                        return WriteOutcome::Skipped;
+            let mut outcomes: Vec<WriteOutcome> = Vec::with_capacity(prepared.len());
+            let mut ops = prepared.into_iter().peekable();
+            while let Some(op) = ops.next() {
+                if skipping > 0 {
+                    skipping -= 1;
+                    outcomes.push(WriteOutcome::Skipped);
+                    continue;
+                }
+                // A counter directly before an append under its fence counts only with it.
+                if matches!(op.kind, PreparedKind::Counter { .. })
+                    && let Some(next) = ops.peek()
+                    && next.fence == op.fence
+                    && let PreparedKind::Effect {
+                        entry: Entry::Append(append),
+                        ..
+                    } = &next.kind
+                    && let Some(conflict) = state.seq_conflict(append)
+                {
+                    outcomes.push(conflict.clone());
+                    outcomes.push(conflict);
+                    ops.next();
+                    continue;
+                }
+                let guards = op.guards;
+                let outcome = state.write_op(op, now_ms, durable, &mut record);
+                if !matches!(
+                    outcome,
+                    WriteOutcome::Accepted {
+                        duplicate: false,
+                        ..
                     }
-                    let guards = op.guards;
-                    let outcome = state.write_op(op, now_ms, durable, &mut record);
-                    if !matches!(
-                        outcome,
-                        WriteOutcome::Accepted {
-                            duplicate: false,
-                            ..
-                        }
-                    ) {
-                        skipping = guards;
-                    }
-                    outcome
-                })
-                .collect();
+                ) {
+                    skipping = guards;
+                }
+                outcomes.push(outcome);
+            }
             let (seq, start_flusher) = state.append(record);
             (outcomes, seq, start_flusher)
         };

@@ -16,7 +16,7 @@
 //! lookups; its replacement by a keyed hash is tracked with the trust-boundary work).
 //!
 //! ## The Redis layout
-//! `{p}` is the key prefix ([`crate::redis::RedisOptions::key_prefix`], default `herald`);
+//! `{p}` is the key prefix (`RedisOptions::key_prefix` of the Redis backend, default `herald`);
 //! values are prost-encoded unless said otherwise.
 //!
 //! | key | type | value |

@@ -108,6 +108,13 @@ pub enum WriteOp {
     },
     /// Append events to a message's log. `terminal` removes the message from its partition's
     /// active set: in the same step, or soon after in bulk ([`Store::retire_pending`]).
+    ///
+    /// **Expected sequence**: the first event's `seq` must be the next one of the log (the
+    /// `accepted` event is seq 1, every append continues gap-free), else nothing is appended
+    /// and the op answers [`WriteOutcome::SeqConflict`] with the log's last seq. A message's log
+    /// has one writer at a time; this check makes a stale writer (one whose earlier write
+    /// timed out and landed anyway, or one that read an old log) fail instead of forking the
+    /// log, as the fence does for a stale owner. An empty `events` is not checked.
     AppendEvents {
         tenant: TenantId,
         message_id: MessageId,
@@ -123,6 +130,9 @@ pub enum WriteOp {
         ttl: Duration,
     },
     /// Add `delta` to a counter that expires `ttl` after its creation; returns the new value.
+    /// Directly followed by an `AppendEvents` under the same fence in one call, it applies only
+    /// when that append does (both answer `Fenced` or `SeqConflict` together): a message's
+    /// first write counts the message exactly once.
     IncrCounter {
         key: String,
         delta: i64,
@@ -148,6 +158,11 @@ pub enum WriteOutcome {
     },
     /// Not applied: guarded by an accept that did not store a new message.
     Skipped,
+    /// Not applied: the append's first event is not the next of the log, whose last event is
+    /// `last_seq` (see [`WriteOp::AppendEvents`]).
+    SeqConflict {
+        last_seq: u32,
+    },
 }
 
 /// A message as stored, with its event log in order.

@@ -59,8 +59,9 @@ use crate::{Error, FencedOp, MessageRecord, Result, Store, WriteOp, WriteOutcome
 ///   active set), guarding the ops after it, with the message's first append and counter
 ///   folded in when they follow it (fields in the script)
 /// - `E` append events: events key, active member to remove (empty = none; the encoder always
-///   sends none: terminal messages are retired in bulk, see `Retiring`), count,
-///   event bytes...
+///   sends none: terminal messages are retired in bulk, see `Retiring`), expected seq of the
+///   first event ('' = no check; a mismatch answers `{'seq', last seq}`), count, event bytes...
+/// - `F` a counter and the append after it (the counter applies only with the append)
 /// - `C` counter: key, delta, ttl ms
 /// - `S` expiring value: key, bytes, ttl ms
 pub const WRITE_SCRIPT: &str = include_str!("scripts/write.lua");
@@ -503,8 +504,8 @@ fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
     args.push_parts(&[tenant.as_bytes(), SEP_BYTES, message_id.as_bytes()]);
 }
 
-/// `events key, '' (the active member: retired in bulk instead), count, events...` of an
-/// append op.
+/// `events key, '' (the active member: retired in bulk instead), expected seq ('' = none),
+/// count, events...` of an append op.
 fn push_append(
     args: &mut Args,
     keys: &RedisKeys,
@@ -516,6 +517,10 @@ fn push_append(
     // A terminal message leaves its active set in bulk, after the write (`Retiring`): one
     // SREM call per message inside the script cost more than the rest of its append.
     args.push(b"");
+    match events.first() {
+        Some(first) => args.push_u64(u64::from(first.seq)),
+        None => args.push(b""),
+    }
     args.push_u64(events.len() as u64);
     for event in events {
         args.push_message(event);
@@ -726,6 +731,11 @@ fn decode_outcome(expect: &Expect, value: Value) -> Result<WriteOutcome> {
                 stored: Epoch(u64::try_from(*stored).map_err(|_| bad(&value))?),
             }),
             [Value::BulkString(word)] if word.as_slice() == b"skipped" => Ok(WriteOutcome::Skipped),
+            [Value::BulkString(word), Value::Int(last)] if word.as_slice() == b"seq" => {
+                Ok(WriteOutcome::SeqConflict {
+                    last_seq: u32::try_from(*last).map_err(|_| bad(&value))?,
+                })
+            }
             _ => Err(bad(&value)),
         };
     }

@@ -229,6 +229,9 @@ enum RunError {
     NotAccepted,
     #[error("store: {0}")]
     Store(#[from] store::Error),
+    /// The log moved on since this run read it (see `WriteOp::AppendEvents`).
+    #[error("stale log: the stored log ends at seq {last_seq}")]
+    Stale { last_seq: u32 },
 }
 
 /// Runs `job` from `history` (the log as the job carried it; `None` = read it from the store).
@@ -414,12 +417,7 @@ impl<'a> EventLog<'a> {
         else {
             extra.push(append);
             let outcomes = self.context.store.write(extra).await?;
-            if outcomes
-                .iter()
-                .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
-            {
-                return Err(RunError::Fenced);
-            }
+            check_outcomes(&outcomes)?;
             self.context.events.publish(&self.job.tenant.id, &watched);
             return Ok(outcomes);
         };
@@ -466,12 +464,7 @@ impl<'a> EventLog<'a> {
         if !new {
             return Err(RunError::NotAccepted);
         }
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, WriteOutcome::Fenced { .. }))
-        {
-            return Err(RunError::Fenced);
-        }
+        check_outcomes(&outcomes)?;
         self.context
             .events
             .publish(&self.job.tenant.id, &accept_watched);
@@ -480,6 +473,23 @@ impl<'a> EventLog<'a> {
         outcomes.rotate_left(1);
         Ok(outcomes)
     }
+}
+
+/// A fenced op means the partition moved; a refused append means the log is not what this
+/// run read (an earlier write of it landed late): both stop the run before anything else.
+fn check_outcomes(outcomes: &[WriteOutcome]) -> Result<(), RunError> {
+    for outcome in outcomes {
+        match outcome {
+            WriteOutcome::Fenced { .. } => return Err(RunError::Fenced),
+            WriteOutcome::SeqConflict { last_seq } => {
+                return Err(RunError::Stale {
+                    last_seq: *last_seq,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn channel_name(channel: Channel) -> String {

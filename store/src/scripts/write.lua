@@ -25,6 +25,19 @@ local function append(key, member, p, first, last)
     redis.call('SREM', P .. ':a:' .. p, member)
   end
 end
+-- The conflict reply when the log at `key` does not end right before `expect` (the seq of
+-- the first event appended: the list holds the message and then event s at index s, so its
+-- length is the next seq); false when it does, or when `expect` is '' (nothing to check).
+local function seq_conflict(key, expect)
+  if expect == '' then
+    return false
+  end
+  local len = redis.call('LLEN', key)
+  if len ~= tonumber(expect) then
+    return {'seq', math.max(len - 1, 0)}
+  end
+  return false
+end
 -- Adds `delta` to a counter, creating it with its expiry in one call (SET NX PX); only an
 -- existing counter needs INCRBY.
 local function incr(key, delta, ttl)
@@ -47,13 +60,19 @@ while i <= argc do
   local fenced = stored > epoch
   n = n + 1
   if code == 'E' then
-    local count = tonumber(ARGV[i + 5])
-    local last = i + 5 + count
+    -- Fields: events key, active member, expected seq, count, events.
+    local count = tonumber(ARGV[i + 6])
+    local last = i + 6 + count
     if fenced then
       out[n] = {stored}
     else
-      append(ARGV[i + 3], ARGV[i + 4], p, i + 6, last)
-      out[n] = 0
+      local conflict = seq_conflict(ARGV[i + 3], ARGV[i + 5])
+      if conflict then
+        out[n] = conflict
+      else
+        append(ARGV[i + 3], ARGV[i + 4], p, i + 7, last)
+        out[n] = 0
+      end
     end
     i = last + 1
   elseif code == 'B' then
@@ -129,16 +148,24 @@ while i <= argc do
     i = i + 6
   elseif code == 'F' then
     -- A counter increment and an event append of one message under one fence (an actor's
-    -- first write): one op, so one fence check and one op's overhead. Two replies.
-    local count = tonumber(ARGV[i + 8])
-    local last = i + 8 + count
+    -- first write): one op, so one fence check and one op's overhead. Two replies; the
+    -- counter counts only when the append applies. Fields: counter key, delta, ttl, events
+    -- key, active member, expected seq, count, events.
+    local count = tonumber(ARGV[i + 9])
+    local last = i + 9 + count
+    local conflict = false
     if fenced then
-      out[n] = {stored}
+      conflict = {stored}
+    else
+      conflict = seq_conflict(ARGV[i + 6], ARGV[i + 8])
+    end
+    if conflict then
+      out[n] = conflict
       n = n + 1
-      out[n] = {stored}
+      out[n] = conflict
     else
       out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      append(ARGV[i + 6], ARGV[i + 7], p, i + 9, last)
+      append(ARGV[i + 6], ARGV[i + 7], p, i + 10, last)
       n = n + 1
       out[n] = 0
     end

@@ -818,6 +818,84 @@ pub async fn counter_then_append(store: Arc<dyn Store>) {
     );
 }
 
+/// Appends carry the seq they expect: a stale writer's append (one that read an older log, or
+/// whose earlier write landed after it gave up) is refused with the log's last seq and
+/// changes nothing, also when it comes with a counter.
+pub async fn appends_expect_the_next_seq(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(6, 1);
+    write(
+        store,
+        vec![accept(f, message("m-seq", "k-seq", 1, 6), LONG)],
+    )
+    .await;
+    let waiting = event("m-seq", EventKind::EventWaiting, 2);
+    assert_eq!(
+        write(store, vec![append(f, "m-seq", vec![waiting], false)]).await,
+        vec![WriteOutcome::Done]
+    );
+    // Two writers both saw the log end at seq 2; the first wins, the second is refused.
+    let delivered = event("m-seq", EventKind::EventDelivered, 3);
+    let timed_out = event("m-seq", EventKind::EventFailed, 3);
+    assert_eq!(
+        write(store, vec![append(f, "m-seq", vec![delivered], true)]).await,
+        vec![WriteOutcome::Done]
+    );
+    assert_eq!(
+        write(
+            store,
+            vec![
+                incr(f, "freq:seq", 1, LONG),
+                append(f, "m-seq", vec![timed_out], false)
+            ]
+        )
+        .await,
+        vec![
+            WriteOutcome::SeqConflict { last_seq: 3 },
+            WriteOutcome::SeqConflict { last_seq: 3 }
+        ]
+    );
+    // A gap is refused too; an empty append is not checked.
+    let ahead = event("m-seq", EventKind::EventRead, 9);
+    assert_eq!(
+        write(store, vec![append(f, "m-seq", vec![ahead], false)]).await,
+        vec![WriteOutcome::SeqConflict { last_seq: 3 }]
+    );
+    assert_eq!(
+        write(store, vec![append(f, "m-seq", Vec::new(), true)]).await,
+        vec![WriteOutcome::Done]
+    );
+    // An append to a message that was never accepted is refused (nothing to continue).
+    let orphan = event("m-none", EventKind::EventSent, 2);
+    assert_eq!(
+        write(store, vec![append(f, "m-none", vec![orphan], false)]).await,
+        vec![WriteOutcome::SeqConflict { last_seq: 0 }]
+    );
+    let record = store
+        .get_message(&tenant(), &MessageId("m-seq".into()))
+        .await
+        .expect("get")
+        .expect("stored");
+    let seqs: Vec<u32> = record.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "gap-free, one outcome");
+    assert_eq!(
+        record.events.last().map(|e| e.kind()),
+        Some(EventKind::EventDelivered)
+    );
+    assert_eq!(
+        write(store, vec![incr(f, "freq:seq", 1, LONG)]).await,
+        vec![WriteOutcome::Counter(1)],
+        "the refused append's counter did not count"
+    );
+    assert!(
+        store
+            .get_message(&tenant(), &MessageId("m-none".into()))
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
 pub async fn singleton_lease(store: Arc<dyn Store>) {
     let store = store.as_ref();
     assert_eq!(
@@ -1152,6 +1230,7 @@ macro_rules! backend_suite {
             counters,
             expiring_values,
             counter_then_append,
+            appends_expect_the_next_seq,
             accept_with_guarded_ops,
             singleton_lease,
             blobs_and_api_keys,
