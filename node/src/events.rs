@@ -40,7 +40,7 @@ impl EventBus {
             return;
         }
         for event in events {
-            let is_terminal = crate::actors::waterfall::is_terminal(event.status());
+            let is_terminal = crate::waterfall::is_terminal(event.status());
             if !all && !is_terminal {
                 continue;
             }
@@ -66,7 +66,7 @@ impl EventBus {
         }
         events
             .iter()
-            .filter(|e| all || crate::actors::waterfall::is_terminal(e.status()))
+            .filter(|e| all || crate::waterfall::is_terminal(e.status()))
             .cloned()
             .collect()
     }

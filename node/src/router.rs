@@ -423,7 +423,7 @@ impl Router {
                             tenant.clone(),
                             stored,
                             fence,
-                            Some(crate::actors::waterfall::fresh_history()),
+                            Some(crate::waterfall::fresh_history()),
                             recipients.remove(&key.1),
                             permit,
                             Some(PendingAccept {
@@ -513,7 +513,7 @@ impl Router {
                                 tenant,
                                 stored,
                                 fence,
-                                Some(crate::actors::waterfall::fresh_history()),
+                                Some(crate::waterfall::fresh_history()),
                                 recipient,
                                 permit,
                             ),

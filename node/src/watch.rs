@@ -27,7 +27,7 @@ pub fn watch_local(context: &NodeContext, filter: WatchLocalRequest) -> EventStr
                 Ok(item) => {
                     if item.tenant.0 != filter.tenant
                         || (filter.terminal_only
-                            && !crate::actors::waterfall::is_terminal(item.event.status()))
+                            && !crate::waterfall::is_terminal(item.event.status()))
                         || (!filter.message_id.is_empty()
                             && item.event.message_id != filter.message_id)
                         || (!filter.recipient_id.is_empty()

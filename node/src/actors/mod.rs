@@ -6,4 +6,3 @@
 
 pub mod directory;
 pub mod recipient;
-pub mod waterfall;

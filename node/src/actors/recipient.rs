@@ -24,11 +24,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::warn;
 
 use super::directory::Activity;
-use super::waterfall::{Progress, Waiting};
 use crate::auth::Tenant;
 use crate::context::{NodeContext, now_unix_ms};
 use crate::failover::StepCall;
 use crate::timers::TimerEntry;
+use crate::waterfall::{Progress, Waiting};
 use herald_providers::Outcome;
 use herald_store::{self as store, Fence, FencedOp, WriteOp, WriteOutcome};
 
@@ -523,7 +523,7 @@ fn skip_reason(
             .unwrap_or("unknown");
         return Some(format!("suppressed{{channel={}, reason={why}}}", name()));
     }
-    crate::policy::consent::verdict(recipient, channel as i32, &name(), class, topic)
+    crate::policy::consent::verdict(recipient, channel, class, topic).map(|r| r.to_string())
 }
 
 /// Re-runs the message at `due_unix_ms` (the durable part is the `waiting` event).

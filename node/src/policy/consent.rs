@@ -10,7 +10,9 @@
 //! - marketing needs an opt-in for the channel (the topic's own entry wins over the
 //!   channel-wide one); transactional messages need no opt-in.
 
-use herald_proto::v1::{ChannelConsent, ConsentState, MessageClass, Recipient};
+use herald_proto::v1::{Channel, ChannelConsent, ConsentState, MessageClass, Recipient};
+
+use crate::reason::{ConsentEntry, Reason};
 
 /// The topic of an opt-out from every marketing message of a channel (a one-click unsubscribe
 /// from a message without a topic): transactional messages still go.
@@ -19,44 +21,28 @@ pub const ALL_MARKETING: &str = "*";
 /// Audit entries kept per recipient (the oldest are dropped first).
 pub const HISTORY_MAX: usize = 200;
 
-fn describe(entry: &ChannelConsent) -> String {
-    let mut out = String::new();
-    if !entry.topic.is_empty() {
-        out.push_str(&format!(", topic={}", entry.topic));
-    }
-    if !entry.sender.is_empty() {
-        out.push_str(&format!(", sender={}", entry.sender));
-    }
-    if !entry.source.is_empty() {
-        out.push_str(&format!(", source={}", entry.source));
-    }
-    if entry.at_unix_ms > 0 {
-        out.push_str(&format!(", at_unix_ms={}", entry.at_unix_ms));
-    }
-    out
-}
-
 /// Why `recipient` may not get a message of `class`/`topic` on `channel` (any sender), if not.
 pub fn verdict(
     recipient: &Recipient,
-    channel: i32,
-    channel_name: &str,
+    channel: Channel,
     class: MessageClass,
     topic: &str,
-) -> Option<String> {
+) -> Option<Reason> {
+    let channel_value = channel as i32;
     let entries = || {
         recipient
             .consent
             .iter()
-            .filter(move |c| c.channel == channel)
+            .filter(move |c| c.channel == channel_value)
+    };
+    let opted_out = |entry: &ChannelConsent| Reason::OptedOut {
+        channel,
+        entry: ConsentEntry::from(entry),
     };
     if let Some(out) = entries()
         .find(|c| c.topic.is_empty() && c.sender.is_empty() && c.state() == ConsentState::OptedOut)
     {
-        return Some(format!(
-            "opted_out{{channel={channel_name}{}}}",
-            describe(out)
-        ));
+        return Some(opted_out(out));
     }
     if class != MessageClass::Marketing {
         return None;
@@ -66,10 +52,7 @@ pub fn verdict(
             && c.sender.is_empty()
             && c.state() == ConsentState::OptedOut
     }) {
-        return Some(format!(
-            "opted_out{{channel={channel_name}{}}}",
-            describe(out)
-        ));
+        return Some(opted_out(out));
     }
     let topic_in = !topic.is_empty()
         && entries()
@@ -79,14 +62,10 @@ pub fn verdict(
     if topic_in || channel_in {
         return None;
     }
-    Some(format!(
-        "no_opt_in{{channel={channel_name}, class=marketing{}, consent=unset}}",
-        if topic.is_empty() {
-            String::new()
-        } else {
-            format!(", topic={topic}")
-        }
-    ))
+    Some(Reason::NoOptIn {
+        channel,
+        topic: topic.to_owned(),
+    })
 }
 
 /// Whether `sender` (a provider account) is opted out for this recipient on `channel`.
@@ -172,7 +151,6 @@ pub fn merge_upsert(prior: Option<&Recipient>, next: &mut Recipient, now_ms: i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_proto::v1::Channel;
 
     fn entry(topic: &str, sender: &str, state: ConsentState) -> ChannelConsent {
         ChannelConsent {
@@ -198,25 +176,34 @@ mod tests {
     #[test]
     fn marketing_needs_an_opt_in_transactional_does_not() {
         let nobody = person(vec![]);
-        assert!(verdict(&nobody, SMS, "sms", MessageClass::Marketing, "").is_some());
-        assert!(verdict(&nobody, SMS, "sms", MessageClass::Transactional, "").is_none());
+        assert!(verdict(&nobody, Channel::Sms, MessageClass::Marketing, "").is_some());
+        assert!(verdict(&nobody, Channel::Sms, MessageClass::Transactional, "").is_none());
         let topic_only = person(vec![entry("deals", "", ConsentState::OptedIn)]);
-        assert!(verdict(&topic_only, SMS, "sms", MessageClass::Marketing, "deals").is_none());
-        assert!(verdict(&topic_only, SMS, "sms", MessageClass::Marketing, "news").is_some());
+        assert!(verdict(&topic_only, Channel::Sms, MessageClass::Marketing, "deals").is_none());
+        assert!(verdict(&topic_only, Channel::Sms, MessageClass::Marketing, "news").is_some());
     }
 
     #[test]
     fn opt_outs_by_scope() {
         let all_out = person(vec![entry("", "", ConsentState::OptedOut)]);
-        let reason = verdict(&all_out, SMS, "sms", MessageClass::Transactional, "").expect("out");
+        let reason = verdict(&all_out, Channel::Sms, MessageClass::Transactional, "").expect("out");
+        let reason = reason.to_string();
         assert!(reason.starts_with("opted_out{channel=sms"), "{reason}");
         let topic_out = person(vec![
             entry("", "", ConsentState::OptedIn),
             entry("deals", "", ConsentState::OptedOut),
         ]);
-        assert!(verdict(&topic_out, SMS, "sms", MessageClass::Marketing, "deals").is_some());
-        assert!(verdict(&topic_out, SMS, "sms", MessageClass::Marketing, "news").is_none());
-        assert!(verdict(&topic_out, SMS, "sms", MessageClass::Transactional, "deals").is_none());
+        assert!(verdict(&topic_out, Channel::Sms, MessageClass::Marketing, "deals").is_some());
+        assert!(verdict(&topic_out, Channel::Sms, MessageClass::Marketing, "news").is_none());
+        assert!(
+            verdict(
+                &topic_out,
+                Channel::Sms,
+                MessageClass::Transactional,
+                "deals"
+            )
+            .is_none()
+        );
         let stopped = person(vec![
             entry("", "", ConsentState::OptedIn),
             entry("", "smpp-main", ConsentState::OptedOut),
@@ -291,7 +278,7 @@ mod tests {
                     set(&mut recipient, entry);
                 }
                 let class = if marketing { MessageClass::Marketing } else { MessageClass::Transactional };
-                let allowed = verdict(&recipient, SMS, "sms", class, topic).is_none();
+                let allowed = verdict(&recipient, Channel::Sms, class, topic).is_none();
                 prop_assert_eq!(allowed, model(&recipient.consent, class, topic));
                 // A sender-specific STOP never blocks at the channel level, only that sender.
                 if recipient.consent.iter().all(|c| !c.sender.is_empty() || c.state() == ConsentState::OptedIn) && !marketing {

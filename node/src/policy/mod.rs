@@ -18,6 +18,8 @@
 pub mod block_rate;
 pub mod caps;
 pub mod consent;
+pub mod contact;
+pub mod gates;
 pub mod keywords;
 pub mod quiet_hours;
 pub mod timezones;

@@ -3,6 +3,7 @@
 //! Pure: no I/O. The event log is the only truth; an owner that takes a partition over rebuilds
 //! each active message's progress from it, so nothing about a waterfall lives only in memory.
 
+use herald_proto::status::is_terminal;
 use herald_proto::v1::{Event, EventKind, MessageStatus};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,13 +63,6 @@ pub fn fresh_history() -> Vec<Event> {
         seq: 1,
         ..Default::default()
     }]
-}
-
-pub fn is_terminal(status: MessageStatus) -> bool {
-    !matches!(
-        status,
-        MessageStatus::Pending | MessageStatus::Deferred | MessageStatus::Unspecified
-    )
 }
 
 impl Progress {
