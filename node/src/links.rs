@@ -8,7 +8,6 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::NodeConfig;
 use herald_providers::ListUnsubscribe;
 
 /// Hex digits of the signature kept in a link (128 bits).
@@ -25,18 +24,46 @@ fn signature(secret: &str, tenant: &str, message_id: &str) -> String {
     hex
 }
 
-/// The `List-Unsubscribe` target for a message, when the node has a public URL and a secret.
-pub fn unsubscribe(config: &NodeConfig, tenant: &str, message_id: &str) -> Option<ListUnsubscribe> {
-    let base = config.public_url.as_deref()?.trim_end_matches('/');
-    let secret = config.link_secret.as_deref()?;
-    let tenant_part: String = url_safe(tenant);
-    Some(ListUnsubscribe {
-        url: format!(
-            "{base}/unsubscribe/{tenant_part}/{message_id}/{}",
-            signature(secret, tenant, message_id)
-        ),
-        mailto: None,
-    })
+/// Signs and checks the links of one cluster: its public base URL and `link_secret`.
+#[derive(Clone, Debug)]
+pub struct LinkSigner {
+    base: String,
+    secret: String,
+}
+
+impl LinkSigner {
+    /// A signer when the node has both a public URL and a secret (config checks they come
+    /// together); `None` = no unsubscribe links.
+    pub fn new(public_url: Option<&str>, secret: Option<&str>) -> Option<LinkSigner> {
+        Some(LinkSigner {
+            base: public_url?.trim_end_matches('/').to_owned(),
+            secret: secret?.to_owned(),
+        })
+    }
+
+    /// The `List-Unsubscribe` target for a message.
+    pub fn unsubscribe(&self, tenant: &str, message_id: &str) -> ListUnsubscribe {
+        ListUnsubscribe {
+            url: format!(
+                "{}/unsubscribe/{}/{message_id}/{}",
+                self.base,
+                url_safe(tenant),
+                signature(&self.secret, tenant, message_id)
+            ),
+            mailto: None,
+        }
+    }
+
+    /// Whether `given` is the signature for `tenant` and `message_id` (constant time).
+    pub fn verify(&self, tenant: &str, message_id: &str, given: &str) -> bool {
+        let expected = signature(&self.secret, tenant, message_id);
+        expected.len() == given.len()
+            && expected
+                .bytes()
+                .zip(given.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// Percent-encodes everything but unreserved characters (tenant ids are free-form).
@@ -52,32 +79,15 @@ fn url_safe(text: &str) -> String {
     out
 }
 
-/// Whether `signature` is the one for `tenant` and `message_id` (constant time).
-pub fn verify(config: &NodeConfig, tenant: &str, message_id: &str, given: &str) -> bool {
-    let Some(secret) = config.link_secret.as_deref() else {
-        return false;
-    };
-    let expected = signature(secret, tenant, message_id);
-    expected.len() == given.len()
-        && expected
-            .bytes()
-            .zip(given.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn links_are_signed_and_checked() {
-        let config = NodeConfig {
-            public_url: Some("https://herald.example.com/".into()),
-            link_secret: Some("s3cret".into()),
-            ..Default::default()
-        };
-        let link = unsubscribe(&config, "acme corp", "01HX").expect("link");
+        let signer = LinkSigner::new(Some("https://herald.example.com/"), Some("s3cret"))
+            .expect("signer");
+        let link = signer.unsubscribe("acme corp", "01HX");
         assert!(
             link.url
                 .starts_with("https://herald.example.com/unsubscribe/acme%20corp/01HX/"),
@@ -85,11 +95,11 @@ mod tests {
             link.url
         );
         let signature = link.url.rsplit('/').next().expect("signature");
-        assert!(verify(&config, "acme corp", "01HX", signature));
-        assert!(!verify(&config, "acme corp", "01HY", signature));
-        assert!(!verify(&config, "globex", "01HX", signature));
-        let unsigned = NodeConfig::default();
-        assert!(unsubscribe(&unsigned, "acme", "01HX").is_none());
-        assert!(!verify(&unsigned, "acme", "01HX", signature));
+        assert!(signer.verify("acme corp", "01HX", signature));
+        assert!(!signer.verify("acme corp", "01HY", signature));
+        assert!(!signer.verify("globex", "01HX", signature));
+        assert!(LinkSigner::new(None, Some("s3cret")).is_none());
+        let other = LinkSigner::new(Some("https://x"), Some("other")).expect("signer");
+        assert!(!other.verify("acme corp", "01HX", signature));
     }
 }

@@ -1,24 +1,28 @@
-//! Recipient actor directory: activation on demand, passivation when idle.
+//! # directory: recipient actors, activated on demand, passivated when idle
 //!
-//! Owns the map `(tenant, recipient) → RecipientActor` of this node. A message for a recipient
-//! without an actor spawns one; an actor with no queued work for `actor_idle_ms` is stopped
-//! (its state lives in the store). The in-flight counter is raised under the map's lock before a
-//! send, so passivation can never drop a message. Must never hold the lock across an await.
+//! Owns the map `(tenant, recipient) → RecipientActor` of this node and the admission of work
+//! into it: at most `messages` messages and `signals` receipts or consent changes in progress
+//! (each its own pool, so receipts are never starved by messages waiting for slots). A job for
+//! a recipient without an actor spawns one; an actor with nothing queued for `idle` is stopped
+//! (its state lives in the store). The in-flight counter is raised under the map's lock before
+//! a send, so passivation can never drop a job, and [`RecipientDirectory::dispatch_if_idle`]
+//! hands a job over only to an actor with nothing queued or running, in one step.
+//!
+//! Must never hold the lock across an await.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use herald_proto::{PartitionId, TenantId};
 use parking_lot::Mutex;
 use ractor::ActorRef;
-
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::warn;
 
-use super::recipient::{RecipientActor, RecipientArgs, RecipientMsg};
-use crate::context::NodeContext;
+use super::recipient::{Activity, Job, RecipientActor, RecipientArgs, RecipientEnv, RecipientMsg};
+use crate::timers::{TimerEntry, TimerTarget};
 
 pub type RecipientKey = (TenantId, String);
 
@@ -28,66 +32,95 @@ struct Entry {
     activity: Arc<Activity>,
 }
 
-/// Shared between the directory and one actor.
-pub struct Activity {
-    pub in_flight: AtomicUsize,
-    pub last_active_ms: AtomicU64,
+/// How much work may be in progress on this node at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    /// Messages (new, resumed, woken by timers).
+    pub messages: usize,
+    /// Receipts and consent changes.
+    pub signals: usize,
 }
 
 pub struct RecipientDirectory {
     entries: Mutex<HashMap<RecipientKey, Entry>>,
     started: Instant,
-}
-
-impl Default for RecipientDirectory {
-    fn default() -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-        }
-    }
+    env: Arc<RecipientEnv>,
+    messages: Arc<Semaphore>,
+    signals: Arc<Semaphore>,
 }
 
 impl RecipientDirectory {
-    pub fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    pub fn new(env: Arc<RecipientEnv>, admission: Admission) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            env,
+            messages: Arc::new(Semaphore::new(admission.messages.max(1))),
+            signals: Arc::new(Semaphore::new(admission.signals.max(1))),
+        })
+    }
+
+    /// What the actors use (the node's receipt counters, its channels…).
+    pub fn env(&self) -> &Arc<RecipientEnv> {
+        &self.env
+    }
+
+    /// A permit for one more message in progress; waits while the node is saturated. `None`
+    /// when the node is shutting down.
+    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.messages.clone().acquire_owned().await.ok()
+    }
+
+    /// A permit for one more receipt or consent change in progress.
+    pub async fn admit_signal(&self) -> Option<OwnedSemaphorePermit> {
+        self.signals.clone().acquire_owned().await.ok()
     }
 
     pub fn active(&self) -> usize {
         self.entries.lock().len()
     }
 
-    /// Whether the recipient's actor has nothing queued or running (or is not active): a job
-    /// handed to it now starts at once.
-    pub fn is_idle(&self, key: &RecipientKey) -> bool {
-        self.entries
-            .lock()
-            .get(key)
-            .is_none_or(|entry| entry.activity.in_flight.load(Ordering::Acquire) == 0)
+    /// Hands `message` to the recipient's actor, activating it when needed.
+    pub fn dispatch(&self, key: RecipientKey, partition: PartitionId, message: RecipientMsg) {
+        let mut entries = self.entries.lock();
+        self.send_locked(&mut entries, key, partition, message);
     }
 
-    /// Hands `message` to the recipient's actor, activating it when needed.
-    pub fn dispatch(
+    /// Hands `message` over only when the recipient's actor has nothing queued or running (or
+    /// is not active): then it starts at once, before any job dispatched after it. Gives the
+    /// message back otherwise.
+    pub fn dispatch_if_idle(
         &self,
-        context: &Arc<NodeContext>,
+        key: RecipientKey,
+        partition: PartitionId,
+        message: RecipientMsg,
+    ) -> Result<(), RecipientMsg> {
+        let mut entries = self.entries.lock();
+        let busy = entries
+            .get(&key)
+            .is_some_and(|entry| entry.activity.in_flight.load(Ordering::Acquire) > 0);
+        if busy {
+            return Err(message);
+        }
+        self.send_locked(&mut entries, key, partition, message);
+        Ok(())
+    }
+
+    fn send_locked(
+        &self,
+        entries: &mut HashMap<RecipientKey, Entry>,
         key: RecipientKey,
         partition: PartitionId,
         message: RecipientMsg,
     ) {
         let mut message = message;
-        let mut entries = self.entries.lock();
         for _ in 0..2 {
             let entry = match entries.get(&key) {
                 Some(entry) => entry,
                 None => {
-                    let activity = Arc::new(Activity {
-                        in_flight: AtomicUsize::new(0),
-                        last_active_ms: AtomicU64::new(self.elapsed_ms()),
-                    });
+                    let activity = Arc::new(Activity::new(self.started));
                     let args = RecipientArgs {
-                        context: Arc::downgrade(context),
-                        tenant: key.0.clone(),
-                        recipient_id: key.1.clone(),
+                        env: self.env.clone(),
                         activity: activity.clone(),
                     };
                     match ractor::ActorRuntime::spawn_instant(None, RecipientActor, args) {
@@ -129,7 +162,8 @@ impl RecipientDirectory {
         }
     }
 
-    /// Stops the actors of `partitions` and waits until their current work is done.
+    /// Stops the actors of `partitions` once their current job is done (a planned move
+    /// finishes in-flight work; what is queued resumes on the new owner from the log).
     pub async fn stop_partitions(&self, partitions: &HashSet<PartitionId>) {
         let stopping: Vec<ActorRef<RecipientMsg>> = {
             let mut entries = self.entries.lock();
@@ -155,7 +189,7 @@ impl RecipientDirectory {
 
     /// Stops actors idle for longer than `idle`.
     pub fn passivate_idle(&self, idle: Duration) -> usize {
-        let now = self.elapsed_ms();
+        let now = self.started.elapsed().as_millis() as u64;
         let idle_ms = idle.as_millis() as u64;
         let mut entries = self.entries.lock();
         let before = entries.len();
@@ -173,18 +207,64 @@ impl RecipientDirectory {
         before - entries.len()
     }
 
-    /// Runs passivation until the context is gone.
-    pub async fn run_passivation(context: Weak<NodeContext>, idle: Duration) {
+    /// Runs passivation until `shutdown`.
+    pub async fn run_passivation(
+        self: Arc<Self>,
+        idle: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(
             idle.min(Duration::from_secs(1))
                 .max(Duration::from_millis(50)),
         );
         loop {
-            tick.tick().await;
-            let Some(context) = context.upgrade() else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.passivate_idle(idle);
+        }
+    }
+
+    /// Queues a run of `message` from its log (a resume, a timer), once admitted.
+    pub fn run_from_log(self: &Arc<Self>, entry: TimerEntry) {
+        let directory = self.clone();
+        tokio::spawn(async move {
+            let Some(permit) = directory.admit().await else {
                 return;
             };
-            context.directory.passivate_idle(idle);
-        }
+            let key = (
+                entry.tenant.id.clone(),
+                entry
+                    .message
+                    .request
+                    .as_ref()
+                    .map(|r| r.recipient_id.clone())
+                    .unwrap_or_default(),
+            );
+            let partition = entry.fence.partition;
+            directory.dispatch(
+                key,
+                partition,
+                RecipientMsg::Run(Box::new(Job {
+                    tenant: entry.tenant,
+                    message: entry.message,
+                    fence: entry.fence,
+                    history: None,
+                    recipient: None,
+                    permit,
+                    accept: None,
+                })),
+            );
+        });
+    }
+}
+
+/// A fired timer runs its message again (admission may wait; the schedule does not).
+pub struct TimerRuns(pub Arc<RecipientDirectory>);
+
+impl TimerTarget for TimerRuns {
+    fn due(&self, entry: TimerEntry) {
+        self.0.run_from_log(entry);
     }
 }

@@ -38,6 +38,7 @@ pub use run::{Run, Triage, triage};
 use crate::auth::Tenant;
 use crate::content::pricing::PriceTable;
 use crate::policy::block_rate::Signal;
+use crate::policy::caps::SentRecord;
 use crate::reason::{Pause, Reason};
 
 /// The machine's knobs (from the node config).
@@ -177,8 +178,13 @@ pub enum StateWrite {
     /// The recipient as changed (a suppressed contact point, a consent change). Boxed: rare,
     /// and large next to the other writes.
     PutRecipient(Box<Recipient>),
-    /// One more marketing send on `channel` (for sliding-window caps).
-    RecordSend { channel: Channel },
+    /// One more marketing send on `channel` at `at_unix_ms`, after `history` (the person's
+    /// recent sends as the run read them): for sliding-window caps.
+    RecordSend {
+        channel: Channel,
+        at_unix_ms: i64,
+        history: Vec<SentRecord>,
+    },
     /// The provider's message id → this attempt, for receipts that name only that id.
     IndexReceipt {
         account: String,
@@ -200,9 +206,10 @@ pub enum Effect {
     Schedule {
         due_unix_ms: i64,
     },
-    /// Count a signal for the message's campaign and for `account` (block-rate breakers).
+    /// Count a signal on `channel` for the message's campaign and for `account`.
     Observe {
         account: String,
+        channel: Channel,
         signal: Signal,
     },
     /// A step timed out waiting for its success condition (a metric).

@@ -260,6 +260,7 @@ pub fn apply(
     if let Some(signal) = negative {
         effects.push(Effect::Observe {
             account: record.provider.clone(),
+            channel,
             signal,
         });
     }

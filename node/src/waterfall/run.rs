@@ -457,8 +457,12 @@ impl Run {
                     SuccessCondition::Read => read,
                     _ => true,
                 };
-                if self.sends.is_some() {
-                    effects.push(Effect::Write(StateWrite::RecordSend { channel }));
+                if let Some(history) = &self.sends {
+                    effects.push(Effect::Write(StateWrite::RecordSend {
+                        channel,
+                        at_unix_ms: now_ms,
+                        history: history.clone(),
+                    }));
                 }
                 let late_receipts = chain
                     .iter()
@@ -472,6 +476,7 @@ impl Run {
                 }
                 effects.push(Effect::Observe {
                     account: delivery.account.clone(),
+                    channel,
                     signal: Signal::Delivered,
                 });
                 let mut sent = Draft::new(

@@ -517,6 +517,7 @@ fn fresh_step_accepted_ends_delivered() {
     assert!(trace.reasons()[0].starts_with("provider_message_id=p-fcm"));
     assert!(trace.effects.contains(&Effect::Observe {
         account: "fcm".into(),
+        channel: Channel::Push,
         signal: crate::policy::block_rate::Signal::Delivered
     }));
 }
@@ -842,9 +843,10 @@ fn fresh_marketing_own_channel_limit_skips_the_step() {
     );
     assert_eq!(trace.kinds()[1], (EventAttempted, Some(1)));
     assert!(
-        trace.writes().contains(&&StateWrite::RecordSend {
-            channel: Channel::Email
-        }),
+        trace.writes().iter().any(|w| matches!(
+            w,
+            StateWrite::RecordSend { channel: Channel::Email, history, .. } if history.len() == 1
+        )),
         "the marketing send is recorded for the caps"
     );
 }
@@ -1485,6 +1487,7 @@ fn unsubscribes_and_complaints_change_the_ledger_and_count_for_the_breakers() {
     );
     assert!(trace.effects.contains(&Effect::Observe {
         account: "fcm".into(),
+        channel: Channel::Push,
         signal: crate::policy::block_rate::Signal::OptOut
     }));
     let (_, trace) = receipt_on(

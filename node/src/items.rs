@@ -1,0 +1,106 @@
+//! # items: what is routed to a partition's owner
+//!
+//! Owns the vocabulary of routed requests — a message, a recipient upsert or erasure, a
+//! receipt or consent signal — and their results, and their wire form inside `Forward`
+//! batches. Every item is about one recipient and goes to the owner of that recipient's
+//! partition. Must never carry anything that is not a recipient request (channel actors have
+//! their own calls).
+
+use herald_proto::TenantId;
+use herald_proto::error::Error;
+use herald_proto::v1::{
+    BreakerReport, BreakerStatus, ForwardItem, ForwardSignal, MessageRequest, PermitGrant,
+    PermitRequest, Recipient, ReportResult, SendResponse, forward_item, forward_result,
+};
+
+#[derive(Clone, Debug)]
+pub enum Item {
+    Send(MessageRequest),
+    Upsert(Recipient),
+    Erase(String),
+    /// A receipt or engagement report for one of the recipient's messages, or a consent signal.
+    Signal(ForwardSignal),
+    /// Send slots of a rate-limited provider account (tenant `__channels`).
+    Permits(PermitRequest),
+    /// Counts for a block-rate breaker (tenant `__breakers`).
+    Breaker(BreakerReport),
+}
+
+#[derive(Clone, Debug)]
+pub enum ItemResult {
+    Sent(SendResponse),
+    Recipient(Recipient),
+    Erased(bool),
+    Signal(ReportResult),
+    Permits(PermitGrant),
+    Breaker(BreakerStatus),
+}
+
+impl Item {
+    /// The key the item's partition is computed from (with the tenant).
+    pub fn recipient_id(&self) -> &str {
+        match self {
+            Item::Send(m) => &m.recipient_id,
+            Item::Upsert(r) => &r.id,
+            Item::Erase(id) => id,
+            Item::Signal(signal) => &signal.recipient_id,
+            Item::Permits(request) => &request.account,
+            Item::Breaker(report) => &report.key,
+        }
+    }
+
+    pub fn into_forward(self, tenant: &TenantId) -> ForwardItem {
+        let op = match self {
+            Item::Send(m) => forward_item::Op::Send(m),
+            Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
+            Item::Erase(id) => forward_item::Op::EraseRecipient(id),
+            Item::Signal(signal) => forward_item::Op::Signal(signal),
+            Item::Permits(request) => forward_item::Op::Permits(request),
+            Item::Breaker(report) => forward_item::Op::Breaker(report),
+        };
+        ForwardItem {
+            tenant: tenant.0.clone(),
+            op: Some(op),
+        }
+    }
+
+    pub fn from_forward(item: ForwardItem) -> Option<(TenantId, Item)> {
+        let item_op = match item.op? {
+            forward_item::Op::Send(m) => Item::Send(m),
+            forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
+            forward_item::Op::EraseRecipient(id) => Item::Erase(id),
+            forward_item::Op::Signal(signal) => Item::Signal(signal),
+            forward_item::Op::Permits(request) => Item::Permits(request),
+            forward_item::Op::Breaker(report) => Item::Breaker(report),
+        };
+        Some((TenantId(item.tenant), item_op))
+    }
+}
+
+impl ItemResult {
+    pub fn into_forward(self) -> forward_result::Result {
+        match self {
+            ItemResult::Sent(s) => forward_result::Result::Sent(s),
+            ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
+            ItemResult::Erased(e) => forward_result::Result::Erased(e),
+            ItemResult::Signal(r) => forward_result::Result::Signal(r),
+            ItemResult::Permits(g) => forward_result::Result::Permits(g),
+            ItemResult::Breaker(b) => forward_result::Result::Breaker(b),
+        }
+    }
+
+    pub fn from_forward(result: Option<forward_result::Result>) -> Result<ItemResult, Error> {
+        match result {
+            Some(forward_result::Result::Sent(s)) => Ok(ItemResult::Sent(s)),
+            Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
+            Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
+            Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
+            Some(forward_result::Result::Permits(g)) => Ok(ItemResult::Permits(g)),
+            Some(forward_result::Result::Breaker(b)) => Ok(ItemResult::Breaker(b)),
+            Some(forward_result::Result::Error(e)) => {
+                Err(Error::from_parts(e.code, e.message, e.epoch))
+            }
+            None => Err(Error::Internal("empty forward result".into())),
+        }
+    }
+}
