@@ -26,10 +26,19 @@
 //! - this file: the [`Store`] trait, its ops and outcomes, [`Error`], [`StoreConfig`] and
 //!   [`open`].
 //! - [`keys`]: every key name and the Redis layout.
-//! - [`redis`]: the Redis backend (group commit, the write script).
-//! - [`embedded`]: the in-process backend with its append-only log.
-//! - [`testsuite`] (feature `testsuite`): the suite every backend passes, and
-//!   [`testsuite::RedisServer`], a throwaway `redis-server` for tests.
+//! - [`redis`]: the Redis backend. `redis/mod.rs`: the store, its options and tuning, the
+//!   scripts, the `Store` impl; `redis/encode.rs`: ops into the write script's arguments and
+//!   its replies into outcomes (pure); `redis/commit.rs`: the group committer and the bulk
+//!   retirement of terminal messages. The Lua scripts are the files in `src/scripts/`.
+//! - [`embedded`]: the in-process backend. `embedded/mod.rs`: the store and its `Store` impl;
+//!   `embedded/state.rs`: the in-memory state and how ops change it; `embedded/log.rs`: the
+//!   append-only log (format, framing, replay, compaction, the flusher).
+//! - [`testsuite`] (feature `testsuite`): the suite every backend passes, one file per topic
+//!   (`writes`, `messages`, `leases`, `values`), and [`testsuite::RedisServer`], a throwaway
+//!   `redis-server` for tests.
+//!
+//! Siblings depend one way only (`redis::commit` uses `redis::encode`, `embedded::state` uses
+//! `embedded::log`, never the other way), so no two modules import each other.
 
 pub mod embedded;
 pub mod keys;
