@@ -55,6 +55,8 @@ use parking_lot::Mutex;
 use self::log::{Log, check_record_len, encode_entry};
 use self::log_format::{Entry, PutApiKey, PutBlob, SetFence};
 use self::state::{Lease, Prepared, SWEEP_BUDGET, State, deadline, get2, prepare, unix_ms};
+#[cfg(feature = "failpoints")]
+use crate::failpoint::{self, Call};
 use crate::{FencedOp, MessageRecord, Result, Store, WriteOutcome};
 
 pub use self::log::{LOG_FILE, log_format};
@@ -181,6 +183,8 @@ impl Store for EmbeddedStore {
         if durable {
             check_record_len(prepared.iter().map(Prepared::record_len_bound).sum())?;
         }
+        #[cfg(feature = "failpoints")]
+        failpoint::inject(failpoint::BEFORE_COMMIT, Call::Write).await?;
         let (outcomes, seq, start_flusher) = {
             let mut state = self.inner.state.lock();
             state.check_poisoned()?;
@@ -190,6 +194,9 @@ impl Store for EmbeddedStore {
             (outcomes, seq, start_flusher)
         };
         self.after_append(seq, start_flusher).await?;
+        // Applied and durable: from here on an error leaves the caller not knowing that.
+        #[cfg(feature = "failpoints")]
+        failpoint::inject(failpoint::AFTER_COMMIT, Call::Write).await?;
         Ok(outcomes)
     }
 
@@ -207,6 +214,8 @@ impl Store for EmbeddedStore {
         tenant: &TenantId,
         message_id: &MessageId,
     ) -> Result<Option<MessageRecord>> {
+        #[cfg(feature = "failpoints")]
+        failpoint::inject(failpoint::GET_MESSAGE, Call::Read).await?;
         let state = self.inner.state.lock();
         let Some(message) = get2(&state.messages, tenant.as_str(), message_id.as_str()) else {
             return Ok(None);

@@ -22,6 +22,8 @@ use herald_proto::PartitionId;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::encode::{Args, Expect, SEP_BYTES, decode_outcome};
+#[cfg(feature = "failpoints")]
+use crate::failpoint::{self, Call};
 use crate::keys::RedisKeys;
 use crate::{Error, FencedOp, Result, WriteOp, WriteOutcome};
 
@@ -104,10 +106,26 @@ impl Committer {
         for request in &batch {
             request.args.append_to(&mut cmd);
         }
+        #[cfg(feature = "failpoints")]
+        if failpoint::inject(failpoint::BEFORE_COMMIT, Call::Write)
+            .await
+            .is_err()
+        {
+            // Not sent: nothing applied.
+            return fail_all(batch, || failpoint::timed_out(Call::Write));
+        }
         let mut conn = self.conn.clone();
         let reply = super::eval(&mut conn, &cmd, &self.script).await;
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
+        #[cfg(feature = "failpoints")]
+        if failpoint::inject(failpoint::AFTER_COMMIT, Call::Write)
+            .await
+            .is_err()
+        {
+            // The reply arrived: the ops are applied (unless it is an error), no caller learns it.
+            return fail_all(batch, || failpoint::timed_out(Call::Write));
+        }
         match reply {
             Ok(Value::Array(items)) if items.len() == ops => {
                 let mut items = items.into_iter();
@@ -140,6 +158,15 @@ impl Committer {
                 }
             }
         }
+    }
+}
+
+/// Answers every caller of `batch` with `error()` (errors are not `Clone`).
+#[cfg(feature = "failpoints")]
+fn fail_all(batch: Vec<Request>, error: impl Fn() -> Error) {
+    for request in batch {
+        // The caller may have given up (dropped its future): nothing to do then.
+        let _ = request.reply.send(Err(error()));
     }
 }
 

@@ -402,6 +402,9 @@ impl Store for RedisStore {
         tenant: &TenantId,
         message_id: &MessageId,
     ) -> Result<Option<MessageRecord>> {
+        #[cfg(feature = "failpoints")]
+        crate::failpoint::inject(crate::failpoint::GET_MESSAGE, crate::failpoint::Call::Read)
+            .await?;
         let events_key = self.keys.events(tenant.as_str(), message_id.as_str());
         let mut conn = self.conn.clone();
         // One LRANGE: the log's first element is the message, the rest its events.
