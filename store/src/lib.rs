@@ -42,6 +42,10 @@
 //!   accept a duplicate, and an increment counts again. (Redis also leaves that batch's
 //!   terminal messages in their active sets until a resume retires them.)
 //!
+//! The cases in `testsuite::failpoints` show each point on every backend; `cargo test -p
+//! herald-store --features failpoints` runs them in their own test binary
+//! (`tests/failpoints.rs`), away from the tests that configure none.
+//!
 //! ## Layout
 //! - this file: the [`Store`] trait, its ops and outcomes, [`Error`], [`StoreConfig`] and
 //!   [`open`].
@@ -55,8 +59,8 @@
 //!   `embedded/state.rs`: the in-memory state and how ops change it; `embedded/log.rs`: the
 //!   append-only log (format, framing, replay, compaction, the flusher).
 //! - [`testsuite`] (feature `testsuite`): the suite every backend passes, one file per topic
-//!   (`writes`, `messages`, `leases`, `values`), and [`testsuite::RedisServer`], a throwaway
-//!   `redis-server` for tests.
+//!   (`writes`, `messages`, `leases`, `values`; `failpoints` with that feature), and
+//!   [`testsuite::RedisServer`], a throwaway `redis-server` for tests.
 //!
 //! Siblings depend one way only (`redis::commit` uses `redis::encode`, `embedded::state` uses
 //! `embedded::log`, never the other way), so no two modules import each other.

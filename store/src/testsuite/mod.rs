@@ -21,7 +21,11 @@
 //! - `leases`: partition leases (ttl, renewal, release) and singleton leases.
 //! - `values`: counters, expiring values, blobs and API keys.
 //! - `redis_server`: [`RedisServer`], a throwaway `redis-server`.
+//! - `failpoints` (feature `failpoints`): a case per failpoint of the store, run by
+//!   `failpoint_suite!` in a test binary of their own (a configured failpoint is process-wide).
 
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod leases;
 mod messages;
 mod redis_server;
