@@ -21,10 +21,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("herald_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    // Every service and client uses `codec::HeraldCodec`: prost's, except that a string field
+    // that is not UTF-8 is INVALID_ARGUMENT naming the field. Type names (`prost::Name`) let it
+    // find the rejected message's descriptor.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     // BTreeMap keeps map fields in key order, so a request encodes to the same bytes every
     // time and its payload hash can tell a retry from a conflicting reuse of a key.
     tonic_prost_build::configure()
         .btree_map(".")
-        .compile_fds(descriptors)?;
+        .codec_path("crate::codec::HeraldCodec")
+        .compile_fds_with_config(descriptors, config)?;
     Ok(())
 }

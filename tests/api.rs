@@ -3,27 +3,27 @@
 //! nothing stored), a message's life through the waterfall, `WatchMessages`, erasure, health and
 //! reflection, fencing of a node acting on a stale epoch, and the CLI.
 //!
-//! Every wait is bounded: polls run against a deadline, stream reads and child processes have
-//! timeouts.
-
-mod support;
+//! Every wait is bounded: waits for a state go through the test kit's `eventually`, stream reads
+//! and child processes have timeouts.
 
 use std::ops::RangeInclusive;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use herald_node::actors::waterfall::is_terminal;
 use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::partition::{fnv1a32, partition_of};
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
-    Channel, EraseRecipientRequest, Event, EventKind, GetMessageRequest, GetMessageResponse,
-    GetRecipientRequest, MessageClass, MessageRequest, MessageStatus, PartitionTable, Recipient,
-    SendBatchRequest, SendRequest, SendResponse, UpsertRecipientRequest, UpsertRecipientsRequest,
-    WatchMessagesRequest, WaterfallStep,
+    Channel, EraseRecipientRequest, Event, EventKind, GetRecipientRequest, MessageClass,
+    MessageRequest, MessageStatus, PartitionTable, Recipient, SendRequest, UpsertRecipientRequest,
+    UpsertRecipientsRequest, WatchMessagesRequest, WaterfallStep,
 };
-use support::{API_KEY, Cluster, NodeSpec, OTHER_API_KEY, Process, TENANT, authed};
+use herald_testkit::cluster::{
+    self as support, API_KEY, Cluster, NodeSpec, OTHER_API_KEY, TENANT, authed,
+};
+use herald_testkit::delivery::{get_message, is_terminal, send, send_batch, wait_terminal};
+use herald_testkit::eventually::eventually_ok;
 use tonic::transport::Channel as GrpcChannel;
 use tonic::{Code, Status};
 
@@ -84,77 +84,11 @@ async fn upsert(client: &mut Recipients, key: &str, recipient: Recipient) {
         .unwrap_or_else(|s| panic!("upsert recipient {id}: {s:?}"));
 }
 
-async fn send(
-    client: &mut Delivery,
-    key: &str,
-    message: MessageRequest,
-) -> Result<SendResponse, Status> {
-    client
-        .send(authed(
-            SendRequest {
-                message: Some(message),
-            },
-            key,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-async fn send_batch(
-    client: &mut Delivery,
-    key: &str,
-    messages: Vec<MessageRequest>,
-) -> Result<Vec<SendResponse>, Status> {
-    client
-        .send_batch(authed(SendBatchRequest { messages }, key))
-        .await
-        .map(|r| r.into_inner().results)
-}
-
-async fn get_message(
-    client: &mut Delivery,
-    key: &str,
-    message_id: &str,
-) -> Result<GetMessageResponse, Status> {
-    client
-        .get_message(authed(
-            GetMessageRequest {
-                message_id: message_id.to_string(),
-            },
-            key,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 async fn get_recipient(client: &mut Recipients, key: &str, id: &str) -> Result<Recipient, Status> {
     client
         .get_recipient(authed(GetRecipientRequest { id: id.to_string() }, key))
         .await
         .map(tonic::Response::into_inner)
-}
-
-/// Polls `GetMessage` until the message is terminal (bounded).
-async fn wait_terminal(client: &mut Delivery, key: &str, message_id: &str) -> GetMessageResponse {
-    let deadline = Instant::now() + TERMINAL_TIMEOUT;
-    loop {
-        let reply = get_message(client, key, message_id)
-            .await
-            .unwrap_or_else(|s| panic!("get_message {message_id}: {s:?}"));
-        let status = reply
-            .message
-            .as_ref()
-            .map(|m| m.status())
-            .unwrap_or_default();
-        if is_terminal(status) {
-            return reply;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "message {message_id} not terminal after {TERMINAL_TIMEOUT:?}: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The error of a call that must fail with INVALID_ARGUMENT naming `field`.
@@ -190,7 +124,7 @@ fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: 
 
 /// Proves nothing is stored under `key`: a valid message with that key is new, not a duplicate
 /// (nor a conflict).
-async fn assert_key_unused(client: &mut Delivery, recipient_id: &str, key: &str) {
+async fn assert_key_unused(client: &Delivery, recipient_id: &str, key: &str) {
     let reply = send(
         client,
         API_KEY,
@@ -247,20 +181,20 @@ fn assert_seq_gap_free(events: &[Event]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_send() {
     let cluster = start(2).await;
-    let mut d0 = cluster.delivery(0).await;
-    let mut d1 = cluster.delivery(1).await;
+    let d0 = cluster.delivery(0).await;
+    let d1 = cluster.delivery(1).await;
     let mut r0 = cluster.recipients(0).await;
     let mut conn = redis_conn(&cluster).await;
 
     // --- Send: same key twice (through different nodes) → one message, same id.
     upsert(&mut r0, API_KEY, demo_recipient("idem-r".into(), 1)).await;
     let message = demo_message("idem-r".into(), "idem-key-1".into());
-    let first = send(&mut d0, API_KEY, message.clone())
+    let first = send(&d0, API_KEY, message.clone())
         .await
         .expect("first send");
     assert!(!first.duplicate, "first send is not a duplicate");
     assert!(!first.message_id.is_empty());
-    let second = send(&mut d1, API_KEY, message.clone())
+    let second = send(&d1, API_KEY, message.clone())
         .await
         .expect("second send");
     assert!(
@@ -280,7 +214,7 @@ async fn idempotency_send() {
         sms.text = "A different text".into();
     }
     let status = expect_code(
-        send(&mut d0, API_KEY, other.clone()).await,
+        send(&d0, API_KEY, other.clone()).await,
         Code::AlreadyExists,
         "same key, other payload",
     );
@@ -292,7 +226,7 @@ async fn idempotency_send() {
     assert_eq!(stored_messages(&mut conn, TENANT).await, 1);
 
     // GetMessage of the id works, from either node.
-    for client in [&mut d0, &mut d1] {
+    for client in [&d0, &d1] {
         let got = get_message(client, API_KEY, &first.message_id)
             .await
             .expect("get the message");
@@ -308,19 +242,19 @@ async fn idempotency_send() {
 
     // Keys are tenant-scoped: the same key under another tenant is another message.
     upsert(&mut r0, OTHER_API_KEY, demo_recipient("idem-r".into(), 1)).await;
-    let globex = send(&mut d1, OTHER_API_KEY, message.clone())
+    let globex = send(&d1, OTHER_API_KEY, message.clone())
         .await
         .expect("send under the other tenant");
     assert!(!globex.duplicate, "keys are tenant-scoped");
     assert_ne!(globex.message_id, first.message_id);
     // ... and messages are tenant-scoped too.
     expect_code(
-        get_message(&mut d0, API_KEY, &globex.message_id).await,
+        get_message(&d0, API_KEY, &globex.message_id).await,
         Code::NotFound,
         "acme reading a globex message",
     );
     expect_code(
-        get_message(&mut d0, OTHER_API_KEY, &first.message_id).await,
+        get_message(&d0, OTHER_API_KEY, &first.message_id).await,
         Code::NotFound,
         "globex reading an acme message",
     );
@@ -331,8 +265,8 @@ async fn idempotency_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_send_batch() {
     let cluster = start(2).await;
-    let mut d0 = cluster.delivery(0).await;
-    let mut d1 = cluster.delivery(1).await;
+    let d0 = cluster.delivery(0).await;
+    let d1 = cluster.delivery(1).await;
     let mut r0 = cluster.recipients(0).await;
     let mut conn = redis_conn(&cluster).await;
 
@@ -364,7 +298,7 @@ async fn idempotency_send_batch() {
         .iter()
         .map(|id| demo_message(id.clone(), format!("key-{id}")))
         .collect();
-    let first = send_batch(&mut d0, API_KEY, batch.clone())
+    let first = send_batch(&d0, API_KEY, batch.clone())
         .await
         .expect("first batch");
     assert_eq!(first.len(), batch.len());
@@ -373,7 +307,7 @@ async fn idempotency_send_batch() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), batch.len(), "one message per key");
-    let again = send_batch(&mut d1, API_KEY, batch.clone())
+    let again = send_batch(&d1, API_KEY, batch.clone())
         .await
         .expect("repeated batch");
     assert!(again.iter().all(|r| r.duplicate), "{again:?}");
@@ -389,7 +323,7 @@ async fn idempotency_send_batch() {
         demo_message(ids[0].clone(), "key-in-batch-twice".into()),
         demo_message(ids[0].clone(), "key-in-batch-twice".into()),
     ];
-    let replies = send_batch(&mut d0, API_KEY, twice)
+    let replies = send_batch(&d0, API_KEY, twice)
         .await
         .expect("batch with one key twice");
     assert_eq!(replies[0].message_id, replies[1].message_id);
@@ -405,7 +339,7 @@ async fn idempotency_send_batch() {
     conflicting.class = MessageClass::Marketing as i32;
     let fresh = demo_message(ids[0].clone(), "key-fresh-in-conflicting-batch".into());
     let replies = send_batch(
-        &mut d0,
+        &d0,
         API_KEY,
         vec![fresh.clone(), batch[1].clone(), conflicting],
     )
@@ -438,7 +372,7 @@ async fn idempotency_send_batch() {
     );
     // Exactly the fresh message was stored; the conflicting one changed nothing.
     assert_eq!(stored_messages(&mut conn, TENANT).await, base + 1);
-    let again = send_batch(&mut d0, API_KEY, vec![fresh])
+    let again = send_batch(&d0, API_KEY, vec![fresh])
         .await
         .expect("resend of the fresh message");
     assert!(again[0].duplicate && again[0].message_id == replies[0].message_id);
@@ -447,7 +381,7 @@ async fn idempotency_send_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_conflict_reads_the_same_through_forwarding() {
     let cluster = start(2).await;
-    let mut d0 = cluster.delivery(0).await;
+    let d0 = cluster.delivery(0).await;
     let mut r0 = cluster.recipients(0).await;
     // The conflict error reads the same whether the owner is the receiving node or another
     // one (the request is forwarded): it names the field and the message already there.
@@ -458,11 +392,11 @@ async fn idempotency_conflict_reads_the_same_through_forwarding() {
         });
         upsert(&mut r0, API_KEY, demo_recipient(id.clone(), 2)).await;
         let message = demo_message(id.clone(), format!("key-{id}"));
-        let accepted = send(&mut d0, API_KEY, message.clone()).await.expect("send");
+        let accepted = send(&d0, API_KEY, message.clone()).await.expect("send");
         let mut other = message;
         other.class = MessageClass::Marketing as i32;
         let status = expect_code(
-            send(&mut d0, API_KEY, other).await,
+            send(&d0, API_KEY, other).await,
             Code::AlreadyExists,
             &format!("conflict on a partition of {owner}"),
         );
@@ -498,7 +432,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
 
     // --- Authentication.
     let status = expect_code(
-        send(&mut d, "no-such-key", valid("k-unknown-api-key")).await,
+        send(&d, "no-such-key", valid("k-unknown-api-key")).await,
         Code::Unauthenticated,
         "unknown api key",
     );
@@ -541,30 +475,20 @@ async fn bad_input_names_the_field_and_stores_nothing() {
         Code::Unauthenticated,
         "get with an unknown key",
     );
-    assert_key_unused(&mut d, "bad-r", "k-unknown-api-key").await;
-    assert_key_unused(&mut d, "bad-r", "k-no-authorization").await;
+    assert_key_unused(&d, "bad-r", "k-unknown-api-key").await;
+    assert_key_unused(&d, "bad-r", "k-no-authorization").await;
 
     // --- Missing / empty recipient.
     expect_invalid(
-        send(
-            &mut d,
-            API_KEY,
-            demo_message("ghost".into(), "k-ghost".into()),
-        )
-        .await,
+        send(&d, API_KEY, demo_message("ghost".into(), "k-ghost".into())).await,
         "message.recipient_id",
     );
-    assert_key_unused(&mut d, "bad-r", "k-ghost").await;
+    assert_key_unused(&d, "bad-r", "k-ghost").await;
     expect_invalid(
-        send(
-            &mut d,
-            API_KEY,
-            demo_message(String::new(), "k-empty-r".into()),
-        )
-        .await,
+        send(&d, API_KEY, demo_message(String::new(), "k-empty-r".into())).await,
         "message.recipient_id",
     );
-    assert_key_unused(&mut d, "bad-r", "k-empty-r").await;
+    assert_key_unused(&d, "bad-r", "k-empty-r").await;
     // A recipient of another tenant does not exist for this one.
     upsert(
         &mut r,
@@ -574,14 +498,14 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     .await;
     expect_invalid(
         send(
-            &mut d,
+            &d,
             API_KEY,
             demo_message("globex-only".into(), "k-globex-only".into()),
         )
         .await,
         "message.recipient_id",
     );
-    assert_key_unused(&mut d, "bad-r", "k-globex-only").await;
+    assert_key_unused(&d, "bad-r", "k-globex-only").await;
 
     // --- Recipient fields: rejected, and the recipient is not stored.
     type SpoilRecipient = fn(&mut Recipient);
@@ -707,10 +631,10 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     let mut message = valid("k-empty-step");
     message.waterfall = vec![step(Channel::Push), step(Channel::Unspecified)];
     expect_invalid(
-        send(&mut d, API_KEY, message).await,
+        send(&d, API_KEY, message).await,
         "message.waterfall[1].channel",
     );
-    assert_key_unused(&mut d, "bad-r", "k-empty-step").await;
+    assert_key_unused(&d, "bad-r", "k-empty-step").await;
     let mut message = valid("k-repeated-step");
     message.waterfall = vec![
         step(Channel::Push),
@@ -718,31 +642,31 @@ async fn bad_input_names_the_field_and_stores_nothing() {
         step(Channel::Push),
     ];
     let status = expect_invalid(
-        send(&mut d, API_KEY, message).await,
+        send(&d, API_KEY, message).await,
         "message.waterfall[2].channel",
     );
     assert!(status.message().contains("PUSH"), "{status:?}");
-    assert_key_unused(&mut d, "bad-r", "k-repeated-step").await;
+    assert_key_unused(&d, "bad-r", "k-repeated-step").await;
     let mut message = valid("k-push-twice");
     message.waterfall = vec![step(Channel::Push), step(Channel::Push)];
     expect_invalid(
-        send(&mut d, API_KEY, message).await,
+        send(&d, API_KEY, message).await,
         "message.waterfall[1].channel",
     );
-    assert_key_unused(&mut d, "bad-r", "k-push-twice").await;
+    assert_key_unused(&d, "bad-r", "k-push-twice").await;
 
     // --- Size and class.
     let mut message = valid("k-oversized");
     if let Some(email) = message.content.as_mut().and_then(|c| c.email.as_mut()) {
         email.html_body = "x".repeat(100 * 1024);
     }
-    let status = expect_invalid(send(&mut d, API_KEY, message).await, "message.content");
+    let status = expect_invalid(send(&d, API_KEY, message).await, "message.content");
     assert!(status.message().contains("65536"), "{status:?}");
-    assert_key_unused(&mut d, "bad-r", "k-oversized").await;
+    assert_key_unused(&d, "bad-r", "k-oversized").await;
     let mut message = valid("k-no-class");
     message.class = MessageClass::Unspecified as i32;
-    expect_invalid(send(&mut d, API_KEY, message).await, "message.class");
-    assert_key_unused(&mut d, "bad-r", "k-no-class").await;
+    expect_invalid(send(&d, API_KEY, message).await, "message.class");
+    assert_key_unused(&d, "bad-r", "k-no-class").await;
     expect_invalid(
         d.send(authed(SendRequest { message: None }, API_KEY)).await,
         "message",
@@ -753,12 +677,12 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     let too_many: Vec<MessageRequest> = (0..1001)
         .map(|i| valid(&format!("k-too-many-{i}")))
         .collect();
-    let status = expect_invalid(send_batch(&mut d, API_KEY, too_many).await, "messages");
+    let status = expect_invalid(send_batch(&d, API_KEY, too_many).await, "messages");
     assert!(status.message().contains("1000"), "{status:?}");
-    expect_invalid(send_batch(&mut d, API_KEY, Vec::new()).await, "messages");
+    expect_invalid(send_batch(&d, API_KEY, Vec::new()).await, "messages");
     assert_eq!(stored_messages(&mut conn, TENANT).await, before);
-    assert_key_unused(&mut d, "bad-r", "k-too-many-0").await;
-    assert_key_unused(&mut d, "bad-r", "k-too-many-1000").await;
+    assert_key_unused(&d, "bad-r", "k-too-many-0").await;
+    assert_key_unused(&d, "bad-r", "k-too-many-1000").await;
 
     // One bad message (each kind of fault in turn) rejects the batch and stores none of it.
     type Spoil = fn(&mut MessageRequest);
@@ -792,7 +716,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
             .map(|i| valid(&format!("k-batch-{name}-{i}")))
             .collect();
         spoil(&mut batch[7]);
-        expect_invalid(send_batch(&mut d, API_KEY, batch.clone()).await, field);
+        expect_invalid(send_batch(&d, API_KEY, batch.clone()).await, field);
         assert_eq!(
             stored_messages(&mut conn, TENANT).await,
             before,
@@ -800,7 +724,7 @@ async fn bad_input_names_the_field_and_stores_nothing() {
         );
         // Re-sending the good ones with the same keys: all new.
         batch.remove(7);
-        let replies = send_batch(&mut d, API_KEY, batch)
+        let replies = send_batch(&d, API_KEY, batch)
             .await
             .expect("the good part of the batch");
         assert!(
@@ -823,7 +747,7 @@ async fn message_life_falls_back_and_skips() {
         EventFellBack as FellBack, EventSent as Sent, EventSkipped as Skipped,
     };
     let cluster = start(1).await;
-    let mut d = cluster.delivery(0).await;
+    let d = cluster.delivery(0).await;
     let mut r = cluster.recipients(0).await;
 
     // Push fails (bucket 7–8) → falls back to email, which is sent.
@@ -891,7 +815,7 @@ async fn message_life_falls_back_and_skips() {
     let mut sent = Vec::new();
     for (recipient_id, _) in &cases {
         let reply = send(
-            &mut d,
+            &d,
             API_KEY,
             demo_message(recipient_id.clone(), format!("life-key-{recipient_id}")),
         )
@@ -900,7 +824,7 @@ async fn message_life_falls_back_and_skips() {
         sent.push(reply.message_id);
     }
     for ((recipient_id, expected), message_id) in cases.iter().zip(&sent) {
-        let reply = wait_terminal(&mut d, API_KEY, message_id).await;
+        let reply = wait_terminal(&d, API_KEY, message_id, TERMINAL_TIMEOUT).await;
         let view = reply.message.clone().expect("a message view");
         assert_eq!(
             view.status(),
@@ -948,7 +872,7 @@ async fn message_life_falls_back_and_skips() {
         }
     }
     // The skipped email step says why.
-    let reply = wait_terminal(&mut d, API_KEY, &sent[1]).await;
+    let reply = wait_terminal(&d, API_KEY, &sent[1], TERMINAL_TIMEOUT).await;
     let skipped = reply
         .events
         .iter()
@@ -962,11 +886,11 @@ async fn message_life_falls_back_and_skips() {
 
     // Unknown and empty message ids.
     expect_code(
-        get_message(&mut d, API_KEY, "01ARZ3NDEKTSV4RRFFQ69G5FAV").await,
+        get_message(&d, API_KEY, "01ARZ3NDEKTSV4RRFFQ69G5FAV").await,
         Code::NotFound,
         "unknown message id",
     );
-    expect_invalid(get_message(&mut d, API_KEY, "").await, "message_id");
+    expect_invalid(get_message(&d, API_KEY, "").await, "message_id");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -995,7 +919,7 @@ async fn watch_messages_streams_in_order_and_terminal_only() {
     upsert(&mut r, API_KEY, demo_recipient(noise.clone(), 22)).await;
 
     let mut d0 = cluster.delivery(0).await;
-    let mut d1 = cluster.delivery(1).await;
+    let d1 = cluster.delivery(1).await;
     let watch = |terminal_only: bool| WatchMessagesRequest {
         message_id: String::new(),
         recipient_id: watched.clone(),
@@ -1019,7 +943,7 @@ async fn watch_messages_streams_in_order_and_terminal_only() {
         .into_inner();
 
     let noise_id = send(
-        &mut d1,
+        &d1,
         API_KEY,
         demo_message(noise.clone(), "watch-noise-key".into()),
     )
@@ -1027,7 +951,7 @@ async fn watch_messages_streams_in_order_and_terminal_only() {
     .expect("send noise")
     .message_id;
     let message_id = send(
-        &mut d0,
+        &d0,
         API_KEY,
         demo_message(watched.clone(), "watch-key".into()),
     )
@@ -1052,7 +976,7 @@ async fn watch_messages_streams_in_order_and_terminal_only() {
         "the stream starts with accepted: {streamed:?}"
     );
     assert_seq_gap_free(&streamed);
-    let log = wait_terminal(&mut d0, API_KEY, &message_id).await;
+    let log = wait_terminal(&d0, API_KEY, &message_id, TERMINAL_TIMEOUT).await;
     assert_eq!(
         shape(&streamed),
         shape(&log.events),
@@ -1092,7 +1016,7 @@ async fn watch_messages_streams_in_order_and_terminal_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erase_recipient_removes_it() {
     let cluster = start(1).await;
-    let mut d = cluster.delivery(0).await;
+    let d = cluster.delivery(0).await;
     let mut r = cluster.recipients(0).await;
     let erase = |id: &str| authed(EraseRecipientRequest { id: id.to_string() }, API_KEY);
 
@@ -1129,7 +1053,7 @@ async fn erase_recipient_removes_it() {
     // Sending to the erased recipient is bad input, and stores nothing.
     expect_invalid(
         send(
-            &mut d,
+            &d,
             API_KEY,
             demo_message("erase-r".into(), "erase-key".into()),
         )
@@ -1142,7 +1066,7 @@ async fn erase_recipient_removes_it() {
         .expect("the other tenant's recipient survives");
     // Upserting it again makes it sendable again, and the rejected key was not used.
     upsert(&mut r, API_KEY, demo_recipient("erase-r".into(), 31)).await;
-    assert_key_unused(&mut d, "erase-r", "erase-key").await;
+    assert_key_unused(&d, "erase-r", "erase-key").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1232,67 +1156,35 @@ async fn health_and_reflection() {
 // 7. Fencing at the node level
 // ---------------------------------------------------------------------------------------------
 
-/// Restarts node `index` with `extra` top-level config lines (same id, address and store).
-/// The harness has no knob for extra config lines, so the config file is rewritten here.
-async fn restart_node_with(cluster: &mut Cluster, index: usize, extra: &str) {
-    let config = cluster.dir.path().join(format!("node-{index}.toml"));
-    let original = std::fs::read_to_string(&config).expect("read node config");
-    cluster.nodes[index].kill();
-    // Top-level keys must come before the first table.
-    std::fs::write(&config, format!("{extra}\n{original}")).expect("write node config");
-    let name = format!("node-{index}-restarted");
-    let log = cluster.dir.path().join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).expect("create log file");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["node", "--config"])
-        .arg(&config)
-        .env("HERALD_LOG", "info,herald_node=info")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("spawn herald node");
-    cluster.nodes[index] = Process {
-        name,
-        child: Some(child),
-        log,
-    };
-}
-
 /// Upserts until it succeeds (the restarted node is taking its leases), bounded.
 async fn upsert_when_served(cluster: &Cluster, recipient: Recipient) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("node serves {}", recipient.id);
+    let recipient = &recipient;
+    eventually_ok(&what, Duration::from_secs(30), || async move {
         let mut client = cluster.recipients(0).await;
-        let result = client
+        match client
             .upsert_recipient(authed(
                 UpsertRecipientRequest {
                     recipient: Some(recipient.clone()),
                 },
                 API_KEY,
             ))
-            .await;
-        match result {
-            Ok(_) => return,
-            Err(status) => assert!(
-                Instant::now() < deadline,
-                "node never served {}: {status:?}\n{}",
-                recipient.id,
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) => Err(format!(
+                "{status:?}\n{}",
                 support::tail(&cluster.nodes[0].log_text(), 30)
-            ),
+            )),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fenced_node_writes_are_rejected() {
     let mut cluster = start(1).await;
-    restart_node_with(
-        &mut cluster,
-        0,
-        &format!("route_timeout_ms = {FENCING_ROUTE_TIMEOUT_MS}"),
-    )
-    .await;
+    cluster.restart_node(0, &format!("route_timeout_ms = {FENCING_ROUTE_TIMEOUT_MS}"));
     let fenced = "fence-r".to_string();
     let partition = partition_of(TENANT, &fenced, cluster.partition_count).0;
     let other = pick_id("fence-other", 0..=9, |id| {
@@ -1328,10 +1220,10 @@ async fn fenced_node_writes_are_rejected() {
         .expect("SET fence");
     let messages_before = stored_messages(&mut conn, TENANT).await;
 
-    let mut d = cluster.delivery(0).await;
+    let d = cluster.delivery(0).await;
     let started = Instant::now();
     let result = send(
-        &mut d,
+        &d,
         API_KEY,
         demo_message(fenced.clone(), "fence-key".into()),
     )
@@ -1396,14 +1288,14 @@ async fn fenced_node_writes_are_rejected() {
 
     // Another partition still works end to end.
     let reply = send(
-        &mut d,
+        &d,
         API_KEY,
         demo_message(other.clone(), "fence-other-key".into()),
     )
     .await
     .expect("send in an unfenced partition");
     assert!(!reply.duplicate);
-    let log = wait_terminal(&mut d, API_KEY, &reply.message_id).await;
+    let log = wait_terminal(&d, API_KEY, &reply.message_id, TERMINAL_TIMEOUT).await;
     assert_eq!(
         log.message.expect("view").status(),
         MessageStatus::Delivered,
@@ -1432,7 +1324,7 @@ fn expect_code_any<T: std::fmt::Debug>(
 // ---------------------------------------------------------------------------------------------
 
 async fn herald_cli(args: &[&str]) -> std::process::Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut command = tokio::process::Command::new(support::herald_bin());
     command
         .args(args)
         .env_remove("HERALD_API_KEY")

@@ -1,19 +1,20 @@
 //! Multi-process acceptance test: `redis-server`, `herald control` and 3 `herald node` processes
 //! on loopback. 10,000 messages round-robin through all nodes; then `kill -9` one node mid-run.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use herald_node::demo::{demo_message, demo_recipient};
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    Channel, EventKind, GetMessageRequest, GetMessageResponse, MessageRequest, PartitionTable,
-    SendBatchRequest, SuccessCondition, UpsertRecipientsRequest, WaterfallStep,
+    Channel, EventKind, GetMessageResponse, MessageRequest, PartitionTable, SendBatchRequest,
+    SuccessCondition, UpsertRecipientsRequest, WaterfallStep,
 };
-use support::{API_KEY, Cluster, NodeSpec, TENANT, authed};
+use herald_testkit::cluster::{API_KEY, Cluster, NodeSpec, TENANT, authed};
+use herald_testkit::delivery::wait_all_terminal;
+use herald_testkit::eventually::{eventually, eventually_ok};
 
 const MESSAGES: usize = 10_000;
 const BATCH: usize = 100;
@@ -67,115 +68,50 @@ async fn submit_with(
     for index in alive {
         clients.push(cluster.delivery(*index).await);
     }
+    let (clients, make) = (&clients, &make);
     for (b, start) in (0..n).step_by(BATCH).enumerate() {
         on_batch(b);
         // Messages not acked yet, by index; a batch may be accepted in part (an owner died):
         // what failed is retried on the next node with the same idempotency keys.
-        let mut pending: Vec<usize> = (start..(start + BATCH).min(n)).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut attempt = b;
-        while !pending.is_empty() {
-            let messages: Vec<_> = pending.iter().map(|i| make(*i)).collect();
-            let count = clients.len();
-            let client = &mut clients[attempt % count];
-            match client
-                .send_batch(authed(SendBatchRequest { messages }, API_KEY))
-                .await
-            {
-                Ok(reply) => {
-                    let mut still = Vec::new();
-                    for (i, result) in pending.iter().zip(reply.into_inner().results) {
-                        match result.error {
-                            None => acked.push(result.message_id),
-                            Some(error) => {
-                                assert_eq!(
-                                    error.code,
-                                    tonic::Code::Unavailable as i32,
-                                    "{error:?}"
-                                );
-                                still.push(*i);
-                            }
+        let pending = Mutex::new((start..(start + BATCH).min(n)).collect::<Vec<usize>>());
+        let acked_now = Mutex::new(Vec::new());
+        let attempt = AtomicUsize::new(b);
+        let (pending, acked_now, attempt) = (&pending, &acked_now, &attempt);
+        eventually_ok(
+            &format!("batch {b} acked"),
+            Duration::from_secs(30),
+            || async move {
+                let indexes = pending.lock().expect("lock").clone();
+                let messages: Vec<_> = indexes.iter().map(|i| make(*i)).collect();
+                let mut client =
+                    clients[attempt.fetch_add(1, Ordering::Relaxed) % clients.len()].clone();
+                let reply = client
+                    .send_batch(authed(SendBatchRequest { messages }, API_KEY))
+                    .await
+                    .map_err(|status| format!("{} never acked: {status:?}", indexes.len()))?;
+                let mut still = Vec::new();
+                for (i, result) in indexes.iter().zip(reply.into_inner().results) {
+                    match result.error {
+                        None => acked_now.lock().expect("lock").push(result.message_id),
+                        Some(error) => {
+                            assert_eq!(error.code, tonic::Code::Unavailable as i32, "{error:?}");
+                            still.push(*i);
                         }
                     }
-                    pending = still;
                 }
-                Err(status) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "batch {b} never acked: {status:?}"
-                    );
+                let left = still.len();
+                *pending.lock().expect("lock") = still;
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} never acked"))
                 }
-            }
-            if !pending.is_empty() {
-                assert!(
-                    Instant::now() < deadline,
-                    "batch {b}: {} never acked",
-                    pending.len()
-                );
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+            },
+        )
+        .await;
+        acked.append(&mut acked_now.lock().expect("lock"));
     }
     acked
-}
-
-/// Polls every message until all are terminal; returns their logs.
-async fn wait_terminal(
-    cluster: &Cluster,
-    ids: &[String],
-    alive: usize,
-    timeout: Duration,
-) -> HashMap<String, GetMessageResponse> {
-    let deadline = Instant::now() + timeout;
-    let mut done: HashMap<String, GetMessageResponse> = HashMap::new();
-    let client = cluster.delivery(alive).await;
-    loop {
-        let pending: Vec<String> = ids
-            .iter()
-            .filter(|id| !done.contains_key(*id))
-            .cloned()
-            .collect();
-        if pending.is_empty() {
-            return done;
-        }
-        let results = futures::stream::iter(pending.into_iter().map(|id| {
-            let mut client = client.clone();
-            async move {
-                let reply = client
-                    .get_message(authed(
-                        GetMessageRequest {
-                            message_id: id.clone(),
-                        },
-                        API_KEY,
-                    ))
-                    .await;
-                (id, reply.map(|r| r.into_inner()))
-            }
-        }))
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
-        let mut pending_left = 0;
-        for (id, reply) in results {
-            let reply = reply.unwrap_or_else(|s| panic!("get_message {id}: {s:?}"));
-            let status = reply
-                .message
-                .as_ref()
-                .map(|m| m.status())
-                .unwrap_or_default();
-            if herald_node::actors::waterfall::is_terminal(status) {
-                done.insert(id, reply);
-            } else {
-                pending_left += 1;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending_left} acked messages not terminal after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The invariants of ARCHITECTURE.md over every log, judged by the chaos crate's checker.
@@ -231,7 +167,13 @@ async fn ten_thousand_messages_then_kill_a_node() {
         MESSAGES,
         "ids are unique"
     );
-    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let logs = wait_all_terminal(
+        &cluster.delivery(0).await,
+        API_KEY,
+        &acked,
+        Duration::from_secs(120),
+    )
+    .await;
     let (attempts, ambiguous) = check_logs(&logs, 4096, |p| vec![owner(&table, p)]);
     assert_eq!(ambiguous, 0);
     eprintln!(
@@ -243,7 +185,7 @@ async fn ten_thousand_messages_then_kill_a_node() {
     create_recipients(&cluster, "b", MESSAGES).await;
     let victim = 2usize;
     let victim_id = format!("node-{victim}");
-    let killed_at = std::sync::Mutex::new(None::<Instant>);
+    let killed_at = Mutex::new(None::<Instant>);
     let phase = Instant::now();
     let submitting = submit(&cluster, "b", MESSAGES, &[0, 1, 2], |batch| {
         if batch == 30 {
@@ -254,12 +196,10 @@ async fn ten_thousand_messages_then_kill_a_node() {
     let measuring = async {
         // Served again = the control plane dropped the dead node and the survivors serve every
         // partition at the new epoch (as they report it in their heartbeats).
-        let killed = loop {
-            if let Some(at) = *killed_at.lock().expect("lock") {
-                break at;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let killed = eventually("the victim killed", Duration::from_secs(120), || async {
+            *killed_at.lock().expect("lock")
+        })
+        .await;
         cluster.wait_ready(2, Duration::from_secs(30)).await;
         killed.elapsed()
     };
@@ -276,7 +216,13 @@ async fn ten_thousand_messages_then_kill_a_node() {
     let after = cluster.table().await;
     assert!(after.nodes.iter().all(|n| n.node_id != victim_id));
     assert!(after.epoch > table.epoch);
-    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let logs = wait_all_terminal(
+        &cluster.delivery(0).await,
+        API_KEY,
+        &acked,
+        Duration::from_secs(120),
+    )
+    .await;
     let (attempts, ambiguous) = check_logs(&logs, 4096, |p| {
         let mut owners = vec![owner(&table, p), owner(&after, p)];
         owners.dedup();
@@ -367,7 +313,13 @@ async fn timers_fire_on_time_on_the_new_owner_after_kill_9() {
         "the test needs the takeover done before the first timer is due"
     );
     let after = cluster.table().await;
-    let logs = wait_terminal(&cluster, &acked, 0, Duration::from_secs(120)).await;
+    let logs = wait_all_terminal(
+        &cluster.delivery(0).await,
+        API_KEY,
+        &acked,
+        Duration::from_secs(120),
+    )
+    .await;
     let summary = judge(&logs, 4096, |p| {
         let mut owners = vec![owner(&table, p), owner(&after, p)];
         owners.dedup();

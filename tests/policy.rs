@@ -5,19 +5,19 @@
 //! session — and the person is opted out of that sender, gets exactly one confirmation, and the
 //! next marketing SMS is suppressed (nothing reaches the SMSC). START opts back in.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
-    Channel, ChannelConsent, ConsentState, Content, EventKind, GetMessageRequest,
-    GetMessageResponse, GetRecipientRequest, MessageClass, MessageRequest, MessageStatus,
-    Recipient, SendRequest, SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
+    Channel, ChannelConsent, ConsentState, Content, EventKind, GetMessageResponse,
+    GetRecipientRequest, MessageClass, MessageRequest, MessageStatus, Recipient, SendRequest,
+    SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
 };
 use herald_providers::peers::smsc::{Smsc, SmscConfig};
-use support::{API_KEY, Cluster, NodeSpec, authed};
+use herald_testkit::cluster::{API_KEY, Cluster, NodeSpec, authed, channel};
+use herald_testkit::delivery::{get_message, send_until_terminal, wait_all_terminal, wait_for_log};
+use herald_testkit::eventually::{eventually_holds, eventually_ok};
 use tonic::transport::Channel as GrpcChannel;
 
 const PHONE: &str = "+14155550199";
@@ -90,52 +90,9 @@ fn marketing_sms(key: &str) -> MessageRequest {
     }
 }
 
-async fn send_and_wait(
-    delivery: &mut DeliveryClient<GrpcChannel>,
-    key: &str,
-) -> GetMessageResponse {
-    send_until_terminal(delivery, marketing_sms(key)).await
-}
-
-/// Sends `message` and polls its log until it is terminal (bounded by `SETTLE`).
-async fn send_until_terminal(
-    delivery: &mut DeliveryClient<GrpcChannel>,
-    message: MessageRequest,
-) -> GetMessageResponse {
-    let id = delivery
-        .send(authed(
-            SendRequest {
-                message: Some(message),
-            },
-            API_KEY,
-        ))
-        .await
-        .expect("send")
-        .into_inner()
-        .message_id;
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
-        let status = log.events.last().map(|e| e.status()).unwrap_or_default();
-        if herald_node::actors::waterfall::is_terminal(status) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "message {id} not terminal: {:?}",
-            log.events
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Sends [`marketing_sms`] with `key` and waits until it is terminal.
+async fn send_and_wait(delivery: &DeliveryClient<GrpcChannel>, key: &str) -> GetMessageResponse {
+    send_until_terminal(delivery, API_KEY, marketing_sms(key), SETTLE).await
 }
 
 async fn recipient(recipients: &mut RecipientsClient<GrpcChannel>) -> Recipient {
@@ -160,22 +117,11 @@ fn to_phone(smsc: &Smsc) -> Vec<String> {
         .collect()
 }
 
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SETTLE;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {SETTLE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
     let (cluster, smsc) = start().await;
-    let channel = support::channel(&cluster.node_addrs[0]).await;
-    let mut delivery = DeliveryClient::new(channel.clone());
+    let channel = channel(&cluster.node_addrs[0]).await;
+    let delivery = DeliveryClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel);
     recipients
         .upsert_recipient(authed(
@@ -197,16 +143,19 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
         .expect("upsert");
 
     // Opted in: the marketing SMS goes out over SMPP.
-    let log = send_and_wait(&mut delivery, "m-1").await;
+    let log = send_and_wait(&delivery, "m-1").await;
     assert_eq!(
         log.events.last().map(|e| e.status()),
         Some(MessageStatus::Delivered)
     );
-    wait_for("first SMS at the SMSC", || to_phone(&smsc).len() == 1).await;
+    eventually_holds("first SMS at the SMSC", SETTLE, || {
+        to_phone(&smsc).len() == 1
+    })
+    .await;
 
     // STOP as a mobile-originated deliver_sm (odd casing and spacing on purpose).
     smsc.send_mo(PHONE, SENDER, "  sToP \n").expect("mo");
-    wait_for("one confirmation", || to_phone(&smsc).len() == 2).await;
+    eventually_holds("one confirmation", SETTLE, || to_phone(&smsc).len() == 2).await;
     let person = recipient(&mut recipients).await;
     let entry = person
         .consent
@@ -233,7 +182,7 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
     assert_eq!(to_phone(&smsc).len(), 2, "confirmation sent once");
 
     // The next marketing SMS is suppressed: it explains why and nothing reaches the SMSC.
-    let log = send_and_wait(&mut delivery, "m-2").await;
+    let log = send_and_wait(&delivery, "m-2").await;
     let last = log.events.last().expect("events");
     assert_eq!(last.status(), MessageStatus::Suppressed, "{:?}", log.events);
     assert_eq!(last.kind(), EventKind::EventSuppressed);
@@ -252,17 +201,20 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
 
     // START opts back in (with its own confirmation); marketing flows again.
     smsc.send_mo(PHONE, SENDER, "START").expect("mo");
-    wait_for("start confirmation", || to_phone(&smsc).len() == 3).await;
-    let log = send_and_wait(&mut delivery, "m-3").await;
+    eventually_holds("start confirmation", SETTLE, || to_phone(&smsc).len() == 3).await;
+    let log = send_and_wait(&delivery, "m-3").await;
     assert_eq!(
         log.events.last().map(|e| e.status()),
         Some(MessageStatus::Delivered)
     );
-    wait_for("SMS after START", || to_phone(&smsc).len() == 4).await;
+    eventually_holds("SMS after START", SETTLE, || to_phone(&smsc).len() == 4).await;
 
     // STOPALL from a number as SMSCs often give it (no `+`) leaves every sender; START lifts it.
     smsc.send_mo(&PHONE[1..], SENDER, "stopall").expect("mo");
-    wait_for("stopall confirmation", || to_phone(&smsc).len() == 5).await;
+    eventually_holds("stopall confirmation", SETTLE, || {
+        to_phone(&smsc).len() == 5
+    })
+    .await;
     let person = recipient(&mut recipients).await;
     assert!(
         person
@@ -276,7 +228,7 @@ async fn stop_over_smpp_opts_out_confirms_once_and_suppresses_marketing() {
         person.consent
     );
     smsc.send_mo(PHONE, SENDER, "START").expect("mo");
-    wait_for("start confirmation", || to_phone(&smsc).len() == 6).await;
+    eventually_holds("start confirmation", SETTLE, || to_phone(&smsc).len() == 6).await;
     let person = recipient(&mut recipients).await;
     assert!(
         person
@@ -313,7 +265,7 @@ async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_throug
         },
     )
     .await;
-    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let channel = channel(&cluster.node_addrs[0]).await;
     let mut delivery = DeliveryClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel);
     recipients
@@ -347,34 +299,23 @@ async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_throug
         .expect("send")
         .into_inner()
         .message_id;
-    let deadline = Instant::now() + SETTLE;
-    let deferred = loop {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: marketing.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
-        if let Some(event) = log
-            .events
+    let is_deferred = |e: &herald_proto::v1::Event| e.kind() == EventKind::EventDeferred;
+    let log = wait_for_log(&delivery, API_KEY, &marketing, "deferred", SETTLE, |log| {
+        log.events.iter().any(is_deferred)
+    })
+    .await;
+    let deferred = log
+        .events
+        .iter()
+        .find(|e| is_deferred(e))
+        .cloned()
+        .expect("the deferred event");
+    assert_eq!(deferred.status(), MessageStatus::Deferred);
+    assert!(
+        log.events
             .iter()
-            .find(|e| e.kind() == EventKind::EventDeferred)
-        {
-            assert_eq!(event.status(), MessageStatus::Deferred);
-            assert!(
-                log.events
-                    .iter()
-                    .all(|e| e.kind() != EventKind::EventAttempted)
-            );
-            break event.clone();
-        }
-        assert!(Instant::now() < deadline, "not deferred: {:?}", log.events);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            .all(|e| e.kind() != EventKind::EventAttempted)
+    );
     // Due at 08:00 New York (9 hours after the policy clock's 23:00) plus at most the 15-minute
     // spread, on the real clock.
     let policy_at = deferred.at_unix_ms + offset_ms;
@@ -450,28 +391,15 @@ async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_throug
         .expect("send")
         .into_inner()
         .message_id;
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
-        if log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "evening campaign not delivered: {:?}",
-            log.events
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_log(
+        &delivery,
+        API_KEY,
+        &id,
+        "evening campaign delivered",
+        SETTLE,
+        |log| log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered),
+    )
+    .await;
 
     // Transactional: at once.
     let mut transactional = marketing_sms("q-transactional");
@@ -487,33 +415,20 @@ async fn quiet_hours_defer_marketing_to_the_morning_and_let_transactional_throug
         .expect("send")
         .into_inner()
         .message_id;
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
-        if log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered) {
-            assert!(
-                log.events
-                    .iter()
-                    .all(|e| e.kind() != EventKind::EventDeferred)
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transactional not delivered: {:?}",
-            log.events
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = wait_for_log(
+        &delivery,
+        API_KEY,
+        &id,
+        "transactional delivered",
+        SETTLE,
+        |log| log.events.last().map(|e| e.status()) == Some(MessageStatus::Delivered),
+    )
+    .await;
+    assert!(
+        log.events
+            .iter()
+            .all(|e| e.kind() != EventKind::EventDeferred)
+    );
 }
 
 /// The most sends the SMSC saw in any one-second window (by its own receive clock).
@@ -539,7 +454,7 @@ async fn submit_sms(cluster: &Cluster, prefix: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for (b, start) in (0..n).step_by(100).enumerate() {
         let node = b % cluster.node_addrs.len();
-        let channel = support::channel(&cluster.node_addrs[node]).await;
+        let channel = channel(&cluster.node_addrs[node]).await;
         let mut recipients = RecipientsClient::new(channel.clone());
         let mut delivery = DeliveryClient::new(channel);
         let end = (start + 100).min(n);
@@ -583,41 +498,6 @@ async fn submit_sms(cluster: &Cluster, prefix: &str, n: usize) -> Vec<String> {
     ids
 }
 
-async fn wait_all_terminal(cluster: &Cluster, alive: usize, ids: &[String], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut delivery = DeliveryClient::new(support::channel(&cluster.node_addrs[alive]).await);
-    let mut pending: Vec<String> = ids.to_vec();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for id in pending {
-            let log = delivery
-                .get_message(authed(
-                    GetMessageRequest {
-                        message_id: id.clone(),
-                    },
-                    API_KEY,
-                ))
-                .await
-                .expect("get")
-                .into_inner();
-            let status = log.events.last().map(|e| e.status()).unwrap_or_default();
-            if !herald_node::actors::waterfall::is_terminal(status) {
-                still.push(id);
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} messages not terminal after {timeout:?}",
-            pending.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Multi-process rate limit: 3 nodes, one SMS sender limited to 50/s, 3,000 messages submitted
 /// across the nodes; the SMSC's own receive log never shows more than 50 in a second, and the
 /// run takes close to the ideal 60 s. Then again while the node that owns the sender's schedule
@@ -657,7 +537,13 @@ smpp-main = {RATE}
     // Phase 1: no failures.
     let started = Instant::now();
     let ids = submit_sms(&cluster, "rl-a-", N).await;
-    wait_all_terminal(&cluster, 0, &ids, Duration::from_secs(150)).await;
+    wait_all_terminal(
+        &cluster.delivery(0).await,
+        API_KEY,
+        &ids,
+        Duration::from_secs(150),
+    )
+    .await;
     let elapsed = started.elapsed();
     let (busiest, span_ms) = busiest_second(&smsc);
     let received = smsc.log().len();
@@ -695,7 +581,13 @@ smpp-main = {RATE}
     tokio::time::sleep(Duration::from_secs(15).saturating_sub(submitted_at.elapsed())).await;
     cluster.nodes[victim].kill_9();
     eprintln!("RATE: killed {owner}, the owner of the sender's schedule");
-    wait_all_terminal(&cluster, survivor, &ids, Duration::from_secs(180)).await;
+    wait_all_terminal(
+        &cluster.delivery(survivor).await,
+        API_KEY,
+        &ids,
+        Duration::from_secs(180),
+    )
+    .await;
     let log = smsc.log();
     let mut times: Vec<u64> = log[before..].iter().map(|r| r.since_start_ms).collect();
     times.sort_unstable();
@@ -737,7 +629,7 @@ async fn caps_and_preferences_explain_what_they_stop() {
         },
     )
     .await;
-    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let channel = channel(&cluster.node_addrs[0]).await;
     let delivery = DeliveryClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel);
     let opted_in = |channel: Channel| ChannelConsent {
@@ -793,10 +685,7 @@ async fn caps_and_preferences_explain_what_they_stop() {
         ];
         m
     };
-    let run = |request: MessageRequest| {
-        let mut delivery = delivery.clone();
-        async move { send_until_terminal(&mut delivery, request).await }
-    };
+    let run = |request: MessageRequest| send_until_terminal(&delivery, API_KEY, request, SETTLE);
     // The person's email limit (0 a day) skips the email step; SMS carries it.
     let first = run(email_then_sms("c-1", "news", MessageClass::Marketing)).await;
     let skipped = first
@@ -883,7 +772,7 @@ async fn complaints_pause_the_campaign_until_resumed() {
     )
     .await;
     let http = cluster.http_addrs[0].clone();
-    let channel = support::channel(&cluster.node_addrs[0]).await;
+    let channel = channel(&cluster.node_addrs[0]).await;
     let mut breakers = BreakersClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel.clone());
     let mut delivery = DeliveryClient::new(channel);
@@ -943,22 +832,22 @@ async fn complaints_pause_the_campaign_until_resumed() {
         campaign_id: "spring".into(),
         sender: String::new(),
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let paused = loop {
-        let status = breakers
-            .get(authed(campaign(), API_KEY))
-            .await
-            .expect("breaker")
-            .into_inner();
-        if status.paused {
-            break status;
+    let paused = eventually_ok("campaign paused", Duration::from_secs(120), || {
+        let mut breakers = breakers.clone();
+        async move {
+            let status = breakers
+                .get(authed(campaign(), API_KEY))
+                .await
+                .expect("breaker")
+                .into_inner();
+            if status.paused {
+                Ok(status)
+            } else {
+                Err(format!("{status:?}"))
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "campaign never paused: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     eprintln!("BREAKER: paused {paused:?}");
     assert_eq!(paused.level, "pause");
     // Crossed 0.3% and caught at once (the breaker evaluates every report, 200 ms): complaints
@@ -1000,20 +889,18 @@ async fn complaints_pause_the_campaign_until_resumed() {
         ))
         .await
         .expect("resume sender");
-    let deadline = Instant::now() + Duration::from_secs(60);
     let wanted = held + 20.min(N as u64 - held);
-    loop {
-        let now = accepted_calls(&http).await;
+    let http = &http;
+    let now = eventually_ok("sending resumed", Duration::from_secs(60), || async move {
+        let now = accepted_calls(http).await;
         if now >= wanted {
-            eprintln!("BREAKER: held at {held} sends while paused; {now} after the resume");
-            break;
+            Ok(now)
+        } else {
+            Err(format!("{now} accepted, held at {held}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "sending did not resume: {now} accepted, held at {held}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    eprintln!("BREAKER: held at {held} sends while paused; {now} after the resume");
 }
 
 /// Messenger-style channel rules on an SMPP account: outside the 24-hour session window (the
@@ -1049,8 +936,8 @@ unique_recipients_per_day = 2
         },
     )
     .await;
-    let channel = support::channel(&cluster.node_addrs[0]).await;
-    let mut delivery = DeliveryClient::new(channel.clone());
+    let channel = channel(&cluster.node_addrs[0]).await;
+    let delivery = DeliveryClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel);
     let phones = ["+12125550171", "+12125550172", "+12125550173"];
     for (i, phone) in phones.iter().enumerate() {
@@ -1075,8 +962,8 @@ unique_recipients_per_day = 2
         m.tag = tag.into();
         m
     };
-    let mut outcome = async |m: MessageRequest| {
-        send_until_terminal(&mut delivery, m)
+    let outcome = async |m: MessageRequest| {
+        send_until_terminal(&delivery, API_KEY, m, SETTLE)
             .await
             .events
             .last()
@@ -1100,19 +987,21 @@ unique_recipients_per_day = 2
     // A reply opens the window: untagged goes now.
     smsc.send_mo(&phones[0][1..], SENDER, "thanks!")
         .expect("mo");
-    let deadline = Instant::now() + SETTLE;
-    for attempt in 0.. {
-        let last = outcome(message(0, &format!("sw-3-{attempt}"), "")).await;
-        if last.status() == MessageStatus::Delivered {
-            break;
+    let outcome = &outcome;
+    let mut attempt = 0;
+    eventually_ok("the reply opens the window", SETTLE, || {
+        let untagged = message(0, &format!("sw-3-{attempt}"), "");
+        attempt += 1;
+        async move {
+            let last = outcome(untagged).await;
+            if last.status() == MessageStatus::Delivered {
+                Ok(())
+            } else {
+                Err(last.reason)
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the reply did not open the window: {}",
-            last.reason
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // Tier of 2 distinct recipients a day: the second gets in, the third does not, the first
     // still does.
     assert_eq!(
@@ -1150,20 +1039,17 @@ async fn tenant_quota_on_an_account() {
     .await;
     let ids = submit_sms(&cluster, "tq-", N).await;
     let started = Instant::now();
-    wait_all_terminal(&cluster, 0, &ids, Duration::from_secs(60)).await;
-    let mut delivery = DeliveryClient::new(support::channel(&cluster.node_addrs[0]).await);
+    wait_all_terminal(
+        &cluster.delivery(0).await,
+        API_KEY,
+        &ids,
+        Duration::from_secs(60),
+    )
+    .await;
+    let delivery = cluster.delivery(0).await;
     let mut sent_at = Vec::new();
     for id in &ids {
-        let log = delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.clone(),
-                },
-                API_KEY,
-            ))
-            .await
-            .expect("get")
-            .into_inner();
+        let log = get_message(&delivery, API_KEY, id).await.expect("get");
         sent_at.extend(
             log.events
                 .iter()
@@ -1227,8 +1113,8 @@ dead_contact_errors = ["001"]
         },
     )
     .await;
-    let channel = support::channel(&cluster.node_addrs[0]).await;
-    let mut delivery = DeliveryClient::new(channel.clone());
+    let channel = channel(&cluster.node_addrs[0]).await;
+    let delivery = DeliveryClient::new(channel.clone());
     let mut recipients = RecipientsClient::new(channel);
     recipients
         .upsert_recipient(authed(
@@ -1247,7 +1133,7 @@ dead_contact_errors = ["001"]
     first.class = MessageClass::Transactional as i32;
     first.waterfall[0].success = SuccessCondition::Delivered as i32;
     first.waterfall[0].timeout_ms = 20_000;
-    let log = send_until_terminal(&mut delivery, first).await;
+    let log = send_until_terminal(&delivery, API_KEY, first, SETTLE).await;
     assert!(
         log.events
             .iter()
@@ -1268,7 +1154,7 @@ dead_contact_errors = ["001"]
     );
     let mut second = marketing_sms("dead-2");
     second.class = MessageClass::Transactional as i32;
-    let last = send_until_terminal(&mut delivery, second)
+    let last = send_until_terminal(&delivery, API_KEY, second, SETTLE)
         .await
         .events
         .last()

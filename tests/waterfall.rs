@@ -12,9 +12,7 @@
 //! unknown/duplicate reports. Every message ends in exactly one terminal state (the chaos
 //! checker judges every log at the end).
 
-mod support;
-
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_chaos::history::{Expectations, check};
 use herald_proto::partition::partition_of;
@@ -23,14 +21,17 @@ use herald_proto::v1::engagement_client::EngagementClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
     Channel, ChannelConsent, ConsentState, Content, EmailContent, EngagementKind, EngagementReport,
-    EventKind, GetMessageRequest, GetMessageResponse, GetRecipientRequest, MessageClass,
-    MessageRequest, MessageStatus, PushContent, PushPlatform, PushToken, Recipient, ReportRequest,
-    ReportStatus, SendRequest, SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
+    EventKind, GetMessageResponse, GetRecipientRequest, MessageClass, MessageRequest,
+    MessageStatus, PushContent, PushPlatform, PushToken, Recipient, ReportRequest, ReportStatus,
+    SendRequest, SmsContent, SuccessCondition, UpsertRecipientRequest, WaterfallStep,
 };
 use herald_providers::peers::push::{FcmPeer, FcmPeerConfig, test_keys};
 use herald_providers::peers::smtp::SmtpPeer;
 use herald_providers::peers::twilio::{TwilioPeer, TwilioPeerConfig};
-use support::{API_KEY, Cluster, NodeSpec, TENANT, authed};
+use herald_testkit::cluster::{API_KEY, Cluster, NodeSpec, TENANT, authed, channel};
+use herald_testkit::delivery::{
+    describe, get_message, is_terminal_log, last_status, send, wait_for_log,
+};
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
@@ -212,7 +213,7 @@ struct Clients {
 
 impl Clients {
     async fn new(cluster: &Cluster) -> Self {
-        let channel = support::channel(&cluster.node_addrs[0]).await;
+        let channel = channel(&cluster.node_addrs[0]).await;
         Self {
             delivery: DeliveryClient::new(channel.clone()),
             recipients: RecipientsClient::new(channel.clone()),
@@ -232,53 +233,27 @@ impl Clients {
             .expect("upsert");
     }
 
-    async fn send(&mut self, message: MessageRequest) -> String {
-        self.delivery
-            .send(authed(
-                SendRequest {
-                    message: Some(message),
-                },
-                API_KEY,
-            ))
+    async fn send(&self, message: MessageRequest) -> String {
+        send(&self.delivery, API_KEY, message)
             .await
             .expect("send")
-            .into_inner()
             .message_id
     }
 
-    async fn get(&mut self, id: &str) -> GetMessageResponse {
-        self.delivery
-            .get_message(authed(
-                GetMessageRequest {
-                    message_id: id.into(),
-                },
-                API_KEY,
-            ))
+    async fn get(&self, id: &str) -> GetMessageResponse {
+        get_message(&self.delivery, API_KEY, id)
             .await
             .expect("get message")
-            .into_inner()
     }
 
-    /// Polls until `done` holds for the log (bounded by `SETTLE`).
+    /// Waits until `done` holds for the log (bounded by `SETTLE`).
     async fn wait(
-        &mut self,
+        &self,
         id: &str,
         what: &str,
         done: impl Fn(&GetMessageResponse) -> bool,
     ) -> GetMessageResponse {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let log = self.get(id).await;
-            if done(&log) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not reached in {SETTLE:?}: {}",
-                describe(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_log(&self.delivery, API_KEY, id, what, SETTLE, done).await
     }
 
     async fn report(&mut self, reports: Vec<EngagementReport>) -> Vec<ReportStatus> {
@@ -294,27 +269,8 @@ impl Clients {
     }
 }
 
-fn describe(log: &GetMessageResponse) -> String {
-    log.events
-        .iter()
-        .map(|e| format!("{:?}/{:?}/{:?}:{}", e.kind(), e.step, e.status(), e.reason))
-        .collect::<Vec<_>>()
-        .join(" | ")
-}
-
 fn kinds(log: &GetMessageResponse) -> Vec<(EventKind, Option<u32>)> {
     log.events.iter().map(|e| (e.kind(), e.step)).collect()
-}
-
-fn status(log: &GetMessageResponse) -> MessageStatus {
-    log.events
-        .last()
-        .map(|e| e.status())
-        .unwrap_or(MessageStatus::Unspecified)
-}
-
-fn terminal(log: &GetMessageResponse) -> bool {
-    herald_node::actors::waterfall::is_terminal(status(log))
 }
 
 fn has(log: &GetMessageResponse, kind: EventKind, step: u32) -> bool {
@@ -379,8 +335,15 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         ))
         .await;
     ids.push(id.clone());
-    let log = api.wait(&id, "push timeout then email", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let log = api
+        .wait(&id, "push timeout then email", is_terminal_log)
+        .await;
+    assert_eq!(
+        last_status(&log),
+        MessageStatus::Delivered,
+        "{}",
+        describe(&log)
+    );
     assert!(has(&log, EventKind::EventWaiting, 0), "{}", describe(&log));
     let timeout = log
         .events
@@ -423,7 +386,7 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         describe(&log)
     );
     assert_eq!(attempts(&log), before, "a late receipt starts nothing");
-    assert_eq!(status(&log), MessageStatus::Delivered);
+    assert_eq!(last_status(&log), MessageStatus::Delivered);
 
     // 2. Email bounce (a SendGrid event webhook) → SMS; the address is suppressed.
     api.upsert(recipient(
@@ -466,8 +429,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .await
         .expect("webhook post");
     assert!(answer.status().is_success(), "{:?}", answer.status());
-    let log = api.wait(&id, "bounce then sms", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let log = api.wait(&id, "bounce then sms", is_terminal_log).await;
+    assert_eq!(
+        last_status(&log),
+        MessageStatus::Delivered,
+        "{}",
+        describe(&log)
+    );
     assert!(has(&log, EventKind::EventBounced, 0), "{}", describe(&log));
     assert!(has(&log, EventKind::EventSent, 1), "{}", describe(&log));
     assert!(
@@ -567,7 +535,11 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         .await;
     assert_eq!(delivered, vec![ReportStatus::ReportApplied]);
     let log = api.get(&id).await;
-    assert!(!terminal(&log), "delivered is not read: {}", describe(&log));
+    assert!(
+        !is_terminal_log(&log),
+        "delivered is not read: {}",
+        describe(&log)
+    );
     let again = api
         .report(vec![report_attempt(
             format!("{id}.0"),
@@ -582,8 +554,8 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         )])
         .await;
     assert_eq!(read, vec![ReportStatus::ReportApplied]);
-    let log = api.wait(&id, "push read", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered);
+    let log = api.wait(&id, "push read", is_terminal_log).await;
+    assert_eq!(last_status(&log), MessageStatus::Delivered);
     assert_eq!(
         attempts(&log),
         1,
@@ -607,8 +579,15 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         ))
         .await;
     ids.push(id.clone());
-    let log = api.wait(&id, "sms delivered by callback", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let log = api
+        .wait(&id, "sms delivered by callback", is_terminal_log)
+        .await;
+    assert_eq!(
+        last_status(&log),
+        MessageStatus::Delivered,
+        "{}",
+        describe(&log)
+    );
     let skipped = log
         .events
         .iter()
@@ -649,8 +628,15 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         ))
         .await;
     ids.push(id.clone());
-    let log = api.wait(&id, "dead token then email", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let log = api
+        .wait(&id, "dead token then email", is_terminal_log)
+        .await;
+    assert_eq!(
+        last_status(&log),
+        MessageStatus::Delivered,
+        "{}",
+        describe(&log)
+    );
     let failed = log
         .events
         .iter()
@@ -692,7 +678,9 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
         ))
         .await;
     ids.push(id.clone());
-    let log = api.wait(&id, "suppressed token skipped", terminal).await;
+    let log = api
+        .wait(&id, "suppressed token skipped", is_terminal_log)
+        .await;
     let skipped = log
         .events
         .iter()
@@ -804,8 +792,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     );
     let id = api.send(templated).await;
     ids.push(id.clone());
-    let log = api.wait(&id, "templated email", terminal).await;
-    assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+    let log = api.wait(&id, "templated email", is_terminal_log).await;
+    assert_eq!(
+        last_status(&log),
+        MessageStatus::Delivered,
+        "{}",
+        describe(&log)
+    );
     let mail = peers
         .smtp
         .mail_texts()
@@ -875,7 +868,7 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
     ordered.cost_order = true;
     let id = api.send(ordered).await;
     ids.push(id.clone());
-    let log = api.wait(&id, "cost-ordered", terminal).await;
+    let log = api.wait(&id, "cost-ordered", is_terminal_log).await;
     let order: Vec<Channel> = log
         .message
         .as_ref()
@@ -904,8 +897,13 @@ async fn waterfalls_wait_for_receipts_from_real_providers() {
             ))
             .await;
         ids.push(id.clone());
-        let log = api.wait(&id, "sms failover", terminal).await;
-        assert_eq!(status(&log), MessageStatus::Delivered, "{}", describe(&log));
+        let log = api.wait(&id, "sms failover", is_terminal_log).await;
+        assert_eq!(
+            last_status(&log),
+            MessageStatus::Delivered,
+            "{}",
+            describe(&log)
+        );
         let sent = log
             .events
             .iter()

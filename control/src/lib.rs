@@ -102,7 +102,7 @@ pub struct ControlPlane;
 impl ControlPlane {
     /// Validates `config`, checks the stored table against it, binds the gRPC server (Control,
     /// `grpc.health.v1` — `herald.v1.Control` is SERVING only while this replica leads — and
-    /// reflection v1), and spawns the lease loop and the failure detector.
+    /// reflection v1 and v1alpha), and spawns the lease loop and the failure detector.
     pub async fn start(
         config: ControlConfig,
         store: Arc<dyn Store>,
@@ -131,10 +131,28 @@ impl ControlPlane {
                 tonic_health::ServingStatus::NotServing,
             )
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection v1 and v1alpha (grpcurl 1.8 and Python's stock client speak v1alpha), each
+        // listing exactly the services this server answers, not every service of the protos.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                );
+            for name in [
+                herald_proto::v1::control_server::SERVICE_NAME,
+                tonic_health::pb::health_server::SERVICE_NAME,
+                tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+                tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+            ] {
+                builder = builder.with_service_name(name);
+            }
+            builder
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         info!(
             control = %config.control_id,
@@ -150,7 +168,8 @@ impl ControlPlane {
         let router = Server::builder()
             .concurrency_limit_per_connection(MAX_CONCURRENT_RPCS_PER_CONNECTION)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ControlServer::new(service::ControlService::new(
                 ctrl.clone(),
             )));

@@ -692,6 +692,94 @@ async fn start_rejects_bad_config_and_mismatched_partition_count() {
     ));
 }
 
+/// The sorted service names reflection lists over one protocol version (`v1`, `v1alpha`), after
+/// checking that each can be described (FileContainingSymbol).
+macro_rules! reflection_services {
+    ($version:ident, $addr:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let channel = Endpoint::from_shared(format!("http://{}", $addr))
+            .expect("uri")
+            .connect_lazy();
+        let mut client = ServerReflectionClient::new(channel);
+        let ask = |request: MessageRequest| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::once(ask(MessageRequest::ListServices(
+                String::new(),
+            ))))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let reply = tokio::time::timeout(SOON, replies.message())
+            .await
+            .expect("reflection reply in time")
+            .expect("reflection reply")
+            .expect("one reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        let asks: Vec<_> = names
+            .iter()
+            .map(|name| ask(MessageRequest::FileContainingSymbol(name.clone())))
+            .collect();
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter(asks))
+            .await
+            .expect("reflection")
+            .into_inner();
+        for name in &names {
+            let reply = tokio::time::timeout(SOON, replies.message())
+                .await
+                .expect("reflection reply in time")
+                .expect("reflection reply")
+                .expect("a reply");
+            assert!(
+                matches!(
+                    reply.message_response,
+                    Some(MessageResponse::FileDescriptorResponse(ref files))
+                        if !files.file_descriptor_proto.is_empty()
+                ),
+                "{name} is listed but not described: {reply:?}"
+            );
+        }
+        names
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_list_exactly_the_served_services() {
+    init_tracing();
+    let control = ControlPlane::start(config("c1"), embedded_store())
+        .await
+        .expect("start control");
+    let expected: Vec<String> = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "herald.v1.Control",
+    ]
+    .map(String::from)
+    .into();
+    let v1 = reflection_services!(v1, control.local_addr());
+    assert_eq!(
+        v1, expected,
+        "reflection v1 lists what the control plane serves"
+    );
+    let v1alpha = reflection_services!(v1alpha, control.local_addr());
+    assert_eq!(
+        v1alpha, expected,
+        "reflection v1alpha lists what the control plane serves"
+    );
+    control.shutdown().await.expect("shutdown");
+}
+
 /// Partitions moved between `before` and `after` all belonged to `gone`.
 fn assert_only_moved_from(before: &PartitionTable, after: &PartitionTable, gone: &str) {
     let before = owners(before);

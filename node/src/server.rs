@@ -317,21 +317,54 @@ impl Node {
         health_reporter
             .set_serving::<RecipientsServer<RecipientsApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| {
-                Error::Store(herald_store::Error::Corrupt {
-                    key: "reflection".into(),
-                    reason: e.to_string(),
-                })
-            })?;
+        health_reporter
+            .set_serving::<EngagementServer<EngagementApi>>()
+            .await;
+        health_reporter
+            .set_serving::<BreakersServer<BreakersApi>>()
+            .await;
+        health_reporter
+            .set_serving::<ForwardServer<ForwardApi>>()
+            .await;
+        // Reflection v1 and v1alpha (grpcurl 1.8 and Python's stock client speak v1alpha), each
+        // listing exactly the services this server answers, not every service of the protos.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(herald_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                );
+            for name in [
+                herald_proto::v1::delivery_server::SERVICE_NAME,
+                herald_proto::v1::recipients_server::SERVICE_NAME,
+                herald_proto::v1::engagement_server::SERVICE_NAME,
+                herald_proto::v1::breakers_server::SERVICE_NAME,
+                herald_proto::v1::forward_server::SERVICE_NAME,
+                tonic_health::pb::health_server::SERVICE_NAME,
+                tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+                tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+            ] {
+                builder = builder.with_service_name(name);
+            }
+            builder
+        };
+        let reflection_error = |e: tonic_reflection::server::Error| {
+            Error::Store(herald_store::Error::Corrupt {
+                key: "reflection".into(),
+                reason: e.to_string(),
+            })
+        };
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 DeliveryServer::new(DeliveryApi::new(router.clone()))
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)

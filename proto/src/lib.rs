@@ -11,10 +11,12 @@
 //! - [`ids`]: `PartitionId`, `Epoch`, `NodeId`, `MessageId`, `TenantId`.
 //! - [`partition`]: the stable partition hash.
 //! - [`error`]: `error::Error` and its `tonic::Status` mapping.
+//! - [`codec`]: the gRPC codec of every service (invalid UTF-8 is `INVALID_ARGUMENT`).
 //! - [`clock`]: the injected wall clock ([`clock::SystemClock`], [`clock::ManualClock`]).
 //! - [`status`]: what a message status means (terminal or not).
 
 pub mod clock;
+pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod partition;

@@ -22,16 +22,51 @@
 //! The store must never make policy decisions or hold per-recipient locks: the RecipientActor
 //! serialises everything that touches one person.
 //!
+//! ## Failpoints
+//! With the `failpoints` feature (the `fail` crate; compiled out by default) both backends
+//! evaluate the points below, named in [`failpoint`]. Configure them with `fail::cfg(name,
+//! actions)` (or `FAILPOINTS=name=actions` and `fail::FailScenario::setup`). A `return` (its
+//! argument ignored) answers [`Error::Io`] of kind `TimedOut` whose message starts with
+//! `failpoint:`; `sleep(ms)` and `pause` stall the calls at the point (run off the async
+//! runtime: only those calls wait); `panic` panics in the caller; no action, no effect.
+//! - `store::get_message` ([`failpoint::GET_MESSAGE`]): at the start of
+//!   [`Store::get_message`]. `return`: `Err` ("failpoint: store read timed out"), nothing read.
+//! - `store::before_commit` ([`failpoint::BEFORE_COMMIT`]): in [`Store::write`], just before a
+//!   commit is sent or applied (Redis: in the committer, before a batch's `EVALSHA`; embedded:
+//!   before the call takes the state lock). `return`: every caller of that batch (Redis) or
+//!   that call (embedded) gets `Err` ("failpoint: store write timed out"); nothing is applied.
+//! - `store::after_commit` ([`failpoint::AFTER_COMMIT`]): once the commit ran (Redis: the
+//!   script's reply arrived; embedded: the ops are applied and durable). `return`: the same
+//!   `Err`, although the ops WERE applied: the write whose outcome its caller cannot know. A
+//!   retry then meets its own write: an append answers [`WriteOutcome::SeqConflict`], an
+//!   accept a duplicate, and an increment counts again. (Redis also leaves that batch's
+//!   terminal messages in their active sets until a resume retires them.)
+//!
+//! The cases in `testsuite::failpoints` show each point on every backend; `cargo test -p
+//! herald-store --features failpoints` runs them in their own test binary
+//! (`tests/failpoints.rs`), away from the tests that configure none.
+//!
 //! ## Layout
 //! - this file: the [`Store`] trait, its ops and outcomes, [`Error`], [`StoreConfig`] and
 //!   [`open`].
 //! - [`keys`]: every key name and the Redis layout.
-//! - [`redis`]: the Redis backend (group commit, the write script).
-//! - [`embedded`]: the in-process backend with its append-only log.
-//! - [`testsuite`] (feature `testsuite`): the suite every backend passes, and
+//! - [`failpoint`]: the failpoint names, the injected error, running a point from async code.
+//! - [`redis`]: the Redis backend. `redis/mod.rs`: the store, its options and tuning, the
+//!   scripts, the `Store` impl; `redis/encode.rs`: ops into the write script's arguments and
+//!   its replies into outcomes (pure); `redis/commit.rs`: the group committer and the bulk
+//!   retirement of terminal messages. The Lua scripts are the files in `src/scripts/`.
+//! - [`embedded`]: the in-process backend. `embedded/mod.rs`: the store and its `Store` impl;
+//!   `embedded/state.rs`: the in-memory state and how ops change it; `embedded/log.rs`: the
+//!   append-only log (format, framing, replay, compaction, the flusher).
+//! - [`testsuite`] (feature `testsuite`): the suite every backend passes, one file per topic
+//!   (`writes`, `messages`, `leases`, `values`; `failpoints` with that feature), and
 //!   [`testsuite::RedisServer`], a throwaway `redis-server` for tests.
+//!
+//! Siblings depend one way only (`redis::commit` uses `redis::encode`, `embedded::state` uses
+//! `embedded::log`, never the other way), so no two modules import each other.
 
 pub mod embedded;
+pub mod failpoint;
 pub mod keys;
 pub mod redis;
 #[cfg(any(test, feature = "testsuite"))]

@@ -1,0 +1,746 @@
+//! # store::embedded::state: the embedded store's memory
+//!
+//! Owns [`State`], the whole state in maps, and every rule of how ops change it: [`prepare`]
+//! (an op into its effect and that effect's log encoding, outside the lock),
+//! [`State::write_ops`] (the checks: fences, expected seqs, idempotency, guarded ops; then
+//! [`State::apply`]), the bounded sweep of expired keys, the queue of records for the flusher,
+//! and [`State::snapshot`] (the durable state as log records, for compaction). Replay applies
+//! entries through the same [`State::apply`], so memory after a restart equals memory before it.
+//!
+//! It must never do I/O, wait or take a lock: the store holds the state's mutex around these
+//! calls, so each must be a short, bounded step over values already built.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald_proto::v1::{Event, Recipient, StoredMessage};
+use herald_proto::{Epoch, MessageId, PartitionId};
+
+use super::log::encode_entry;
+use super::log::log_format::{
+    Accept, Append, Entry, EraseRecipient, PutApiKey, PutBlob, PutIdempotency, PutMessage,
+    PutRecipient, PutValue, SetCounter, SetFence,
+};
+use crate::{Error, Fence, FencedOp, Result, WriteOp, WriteOutcome};
+
+/// Snapshot records are cut at about this size.
+const SNAPSHOT_RECORD_BYTES: usize = 1 << 20;
+/// Expired keys removed per write call, so a sweep never makes a long critical section.
+pub(super) const SWEEP_BUDGET: usize = 64;
+/// Longest ttl honoured (~35 years), as in the Redis backend.
+const MAX_TTL_MS: u64 = 1 << 40;
+
+pub(super) type ByTenant<V> = HashMap<String, HashMap<String, V>>;
+
+pub(super) fn get2<'a, V>(map: &'a ByTenant<V>, tenant: &str, id: &str) -> Option<&'a V> {
+    map.get(tenant)?.get(id)
+}
+
+fn insert2<V>(map: &mut ByTenant<V>, tenant: &str, id: &str, value: V) {
+    match map.get_mut(tenant) {
+        Some(inner) => {
+            inner.insert(id.to_owned(), value);
+        }
+        None => {
+            map.entry(tenant.to_owned())
+                .or_default()
+                .insert(id.to_owned(), value);
+        }
+    }
+}
+
+fn remove2<V>(map: &mut ByTenant<V>, tenant: &str, id: &str) -> Option<V> {
+    let inner = map.get_mut(tenant)?;
+    let removed = inner.remove(id);
+    if inner.is_empty() {
+        map.remove(tenant);
+    }
+    removed
+}
+
+struct Idempotency {
+    message_id: String,
+    payload_hash: u64,
+    expires_ms: u64,
+}
+
+struct Counter {
+    value: i64,
+    expires_ms: u64,
+}
+
+pub(super) struct Lease {
+    pub(super) holder: String,
+    pub(super) until: Instant,
+}
+
+enum Expiring {
+    Idempotency { tenant: String, key: String },
+    Counter(String),
+    Value(String),
+}
+
+/// Everything the embedded store holds. The durable part is rebuilt from the log on open.
+#[derive(Default)]
+pub(super) struct State {
+    // Durable (rebuilt from the log).
+    pub(super) recipients: ByTenant<Recipient>,
+    pub(super) messages: ByTenant<StoredMessage>,
+    pub(super) events: ByTenant<Vec<Event>>,
+    idempotency: ByTenant<Idempotency>,
+    /// partition → members `(tenant, message_id)`.
+    pub(super) active: HashMap<u32, HashSet<(String, String)>>,
+    fences: HashMap<u32, u64>,
+    counters: HashMap<String, Counter>,
+    /// Expiring values (`WriteOp::PutValue`): bytes and expiry (unix ms).
+    pub(super) values: HashMap<String, (Vec<u8>, u64)>,
+    pub(super) blobs: HashMap<String, Vec<u8>>,
+    pub(super) api_keys: HashMap<String, String>,
+    /// `(expiry unix ms, tiebreak)` → key, for the bounded sweep.
+    expiries: BTreeMap<(u64, u64), Expiring>,
+    next_expiry: u64,
+    // Not durable.
+    pub(super) leases: HashMap<u32, Lease>,
+    pub(super) singletons: HashMap<String, Lease>,
+    // Log bookkeeping.
+    /// Records (payloads) not yet taken by the flusher, in order.
+    pending: Vec<Vec<u8>>,
+    /// Sequence number of the last record appended (records are numbered from 1).
+    appended: u64,
+    /// A flusher is running; it will take `pending` before it stops.
+    flushing: bool,
+    /// A flush failed: refuse writes.
+    poisoned: Option<String>,
+}
+
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(MAX_TTL_MS)
+        .clamp(1, MAX_TTL_MS)
+}
+
+pub(super) fn deadline(now: Instant, ttl: Duration) -> Instant {
+    let ttl = Duration::from_millis(ttl_ms(ttl));
+    now.checked_add(ttl).unwrap_or(now)
+}
+
+fn idempotency_key(message: &StoredMessage) -> &str {
+    message
+        .request
+        .as_ref()
+        .map(|r| r.idempotency_key.as_str())
+        .unwrap_or_default()
+}
+
+impl State {
+    fn track_expiry(&mut self, expires_ms: u64, what: Expiring) {
+        self.next_expiry += 1;
+        self.expiries.insert((expires_ms, self.next_expiry), what);
+    }
+
+    /// Removes up to `budget` expired idempotency keys and counters.
+    pub(super) fn sweep(&mut self, now_ms: u64, budget: usize) {
+        for _ in 0..budget {
+            let Some(entry) = self.expiries.first_entry() else {
+                return;
+            };
+            let expires_ms = entry.key().0;
+            if expires_ms > now_ms {
+                return;
+            }
+            // The key may have been replaced since (a new counter after expiry): only remove
+            // the value this index entry was made for.
+            match entry.remove() {
+                Expiring::Idempotency { tenant, key } => {
+                    if get2(&self.idempotency, &tenant, &key)
+                        .is_some_and(|i| i.expires_ms == expires_ms)
+                    {
+                        remove2(&mut self.idempotency, &tenant, &key);
+                    }
+                }
+                Expiring::Counter(key) => {
+                    if self
+                        .counters
+                        .get(&key)
+                        .is_some_and(|c| c.expires_ms == expires_ms)
+                    {
+                        self.counters.remove(&key);
+                    }
+                }
+                Expiring::Value(key) => {
+                    if self.values.get(&key).is_some_and(|v| v.1 == expires_ms) {
+                        self.values.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one effect unconditionally (checks happen before, in [`State::write_op`]).
+    /// Replay goes through here too, so memory after a restart equals memory before it.
+    pub(super) fn apply(&mut self, entry: Entry, now_ms: u64) {
+        match entry {
+            Entry::PutRecipient(PutRecipient { tenant, recipient }) => {
+                if let Some(recipient) = recipient {
+                    let id = recipient.id.clone();
+                    insert2(&mut self.recipients, &tenant, &id, recipient);
+                }
+            }
+            Entry::EraseRecipient(EraseRecipient {
+                tenant,
+                recipient_id,
+            }) => {
+                remove2(&mut self.recipients, &tenant, &recipient_id);
+            }
+            Entry::Accept(Accept {
+                message,
+                accepted,
+                partition,
+                idempotency_expires_unix_ms,
+            }) => {
+                let Some(message) = message else { return };
+                let key = idempotency_key(&message);
+                if !key.is_empty() && idempotency_expires_unix_ms > now_ms {
+                    let record = Idempotency {
+                        message_id: message.message_id.clone(),
+                        payload_hash: message.payload_hash,
+                        expires_ms: idempotency_expires_unix_ms,
+                    };
+                    let key = key.to_owned();
+                    insert2(&mut self.idempotency, &message.tenant, &key, record);
+                    self.track_expiry(
+                        idempotency_expires_unix_ms,
+                        Expiring::Idempotency {
+                            tenant: message.tenant.clone(),
+                            key,
+                        },
+                    );
+                }
+                let (tenant, id) = (message.tenant.clone(), message.message_id.clone());
+                if let Some(accepted) = accepted {
+                    match self.events.get_mut(&tenant).and_then(|m| m.get_mut(&id)) {
+                        Some(log) => log.push(accepted),
+                        None => insert2(&mut self.events, &tenant, &id, vec![accepted]),
+                    }
+                }
+                insert2(&mut self.messages, &tenant, &id, message);
+                self.active
+                    .entry(partition)
+                    .or_default()
+                    .insert((tenant, id));
+            }
+            Entry::Append(Append {
+                tenant,
+                message_id,
+                events,
+                terminal,
+                partition,
+            }) => {
+                if !events.is_empty() {
+                    match self
+                        .events
+                        .get_mut(&tenant)
+                        .and_then(|m| m.get_mut(&message_id))
+                    {
+                        Some(log) => log.extend(events),
+                        None => insert2(&mut self.events, &tenant, &message_id, events),
+                    }
+                }
+                if terminal && let Some(set) = self.active.get_mut(&partition) {
+                    set.remove(&(tenant, message_id));
+                    if set.is_empty() {
+                        self.active.remove(&partition);
+                    }
+                }
+            }
+            Entry::SetCounter(SetCounter {
+                key,
+                value,
+                expires_unix_ms,
+            }) => {
+                if expires_unix_ms <= now_ms {
+                    self.counters.remove(&key);
+                    return;
+                }
+                let fresh = self
+                    .counters
+                    .get(&key)
+                    .is_none_or(|c| c.expires_ms != expires_unix_ms);
+                if fresh {
+                    self.track_expiry(expires_unix_ms, Expiring::Counter(key.clone()));
+                }
+                self.counters.insert(
+                    key,
+                    Counter {
+                        value,
+                        expires_ms: expires_unix_ms,
+                    },
+                );
+            }
+            Entry::PutValue(PutValue {
+                key,
+                value,
+                expires_unix_ms,
+            }) => {
+                if expires_unix_ms <= now_ms {
+                    self.values.remove(&key);
+                    return;
+                }
+                self.track_expiry(expires_unix_ms, Expiring::Value(key.clone()));
+                self.values.insert(key, (value, expires_unix_ms));
+            }
+            Entry::SetFence(SetFence { partition, epoch }) => {
+                let stored = self.fences.entry(partition).or_default();
+                *stored = (*stored).max(epoch);
+            }
+            Entry::PutBlob(PutBlob { name, value }) => {
+                self.blobs.insert(name, value);
+            }
+            Entry::PutApiKey(PutApiKey {
+                key_sha256_hex,
+                tenant,
+            }) => {
+                self.api_keys.insert(key_sha256_hex, tenant);
+            }
+            Entry::PutMessage(PutMessage {
+                message,
+                active_partition,
+            }) => {
+                let Some(message) = message else { return };
+                let (tenant, id) = (message.tenant.clone(), message.message_id.clone());
+                insert2(&mut self.messages, &tenant, &id, message);
+                if let Some(partition) = active_partition {
+                    self.active
+                        .entry(partition)
+                        .or_default()
+                        .insert((tenant, id));
+                }
+            }
+            Entry::PutIdempotency(PutIdempotency {
+                tenant,
+                key,
+                message_id,
+                payload_hash,
+                expires_unix_ms,
+            }) => {
+                if expires_unix_ms <= now_ms {
+                    return;
+                }
+                let record = Idempotency {
+                    message_id,
+                    payload_hash,
+                    expires_ms: expires_unix_ms,
+                };
+                insert2(&mut self.idempotency, &tenant, &key, record);
+                self.track_expiry(expires_unix_ms, Expiring::Idempotency { tenant, key });
+            }
+        }
+    }
+
+    pub(super) fn stored_epoch(&self, partition: PartitionId) -> u64 {
+        self.fences.get(&partition.0).copied().unwrap_or(0)
+    }
+
+    /// The outcome of an acceptance whose idempotency key is already live, if it is.
+    fn prior_acceptance(&self, accept: &Accept, now_ms: u64) -> Option<WriteOutcome> {
+        let message = accept.message.as_ref()?;
+        let key = idempotency_key(message);
+        if key.is_empty() {
+            return None;
+        }
+        let prior = get2(&self.idempotency, &message.tenant, key)?;
+        if prior.expires_ms <= now_ms {
+            return None;
+        }
+        let message_id = MessageId(prior.message_id.clone());
+        Some(if prior.payload_hash == message.payload_hash {
+            WriteOutcome::Accepted {
+                message_id,
+                duplicate: true,
+            }
+        } else {
+            WriteOutcome::Conflict { message_id }
+        })
+    }
+
+    /// The outcome of an append whose first event is not the next of its log (see
+    /// [`WriteOp::AppendEvents`]), `None` when it is.
+    fn seq_conflict(&self, append: &Append) -> Option<WriteOutcome> {
+        let first = append.events.first()?;
+        let last_seq = get2(&self.events, &append.tenant, &append.message_id)
+            .map_or(0, |log| u32::try_from(log.len()).unwrap_or(u32::MAX));
+        (first.seq != last_seq.saturating_add(1)).then_some(WriteOutcome::SeqConflict { last_seq })
+    }
+
+    /// Checks and applies one op; appends its effect to `record` (when durable).
+    fn write_op(
+        &mut self,
+        op: Prepared,
+        now_ms: u64,
+        durable: bool,
+        record: &mut Vec<u8>,
+    ) -> WriteOutcome {
+        let stored = self.stored_epoch(op.fence.partition);
+        if stored > op.fence.epoch.0 {
+            return WriteOutcome::Fenced {
+                stored: Epoch(stored),
+            };
+        }
+        if let PreparedKind::Effect {
+            entry: Entry::Append(append),
+            ..
+        } = &op.kind
+            && let Some(conflict) = self.seq_conflict(append)
+        {
+            return conflict;
+        }
+        match op.kind {
+            PreparedKind::Effect { entry, encoded } => {
+                let outcome = match &entry {
+                    Entry::Accept(accept) => {
+                        if let Some(outcome) = self.prior_acceptance(accept, now_ms) {
+                            return outcome;
+                        }
+                        WriteOutcome::Accepted {
+                            message_id: MessageId(
+                                accept
+                                    .message
+                                    .as_ref()
+                                    .map(|m| m.message_id.clone())
+                                    .unwrap_or_default(),
+                            ),
+                            duplicate: false,
+                        }
+                    }
+                    _ => WriteOutcome::Done,
+                };
+                record.extend_from_slice(&encoded);
+                self.apply(entry, now_ms);
+                outcome
+            }
+            PreparedKind::Counter { key, delta, ttl_ms } => {
+                let (value, expires_unix_ms) = match self.counters.get(&key) {
+                    Some(c) if c.expires_ms > now_ms => {
+                        (c.value.saturating_add(delta), c.expires_ms)
+                    }
+                    _ => (delta, now_ms.saturating_add(ttl_ms)),
+                };
+                let entry = SetCounter {
+                    key,
+                    value,
+                    expires_unix_ms,
+                };
+                let entry = Entry::SetCounter(entry);
+                let entry = if durable {
+                    let (entry, encoded) = encode_entry(entry);
+                    record.extend_from_slice(&encoded);
+                    entry
+                } else {
+                    entry
+                };
+                self.apply(entry, now_ms);
+                WriteOutcome::Counter(value)
+            }
+        }
+    }
+
+    /// Checks and applies the ops of one `write` call, in order; returns one outcome per op
+    /// and the call's log record (the effects of the applied ops; empty when none applied or
+    /// not `durable`).
+    pub(super) fn write_ops(
+        &mut self,
+        prepared: Vec<Prepared>,
+        now_ms: u64,
+        durable: bool,
+    ) -> (Vec<WriteOutcome>, Vec<u8>) {
+        let mut record = Vec::new();
+        let mut skipping = 0;
+        let mut outcomes: Vec<WriteOutcome> = Vec::with_capacity(prepared.len());
+        let mut ops = prepared.into_iter().peekable();
+        while let Some(op) = ops.next() {
+            if skipping > 0 {
+                skipping -= 1;
+                outcomes.push(WriteOutcome::Skipped);
+                continue;
+            }
+            // A counter directly before an append under its fence counts only with it.
+            if matches!(op.kind, PreparedKind::Counter { .. })
+                && let Some(next) = ops.peek()
+                && next.fence == op.fence
+                && let PreparedKind::Effect {
+                    entry: Entry::Append(append),
+                    ..
+                } = &next.kind
+                && let Some(conflict) = self.seq_conflict(append)
+            {
+                outcomes.push(conflict.clone());
+                outcomes.push(conflict);
+                ops.next();
+                continue;
+            }
+            let guards = op.guards;
+            let outcome = self.write_op(op, now_ms, durable, &mut record);
+            if !matches!(
+                outcome,
+                WriteOutcome::Accepted {
+                    duplicate: false,
+                    ..
+                }
+            ) {
+                skipping = guards;
+            }
+            outcomes.push(outcome);
+        }
+        (outcomes, record)
+    }
+
+    /// Refuses writes once a flush failed (memory and disk have diverged).
+    pub(super) fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(Error::Io(std::io::Error::other(format!(
+                "store refuses writes after a failed log write: {reason}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the state as diverged from the disk: every later write is refused.
+    pub(super) fn poison(&mut self, reason: String) {
+        self.poisoned = Some(reason);
+    }
+
+    /// The flusher's next batch: every queued record and the sequence number of the last.
+    /// `None` when nothing is queued; the flusher then stops (the next append starts one).
+    pub(super) fn take_pending(&mut self) -> Option<(Vec<Vec<u8>>, u64)> {
+        if self.pending.is_empty() {
+            self.flushing = false;
+            return None;
+        }
+        Some((std::mem::take(&mut self.pending), self.appended))
+    }
+
+    /// Queues `record` for the flusher. Returns the sequence number the caller must wait for
+    /// (the last record appended, even when this call appended none: an op that saw another
+    /// call's effect must not be acked before that effect is durable) and whether the caller
+    /// must start the flusher.
+    pub(super) fn append(&mut self, record: Vec<u8>) -> (u64, bool) {
+        if record.is_empty() {
+            return (self.appended, false);
+        }
+        self.pending.push(record);
+        self.appended += 1;
+        let start_flusher = !self.flushing;
+        self.flushing = true;
+        (self.appended, start_flusher)
+    }
+
+    /// The whole durable state as log records (compaction).
+    pub(super) fn snapshot(&self, now_ms: u64) -> Vec<Vec<u8>> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (&partition, &epoch) in &self.fences {
+            entries.push(Entry::SetFence(SetFence { partition, epoch }));
+        }
+        for (tenant, recipients) in &self.recipients {
+            for recipient in recipients.values() {
+                entries.push(Entry::PutRecipient(PutRecipient {
+                    tenant: tenant.clone(),
+                    recipient: Some(recipient.clone()),
+                }));
+            }
+        }
+        let mut active_in: HashMap<(&str, &str), u32> = HashMap::new();
+        for (&partition, members) in &self.active {
+            for (tenant, id) in members {
+                active_in.insert((tenant.as_str(), id.as_str()), partition);
+            }
+        }
+        for (tenant, messages) in &self.messages {
+            for (id, message) in messages {
+                entries.push(Entry::PutMessage(PutMessage {
+                    message: Some(message.clone()),
+                    active_partition: active_in.get(&(tenant.as_str(), id.as_str())).copied(),
+                }));
+            }
+        }
+        for (tenant, logs) in &self.events {
+            for (id, events) in logs {
+                entries.push(Entry::Append(Append {
+                    tenant: tenant.clone(),
+                    message_id: id.clone(),
+                    events: events.clone(),
+                    terminal: false,
+                    partition: 0,
+                }));
+            }
+        }
+        for (tenant, keys) in &self.idempotency {
+            for (key, record) in keys {
+                if record.expires_ms > now_ms {
+                    entries.push(Entry::PutIdempotency(PutIdempotency {
+                        tenant: tenant.clone(),
+                        key: key.clone(),
+                        message_id: record.message_id.clone(),
+                        payload_hash: record.payload_hash,
+                        expires_unix_ms: record.expires_ms,
+                    }));
+                }
+            }
+        }
+        for (key, counter) in &self.counters {
+            if counter.expires_ms > now_ms {
+                entries.push(Entry::SetCounter(SetCounter {
+                    key: key.clone(),
+                    value: counter.value,
+                    expires_unix_ms: counter.expires_ms,
+                }));
+            }
+        }
+        for (key, (value, expires_unix_ms)) in &self.values {
+            if *expires_unix_ms > now_ms {
+                entries.push(Entry::PutValue(PutValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expires_unix_ms: *expires_unix_ms,
+                }));
+            }
+        }
+        for (name, value) in &self.blobs {
+            entries.push(Entry::PutBlob(PutBlob {
+                name: name.clone(),
+                value: value.clone(),
+            }));
+        }
+        for (key_sha256_hex, tenant) in &self.api_keys {
+            entries.push(Entry::PutApiKey(PutApiKey {
+                key_sha256_hex: key_sha256_hex.clone(),
+                tenant: tenant.clone(),
+            }));
+        }
+        let mut records = Vec::new();
+        let mut record = Vec::new();
+        for entry in entries {
+            let (_, encoded) = encode_entry(entry);
+            record.extend_from_slice(&encoded);
+            if record.len() >= SNAPSHOT_RECORD_BYTES {
+                records.push(std::mem::take(&mut record));
+            }
+        }
+        if !record.is_empty() {
+            records.push(record);
+        }
+        records
+    }
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "short-lived, and nearly every op is an Effect: boxing would only add an allocation"
+)]
+pub(super) enum PreparedKind {
+    /// An op whose effect is known before the lock (`encoded` is empty without a log).
+    Effect { entry: Entry, encoded: Vec<u8> },
+    /// A counter's effect depends on the stored value.
+    Counter {
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    },
+}
+
+/// One op, ready to be checked and applied under the lock.
+pub(super) struct Prepared {
+    fence: Fence,
+    kind: PreparedKind,
+    /// An accept's guarded ops (see [`WriteOp::AcceptMessage`]); 0 for every other op.
+    guards: usize,
+}
+
+impl Prepared {
+    /// The most this op can add to its call's log record.
+    pub(super) fn record_len_bound(&self) -> usize {
+        match &self.kind {
+            PreparedKind::Effect { encoded, .. } => encoded.len(),
+            // A SetCounter entry: the key plus a few varints and tags.
+            PreparedKind::Counter { key, .. } => key.len() + 48,
+        }
+    }
+}
+
+/// Turns an op into its effect (and its log encoding) outside the lock.
+pub(super) fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
+    let FencedOp { fence, op } = op;
+    let mut guards = 0;
+    let entry = match op {
+        WriteOp::PutRecipient { tenant, recipient } => Entry::PutRecipient(PutRecipient {
+            tenant: tenant.0,
+            recipient: Some(recipient),
+        }),
+        WriteOp::EraseRecipient {
+            tenant,
+            recipient_id,
+        } => Entry::EraseRecipient(EraseRecipient {
+            tenant: tenant.0,
+            recipient_id,
+        }),
+        WriteOp::AcceptMessage {
+            message,
+            accepted,
+            idempotency_ttl,
+            guards: guarded,
+        } => {
+            guards = guarded;
+            Entry::Accept(Accept {
+                message: Some(Arc::unwrap_or_clone(message)),
+                accepted: Some(accepted),
+                partition: fence.partition.0,
+                idempotency_expires_unix_ms: now_ms.saturating_add(ttl_ms(idempotency_ttl)),
+            })
+        }
+        WriteOp::AppendEvents {
+            tenant,
+            message_id,
+            events,
+            terminal,
+        } => Entry::Append(Append {
+            tenant: tenant.0,
+            message_id: message_id.0,
+            events,
+            terminal,
+            partition: fence.partition.0,
+        }),
+        WriteOp::PutValue { key, value, ttl } => Entry::PutValue(PutValue {
+            key,
+            value,
+            expires_unix_ms: now_ms.saturating_add(ttl_ms(ttl)),
+        }),
+        WriteOp::IncrCounter { key, delta, ttl } => {
+            return Prepared {
+                fence,
+                kind: PreparedKind::Counter {
+                    key,
+                    delta,
+                    ttl_ms: ttl_ms(ttl),
+                },
+                guards: 0,
+            };
+        }
+    };
+    let (entry, encoded) = if durable {
+        encode_entry(entry)
+    } else {
+        (entry, Vec::new())
+    };
+    Prepared {
+        fence,
+        kind: PreparedKind::Effect { entry, encoded },
+        guards,
+    }
+}

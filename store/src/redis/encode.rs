@@ -1,0 +1,556 @@
+//! # store::redis::encode: ops into script arguments, replies into outcomes
+//!
+//! Owns the Rust side of the write script's wire format: [`Args`] (flat `ARGV` entries in one
+//! buffer), the encoding of every [`WriteOp`] ([`encode_ops`], with its folds: a counter and
+//! the append after it travel as one `F` op, an accept with its message's first append and
+//! counter as one `B` op), the decoding of the script's per-op replies ([`decode_outcome`]), of
+//! the lease scripts' partition lists and of stored records, and [`chunks`], which cuts a very
+//! large call without separating an accept from the ops it guards.
+//!
+//! It must never do I/O or hold a connection: everything here is a pure function of its input
+//! (unit-tested without Redis). The encoding must stay in step with `scripts/write.lua`.
+
+use std::time::Duration;
+
+use ::redis::{Cmd, Value};
+use herald_proto::v1::{Event, StoredMessage};
+use herald_proto::{Epoch, MessageId, PartitionId, TenantId};
+use prost::Message;
+
+use crate::keys::{COUNTER_SEGMENT, EVENTS_SEGMENT, IDEMPOTENCY_SEGMENT, RedisKeys, VALUE_SEGMENT};
+use crate::{Error, FencedOp, Result, WriteOp, WriteOutcome};
+
+/// Largest ttl passed to Redis (~35 years): `PX` rejects values that overflow its clock.
+const MAX_TTL_MS: u64 = 1 << 40;
+/// Separator inside idempotency values and active-set members (never in a ULID).
+pub(super) const SEP: char = '\x1f';
+pub(super) const SEP_BYTES: &[u8] = b"\x1f";
+
+pub(super) fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(MAX_TTL_MS)
+        .clamp(1, MAX_TTL_MS)
+}
+
+/// The `ARGV` entries of some ops, flat: one buffer, one end offset per entry.
+#[derive(Default)]
+pub(super) struct Args {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Args {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.ends.push(self.buf.len());
+    }
+    /// One entry made of several pieces (a key), without building a String first.
+    fn push_parts(&mut self, parts: &[&[u8]]) {
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.ends.push(self.buf.len());
+    }
+    fn push_u64(&mut self, mut n: u64) {
+        // Decimal digits straight into the buffer (this runs several times per op).
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
+    }
+    fn push_i64(&mut self, n: i64) {
+        if n < 0 {
+            self.push(n.to_string().as_bytes());
+        } else {
+            self.push_u64(n.unsigned_abs());
+        }
+    }
+    fn push_message(&mut self, message: &impl prost::Message) {
+        // Encode straight into the shared buffer: no temporary Vec per message.
+        self.buf.reserve(message.encoded_len());
+        message.encode_raw(&mut self.buf);
+        self.ends.push(self.buf.len());
+    }
+    /// Appends every entry of `other`.
+    fn extend(&mut self, other: Args) {
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf);
+        self.ends
+            .extend(other.ends.into_iter().map(|end| base + end));
+    }
+    /// Bytes of all entries (what a batch's byte limit counts).
+    pub(super) fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+    pub(super) fn entry_count(&self) -> usize {
+        self.ends.len()
+    }
+    pub(super) fn append_to(&self, cmd: &mut Cmd) {
+        let mut start = 0;
+        for &end in &self.ends {
+            cmd.arg(&self.buf[start..end]);
+            start = end;
+        }
+    }
+}
+
+/// How to read one op's reply.
+pub(super) enum Expect {
+    Done,
+    Accept { message_id: MessageId, hash: String },
+    Counter,
+}
+
+/// `key, delta, ttl` of a counter op.
+fn push_counter(args: &mut Args, keys: &RedisKeys, key: &str, delta: i64, ttl: Duration) {
+    args.push_parts(&[keys.prefix.as_bytes(), COUNTER_SEGMENT, key.as_bytes()]);
+    args.push_i64(delta);
+    args.push_u64(ttl_ms(ttl));
+}
+
+/// `idempotency key ('' = none), value, ttl ms` of an accept; returns the payload hash as
+/// stored in the value.
+fn push_idempotency(
+    args: &mut Args,
+    keys: &RedisKeys,
+    message: &StoredMessage,
+    ttl: Duration,
+) -> String {
+    let idempotency_key = message
+        .request
+        .as_ref()
+        .map(|r| r.idempotency_key.as_str())
+        .unwrap_or_default();
+    let hash = format!("{:016x}", message.payload_hash);
+    if idempotency_key.is_empty() {
+        args.push(b"");
+    } else {
+        args.push_parts(&[
+            keys.prefix.as_bytes(),
+            IDEMPOTENCY_SEGMENT,
+            message.tenant.as_bytes(),
+            b":",
+            idempotency_key.as_bytes(),
+        ]);
+    }
+    args.push_parts(&[message.message_id.as_bytes(), SEP_BYTES, hash.as_bytes()]);
+    args.push_u64(ttl_ms(ttl));
+    hash
+}
+
+fn push_events_key(args: &mut Args, keys: &RedisKeys, tenant: &str, message_id: &str) {
+    args.push_parts(&[
+        keys.prefix.as_bytes(),
+        EVENTS_SEGMENT,
+        tenant.as_bytes(),
+        b":",
+        message_id.as_bytes(),
+    ]);
+}
+
+/// A message's member in its partition's active set.
+fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
+    args.push_parts(&[tenant.as_bytes(), SEP_BYTES, message_id.as_bytes()]);
+}
+
+/// `events key, '' (the active member: retired in bulk instead), expected seq ('' = none),
+/// count, events...` of an append op.
+fn push_append(
+    args: &mut Args,
+    keys: &RedisKeys,
+    tenant: &TenantId,
+    message_id: &MessageId,
+    events: &[Event],
+) {
+    push_events_key(args, keys, tenant.as_str(), message_id.as_str());
+    // A terminal message leaves its active set in bulk, after the write (`Retiring`): one
+    // SREM call per message inside the script cost more than the rest of its append.
+    args.push(b"");
+    match events.first() {
+        Some(first) => args.push_u64(u64::from(first.seq)),
+        None => args.push(b""),
+    }
+    args.push_u64(events.len() as u64);
+    for event in events {
+        args.push_message(event);
+    }
+}
+
+/// Roughly the argument bytes and entries of `ops`, so their buffers are sized once.
+fn size_hint(ops: &[FencedOp]) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut entries = 0;
+    for op in ops {
+        // Code, partition, epoch, keys and small fields.
+        bytes += 160;
+        entries += 16;
+        match &op.op {
+            WriteOp::AcceptMessage { message, .. } => bytes += message.encoded_len() + 128,
+            WriteOp::AppendEvents { events, .. } => {
+                bytes += events.iter().map(Message::encoded_len).sum::<usize>();
+                entries += events.len();
+            }
+            WriteOp::PutRecipient { recipient, .. } => bytes += recipient.encoded_len(),
+            WriteOp::PutValue { value, .. } => bytes += value.len(),
+            WriteOp::EraseRecipient { .. } | WriteOp::IncrCounter { .. } => {}
+        }
+    }
+    (bytes, entries)
+}
+
+pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
+    let (bytes, entries) = size_hint(ops);
+    let mut args = Args {
+        buf: Vec::with_capacity(bytes),
+        ends: Vec::with_capacity(entries),
+    };
+    let mut expect = Vec::with_capacity(ops.len());
+    let mut index = 0;
+    while index < ops.len() {
+        let FencedOp { fence, op } = &ops[index];
+        index += 1;
+        // A counter followed by an append under the same fence travels as one 'F' op.
+        if let (
+            WriteOp::IncrCounter { key, delta, ttl },
+            Some(FencedOp {
+                fence: next_fence,
+                op:
+                    WriteOp::AppendEvents {
+                        tenant,
+                        message_id,
+                        events,
+                        terminal: _,
+                    },
+            }),
+        ) = (op, ops.get(index))
+            && next_fence == fence
+        {
+            index += 1;
+            args.push(b"F");
+            args.push_u64(u64::from(fence.partition.0));
+            args.push_u64(fence.epoch.0);
+            push_counter(&mut args, keys, key, *delta, *ttl);
+            push_append(&mut args, keys, tenant, message_id, events);
+            expect.push(Expect::Counter);
+            expect.push(Expect::Done);
+            continue;
+        }
+        if let WriteOp::AcceptMessage {
+            message,
+            accepted,
+            idempotency_ttl,
+            guards,
+        } = op
+        {
+            let guarded_end = index.saturating_add(*guards).min(ops.len());
+            // The message's own append right after its accept joins the accept's RPUSH.
+            let folded = match ops.get(index) {
+                Some(FencedOp {
+                    fence: next_fence,
+                    op:
+                        WriteOp::AppendEvents {
+                            tenant,
+                            message_id,
+                            events,
+                            terminal,
+                        },
+                }) if next_fence == fence
+                    && index < guarded_end
+                    && tenant.as_str() == message.tenant
+                    && message_id.as_str() == message.message_id =>
+                {
+                    Some((events, *terminal))
+                }
+                _ => None,
+            };
+            let mut rest = index + usize::from(folded.is_some());
+            // So does a counter under the same fence (the frequency cap's increment).
+            let counter = match ops.get(rest) {
+                Some(FencedOp {
+                    fence: next_fence,
+                    op: WriteOp::IncrCounter { key, delta, ttl },
+                }) if next_fence == fence && rest < guarded_end => Some((key, *delta, *ttl)),
+                _ => None,
+            };
+            rest += usize::from(counter.is_some());
+            let (guarded_args, guarded_expect) = encode_ops(keys, &ops[rest..guarded_end]);
+            args.push(b"B");
+            args.push_u64(u64::from(fence.partition.0));
+            args.push_u64(fence.epoch.0);
+            let hash = push_idempotency(&mut args, keys, message, *idempotency_ttl);
+            push_events_key(&mut args, keys, &message.tenant, &message.message_id);
+            if folded.is_some_and(|(_, terminal)| terminal) {
+                args.push(b"");
+            } else {
+                push_active_member(&mut args, &message.tenant, &message.message_id);
+            }
+            args.push_u64(guarded_args.ends.len() as u64);
+            let folded_replies = usize::from(folded.is_some()) + usize::from(counter.is_some());
+            args.push_u64((folded_replies + guarded_expect.len()) as u64);
+            args.push(if folded.is_some() { b"1" } else { b"0" });
+            match counter {
+                Some((key, delta, ttl)) => push_counter(&mut args, keys, key, delta, ttl),
+                None => {
+                    args.push(b"");
+                    args.push(b"0");
+                    args.push(b"0");
+                }
+            }
+            let following = folded.map_or(&[][..], |(events, _)| events.as_slice());
+            args.push_u64(2 + following.len() as u64);
+            args.push_message(message.as_ref());
+            args.push_message(accepted);
+            for event in following {
+                args.push_message(event);
+            }
+            expect.push(Expect::Accept {
+                message_id: MessageId(message.message_id.clone()),
+                hash,
+            });
+            if folded.is_some() {
+                expect.push(Expect::Done);
+            }
+            if counter.is_some() {
+                expect.push(Expect::Counter);
+            }
+            args.extend(guarded_args);
+            expect.extend(guarded_expect);
+            index = guarded_end;
+            continue;
+        }
+        let code: &[u8] = match op {
+            WriteOp::PutRecipient { .. } => b"R",
+            WriteOp::EraseRecipient { .. } => b"X",
+            // Encoded above (a `B` op, with what it guards); never reaches here.
+            WriteOp::AcceptMessage { .. } => continue,
+            WriteOp::AppendEvents { .. } => b"E",
+            WriteOp::IncrCounter { .. } => b"C",
+            WriteOp::PutValue { .. } => b"S",
+        };
+        args.push(code);
+        args.push_u64(u64::from(fence.partition.0));
+        args.push_u64(fence.epoch.0);
+        match op {
+            WriteOp::PutRecipient { tenant, recipient } => {
+                args.push(keys.recipient(tenant, &recipient.id).as_bytes());
+                args.push_message(recipient);
+                expect.push(Expect::Done);
+            }
+            WriteOp::EraseRecipient {
+                tenant,
+                recipient_id,
+            } => {
+                args.push(keys.recipient(tenant, recipient_id).as_bytes());
+                expect.push(Expect::Done);
+            }
+            WriteOp::AcceptMessage { .. } => {}
+            WriteOp::AppendEvents {
+                tenant,
+                message_id,
+                events,
+                terminal: _,
+            } => {
+                push_append(&mut args, keys, tenant, message_id, events);
+                expect.push(Expect::Done);
+            }
+            WriteOp::IncrCounter { key, delta, ttl } => {
+                push_counter(&mut args, keys, key, *delta, *ttl);
+                expect.push(Expect::Counter);
+            }
+            WriteOp::PutValue { key, value, ttl } => {
+                args.push_parts(&[keys.prefix.as_bytes(), VALUE_SEGMENT, key.as_bytes()]);
+                args.push(value);
+                args.push_u64(ttl_ms(*ttl));
+                expect.push(Expect::Done);
+            }
+        }
+    }
+    (args, expect)
+}
+
+/// Reads one op's reply from the write script.
+pub(super) fn decode_outcome(expect: &Expect, value: Value) -> Result<WriteOutcome> {
+    let bad = |value: &Value| Error::Corrupt {
+        key: "write script reply".to_owned(),
+        reason: format!("unexpected reply {value:?}"),
+    };
+    if let Value::Array(items) = &value {
+        return match items.as_slice() {
+            [Value::Int(stored)] => Ok(WriteOutcome::Fenced {
+                stored: Epoch(u64::try_from(*stored).map_err(|_| bad(&value))?),
+            }),
+            [Value::BulkString(word)] if word.as_slice() == b"skipped" => Ok(WriteOutcome::Skipped),
+            [Value::BulkString(word), Value::Int(last)] if word.as_slice() == b"seq" => {
+                Ok(WriteOutcome::SeqConflict {
+                    last_seq: u32::try_from(*last).map_err(|_| bad(&value))?,
+                })
+            }
+            _ => Err(bad(&value)),
+        };
+    }
+    match (expect, value) {
+        (Expect::Done, Value::Int(0)) => Ok(WriteOutcome::Done),
+        (Expect::Counter, Value::Int(n)) => Ok(WriteOutcome::Counter(n)),
+        (Expect::Accept { message_id, .. }, Value::Int(1)) => Ok(WriteOutcome::Accepted {
+            message_id: message_id.clone(),
+            duplicate: false,
+        }),
+        (Expect::Accept { hash, .. }, Value::BulkString(prior)) => {
+            let prior = String::from_utf8(prior).map_err(|e| Error::Corrupt {
+                key: "idempotency record".to_owned(),
+                reason: e.to_string(),
+            })?;
+            let Some((first, stored_hash)) = prior.rsplit_once(SEP) else {
+                return Err(Error::Corrupt {
+                    key: "idempotency record".to_owned(),
+                    reason: format!("no separator in {prior:?}"),
+                });
+            };
+            let message_id = MessageId(first.to_owned());
+            if stored_hash == hash {
+                Ok(WriteOutcome::Accepted {
+                    message_id,
+                    duplicate: true,
+                })
+            } else {
+                Ok(WriteOutcome::Conflict { message_id })
+            }
+        }
+        (_, value) => Err(bad(&value)),
+    }
+}
+
+pub(super) fn partitions_from(value: Value) -> Result<Vec<PartitionId>> {
+    let bad = |reason: String| Error::Corrupt {
+        key: "lease script reply".to_owned(),
+        reason,
+    };
+    let Value::Array(items) = value else {
+        return Err(bad(format!("not an array: {value:?}")));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Int(p) => u32::try_from(p)
+                .map(PartitionId)
+                .map_err(|_| bad(format!("bad partition {p}"))),
+            other => Err(bad(format!("bad partition {other:?}"))),
+        })
+        .collect()
+}
+
+pub(super) fn decode<M: prost::Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(super) fn utf8(key: &str, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// `ops` in chunks of at most `max` ops, never separating an accept from the ops it guards
+/// (such a group is one chunk, however long).
+pub(super) fn chunks(ops: &[FencedOp], max: usize) -> Vec<&[FencedOp]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut index = 0;
+    while index < ops.len() {
+        let group = match &ops[index].op {
+            WriteOp::AcceptMessage { guards, .. } => 1 + (*guards).min(ops.len() - index - 1),
+            _ => 1,
+        };
+        if index > start && index + group - start > max {
+            out.push(&ops[start..index]);
+            start = index;
+        }
+        index += group;
+    }
+    if start < ops.len() {
+        out.push(&ops[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod unit {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn chunks_never_separate_an_accept_from_its_guarded_ops() {
+        let fence = crate::Fence {
+            partition: PartitionId(1),
+            epoch: Epoch(1),
+        };
+        let counter = || FencedOp {
+            fence,
+            op: WriteOp::IncrCounter {
+                key: "k".into(),
+                delta: 1,
+                ttl: Duration::from_secs(1),
+            },
+        };
+        let accept = |guards| FencedOp {
+            fence,
+            op: WriteOp::AcceptMessage {
+                message: Arc::new(StoredMessage::default()),
+                accepted: Event::default(),
+                idempotency_ttl: Duration::from_secs(1),
+                guards,
+            },
+        };
+        let lengths = |ops: &[FencedOp], max| {
+            chunks(ops, max)
+                .iter()
+                .map(|chunk| chunk.len())
+                .collect::<Vec<_>>()
+        };
+        let plain: Vec<FencedOp> = (0..5).map(|_| counter()).collect();
+        assert_eq!(lengths(&plain, 2), vec![2, 2, 1]);
+        // [c, accept+2, c, c] in chunks of 2: the guarded group of 3 stays whole.
+        let ops = vec![
+            counter(),
+            accept(2),
+            counter(),
+            counter(),
+            counter(),
+            counter(),
+        ];
+        assert_eq!(lengths(&ops, 2), vec![1, 3, 2]);
+        // Guards past the end of the call cover what is there.
+        let ops = vec![counter(), accept(9), counter()];
+        assert_eq!(lengths(&ops, 2), vec![1, 2]);
+        assert_eq!(lengths(&[], 2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn skipped_reply_decodes() {
+        let outcome = decode_outcome(
+            &Expect::Counter,
+            Value::Array(vec![Value::BulkString(b"skipped".to_vec())]),
+        );
+        assert_eq!(outcome.expect("decodes"), WriteOutcome::Skipped);
+    }
+
+    #[test]
+    fn fenced_reply_decodes() {
+        let outcome = decode_outcome(&Expect::Done, Value::Array(vec![Value::Int(6)]));
+        assert_eq!(
+            outcome.expect("decodes"),
+            WriteOutcome::Fenced { stored: Epoch(6) }
+        );
+    }
+}
