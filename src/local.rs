@@ -110,23 +110,19 @@ impl LocalCluster {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
-            let tables: Vec<_> = self
-                .nodes
-                .iter()
-                .map(|n| n.context.ownership.table())
-                .collect();
+            let tables: Vec<_> = self.nodes.iter().map(|n| n.ownership().table()).collect();
             let epoch = tables.first().map(|t| t.epoch);
             let settled = tables
                 .iter()
                 .all(|t| Some(t.epoch) == epoch && t.nodes.len() == self.nodes.len())
                 && self.nodes.iter().zip(&tables).all(|(node, table)| {
                     let owned = table.partitions_of(node.node_id().as_str()).count() as u32;
-                    owned == node.context.ownership.serving_count()
+                    owned == node.ownership().serving_count()
                 });
             let serving: u32 = self
                 .nodes
                 .iter()
-                .map(|n| n.context.ownership.serving_count())
+                .map(|n| n.ownership().serving_count())
                 .sum();
             if settled && serving == self.partition_count {
                 return Ok(());
@@ -143,33 +139,16 @@ impl LocalCluster {
 
     /// Waterfall steps that timed out waiting for a receipt, over all nodes.
     pub fn step_timeouts(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| {
-                n.context
-                    .timers
-                    .stats
-                    .timeouts
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
+        self.nodes.iter().map(|n| n.step_timeouts()).sum()
     }
 
     /// Receipts applied to their attempts, over all nodes.
     pub fn receipts_applied(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| {
-                n.context
-                    .receipts_stats
-                    .applied
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
+        self.nodes.iter().map(|n| n.receipts_applied()).sum()
     }
 
     pub fn provider_calls(&self) -> u64 {
-        self.nodes.iter().map(|n| n.context.sandbox.calls()).sum()
+        self.nodes.iter().map(|n| n.sandbox_calls()).sum()
     }
 
     pub async fn shutdown(mut self) {

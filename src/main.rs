@@ -565,7 +565,7 @@ async fn send(
             .as_ref()
             .map(|m| m.status())
             .unwrap_or_default();
-        if herald_node::actors::waterfall::is_terminal(status) || Instant::now() > deadline {
+        if herald_proto::status::is_terminal(status) || Instant::now() > deadline {
             for event in &view.events {
                 println!(
                     "  #{:<2} {:<16} step {:<2} {:<6} {}",
@@ -756,7 +756,7 @@ async fn bench_waterfall(
             cluster
                 .nodes
                 .iter()
-                .map(|node| node.context.events.subscribe(true))
+                .map(|node| node.subscribe_events(true))
                 .collect(),
         ),
         None,

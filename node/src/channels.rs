@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use herald_proto::v1::{BreakerReport, BreakerStatus, Channel, Content, PermitGrant, PermitRequest, SmsContent};
+use herald_proto::v1::{
+    BreakerReport, BreakerStatus, Channel, Content, PermitGrant, PermitRequest, SmsContent,
+};
 use herald_providers::{Attempt, Outcome};
 use herald_store::Fence;
 

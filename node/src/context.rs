@@ -1,57 +1,22 @@
-//! The node's shared, read-mostly context: what every actor and API handler may reach.
-//!
-//! Built once at node start and passed as `Arc<NodeContext>`. Holds handles only; it owns no
-//! loop and spawns nothing.
+//! The context the rate limits and breakers bind to after construction (transitional: the
+//! ChannelActor replaces both, and this module with them). Nothing else may use it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald_proto::NodeId;
 
-use crate::actors::directory::RecipientDirectory;
-use crate::auth::Authenticator;
 use crate::config::NodeConfig;
-use crate::events::EventBus;
-use crate::failover::ProviderRegistry;
 use crate::ownership::Ownership;
-use crate::receipts::ReceiptStats;
-use crate::timers::Timers;
-use herald_store::Store;
 
 pub struct NodeContext {
     pub node_id: NodeId,
     pub config: NodeConfig,
-    pub store: Arc<dyn Store>,
     pub ownership: Arc<Ownership>,
-    pub events: EventBus,
-    pub auth: Authenticator,
-    pub directory: RecipientDirectory,
-    /// Provider accounts, channel chains, retries and circuit breakers.
-    pub providers: ProviderRegistry,
-    /// The in-memory schedule of this node's durable timers.
-    pub timers: Timers,
-    pub receipts_stats: ReceiptStats,
     /// Cluster-wide provider rate limits (owner schedules and leased slots).
     pub rate_limits: crate::rate_limits::RateLimits,
     /// Block-rate breakers per campaign and sender (owner side and this node's cache).
     pub breakers: crate::breakers::Breakers,
-    /// Permits for messages in progress (see `max_messages_in_progress`).
-    pub admission: Arc<tokio::sync::Semaphore>,
-    /// Permits for receipts and consent changes at once: their own pool, so they are never
-    /// starved by messages that hold `admission` while they wait (for a rate-limit slot, say).
-    pub signal_admission: Arc<tokio::sync::Semaphore>,
-    /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
-    pub sandbox: Arc<herald_providers::sandbox::SandboxProvider>,
-}
-
-impl NodeContext {
-    pub fn route_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.route_timeout_ms)
-    }
-
-    pub fn idempotency_ttl(&self) -> Duration {
-        Duration::from_secs(self.config.idempotency_ttl_s)
-    }
 }
 
 pub fn now_unix_ms() -> i64 {

@@ -24,13 +24,40 @@ use herald_providers::{ProviderEvent, ReceiptKind, email_webhook};
 use tokio::sync::watch;
 use tracing::warn;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herald_proto::NodeId;
+use herald_store::Store;
+
 use crate::accounts::ProviderAccountConfig;
-use crate::router::Router;
+use crate::actors::directory::RecipientDirectory;
+use crate::auth::Authenticator;
+use crate::channels::Channels;
+use crate::links::LinkSigner;
+use crate::receipts::Receipts;
+use crate::timers::Timers;
+
+/// What the listener reads and calls.
+pub struct Http {
+    pub node_id: NodeId,
+    pub receipts: Arc<Receipts>,
+    /// The accounts' configs (callbacks are parsed, and signatures checked, per adapter).
+    pub providers: BTreeMap<String, ProviderAccountConfig>,
+    pub links: Option<LinkSigner>,
+    pub tenants: Authenticator,
+    pub store: Arc<dyn Store>,
+    pub channels: Arc<Channels>,
+    pub timers: Timers,
+    pub directory: Arc<RecipientDirectory>,
+}
+
+type State_ = Arc<Http>;
 
 /// Starts the listener on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
-    router: Router,
+    http: Http,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -42,7 +69,7 @@ pub async fn serve(
             "/unsubscribe/{tenant}/{message_id}/{signature}",
             post(one_click_unsubscribe),
         )
-        .with_state(router);
+        .with_state(Arc::new(http));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
@@ -131,13 +158,12 @@ fn parse_callback(
 }
 
 async fn callback(
-    State(router): State<Router>,
+    State(http): State<State_>,
     Path((account, hook)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
-    let context = router.context();
-    let config = context.config.providers.get(&account);
+    let config = http.providers.get(&account);
     let events = match parse_callback(config, &account, &hook, &headers, &body) {
         Ok(events) => events,
         Err((status, problem)) => return (status, problem),
@@ -146,11 +172,11 @@ async fn callback(
     for event in events {
         match event {
             ProviderEvent::Receipt(receipt) => {
-                crate::receipts::apply_receipt(&router, receipt).await;
+                http.receipts.apply_receipt(receipt).await;
                 applied += 1;
             }
             ProviderEvent::Inbound(inbound) => {
-                crate::receipts::handle_inbound(&router, inbound).await;
+                http.receipts.handle_inbound(inbound).await;
             }
         }
     }
@@ -161,12 +187,15 @@ async fn callback(
 /// signed link of a message. Recorded on the message as `unsubscribed` (the consent ledger acts
 /// on it).
 async fn one_click_unsubscribe(
-    State(router): State<Router>,
+    State(http): State<State_>,
     Path((tenant, message_id, signature)): Path<(String, String, String)>,
     body: Bytes,
 ) -> impl IntoResponse {
-    let context = router.context();
-    if !crate::links::verify(&context.config, &tenant, &message_id, &signature) {
+    let verified = http
+        .links
+        .as_ref()
+        .is_some_and(|links| links.verify(&tenant, &message_id, &signature));
+    if !verified {
         return (StatusCode::FORBIDDEN, "invalid unsubscribe link".to_owned());
     }
     let one_click = twilio::form_params(&body)
@@ -178,8 +207,8 @@ async fn one_click_unsubscribe(
             "expected the body List-Unsubscribe=One-Click (RFC 8058)".to_owned(),
         );
     }
-    let tenant = context.auth.tenant(&tenant);
-    let record = match crate::router::load_message(context, &tenant.id, &message_id).await {
+    let tenant = http.tenants.tenant(&tenant);
+    let record = match crate::intake::load_message(&*http.store, &tenant.id, &message_id).await {
         Ok(Some(record)) => record,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such message".to_owned()),
         Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
@@ -202,7 +231,7 @@ async fn one_click_unsubscribe(
         source: "list_unsubscribe".to_owned(),
         ..Default::default()
     };
-    let results = crate::receipts::route_signals(&router, &tenant, vec![signal]).await;
+    let results = http.receipts.route_signals(&tenant, vec![signal]).await;
     match results.first().map(|r| r.status()) {
         Some(herald_proto::v1::ReportStatus::Unspecified) | None => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -212,15 +241,14 @@ async fn one_click_unsubscribe(
     }
 }
 
-async fn metrics(State(router): State<Router>) -> impl IntoResponse {
-    let context = router.context();
+async fn metrics(State(http): State<State_>) -> impl IntoResponse {
     let mut out = String::new();
-    let node = &context.node_id.0;
+    let node = &http.node_id.0;
     let _ = writeln!(
         out,
         "# HELP herald_provider_circuit_state Circuit breaker per provider account: 0 closed, 1 open, 2 half-open.\n# TYPE herald_provider_circuit_state gauge"
     );
-    let mut accounts: Vec<_> = context.providers.accounts().collect();
+    let mut accounts: Vec<_> = http.channels.accounts().collect();
     accounts.sort_by(|a, b| a.provider.name().cmp(b.provider.name()));
     for account in &accounts {
         let _ = writeln!(
@@ -256,7 +284,7 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
         out,
         "# HELP herald_breaker_paused Block-rate breakers as last seen by this node: 1 paused.\n# TYPE herald_breaker_paused gauge\n# HELP herald_breaker_ratio Negatives / deliveries in the breaker's window.\n# TYPE herald_breaker_ratio gauge"
     );
-    for state in context.breakers.states() {
+    for state in http.channels.breaker_states() {
         let _ = writeln!(
             out,
             "herald_breaker_paused{{node=\"{node}\",key=\"{}\"}} {}\nherald_breaker_ratio{{node=\"{node}\",key=\"{}\"}} {}",
@@ -266,17 +294,13 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
             state.ratio
         );
     }
+    let (pauses, deferred_sends) = http.channels.breaker_counts();
     let _ = writeln!(
         out,
         "# TYPE herald_breaker_pauses_total counter\nherald_breaker_pauses_total{{node=\"{node}\"}} {}\n# TYPE herald_breaker_deferred_sends_total counter\nherald_breaker_deferred_sends_total{{node=\"{node}\"}} {}",
-        context.breakers.stats.pauses.load(Ordering::Relaxed),
-        context
-            .breakers
-            .stats
-            .deferred_sends
-            .load(Ordering::Relaxed)
+        pauses, deferred_sends
     );
-    let receipts = &context.receipts_stats;
+    let receipts = &http.receipts.stats;
     let _ = writeln!(
         out,
         "# HELP herald_receipts_total Receipts and engagement reports by verdict.\n# TYPE herald_receipts_total counter"
@@ -294,17 +318,17 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
             value.load(Ordering::Relaxed)
         );
     }
-    let timers = &context.timers.stats;
+    let timers = http.timers.stats();
     let _ = writeln!(
         out,
         "# TYPE herald_inbound_messages_total counter\nherald_inbound_messages_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_pending gauge\nherald_timers_pending{{node=\"{node}\"}} {}\n# TYPE herald_timers_fired_total counter\nherald_timers_fired_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_dropped_total counter\nherald_timers_dropped_total{{node=\"{node}\"}} {}\n# HELP herald_step_timeouts_total Waterfall steps that timed out waiting for their receipt.\n# TYPE herald_step_timeouts_total counter\nherald_step_timeouts_total{{node=\"{node}\"}} {}\n# HELP herald_timer_max_late_ms Largest delay between a timer's due time and its firing.\n# TYPE herald_timer_max_late_ms gauge\nherald_timer_max_late_ms{{node=\"{node}\"}} {}\n# TYPE herald_actors_active gauge\nherald_actors_active{{node=\"{node}\"}} {}",
         receipts.inbound.load(Ordering::Relaxed),
-        context.timers.pending(),
+        http.timers.pending(),
         timers.fired.load(Ordering::Relaxed),
         timers.dropped.load(Ordering::Relaxed),
         timers.timeouts.load(Ordering::Relaxed),
         timers.max_late_ms.load(Ordering::Relaxed),
-        context.directory.active(),
+        http.directory.active(),
     );
     ([("content-type", "text/plain; version=0.0.4")], out)
 }

@@ -85,8 +85,8 @@ mod tests {
 
     #[test]
     fn links_are_signed_and_checked() {
-        let signer = LinkSigner::new(Some("https://herald.example.com/"), Some("s3cret"))
-            .expect("signer");
+        let signer =
+            LinkSigner::new(Some("https://herald.example.com/"), Some("s3cret")).expect("signer");
         let link = signer.unsubscribe("acme corp", "01HX");
         assert!(
             link.url

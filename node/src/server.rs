@@ -1,42 +1,64 @@
 //! # server: one Herald node, assembled
 //!
-//! Owns start-up and shutdown of a node: opens the store, binds the gRPC server (Delivery,
-//! Recipients, Forward, health, reflection), and spawns the membership, lease and passivation
-//! loops. Shutdown is graceful: leave the cluster, let partitions move, release leases, stop.
+//! The only module that sees every component: it builds each from its own part of the config
+//! and the few handles it uses (the store, the clock, the ownership, the recipients' directory,
+//! the channels), binds the gRPC server (Delivery, Recipients, Engagement, Breakers, Forward,
+//! health, reflection), and spawns the loops (membership, leases, timers, breakers, receipts,
+//! passivation, the HTTP listener). Shutdown is graceful: leave the cluster, let partitions
+//! move, release leases, stop.
+//!
+//! Must never hold component state itself, nor hand any component more than it uses.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use herald_proto::clock::{SharedClock, SystemClock};
 use herald_proto::v1::NodeInfo;
 use herald_proto::v1::breakers_server::BreakersServer;
 use herald_proto::v1::delivery_server::DeliveryServer;
 use herald_proto::v1::engagement_server::EngagementServer;
 use herald_proto::v1::forward_server::ForwardServer;
 use herald_proto::v1::recipients_server::RecipientsServer;
-use herald_proto::{Epoch, MessageId, NodeId, PartitionId};
+use herald_proto::{Epoch, NodeId, PartitionId};
+use herald_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::actors::directory::RecipientDirectory;
+use crate::actors::directory::{Admission, RecipientDirectory, TimerRuns};
+use crate::actors::recipient::{RecipientEnv, RecipientSettings};
+use crate::api::Limits;
 use crate::api::{
-    breakers::BreakersApi, delivery::DeliveryApi, engagement::EngagementApi, forward::ForwardApi,
+    breakers::BreakersApi,
+    delivery::DeliveryApi,
+    engagement::EngagementApi,
+    forward::{ForwardApi, ForwardShared},
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
+use crate::channels::Channels;
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
 use crate::context::NodeContext;
-use crate::events::EventBus;
+use crate::events::{EventBus, TenantEvent};
+use crate::intake::{Intake, IntakeSettings};
+use crate::links::LinkSigner;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
-use crate::router::{self, Router};
-use herald_store::{Fence, Store};
+use crate::receipts::Receipts;
+use crate::receipts::index::ReceiptStats;
+use crate::router::{RouteTimings, Router};
+use crate::timers::Timers;
+use crate::watch::Watch;
 
 /// Receipts and consent changes being applied at once on this node.
 const SIGNALS_IN_PROGRESS: usize = 512;
+
+/// How often a message held by a paused breaker looks again.
+const BREAKER_RECHECK_MS: i64 = 2_000;
 
 /// gRPC message size limit: a full batch of maximum-size messages fits.
 pub const GRPC_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -113,93 +135,25 @@ fn warmup_schedules(
     Ok(out)
 }
 
+/// Partitions starting or stopping here: resume their messages, stop their actors.
 struct Lifecycle {
-    context: Weak<NodeContext>,
+    intake: Arc<Intake>,
+    directory: Arc<RecipientDirectory>,
 }
 
 impl PartitionLifecycle for Lifecycle {
     fn acquired(&self, partitions: Vec<(PartitionId, Epoch)>) {
-        let Some(context) = self.context.upgrade() else {
-            return;
-        };
-        tokio::spawn(resume_partitions(context, partitions));
+        let intake = self.intake.clone();
+        tokio::spawn(async move { intake.resume_partitions(partitions).await });
     }
 
     fn lost(&self, partitions: Vec<PartitionId>) -> BoxFuture<'static, ()> {
-        let context = self.context.upgrade();
+        let directory = self.directory.clone();
         Box::pin(async move {
-            if let Some(context) = context {
-                let set: HashSet<PartitionId> = partitions.into_iter().collect();
-                context.directory.stop_partitions(&set).await;
-            }
+            let set: HashSet<PartitionId> = partitions.into_iter().collect();
+            directory.stop_partitions(&set).await;
         })
     }
-}
-
-/// Messages read concurrently while resuming a taken-over partition.
-const RESUME_READS_IN_FLIGHT: usize = 32;
-
-/// Resumes the active messages of newly acquired partitions from their event logs.
-async fn resume_partitions(context: Arc<NodeContext>, partitions: Vec<(PartitionId, Epoch)>) {
-    use futures::StreamExt;
-    let mut pending = Vec::new();
-    for (partition, epoch) in partitions {
-        match context.store.active_messages(partition).await {
-            Ok(active) => {
-                let fence = Fence { partition, epoch };
-                pending.extend(active.into_iter().map(|(tenant, id)| (tenant, id, fence)));
-            }
-            Err(error) => warn!(%partition, %error, "listing active messages failed"),
-        }
-    }
-    if pending.is_empty() {
-        return;
-    }
-    let count = pending.len();
-    // Message ids are ULIDs: sorted, they are in acceptance order, and `buffered` keeps that
-    // order for dispatch while the reads run in parallel (a takeover can bring thousands).
-    pending.sort_by(|a, b| a.1.cmp(&b.1));
-    let reads = futures::stream::iter(pending.into_iter().map(|(tenant, id, fence)| {
-        let context = context.clone();
-        async move {
-            let record = context.store.get_message(&tenant, &id).await;
-            (tenant, id, fence, record)
-        }
-    }))
-    .buffered(RESUME_READS_IN_FLIGHT);
-    futures::pin_mut!(reads);
-    let mut resumed = 0usize;
-    while let Some((tenant, id, fence, record)) = reads.next().await {
-        match record {
-            Ok(Some(record)) => {
-                let tenant = context.auth.tenant(&tenant.0);
-                let Ok(permit) = context.admission.clone().acquire_owned().await else {
-                    return;
-                };
-                // The actor re-reads the log when it gets to the job.
-                router::dispatch(
-                    &context,
-                    tenant,
-                    Arc::new(record.message),
-                    fence,
-                    None,
-                    None,
-                    permit,
-                    None,
-                );
-                resumed += 1;
-            }
-            Ok(None) => warn!(
-                partition = %fence.partition,
-                message_id = %MessageId::as_str(&id),
-                "active message without record"
-            ),
-            Err(error) => {
-                warn!(partition = %fence.partition, %error, "loading active message failed")
-            }
-        }
-    }
-    info!(node = %context.node_id, resumed, listed = count, "resumed active messages");
 }
 
 /// A running node.
@@ -207,7 +161,12 @@ pub struct NodeHandle {
     pub local_addr: SocketAddr,
     /// The HTTP listener (callbacks, `/metrics`), when configured.
     pub http_addr: Option<SocketAddr>,
-    pub context: Arc<NodeContext>,
+    node_id: NodeId,
+    ownership: Arc<Ownership>,
+    events: EventBus,
+    timers: Timers,
+    receipts: Arc<ReceiptStats>,
+    channels: Arc<Channels>,
     shutdown: watch::Sender<bool>,
     membership: Option<JoinHandle<()>>,
     leases: Option<JoinHandle<()>>,
@@ -217,7 +176,35 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     pub fn node_id(&self) -> &NodeId {
-        &self.context.node_id
+        &self.node_id
+    }
+
+    /// The node's view of the partition table and what it serves.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    /// The node's live feed of the events its actors record.
+    pub fn subscribe_events(
+        &self,
+        terminal_only: bool,
+    ) -> tokio::sync::broadcast::Receiver<Arc<TenantEvent>> {
+        self.events.subscribe(terminal_only)
+    }
+
+    /// Waterfall steps that timed out waiting for their success condition.
+    pub fn step_timeouts(&self) -> u64 {
+        self.timers.stats().timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Receipts applied to their attempts.
+    pub fn receipts_applied(&self) -> u64 {
+        self.receipts.applied.load(Ordering::Relaxed)
+    }
+
+    /// Calls the sandbox provider answered.
+    pub fn sandbox_calls(&self) -> u64 {
+        self.channels.sandbox_calls()
     }
 
     /// Leaves the cluster (partitions move away), releases leases and stops serving.
@@ -241,7 +228,17 @@ impl NodeHandle {
 pub struct Node;
 
 impl Node {
+    /// Starts a node on the system clock.
     pub async fn start(config: NodeConfig, store: Arc<dyn Store>) -> Result<NodeHandle, Error> {
+        Self::start_with_clock(config, store, SystemClock::shared()).await
+    }
+
+    /// Starts a node whose decisions read `clock` (tests pass a manual one).
+    pub async fn start_with_clock(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+    ) -> Result<NodeHandle, Error> {
         config.validate()?;
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await
@@ -262,9 +259,14 @@ impl Node {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        let tenants = load_tenants(&config)?;
-        let auth = Authenticator::new(&tenants, config.api_keys_in_store.then(|| store.clone()));
-        // What adapters report on their own connections, and the sandbox's delayed receipts.
+        let tenants = Authenticator::new(
+            &load_tenants(&config)?,
+            config.api_keys_in_store.then(|| store.clone()),
+        );
+        let ownership = Ownership::new(node_id.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        // Provider accounts, their limits and breakers.
         let (provider_events, provider_events_rx) = tokio::sync::mpsc::channel(4096);
         let accounts = crate::accounts::build(&config, provider_events)
             .await
@@ -275,19 +277,9 @@ impl Node {
                 })
             })?;
         let warmups = warmup_schedules(&config)?;
-        let (timers, timer_queue) = crate::timers::Timers::new();
-        let timer_stats = timers.stats.clone();
-        let ownership = Ownership::new(node_id.clone());
-        let context = Arc::new(NodeContext {
+        let legacy = Arc::new(NodeContext {
             node_id: node_id.clone(),
-            store: store.clone(),
             ownership: ownership.clone(),
-            events: EventBus::new(config.watch_buffer),
-            auth,
-            directory: RecipientDirectory::default(),
-            providers: accounts.registry,
-            timers,
-            receipts_stats: Default::default(),
             breakers: crate::breakers::Breakers::new(&config.block_rate),
             rate_limits: crate::rate_limits::RateLimits::with_tiers(
                 &config.rate_limits,
@@ -299,17 +291,103 @@ impl Node {
                     .collect(),
             )
             .with_warmups(warmups),
-            sandbox: accounts.sandbox,
-            signal_admission: Arc::new(tokio::sync::Semaphore::new(SIGNALS_IN_PROGRESS)),
-            admission: Arc::new(tokio::sync::Semaphore::new(
-                config.max_messages_in_progress.max(1),
-            )),
             config: config.clone(),
         });
-        context.rate_limits.bind(Arc::downgrade(&context));
-        context.breakers.bind(Arc::downgrade(&context));
-        let router = Router::new(context.clone(), Peers::default());
+        legacy.rate_limits.bind(Arc::downgrade(&legacy));
+        legacy.breakers.bind(Arc::downgrade(&legacy));
+        tokio::spawn(crate::breakers::Breakers::run(
+            Arc::downgrade(&legacy),
+            shutdown_rx.clone(),
+        ));
+        let channels = Arc::new(Channels::new(
+            accounts.registry,
+            config
+                .channel_rules
+                .iter()
+                .filter(|(_, rules)| rules.session_window_h > 0)
+                .map(|(account, rules)| (account.clone(), rules.session_window_h))
+                .collect(),
+            legacy,
+            accounts.sandbox,
+        ));
 
+        // The recipients: their actors and what the actors use.
+        let events = EventBus::new(config.watch_buffer);
+        let (timers, timer_loop) = Timers::new(clock.clone());
+        let receipt_stats = Arc::new(ReceiptStats::default());
+        let links = LinkSigner::new(config.public_url.as_deref(), config.link_secret.as_deref());
+        let env = Arc::new(RecipientEnv {
+            node_id: node_id.clone(),
+            clock: clock.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            timers: timers.clone(),
+            channels: channels.clone(),
+            receipts: receipt_stats.clone(),
+            settings: RecipientSettings {
+                machine: crate::waterfall::Settings {
+                    default_step_timeout_ms: config.default_step_timeout_ms,
+                    breaker_recheck_ms: BREAKER_RECHECK_MS,
+                    policy_clock_offset_ms: config.policy_clock_offset_ms,
+                    prices: Arc::new(config.prices.clone()),
+                },
+                receipt_index_ttl: Duration::from_secs(config.receipt_index_ttl_s),
+                links: links.clone(),
+            },
+        });
+        let directory = RecipientDirectory::new(
+            env,
+            Admission {
+                messages: config.max_messages_in_progress,
+                signals: SIGNALS_IN_PROGRESS,
+            },
+        );
+        let lease_wait = Duration::from_millis(2 * config.lease_ttl_ms);
+        let intake = Arc::new(Intake {
+            node_id: node_id.clone(),
+            store: store.clone(),
+            ownership: ownership.clone(),
+            directory: directory.clone(),
+            tenants: tenants.clone(),
+            events: events.clone(),
+            clock: clock.clone(),
+            channels: channels.clone(),
+            settings: IntakeSettings {
+                idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
+                verdict_timeout: Duration::from_millis(config.route_timeout_ms),
+                keyword_replies: config.sms_keywords.clone(),
+            },
+        });
+        let router = Router::new(
+            node_id.clone(),
+            ownership.clone(),
+            Peers::default(),
+            intake.clone(),
+            RouteTimings {
+                route_timeout: Duration::from_millis(config.route_timeout_ms),
+                lease_wait,
+            },
+        );
+        let receipts = Arc::new(Receipts {
+            router: router.clone(),
+            store: store.clone(),
+            tenants: tenants.clone(),
+            channels: channels.clone(),
+            stats: receipt_stats.clone(),
+            dead_contact_errors: config
+                .channel_rules
+                .iter()
+                .filter(|(_, rules)| !rules.dead_contact_errors.is_empty())
+                .map(|(account, rules)| (account.clone(), rules.dead_contact_errors.clone()))
+                .collect(),
+            help_reply: config.sms_keywords.help_reply.clone(),
+        });
+
+        // The gRPC server.
+        let limits = Limits {
+            batch_max: config.batch_max,
+            max_message_bytes: config.max_message_bytes,
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<DeliveryServer<DeliveryApi>>()
@@ -361,28 +439,62 @@ impl Node {
         let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let delivery = DeliveryApi {
+            router: router.clone(),
+            tenants: tenants.clone(),
+            store: store.clone(),
+            limits,
+            prices: Arc::new(config.prices.clone()),
+            watch: Watch {
+                node_id: node_id.clone(),
+                ownership: ownership.clone(),
+                events: events.clone(),
+            },
+        };
+        let recipients = RecipientsApi {
+            router: router.clone(),
+            tenants: tenants.clone(),
+            store: store.clone(),
+            limits,
+        };
+        let engagement = EngagementApi {
+            receipts: receipts.clone(),
+            tenants: tenants.clone(),
+            store: store.clone(),
+            limits,
+        };
+        let breakers = BreakersApi {
+            channels: channels.clone(),
+            tenants: tenants.clone(),
+        };
+        let forward = ForwardApi::new(ForwardShared {
+            intake: intake.clone(),
+            tenants: tenants.clone(),
+            events: events.clone(),
+            lease_wait,
+        });
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                DeliveryServer::new(DeliveryApi::new(router.clone()))
+                DeliveryServer::new(delivery)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
             .add_service(
-                RecipientsServer::new(RecipientsApi::new(router.clone()))
+                RecipientsServer::new(recipients)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
-            .add_service(BreakersServer::new(BreakersApi::new(router.clone())))
+            .add_service(BreakersServer::new(breakers))
             .add_service(
-                EngagementServer::new(EngagementApi::new(router.clone()))
+                EngagementServer::new(engagement)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
             .add_service(
-                ForwardServer::new(ForwardApi::new(router.clone()))
+                ForwardServer::new(forward)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
@@ -395,9 +507,10 @@ impl Node {
             }
         });
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        // The loops.
         let lifecycle = Arc::new(Lifecycle {
-            context: Arc::downgrade(&context),
+            intake: intake.clone(),
+            directory: directory.clone(),
         });
         let timings = LeaseTimings {
             ttl: Duration::from_millis(config.lease_ttl_ms),
@@ -410,28 +523,37 @@ impl Node {
             timings,
             shutdown_rx.clone(),
         ));
-        tokio::spawn(crate::timers::run(
-            Arc::downgrade(&context),
-            timer_queue,
-            timer_stats,
+        tokio::spawn(timer_loop.run(
+            ownership.clone(),
+            Arc::new(TimerRuns(directory.clone())),
             shutdown_rx.clone(),
         ));
-        tokio::spawn(crate::breakers::Breakers::run(
-            Arc::downgrade(&context),
-            shutdown_rx.clone(),
-        ));
-        tokio::spawn(crate::receipts::consume(router.clone(), provider_events_rx));
+        tokio::spawn(receipts.clone().consume(provider_events_rx));
         let http_addr = match config.http_listen_addr {
             Some(addr) => Some(
-                crate::http::serve(addr, router.clone(), shutdown_rx.clone())
-                    .await
-                    .map_err(|source| Error::Bind { addr, source })?,
+                crate::http::serve(
+                    addr,
+                    crate::http::Http {
+                        node_id: node_id.clone(),
+                        receipts,
+                        providers: config.providers.clone(),
+                        links,
+                        tenants,
+                        store: store.clone(),
+                        channels: channels.clone(),
+                        timers: timers.clone(),
+                        directory: directory.clone(),
+                    },
+                    shutdown_rx.clone(),
+                )
+                .await
+                .map_err(|source| Error::Bind { addr, source })?,
             ),
             None => None,
         };
-        tokio::spawn(RecipientDirectory::run_passivation(
-            Arc::downgrade(&context),
+        tokio::spawn(directory.clone().run_passivation(
             Duration::from_millis(config.actor_idle_ms),
+            shutdown_rx.clone(),
         ));
         let info = NodeInfo {
             node_id: node_id.0.clone(),
@@ -439,7 +561,7 @@ impl Node {
             weight: config.weight,
         };
         let membership = tokio::spawn(crate::membership::run(
-            ownership,
+            ownership.clone(),
             info,
             config.control_addrs.clone(),
             shutdown_rx,
@@ -448,7 +570,12 @@ impl Node {
         Ok(NodeHandle {
             local_addr,
             http_addr,
-            context,
+            node_id,
+            ownership,
+            events,
+            timers,
+            receipts: receipt_stats,
+            channels,
             shutdown,
             membership: Some(membership),
             leases: Some(leases),

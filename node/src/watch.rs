@@ -14,13 +14,16 @@ use herald_proto::v1::{Event, WatchLocalRequest};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
-use crate::context::NodeContext;
+use herald_proto::NodeId;
+
+use crate::events::EventBus;
+use crate::ownership::Ownership;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
 
 /// Events recorded by this node's actors that match the filter.
-pub fn watch_local(context: &NodeContext, filter: WatchLocalRequest) -> EventStream {
-    let mut receiver = context.events.subscribe(filter.terminal_only);
+pub fn watch_local(events: &EventBus, filter: WatchLocalRequest) -> EventStream {
+    let mut receiver = events.subscribe(filter.terminal_only);
     let stream = async_stream_events(move |sender| async move {
         loop {
             match receiver.recv().await {
@@ -64,29 +67,37 @@ where
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-/// Events of every node in the current table, merged.
-pub async fn watch_cluster(
-    context: Arc<NodeContext>,
-    filter: WatchLocalRequest,
-) -> Result<EventStream, Status> {
-    let table = context.ownership.table();
-    let mut streams: Vec<EventStream> = vec![watch_local(&context, filter.clone())];
-    for node in &table.nodes {
-        if node.node_id == context.node_id.0 {
-            continue;
+/// What a cluster-wide watch needs: this node's feed and the table of the others.
+#[derive(Clone)]
+pub struct Watch {
+    pub node_id: NodeId,
+    pub ownership: Arc<Ownership>,
+    pub events: EventBus,
+}
+
+impl Watch {
+    /// Events of every node in the current table, merged.
+    pub async fn cluster(&self, filter: WatchLocalRequest) -> Result<EventStream, Status> {
+        let table = self.ownership.table();
+        let mut streams: Vec<EventStream> = vec![watch_local(&self.events, filter.clone())];
+        for node in &table.nodes {
+            if node.node_id == self.node_id.0 {
+                continue;
+            }
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .connect_timeout(std::time::Duration::from_secs(2));
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| Status::unavailable(format!("watch {}: {e}", node.node_id)))?;
+            let remote = ForwardClient::new(channel)
+                .watch_local(filter.clone())
+                .await?
+                .into_inner();
+            streams.push(Box::pin(remote));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(2));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("watch {}: {e}", node.node_id)))?;
-        let remote = ForwardClient::new(channel)
-            .watch_local(filter.clone())
-            .await?
-            .into_inner();
-        streams.push(Box::pin(remote));
+        Ok(Box::pin(futures::stream::select_all(streams)))
     }
-    Ok(Box::pin(futures::stream::select_all(streams)))
 }

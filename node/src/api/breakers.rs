@@ -3,40 +3,37 @@
 
 use herald_proto::error::Error;
 use herald_proto::v1::breakers_server::Breakers;
-use herald_proto::v1::{BreakerReport, BreakerRequest, BreakerStatus};
+use herald_proto::v1::{BreakerRequest, BreakerStatus};
 use tonic::{Request, Response, Status};
 
-use crate::breakers::{campaign_key, sender_key};
-use crate::router::Router;
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::channels::Channels;
 
 pub struct BreakersApi {
-    router: Router,
+    pub channels: Arc<Channels>,
+    pub tenants: Authenticator,
 }
 
 impl BreakersApi {
-    pub fn new(router: Router) -> Self {
-        Self { router }
-    }
-
     async fn call(
         &self,
         request: Request<BreakerRequest>,
         resume: bool,
     ) -> Result<Response<BreakerStatus>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let request = request.into_inner();
-        let key = match (request.campaign_id.is_empty(), request.sender.is_empty()) {
-            (false, true) => campaign_key(&tenant.id.0, &request.campaign_id),
+        match (request.campaign_id.is_empty(), request.sender.is_empty()) {
+            (false, true) => {}
             (true, false) => {
-                if context.providers.account(&request.sender).is_none() {
+                if !self.channels.has_account(&request.sender) {
                     return Err(Error::invalid(
                         "sender",
                         "is not a provider account of this cluster",
                     )
                     .into());
                 }
-                sender_key(&request.sender)
             }
             _ => {
                 return Err(Error::invalid(
@@ -45,14 +42,10 @@ impl BreakersApi {
                 )
                 .into());
             }
-        };
-        let status = context
-            .breakers
-            .report(BreakerReport {
-                key,
-                resume,
-                ..Default::default()
-            })
+        }
+        let status = self
+            .channels
+            .breaker(&tenant.id.0, &request.campaign_id, &request.sender, resume)
             .await
             .map_err(|e| Error::Unavailable(format!("breaker: {e}")))?;
         Ok(Response::new(status))

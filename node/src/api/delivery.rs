@@ -14,18 +14,24 @@ use herald_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::item_status;
-use crate::router::{Item, ItemResult, Router, load_message};
+use herald_store::Store;
+
+use super::Limits;
+use crate::auth::Authenticator;
+use crate::content::pricing::PriceTable;
+use crate::intake::load_message;
+use crate::items::{Item, ItemResult};
+use crate::router::Router;
 use crate::validate;
-use crate::watch::watch_cluster;
+use crate::watch::Watch;
 
 pub struct DeliveryApi {
-    router: Router,
-}
-
-impl DeliveryApi {
-    pub fn new(router: Router) -> Self {
-        Self { router }
-    }
+    pub router: Router,
+    pub tenants: Authenticator,
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
+    pub prices: Arc<PriceTable>,
+    pub watch: Watch,
 }
 
 fn ensure_idempotency_key(request: &mut herald_proto::v1::MessageRequest) {
@@ -38,19 +44,15 @@ fn ensure_idempotency_key(request: &mut herald_proto::v1::MessageRequest) {
 #[tonic::async_trait]
 impl Delivery for DeliveryApi {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let mut message = request
             .into_inner()
             .message
             .ok_or_else(|| Error::invalid("message", "is required"))?;
-        validate::message("message", &mut message, context.config.max_message_bytes)?;
-        require_recipients(
-            context,
-            &tenant.id,
-            std::slice::from_mut(&mut message),
-            |_| "message".into(),
-        )
+        validate::message("message", &mut message, self.limits.max_message_bytes)?;
+        require_recipients(self, &tenant.id, std::slice::from_mut(&mut message), |_| {
+            "message".into()
+        })
         .await?;
         ensure_idempotency_key(&mut message);
         let mut results = self.router.route(&tenant, vec![Item::Send(message)]).await;
@@ -66,19 +68,18 @@ impl Delivery for DeliveryApi {
         &self,
         request: Request<SendBatchRequest>,
     ) -> Result<Response<SendBatchResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let mut messages = request.into_inner().messages;
         if messages.is_empty() {
             return Err(Error::invalid("messages", "must hold at least one message").into());
         }
-        if messages.len() > context.config.batch_max {
+        if messages.len() > self.limits.batch_max {
             return Err(Error::invalid(
                 "messages",
                 format!(
                     "batch of {} exceeds the limit of {}",
                     messages.len(),
-                    context.config.batch_max
+                    self.limits.batch_max
                 ),
             )
             .into());
@@ -88,9 +89,9 @@ impl Delivery for DeliveryApi {
             use std::fmt::Write as _;
             prefix.clear();
             let _ = write!(prefix, "messages[{index}]");
-            validate::message(&prefix, message, context.config.max_message_bytes)?;
+            validate::message(&prefix, message, self.limits.max_message_bytes)?;
         }
-        require_recipients(context, &tenant.id, &mut messages, |i| {
+        require_recipients(self, &tenant.id, &mut messages, |i| {
             format!("messages[{i}]")
         })
         .await?;
@@ -131,13 +132,12 @@ impl Delivery for DeliveryApi {
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<Response<GetMessageResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let message_id = request.into_inner().message_id;
         if message_id.is_empty() {
             return Err(Error::invalid("message_id", "is required").into());
         }
-        let record = load_message(context, &tenant.id, &message_id)
+        let record = load_message(&*self.store, &tenant.id, &message_id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 what: format!("message {message_id}"),
@@ -176,8 +176,7 @@ impl Delivery for DeliveryApi {
         &self,
         request: Request<WatchMessagesRequest>,
     ) -> Result<Response<Self::WatchMessagesStream>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let filter = request.into_inner();
         let local = WatchLocalRequest {
             tenant: tenant.id.0.clone(),
@@ -185,7 +184,7 @@ impl Delivery for DeliveryApi {
             recipient_id: filter.recipient_id,
             terminal_only: filter.terminal_only,
         };
-        let stream = watch_cluster(Arc::clone(context), local).await?;
+        let stream = self.watch.cluster(local).await?;
         Ok(Response::new(stream))
     }
 }
@@ -194,7 +193,7 @@ impl Delivery for DeliveryApi {
 /// are rendered once against their recipient (an undefined variable is an error now, not an
 /// empty string at send), and `cost_order` waterfalls are ordered by the recipient's prices.
 async fn require_recipients(
-    context: &crate::context::NodeContext,
+    api: &DeliveryApi,
     tenant: &herald_proto::TenantId,
     messages: &mut [herald_proto::v1::MessageRequest],
     field: impl Fn(usize) -> String,
@@ -207,7 +206,7 @@ async fn require_recipients(
                 .is_some_and(crate::content::template::has_templates)
     };
     if messages.iter().any(needs_recipient) {
-        let found = context
+        let found = api
             .store
             .get_recipients(tenant, &ids)
             .await
@@ -229,12 +228,12 @@ async fn require_recipients(
                     .map_err(|e| e.into_invalid(&field(index)))?;
             }
             if message.cost_order {
-                crate::content::order_by_cost(&context.config.prices, message, &recipient);
+                crate::content::order_by_cost(&api.prices, message, &recipient);
             }
         }
         return Ok(());
     }
-    let missing = context
+    let missing = api
         .store
         .missing_recipients(tenant, &ids)
         .await

@@ -12,8 +12,15 @@ use herald_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::receipts;
-use crate::router::{Router, load_message};
+use std::sync::Arc;
+
+use herald_store::Store;
+
+use super::Limits;
+use crate::auth::Authenticator;
+use crate::intake::load_message;
+use crate::receipts::Receipts;
+use crate::receipts::index::lookup;
 
 /// Longest `detail` kept with a report.
 const DETAIL_MAX: usize = 1024;
@@ -21,13 +28,10 @@ const DETAIL_MAX: usize = 1024;
 const REPLY_MAX: usize = 4096;
 
 pub struct EngagementApi {
-    router: Router,
-}
-
-impl EngagementApi {
-    pub fn new(router: Router) -> Self {
-        Self { router }
-    }
+    pub receipts: Arc<Receipts>,
+    pub tenants: Authenticator,
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
 }
 
 /// What a report names, once validated.
@@ -114,19 +118,18 @@ impl Engagement for EngagementApi {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let reports = request.into_inner().reports;
         if reports.is_empty() {
             return Err(Error::invalid("reports", "is empty").into());
         }
-        if reports.len() > context.config.batch_max {
+        if reports.len() > self.limits.batch_max {
             return Err(Error::invalid(
                 "reports",
                 format!(
                     "has {} reports, at most {}",
                     reports.len(),
-                    context.config.batch_max
+                    self.limits.batch_max
                 ),
             )
             .into());
@@ -149,7 +152,10 @@ impl Engagement for EngagementApi {
                 Selector::Attempt { message_id, step } => (message_id, Some(step)),
                 Selector::Message(message_id) => (message_id, None),
                 Selector::Provider { provider, id } => {
-                    match receipts::lookup(context, &provider, &id).await? {
+                    let found = lookup(&*self.store, &provider, &id)
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("store: {e}")))?;
+                    match found {
                         Some(target) if target.tenant == tenant.id => {
                             (target.message_id, Some(target.step))
                         }
@@ -160,7 +166,7 @@ impl Engagement for EngagementApi {
                     }
                 }
             };
-            let record = load_message(context, &tenant.id, &message_id).await?;
+            let record = load_message(&*self.store, &tenant.id, &message_id).await?;
             let Some(recipient_id) = record
                 .and_then(|r| r.message.request)
                 .map(|r| r.recipient_id)
@@ -182,9 +188,9 @@ impl Engagement for EngagementApi {
         }
         let unknown_count = results.iter().filter(|r| r.is_some()).count();
         for _ in 0..unknown_count {
-            context.receipts_stats.count(ReportStatus::ReportUnknown);
+            self.receipts.stats.count(ReportStatus::ReportUnknown);
         }
-        let routed = receipts::route_signals(&self.router, &tenant, signals).await;
+        let routed = self.receipts.route_signals(&tenant, signals).await;
         for (index, result) in positions.into_iter().zip(routed) {
             results[index] = Some(result);
         }

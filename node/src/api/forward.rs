@@ -19,19 +19,35 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::router::{Item, Router};
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::events::EventBus;
+use crate::intake::Intake;
+use crate::items::Item;
 use crate::watch::watch_local;
 
 /// Batches being executed per inbound stream before the stream waits.
 const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
+/// What the Forward service uses.
+pub struct ForwardShared {
+    pub intake: Arc<Intake>,
+    pub tenants: Authenticator,
+    pub events: EventBus,
+    /// How long an item of a partition whose lease is being taken waits for it.
+    pub lease_wait: Duration,
+}
+
 pub struct ForwardApi {
-    router: Router,
+    shared: Arc<ForwardShared>,
 }
 
 impl ForwardApi {
-    pub fn new(router: Router) -> Self {
-        Self { router }
+    pub fn new(shared: ForwardShared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 }
 
@@ -56,7 +72,7 @@ fn error_result(error: Error) -> ForwardResult {
     }
 }
 
-async fn execute(router: Router, batch: ForwardBatch) -> ForwardReply {
+async fn execute(api: Arc<ForwardShared>, batch: ForwardBatch) -> ForwardReply {
     let count = batch.items.len();
     let mut results: Vec<Option<ForwardResult>> = (0..count).map(|_| None).collect();
     // Group by tenant: each tenant's items run as one local batch (one store round trip).
@@ -67,10 +83,9 @@ async fn execute(router: Router, batch: ForwardBatch) -> ForwardReply {
             None => results[index] = Some(error_result(Error::invalid("op", "is required"))),
         }
     }
-    let wait = Duration::from_millis(2 * router.context().config.lease_ttl_ms);
     for (tenant, items) in by_tenant {
-        let tenant = router.context().auth.tenant(&tenant);
-        for (index, result) in router.execute_local(&tenant, items, wait).await {
+        let tenant = api.tenants.tenant(&tenant);
+        for (index, result) in api.intake.execute(&tenant, items, api.lease_wait).await {
             results[index] = Some(match result {
                 Ok(item) => ForwardResult {
                     result: Some(item.into_forward()),
@@ -99,7 +114,7 @@ impl Forward for ForwardApi {
         let mut inbound = request.into_inner();
         let (replies, outbound) =
             mpsc::channel::<Result<ForwardReply, Status>>(BATCHES_IN_FLIGHT_MAX);
-        let router = self.router.clone();
+        let shared = self.shared.clone();
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
         tokio::spawn(async move {
             while let Some(batch) = inbound.next().await {
@@ -107,10 +122,10 @@ impl Forward for ForwardApi {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     break;
                 };
-                let router = router.clone();
+                let shared = shared.clone();
                 let replies = replies.clone();
                 tokio::spawn(async move {
-                    let reply = execute(router, batch).await;
+                    let reply = execute(shared, batch).await;
                     let _ = replies.send(Ok(reply)).await;
                     drop(permit);
                 });
@@ -126,7 +141,7 @@ impl Forward for ForwardApi {
         request: Request<WatchLocalRequest>,
     ) -> Result<Response<Self::WatchLocalStream>, Status> {
         Ok(Response::new(watch_local(
-            self.router.context(),
+            &self.shared.events,
             request.into_inner(),
         )))
     }

@@ -11,6 +11,15 @@ pub mod recipients;
 
 use herald_proto::error::Error;
 
+/// Request limits every API checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most items in one batch call.
+    pub batch_max: usize,
+    /// Largest accepted message (encoded), in bytes.
+    pub max_message_bytes: usize,
+}
+
 /// Maps an error of one item of a batch to a status naming the item.
 pub(crate) fn item_status(prefix: &str, error: Error) -> tonic::Status {
     match error {

@@ -10,17 +10,21 @@ use herald_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::item_status;
-use crate::router::{Item, ItemResult, Router};
+use std::sync::Arc;
+
+use herald_store::Store;
+
+use super::Limits;
+use crate::auth::Authenticator;
+use crate::items::{Item, ItemResult};
+use crate::router::Router;
 use crate::validate;
 
 pub struct RecipientsApi {
-    router: Router,
-}
-
-impl RecipientsApi {
-    pub fn new(router: Router) -> Self {
-        Self { router }
-    }
+    pub router: Router,
+    pub tenants: Authenticator,
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
 }
 
 #[tonic::async_trait]
@@ -29,8 +33,7 @@ impl Recipients for RecipientsApi {
         &self,
         request: Request<UpsertRecipientRequest>,
     ) -> Result<Response<UpsertRecipientResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let recipient = request
             .into_inner()
             .recipient
@@ -55,19 +58,18 @@ impl Recipients for RecipientsApi {
         &self,
         request: Request<UpsertRecipientsRequest>,
     ) -> Result<Response<UpsertRecipientsResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let recipients = request.into_inner().recipients;
         if recipients.is_empty() {
             return Err(Error::invalid("recipients", "must hold at least one recipient").into());
         }
-        if recipients.len() > context.config.batch_max {
+        if recipients.len() > self.limits.batch_max {
             return Err(Error::invalid(
                 "recipients",
                 format!(
                     "batch of {} exceeds the limit of {}",
                     recipients.len(),
-                    context.config.batch_max
+                    self.limits.batch_max
                 ),
             )
             .into());
@@ -93,13 +95,12 @@ impl Recipients for RecipientsApi {
         &self,
         request: Request<GetRecipientRequest>,
     ) -> Result<Response<Recipient>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(Error::invalid("id", "is required").into());
         }
-        let recipient = context
+        let recipient = self
             .store
             .get_recipient(&tenant.id, &id)
             .await
@@ -114,8 +115,7 @@ impl Recipients for RecipientsApi {
         &self,
         request: Request<EraseRecipientRequest>,
     ) -> Result<Response<EraseRecipientResponse>, Status> {
-        let context = self.router.context();
-        let tenant = context.auth.authenticate(request.metadata()).await?;
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(Error::invalid("id", "is required").into());

@@ -90,7 +90,7 @@ impl AccountInfo {
 
 /// The machine's read-only view of the provider accounts: configuration and the breakers'
 /// cached states, no I/O.
-pub trait Accounts {
+pub trait Accounts: Sync {
     /// The accounts a step tries, in order: the step's own account first (when it names one),
     /// then the channel's others.
     fn chain(&self, channel: Channel, preferred: &str) -> Vec<AccountInfo>;

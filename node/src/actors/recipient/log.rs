@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
-use herald_proto::v1::Event;
 use herald_proto::MessageId;
+use herald_proto::v1::Event;
 use herald_store::{FencedOp, WriteOp, WriteOutcome, keys};
 use tracing::warn;
 
@@ -175,7 +175,12 @@ impl Log {
 
     /// Writes what is pending (and the acceptance, when still to be written), as one fenced
     /// write; `terminal` takes the message out of its partition's active set.
-    pub async fn flush(&mut self, env: &RecipientEnv, job: &Job, terminal: bool) -> Result<(), Stop> {
+    pub async fn flush(
+        &mut self,
+        env: &RecipientEnv,
+        job: &Job,
+        terminal: bool,
+    ) -> Result<(), Stop> {
         if !terminal && !self.has_pending() {
             return Ok(());
         }
@@ -219,7 +224,8 @@ impl Log {
         };
         let outcome = write_until_known(env, job, ops, accept.is_some(), end_seq).await;
         match (outcome, accept) {
-            (Ok(outcomes), Some(pending)) => {
+            (Ok(outcomes), Some(mut pending)) => {
+                let accept_watched = std::mem::take(&mut pending.watched);
                 let answer = outcomes.first().cloned();
                 let new = matches!(
                     answer,
@@ -239,7 +245,7 @@ impl Log {
                     });
                 }
                 check(&outcomes[1..], end_seq)?;
-                env.events.publish(&job.tenant.id, &pending.watched);
+                env.events.publish(&job.tenant.id, &accept_watched);
             }
             (Ok(outcomes), None) => check(&outcomes, end_seq)?,
             (Err(error), Some(pending)) => {

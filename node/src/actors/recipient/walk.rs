@@ -43,6 +43,7 @@ impl Accounts for View<'_> {
 /// A window of a message's life where a failpoint test makes this node die, as a `kill -9`
 /// would (`FAILPOINTS=recipient::after_intent=return`); with the failpoint `sleep(…)`, it
 /// stalls there instead. Compiled out without the `failpoints` feature.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
 fn die_here(name: &'static str) {
     fail::fail_point!(name, |_| {
         tracing::error!(failpoint = name, "failpoint: the node exits here");
@@ -149,10 +150,7 @@ async fn drive(
                 current.on_rules(cx, verdicts, env.clock.now_unix_ms())
             }
             Next::Slot { account, .. } => {
-                let taken = env
-                    .channels
-                    .acquire_slot(&account, &job.tenant.id.0)
-                    .await;
+                let taken = env.channels.acquire_slot(&account, &job.tenant.id.0).await;
                 current.on_slot(cx, taken, env.clock.now_unix_ms())
             }
             Next::Call {
@@ -254,7 +252,8 @@ async fn ask_rules(
             let last = match last_inbound {
                 Some(last) => last,
                 None => {
-                    let key = herald_store::keys::value::last_inbound(&job.tenant.id, &recipient.id);
+                    let key =
+                        herald_store::keys::value::last_inbound(&job.tenant.id, &recipient.id);
                     // Unreadable = unknown = outside the window: only tagged messages go.
                     let read = env
                         .store
@@ -283,7 +282,10 @@ async fn ask_rules(
     verdicts
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call's parts, named at the one call site")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call's parts, named at the one call site"
+)]
 async fn call(
     env: &RecipientEnv,
     job: &Job,

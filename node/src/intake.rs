@@ -1,0 +1,897 @@
+//! # intake: what a partition's owner does with a routed item
+//!
+//! Owns the owner's side of every recipient request, whether it came from this node's API or
+//! over a peer's `Forward` stream: a message is **accepted** (the idempotency check and the
+//! message with its `accepted` event, in one fenced write) and handed to its recipient's actor;
+//! an upsert carries the prior record's consent ledger and suppressions over and refreshes the
+//! phone index; an erasure removes the record; a receipt or consent signal goes to the
+//! recipient's actor, whose verdict is the answer. It also resumes the active messages of
+//! partitions this node just took over.
+//!
+//! Acked means durable, nothing more: an acceptance is written here, in one batched write per
+//! call, except that a recipient's only message of a call, when its actor is idle, is handed
+//! over with its acceptance still to write — the actor writes it with the message's first write
+//! before any long effect, and no other job can be ahead of it. An ack never waits for a
+//! provider, a rate-limit slot or another message's waterfall.
+//!
+//! Must never validate (the API did), never write without the partition's fence, and never
+//! forward an item (the sender routes; the owner owns or refuses).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::clock::SharedClock;
+use herald_proto::error::Error;
+use herald_proto::partition::partition_of;
+use herald_proto::v1::{
+    Channel, ChannelConsent, ConsentState, EngagementKind, Event, EventKind, ForwardSignal,
+    MessageRequest, MessageStatus, Recipient, ReportResult, ReportStatus, SendResponse,
+    StoredMessage,
+};
+use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use herald_store::{Fence, FencedOp, MessageRecord, Store, WriteOp, WriteOutcome, keys};
+use ractor::RpcReplyPort;
+use tracing::{debug, info, warn};
+
+use crate::actors::directory::RecipientDirectory;
+use crate::actors::recipient::{
+    AcceptError, ConsentJob, InboundJob, Job, PendingAccept, RecipientMsg, SignalJob,
+};
+use crate::auth::{Authenticator, Tenant};
+use crate::channels::Channels;
+use crate::config::SmsKeywordReplies;
+use crate::events::EventBus;
+use crate::items::{Item, ItemResult};
+use crate::ownership::Ownership;
+
+/// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
+const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
+
+/// Messages read concurrently while resuming a taken-over partition.
+const RESUME_READS_IN_FLIGHT: usize = 32;
+
+/// The intake's knobs (from the node config).
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// How long idempotency keys are kept.
+    pub idempotency_ttl: Duration,
+    /// How long a receipt or consent change may wait for its actor's verdict.
+    pub verdict_timeout: Duration,
+    /// The one reply to STOP and START keywords.
+    pub keyword_replies: SmsKeywordReplies,
+}
+
+pub struct Intake {
+    pub node_id: NodeId,
+    pub store: Arc<dyn Store>,
+    pub ownership: Arc<Ownership>,
+    pub directory: Arc<RecipientDirectory>,
+    pub tenants: Authenticator,
+    pub events: EventBus,
+    pub clock: SharedClock,
+    pub channels: Arc<Channels>,
+    pub settings: IntakeSettings,
+}
+
+/// Hash of a request's payload: tells a retry (same bytes) from a reuse of the key.
+pub fn payload_hash(request: &MessageRequest) -> u64 {
+    // XXH3-64 of the request's encoding: it only tells an honest retry from a reused key (no
+    // adversary gains anything by colliding their own payloads), at a tenth of SHA-256's cost.
+    // The encoding goes into a per-thread buffer: no allocation per message.
+    thread_local! {
+        static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ENCODED.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        buffer.clear();
+        prost::Message::encode_raw(request, &mut *buffer);
+        xxhash_rust::xxh3::xxh3_64(&buffer)
+    })
+}
+
+/// A reply port and the receiving end of its answer.
+fn reply_port<T: Send + 'static>() -> (RpcReplyPort<T>, ractor::concurrency::OneshotReceiver<T>) {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    (tx.into(), rx)
+}
+
+/// An acceptance handed to an actor, and where its answer comes.
+type AcceptAnswer = ractor::concurrency::OneshotReceiver<Result<WriteOutcome, AcceptError>>;
+
+/// The result of an acceptance's write, for the client.
+fn sent_result(
+    outcome: WriteOutcome,
+    partition: PartitionId,
+    fence: Fence,
+) -> Result<ItemResult, Error> {
+    match outcome {
+        WriteOutcome::Accepted {
+            message_id,
+            duplicate,
+        } => Ok(ItemResult::Sent(SendResponse {
+            message_id: message_id.0,
+            duplicate,
+            error: None,
+        })),
+        WriteOutcome::Conflict { message_id } => Err(Error::IdempotencyConflict {
+            message_id: message_id.0,
+        }),
+        WriteOutcome::Fenced { stored } => Err(Error::Fenced {
+            partition: partition.0,
+            stored: stored.0,
+            writer: fence.epoch.0,
+        }),
+        other => Err(Error::Internal(format!(
+            "unexpected store outcome {other:?}"
+        ))),
+    }
+}
+
+/// A message ready to accept: the stored form, its `accepted` event (copied for watchers), and
+/// the write.
+struct Acceptance {
+    stored: Arc<StoredMessage>,
+    watched: Vec<Event>,
+    op: WriteOp,
+}
+
+impl Intake {
+    fn acceptance(
+        &self,
+        tenant: &Tenant,
+        request: MessageRequest,
+        partition: PartitionId,
+        fence: Fence,
+    ) -> Acceptance {
+        let message_id = ulid::Ulid::new().to_string();
+        let now = self.clock.now_unix_ms();
+        let accepted = Event {
+            message_id: message_id.clone(),
+            recipient_id: request.recipient_id.clone(),
+            kind: EventKind::EventAccepted as i32,
+            at_unix_ms: now,
+            node_id: self.node_id.0.clone(),
+            epoch: fence.epoch.0,
+            partition: partition.0,
+            status: MessageStatus::Pending as i32,
+            seq: 1,
+            ..Default::default()
+        };
+        let stored = Arc::new(StoredMessage {
+            message_id,
+            tenant: tenant.id.0.clone(),
+            payload_hash: payload_hash(&request),
+            partition: partition.0,
+            created_unix_ms: now,
+            request: Some(request),
+        });
+        // A copy of the event only when someone watches; the actor's history needs only its
+        // position in the log (`fresh_history`).
+        let watched = self.events.wanted(std::slice::from_ref(&accepted));
+        let op = WriteOp::AcceptMessage {
+            message: stored.clone(),
+            accepted,
+            idempotency_ttl: self.settings.idempotency_ttl,
+            guards: 0,
+        };
+        Acceptance {
+            stored,
+            watched,
+            op,
+        }
+    }
+
+    fn job(
+        tenant: &Arc<Tenant>,
+        message: Arc<StoredMessage>,
+        fence: Fence,
+        recipient: Option<Recipient>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        accept: Option<PendingAccept>,
+    ) -> Job {
+        Job {
+            tenant: tenant.clone(),
+            message,
+            fence,
+            history: Some(crate::waterfall::fresh_history()),
+            recipient,
+            permit,
+            accept,
+        }
+    }
+
+    /// Runs items whose partitions this node should own. Items of partitions owned elsewhere get
+    /// `WrongOwner`; items of partitions whose lease is still being taken wait up to `wait`.
+    pub async fn execute(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: Vec<(usize, Item)>,
+        wait: Duration,
+    ) -> Vec<(usize, Result<ItemResult, Error>)> {
+        let count = self.ownership.partition_count();
+        let mut out = Vec::with_capacity(items.len());
+        let mut ops: Vec<FencedOp> = Vec::with_capacity(items.len());
+        let mut pending: Vec<(usize, PartitionId, Fence, Pending)> =
+            Vec::with_capacity(items.len());
+        let mut signals = Vec::new();
+        let prior = self.prior_recipients(tenant, &items).await;
+        // How many messages each recipient has in this call decides whether the first can
+        // travel with its acceptance; the actors need the recipients, and one batched read here
+        // saves one read per message there.
+        let mut per_recipient: HashMap<String, usize> = HashMap::new();
+        for (_, item) in &items {
+            if let Item::Send(request) = item {
+                *per_recipient
+                    .entry(request.recipient_id.clone())
+                    .or_default() += 1;
+            }
+        }
+        let mut recipients: HashMap<String, Recipient> = HashMap::new();
+        if !per_recipient.is_empty() {
+            let ids: Vec<String> = per_recipient.keys().cloned().collect();
+            if let Ok(found) = self.store.get_recipients(&tenant.id, &ids).await {
+                for recipient in found.into_iter().flatten() {
+                    recipients.insert(recipient.id.clone(), recipient);
+                }
+            }
+        }
+        let mut with_actor: Vec<(usize, PartitionId, Fence, AcceptAnswer)> = Vec::new();
+        for (index, item) in items {
+            if count == 0 {
+                out.push((
+                    index,
+                    Err(Error::Unavailable("no partition table yet".into())),
+                ));
+                continue;
+            }
+            let partition = partition_of(&tenant.id.0, item.recipient_id(), count);
+            let fence = match self.ownership.fence_or_wait(partition, wait).await {
+                Ok(fence) => fence,
+                Err(error) => {
+                    out.push((index, Err(error)));
+                    continue;
+                }
+            };
+            match item {
+                Item::Signal(signal) => signals.push((index, signal, fence)),
+                Item::Breaker(report) => {
+                    let status = self.channels.serve_breaker(&report, fence);
+                    out.push((index, Ok(ItemResult::Breaker(status))));
+                }
+                Item::Permits(request) => {
+                    let grant = self.channels.serve_permits(&request, fence);
+                    out.push((index, Ok(ItemResult::Permits(grant))));
+                }
+                Item::Send(request) => {
+                    let recipient_id = request.recipient_id.clone();
+                    let acceptance = self.acceptance(tenant, request, partition, fence);
+                    let alone = per_recipient.get(&recipient_id) == Some(&1);
+                    let acceptance = if alone {
+                        match self
+                            .hand_over(tenant, acceptance, partition, fence, &mut recipients)
+                            .await
+                        {
+                            Ok(answer) => {
+                                with_actor.push((index, partition, fence, answer));
+                                continue;
+                            }
+                            Err(HandOver::ShuttingDown) => {
+                                out.push((
+                                    index,
+                                    Err(Error::Unavailable("node shutting down".into())),
+                                ));
+                                continue;
+                            }
+                            Err(HandOver::Busy(acceptance)) => *acceptance,
+                        }
+                    } else {
+                        acceptance
+                    };
+                    ops.push(FencedOp {
+                        fence,
+                        op: acceptance.op.clone(),
+                    });
+                    pending.push((
+                        index,
+                        partition,
+                        fence,
+                        Pending::Send {
+                            acceptance,
+                            recipient_id,
+                        },
+                    ));
+                }
+                Item::Upsert(mut recipient) => {
+                    let prior = prior.get(&recipient.id);
+                    crate::policy::consent::merge_upsert(
+                        prior,
+                        &mut recipient,
+                        self.clock.now_unix_ms(),
+                    );
+                    if let Some(prior) = prior {
+                        keep_suppressions(prior, &mut recipient);
+                    }
+                    ops.push(FencedOp {
+                        fence,
+                        op: WriteOp::PutRecipient {
+                            tenant: tenant.id.clone(),
+                            recipient: recipient.clone(),
+                        },
+                    });
+                    pending.push((index, partition, fence, Pending::Upsert(recipient)));
+                }
+                Item::Erase(recipient_id) => {
+                    ops.push(FencedOp {
+                        fence,
+                        op: WriteOp::EraseRecipient {
+                            tenant: tenant.id.clone(),
+                            recipient_id: recipient_id.clone(),
+                        },
+                    });
+                    pending.push((index, partition, fence, Pending::Erase(recipient_id)));
+                }
+            }
+        }
+        for (index, signal, fence) in signals {
+            let status = self.deliver_signal(tenant, signal, fence).await;
+            out.push((index, status.map(ItemResult::Signal)));
+        }
+        if !ops.is_empty() {
+            out.extend(self.write_batch(tenant, ops, pending, recipients).await);
+        }
+        out.extend(accepted_by_actors(with_actor).await);
+        out
+    }
+
+    /// Hands a message with its acceptance to its recipient's actor when the actor is idle.
+    async fn hand_over(
+        &self,
+        tenant: &Arc<Tenant>,
+        acceptance: Acceptance,
+        partition: PartitionId,
+        fence: Fence,
+        recipients: &mut HashMap<String, Recipient>,
+    ) -> Result<AcceptAnswer, HandOver> {
+        // Admission control: the ack waits while the node is saturated.
+        let Some(permit) = self.directory.admit().await else {
+            return Err(HandOver::ShuttingDown);
+        };
+        let recipient_id = acceptance
+            .stored
+            .request
+            .as_ref()
+            .map(|r| r.recipient_id.clone())
+            .unwrap_or_default();
+        let (reply, answer) = reply_port();
+        let job = Self::job(
+            tenant,
+            acceptance.stored.clone(),
+            fence,
+            recipients.remove(&recipient_id),
+            permit,
+            Some(PendingAccept {
+                op: FencedOp {
+                    fence,
+                    op: acceptance.op.clone(),
+                },
+                watched: acceptance.watched.clone(),
+                reply,
+            }),
+        );
+        let key = (tenant.id.clone(), recipient_id.clone());
+        match self
+            .directory
+            .dispatch_if_idle(key, partition, RecipientMsg::Run(Box::new(job)))
+        {
+            Ok(()) => Ok(answer),
+            Err(returned) => {
+                // Busy: accepted here, with the others; the job's permit goes back with it.
+                if let RecipientMsg::Run(mut job) = returned
+                    && let Some(recipient) = job.recipient.take()
+                {
+                    recipients.insert(recipient_id, recipient);
+                }
+                Err(HandOver::Busy(Box::new(acceptance)))
+            }
+        }
+    }
+
+    /// Writes the acceptances, upserts and erasures of one call in one batch; hands each new
+    /// message to its actor.
+    async fn write_batch(
+        &self,
+        tenant: &Arc<Tenant>,
+        ops: Vec<FencedOp>,
+        pending: Vec<(usize, PartitionId, Fence, Pending)>,
+        mut recipients: HashMap<String, Recipient>,
+    ) -> Vec<(usize, Result<ItemResult, Error>)> {
+        let mut out = Vec::with_capacity(pending.len());
+        // Erase answers whether there was anything to erase.
+        let mut existed = HashMap::new();
+        for (_, _, _, item) in &pending {
+            if let Pending::Erase(id) = item {
+                let found = self.store.get_recipient(&tenant.id, id).await;
+                existed.insert(id.clone(), matches!(found, Ok(Some(_))));
+            }
+        }
+        let outcomes = match self.store.write(ops).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                return pending
+                    .into_iter()
+                    .map(|(index, ..)| (index, Err(Error::Unavailable(format!("store: {error}")))))
+                    .collect();
+            }
+        };
+        let mut phone_index = Vec::new();
+        for ((index, partition, fence, item), outcome) in pending.into_iter().zip(outcomes) {
+            let result = match (outcome, item) {
+                (WriteOutcome::Fenced { stored }, _) => Err(Error::Fenced {
+                    partition: partition.0,
+                    stored: stored.0,
+                    writer: fence.epoch.0,
+                }),
+                (
+                    outcome @ WriteOutcome::Accepted { .. },
+                    Pending::Send {
+                        acceptance,
+                        recipient_id,
+                    },
+                ) => {
+                    if matches!(
+                        outcome,
+                        WriteOutcome::Accepted {
+                            duplicate: false,
+                            ..
+                        }
+                    ) {
+                        self.events.publish(&tenant.id, &acceptance.watched);
+                        let recipient = recipients.remove(&recipient_id);
+                        // Admission control: the ack waits while the node is saturated.
+                        match self.directory.admit().await {
+                            Some(permit) => self.directory.dispatch(
+                                (tenant.id.clone(), recipient_id),
+                                partition,
+                                RecipientMsg::Run(Box::new(Self::job(
+                                    tenant,
+                                    acceptance.stored,
+                                    fence,
+                                    recipient,
+                                    permit,
+                                    None,
+                                ))),
+                            ),
+                            None => {
+                                debug!("node shutting down; message resumes on the next owner")
+                            }
+                        }
+                    }
+                    sent_result(outcome, partition, fence)
+                }
+                (outcome @ WriteOutcome::Conflict { .. }, Pending::Send { .. }) => {
+                    sent_result(outcome, partition, fence)
+                }
+                (WriteOutcome::Done, Pending::Upsert(recipient)) => {
+                    if !recipient.phone.is_empty() {
+                        phone_index.push(FencedOp {
+                            fence,
+                            op: WriteOp::PutValue {
+                                key: keys::value::phone_index(&tenant.id, &recipient.phone),
+                                value: recipient.id.clone().into_bytes(),
+                                ttl: PHONE_INDEX_TTL,
+                            },
+                        });
+                    }
+                    Ok(ItemResult::Recipient(recipient))
+                }
+                (WriteOutcome::Done, Pending::Erase(id)) => Ok(ItemResult::Erased(
+                    existed.get(&id).copied().unwrap_or(false),
+                )),
+                (other, _) => Err(Error::Internal(format!(
+                    "unexpected store outcome {other:?}"
+                ))),
+            };
+            out.push((index, result));
+        }
+        if !phone_index.is_empty()
+            && let Err(error) = self.store.write(phone_index).await
+        {
+            // The records are stored; only inbound keyword lookups miss them until the next
+            // upsert.
+            debug!(%error, "phone index write failed");
+        }
+        out
+    }
+}
+
+/// An item of a batched write, waiting for its outcome.
+enum Pending {
+    Send {
+        acceptance: Acceptance,
+        recipient_id: String,
+    },
+    Upsert(Recipient),
+    Erase(String),
+}
+
+/// Why a message was not handed over with its acceptance.
+enum HandOver {
+    /// Its actor has work queued or running: accepted by the intake instead.
+    Busy(Box<Acceptance>),
+    ShuttingDown,
+}
+
+impl Intake {
+    /// The stored records of the recipients `items` upsert (their suppressions and consent
+    /// ledger carry over).
+    async fn prior_recipients(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: &[(usize, Item)],
+    ) -> HashMap<String, Recipient> {
+        let ids: Vec<String> = items
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Item::Upsert(r) => Some(r.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        match self.store.get_recipients(&tenant.id, &ids).await {
+            Ok(found) => found
+                .into_iter()
+                .flatten()
+                .map(|r| (r.id.clone(), r))
+                .collect(),
+            Err(error) => {
+                debug!(%error, "reading prior recipients failed; suppressions may be lost");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Waits for an actor's verdict on a signal, within the verdict timeout.
+    async fn verdict(
+        &self,
+        answer: ractor::concurrency::OneshotReceiver<ReportStatus>,
+        message_id: String,
+        what: &str,
+    ) -> Result<ReportResult, Error> {
+        match tokio::time::timeout(self.settings.verdict_timeout, answer).await {
+            Ok(Ok(status)) if status != ReportStatus::Unspecified => Ok(ReportResult {
+                status: status as i32,
+                message_id,
+            }),
+            // The actor stopped on a fence (the partition moved) or gave up: let the caller
+            // route again.
+            Ok(_) => Err(Error::Unavailable(format!(
+                "{what} not applied; partition moving"
+            ))),
+            Err(_) => Err(Error::Unavailable(format!("{what} not applied in time"))),
+        }
+    }
+
+    /// Hands a signal to the actor of its recipient and waits for the verdict.
+    async fn deliver_signal(
+        &self,
+        tenant: &Arc<Tenant>,
+        signal: ForwardSignal,
+        fence: Fence,
+    ) -> Result<ReportResult, Error> {
+        let unknown = |message_id: String| ReportResult {
+            status: ReportStatus::ReportUnknown as i32,
+            message_id,
+        };
+        if signal.message_id.is_empty() {
+            return self.deliver_consent(tenant, signal, fence).await;
+        }
+        let Some(record) = load_message(&*self.store, &tenant.id, &signal.message_id).await? else {
+            return Ok(unknown(signal.message_id));
+        };
+        let belongs = record
+            .message
+            .request
+            .as_ref()
+            .is_some_and(|r| r.recipient_id == signal.recipient_id);
+        if !belongs {
+            return Ok(unknown(signal.message_id));
+        }
+        let Some(permit) = self.directory.admit_signal().await else {
+            return Err(Error::Unavailable("node shutting down".into()));
+        };
+        let (reply, answer) = reply_port();
+        let message_id = signal.message_id.clone();
+        let kind = signal.kind();
+        let job = SignalJob {
+            job: Job {
+                tenant: tenant.clone(),
+                message: Arc::new(record.message),
+                fence,
+                history: None,
+                recipient: None,
+                permit,
+                accept: None,
+            },
+            signal: crate::waterfall::receipt::Signal {
+                step: signal.step,
+                kind,
+                detail: signal.detail,
+                source: signal.source,
+            },
+            reply,
+        };
+        self.directory.dispatch(
+            (tenant.id.clone(), signal.recipient_id),
+            fence.partition,
+            RecipientMsg::Signal(Box::new(job)),
+        );
+        self.verdict(answer, message_id, "receipt").await
+    }
+
+    /// A recipient-level signal (an SMS keyword, a reply): a consent change or an inbound
+    /// message for its actor.
+    async fn deliver_consent(
+        &self,
+        tenant: &Arc<Tenant>,
+        signal: ForwardSignal,
+        fence: Fence,
+    ) -> Result<ReportResult, Error> {
+        let replies = &self.settings.keyword_replies;
+        let (state, text) = match signal.kind() {
+            EngagementKind::EngagementReplied => {
+                let Some(permit) = self.directory.admit_signal().await else {
+                    return Err(Error::Unavailable("node shutting down".into()));
+                };
+                let (reply, answer) = reply_port();
+                let job = InboundJob {
+                    tenant: tenant.clone(),
+                    recipient_id: signal.recipient_id.clone(),
+                    fence,
+                    reply,
+                    permit,
+                };
+                self.directory.dispatch(
+                    (tenant.id.clone(), signal.recipient_id),
+                    fence.partition,
+                    RecipientMsg::Inbound(Box::new(job)),
+                );
+                return self.verdict(answer, String::new(), "reply").await;
+            }
+            EngagementKind::EngagementUnsubscribed => {
+                (ConsentState::OptedOut, replies.stop_reply.clone())
+            }
+            EngagementKind::EngagementOptedIn => {
+                (ConsentState::OptedIn, replies.start_reply.clone())
+            }
+            _ => {
+                return Ok(ReportResult {
+                    status: ReportStatus::ReportUnknown as i32,
+                    message_id: String::new(),
+                });
+            }
+        };
+        let Some(permit) = self.directory.admit_signal().await else {
+            return Err(Error::Unavailable("node shutting down".into()));
+        };
+        let (reply, answer) = reply_port();
+        let confirm =
+            (!text.is_empty() && !signal.sender.is_empty()).then(|| (signal.sender.clone(), text));
+        // STOPALL leaves every sender of the channel; the confirmation still comes from the
+        // number it was sent to.
+        let scope = if signal.detail == "stopall" {
+            String::new()
+        } else {
+            signal.sender.clone()
+        };
+        let job = ConsentJob {
+            tenant: tenant.clone(),
+            recipient_id: signal.recipient_id.clone(),
+            fence,
+            change: ChannelConsent {
+                channel: signal.channel,
+                state: state as i32,
+                topic: String::new(),
+                source: signal.source.clone(),
+                at_unix_ms: self.clock.now_unix_ms(),
+                sender: scope,
+            },
+            confirm,
+            reply,
+            permit,
+        };
+        self.directory.dispatch(
+            (tenant.id.clone(), signal.recipient_id),
+            fence.partition,
+            RecipientMsg::Consent(Box::new(job)),
+        );
+        self.verdict(answer, String::new(), "consent change").await
+    }
+
+    /// Resumes the active messages of newly acquired partitions from their event logs.
+    pub async fn resume_partitions(&self, partitions: Vec<(PartitionId, Epoch)>) {
+        use futures::StreamExt;
+        let mut pending = Vec::new();
+        for (partition, epoch) in partitions {
+            match self.store.active_messages(partition).await {
+                Ok(active) => {
+                    let fence = Fence { partition, epoch };
+                    pending.extend(active.into_iter().map(|(tenant, id)| (tenant, id, fence)));
+                }
+                Err(error) => warn!(%partition, %error, "listing active messages failed"),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let count = pending.len();
+        // Message ids are ULIDs: sorted, they are in acceptance order, and `buffered` keeps that
+        // order for dispatch while the reads run in parallel (a takeover can bring thousands).
+        pending.sort_by(|a, b| a.1.cmp(&b.1));
+        let store = &self.store;
+        let reads =
+            futures::stream::iter(pending.into_iter().map(|(tenant, id, fence)| async move {
+                let record = store.get_message(&tenant, &id).await;
+                (tenant, id, fence, record)
+            }))
+            .buffered(RESUME_READS_IN_FLIGHT);
+        futures::pin_mut!(reads);
+        let mut resumed = 0usize;
+        while let Some((tenant, id, fence, record)) = reads.next().await {
+            match record {
+                Ok(Some(record)) => {
+                    let tenant = self.tenants.tenant(&tenant.0);
+                    let Some(permit) = self.directory.admit().await else {
+                        return;
+                    };
+                    let recipient_id = record
+                        .message
+                        .request
+                        .as_ref()
+                        .map(|r| r.recipient_id.clone())
+                        .unwrap_or_default();
+                    // The actor reads the log when it gets to the job.
+                    let mut job =
+                        Self::job(&tenant, Arc::new(record.message), fence, None, permit, None);
+                    job.history = None;
+                    self.directory.dispatch(
+                        (tenant.id.clone(), recipient_id),
+                        fence.partition,
+                        RecipientMsg::Run(Box::new(job)),
+                    );
+                    resumed += 1;
+                }
+                Ok(None) => warn!(
+                    partition = %fence.partition,
+                    message_id = %MessageId::as_str(&id),
+                    "active message without record"
+                ),
+                Err(error) => {
+                    warn!(partition = %fence.partition, %error, "loading active message failed")
+                }
+            }
+        }
+        info!(node = %self.node_id, resumed, listed = count, "resumed active messages");
+    }
+}
+
+/// The results of the messages whose actors wrote their acceptance.
+async fn accepted_by_actors(
+    waiting: Vec<(usize, PartitionId, Fence, AcceptAnswer)>,
+) -> Vec<(usize, Result<ItemResult, Error>)> {
+    let mut out = Vec::with_capacity(waiting.len());
+    for (index, partition, fence, answer) in waiting {
+        let result = match answer.await {
+            Ok(Ok(outcome)) => sent_result(outcome, partition, fence),
+            Ok(Err(error)) => Err(Error::Unavailable(error.to_string())),
+            Err(_) => Err(Error::Unavailable(
+                "the recipient's actor stopped before the message was accepted".into(),
+            )),
+        };
+        out.push((index, result));
+    }
+    out
+}
+
+/// Loads a message by id (any node can: reads need no fence).
+pub async fn load_message(
+    store: &dyn Store,
+    tenant: &TenantId,
+    message_id: &str,
+) -> Result<Option<MessageRecord>, Error> {
+    store
+        .get_message(tenant, &MessageId(message_id.to_string()))
+        .await
+        .map_err(|e| Error::Unavailable(format!("store: {e}")))
+}
+
+/// Carries `prior`'s suppressed contact points over to `next` (an upsert replaces the record,
+/// but a suppression ends only by a new explicit consent): an entry stays while its address is
+/// still in `next`, unless `next` opts its channel in where `prior` had not.
+pub fn keep_suppressions(prior: &Recipient, next: &mut Recipient) {
+    let opted_in = |r: &Recipient, channel: i32| {
+        r.consent.iter().any(|c| {
+            c.channel == channel
+                && c.topic.is_empty()
+                && c.sender.is_empty()
+                && c.state() == ConsentState::OptedIn
+        })
+    };
+    let still_there = |s: &herald_proto::v1::SuppressedContact| match Channel::try_from(s.channel) {
+        Ok(Channel::Push) => next.push_tokens.iter().any(|t| t.token == s.address),
+        Ok(Channel::Email) => next.email == s.address,
+        Ok(Channel::Sms) => next.phone == s.address,
+        _ => false,
+    };
+    let kept: Vec<_> = prior
+        .suppressed
+        .iter()
+        .filter(|s| still_there(s))
+        // A channel opted in now that was not before: a new explicit consent lifts it.
+        .filter(|s| !opted_in(next, s.channel) || opted_in(prior, s.channel))
+        .cloned()
+        .collect();
+    next.suppressed = kept;
+}
+
+#[cfg(test)]
+mod suppression_tests {
+    use super::*;
+    use herald_proto::v1::{Channel, ChannelConsent, ConsentState, SuppressedContact};
+
+    fn consent(state: ConsentState) -> Vec<ChannelConsent> {
+        vec![ChannelConsent {
+            channel: Channel::Email as i32,
+            state: state as i32,
+            ..Default::default()
+        }]
+    }
+
+    fn bounced(email: &str, state: ConsentState) -> Recipient {
+        Recipient {
+            id: "r".into(),
+            email: email.into(),
+            consent: consent(state),
+            suppressed: vec![SuppressedContact {
+                channel: Channel::Email as i32,
+                address: email.into(),
+                reason: "bounced_hard".into(),
+                at_unix_ms: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn suppressions_survive_an_upsert_until_a_new_opt_in() {
+        let prior = bounced("a@example.com", ConsentState::OptedIn);
+        // Same address, same consent: still suppressed.
+        let mut next = Recipient {
+            id: "r".into(),
+            email: "a@example.com".into(),
+            consent: consent(ConsentState::OptedIn),
+            ..Default::default()
+        };
+        keep_suppressions(&prior, &mut next);
+        assert_eq!(next.suppressed.len(), 1);
+        // A new address: the old one's suppression no longer applies to anything.
+        let mut moved = Recipient {
+            email: "b@example.com".into(),
+            ..next.clone()
+        };
+        keep_suppressions(&prior, &mut moved);
+        assert!(moved.suppressed.is_empty());
+        // Opted out before, opted in now: a new explicit consent reactivates.
+        let prior = bounced("a@example.com", ConsentState::OptedOut);
+        let mut again = Recipient {
+            id: "r".into(),
+            email: "a@example.com".into(),
+            consent: consent(ConsentState::OptedIn),
+            ..Default::default()
+        };
+        keep_suppressions(&prior, &mut again);
+        assert!(again.suppressed.is_empty());
+    }
+}
