@@ -169,7 +169,10 @@ impl LocalCluster {
     }
 
     pub fn provider_calls(&self) -> u64 {
-        self.nodes.iter().map(|n| n.context.sandbox.calls()).sum()
+        self.nodes
+            .iter()
+            .map(|n| n.context.channels.sandbox().calls())
+            .sum()
     }
 
     pub async fn shutdown(mut self) {

@@ -10,9 +10,9 @@ use herald_proto::NodeId;
 
 use crate::actors::directory::RecipientDirectory;
 use crate::auth::Authenticator;
+use crate::channels::Channels;
 use crate::config::NodeConfig;
 use crate::events::EventBus;
-use crate::failover::ProviderRegistry;
 use crate::ownership::Ownership;
 use crate::receipts::ReceiptStats;
 use crate::timers::Timers;
@@ -26,22 +26,17 @@ pub struct NodeContext {
     pub events: EventBus,
     pub auth: Authenticator,
     pub directory: RecipientDirectory,
-    /// Provider accounts, channel chains, retries and circuit breakers.
-    pub providers: ProviderRegistry,
+    /// Provider accounts and chains, rate limits, tiers, warm-ups, block-rate breakers and
+    /// circuits: the ChannelActors and their handles.
+    pub channels: Channels,
     /// The in-memory schedule of this node's durable timers.
     pub timers: Timers,
     pub receipts_stats: ReceiptStats,
-    /// Cluster-wide provider rate limits (owner schedules and leased slots).
-    pub rate_limits: crate::rate_limits::RateLimits,
-    /// Block-rate breakers per campaign and sender (owner side and this node's cache).
-    pub breakers: crate::breakers::Breakers,
     /// Permits for messages in progress (see `max_messages_in_progress`).
     pub admission: Arc<tokio::sync::Semaphore>,
     /// Permits for receipts and consent changes at once: their own pool, so they are never
     /// starved by messages that hold `admission` while they wait (for a rate-limit slot, say).
     pub signal_admission: Arc<tokio::sync::Semaphore>,
-    /// The sandbox provider, for its call counter (billing cross-checks in benchmarks).
-    pub sandbox: Arc<herald_providers::sandbox::SandboxProvider>,
 }
 
 impl NodeContext {

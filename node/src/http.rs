@@ -24,7 +24,7 @@ use herald_providers::{ProviderEvent, ReceiptKind, email_webhook};
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::accounts::ProviderAccountConfig;
+use crate::channels::ProviderAccountConfig;
 use crate::router::Router;
 
 /// Starts the listener on `addr`; returns the bound address.
@@ -220,15 +220,15 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
         out,
         "# HELP herald_provider_circuit_state Circuit breaker per provider account: 0 closed, 1 open, 2 half-open.\n# TYPE herald_provider_circuit_state gauge"
     );
-    let mut accounts: Vec<_> = context.providers.accounts().collect();
-    accounts.sort_by(|a, b| a.provider.name().cmp(b.provider.name()));
+    let channels = &context.channels;
+    let accounts = channels.accounts();
     for account in &accounts {
         let _ = writeln!(
             out,
             "herald_provider_circuit_state{{node=\"{node}\",account=\"{}\",kind=\"{}\"}} {}",
             account.provider.name(),
             account.provider.kind(),
-            account.breaker.state().as_metric()
+            channels.circuit_state(account).as_metric()
         );
     }
     let _ = writeln!(
@@ -256,7 +256,7 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
         out,
         "# HELP herald_breaker_paused Block-rate breakers as last seen by this node: 1 paused.\n# TYPE herald_breaker_paused gauge\n# HELP herald_breaker_ratio Negatives / deliveries in the breaker's window.\n# TYPE herald_breaker_ratio gauge"
     );
-    for state in context.breakers.states() {
+    for state in channels.breaker_states() {
         let _ = writeln!(
             out,
             "herald_breaker_paused{{node=\"{node}\",key=\"{}\"}} {}\nherald_breaker_ratio{{node=\"{node}\",key=\"{}\"}} {}",
@@ -269,12 +269,8 @@ async fn metrics(State(router): State<Router>) -> impl IntoResponse {
     let _ = writeln!(
         out,
         "# TYPE herald_breaker_pauses_total counter\nherald_breaker_pauses_total{{node=\"{node}\"}} {}\n# TYPE herald_breaker_deferred_sends_total counter\nherald_breaker_deferred_sends_total{{node=\"{node}\"}} {}",
-        context.breakers.stats.pauses.load(Ordering::Relaxed),
-        context
-            .breakers
-            .stats
-            .deferred_sends
-            .load(Ordering::Relaxed)
+        channels.stats().pauses.load(Ordering::Relaxed),
+        channels.stats().deferred_sends.load(Ordering::Relaxed)
     );
     let receipts = &context.receipts_stats;
     let _ = writeln!(

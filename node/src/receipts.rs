@@ -194,13 +194,10 @@ pub async fn apply_receipt(router: &Router, receipt: Receipt) -> ReportStatus {
     let tenant = context.auth.tenant(&target.tenant.0);
     let mut receipt = receipt;
     let dead = receipt.kind == ReceiptKind::Failed
-        && receipt.error_code.as_ref().is_some_and(|code| {
-            context
-                .config
-                .channel_rules
-                .get(&receipt.provider)
-                .is_some_and(|rules| rules.dead_contact_errors.iter().any(|c| c == code))
-        });
+        && receipt
+            .error_code
+            .as_ref()
+            .is_some_and(|code| context.channels.is_dead_contact(&receipt.provider, code));
     if dead {
         // A dead number: suppressed like a hard bounce.
         receipt.kind = ReceiptKind::BouncedHard;
@@ -270,7 +267,7 @@ pub async fn handle_inbound(router: &Router, inbound: Inbound) {
     let (kind, detail) = match keyword {
         Keyword::Help => {
             let text = &context.config.sms_keywords.help_reply;
-            if let Some(account) = context.providers.account(&inbound.provider)
+            if let Some(account) = context.channels.account(&inbound.provider)
                 && !text.is_empty()
             {
                 let content = Content {

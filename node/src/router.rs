@@ -20,9 +20,8 @@ use std::time::Duration;
 use herald_proto::error::Error;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    BreakerReport, BreakerStatus, Event, EventKind, ForwardItem, ForwardSignal, MessageRequest,
-    MessageStatus, PermitGrant, PermitRequest, Recipient, ReportResult, ReportStatus, SendResponse,
-    StoredMessage, forward_item, forward_result,
+    Event, EventKind, ForwardItem, ForwardSignal, MessageRequest, MessageStatus, Recipient,
+    ReportResult, ReportStatus, SendResponse, StoredMessage, forward_item, forward_result,
 };
 use herald_proto::{MessageId, PartitionId, TenantId};
 use tracing::debug;
@@ -40,20 +39,18 @@ pub enum Item {
     Erase(String),
     /// A receipt or engagement report for one of the recipient's messages.
     Signal(ForwardSignal),
-    /// Send slots of a rate-limited provider account (tenant `__channels`).
-    Permits(PermitRequest),
-    /// Counts for a block-rate breaker (tenant `__breakers`).
-    Breaker(BreakerReport),
 }
 
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived result per routed item; boxing would allocate per upsert"
+)]
 pub enum ItemResult {
     Sent(SendResponse),
     Recipient(Recipient),
     Erased(bool),
     Signal(ReportResult),
-    Permits(PermitGrant),
-    Breaker(BreakerStatus),
 }
 
 impl Item {
@@ -63,8 +60,6 @@ impl Item {
             Item::Upsert(r) => &r.id,
             Item::Erase(id) => id,
             Item::Signal(signal) => &signal.recipient_id,
-            Item::Permits(request) => &request.account,
-            Item::Breaker(report) => &report.key,
         }
     }
 
@@ -74,8 +69,6 @@ impl Item {
             Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
             Item::Signal(signal) => forward_item::Op::Signal(signal),
-            Item::Permits(request) => forward_item::Op::Permits(request),
-            Item::Breaker(report) => forward_item::Op::Breaker(report),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -89,8 +82,6 @@ impl Item {
             forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
             forward_item::Op::Signal(signal) => Item::Signal(signal),
-            forward_item::Op::Permits(request) => Item::Permits(request),
-            forward_item::Op::Breaker(report) => Item::Breaker(report),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -103,8 +94,6 @@ impl ItemResult {
             ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
-            ItemResult::Permits(g) => forward_result::Result::Permits(g),
-            ItemResult::Breaker(b) => forward_result::Result::Breaker(b),
         }
     }
 
@@ -114,8 +103,6 @@ impl ItemResult {
             Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
-            Some(forward_result::Result::Permits(g)) => Ok(ItemResult::Permits(g)),
-            Some(forward_result::Result::Breaker(b)) => Ok(ItemResult::Breaker(b)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }
@@ -334,31 +321,6 @@ impl Router {
                 signals.push((index, signal, fence));
                 continue;
             }
-            if let Item::Breaker(report) = item {
-                let status = self.context.breakers.apply(&report, fence);
-                out.push((index, Ok(ItemResult::Breaker(status))));
-                continue;
-            }
-            if let Item::Permits(request) = item {
-                let grant = if request.daily {
-                    self.context.rate_limits.admit_daily(&request.account)
-                } else if request.recipient.is_empty() {
-                    PermitGrant {
-                        delays_us: self.context.rate_limits.grant(
-                            &request.account,
-                            request.count.min(1024),
-                            fence,
-                        ),
-                        ..Default::default()
-                    }
-                } else {
-                    self.context
-                        .rate_limits
-                        .admit_local(&request.account, &request.recipient)
-                };
-                out.push((index, Ok(ItemResult::Permits(grant))));
-                continue;
-            }
             let op = match &mut item {
                 Item::Send(request) => {
                     let message_id = ulid::Ulid::new().to_string();
@@ -457,7 +419,7 @@ impl Router {
                         recipient_id: recipient_id.clone(),
                     }
                 }
-                Item::Signal(_) | Item::Permits(_) | Item::Breaker(_) => continue,
+                Item::Signal(_) => continue,
             };
             ops.push(FencedOp { fence, op });
             op_items.push((index, item, partition));

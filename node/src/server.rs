@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use herald_proto::clock::SystemClock;
 use herald_proto::v1::NodeInfo;
 use herald_proto::v1::breakers_server::BreakersServer;
 use herald_proto::v1::delivery_server::DeliveryServer;
@@ -27,6 +28,7 @@ use crate::api::{
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
+use crate::channels::ChannelsContext;
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
 use crate::context::NodeContext;
 use crate::events::EventBus;
@@ -77,42 +79,6 @@ fn load_tenants(config: &NodeConfig) -> Result<Vec<TenantConfig>, Error> {
     Ok(tenants)
 }
 
-/// The warm-up schedules of `[channel_rules]`, checked.
-fn warmup_schedules(
-    config: &NodeConfig,
-) -> Result<std::collections::BTreeMap<String, crate::rate_limits::Warmup>, Error> {
-    let mut out = std::collections::BTreeMap::new();
-    for (account, rules) in &config.channel_rules {
-        if rules.warmup_daily.is_empty() {
-            continue;
-        }
-        let invalid = |message: String| {
-            Error::Config(crate::config::Error::Invalid {
-                origin: "node config".into(),
-                message: format!("channel_rules.{account}: {message}"),
-            })
-        };
-        let start = rules
-            .warmup_start
-            .as_deref()
-            .ok_or_else(|| invalid("warmup_start is required with warmup_daily".into()))?;
-        let day = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
-            .map_err(|e| invalid(format!("warmup_start {start:?}: {e} (expected YYYY-MM-DD)")))?;
-        let start_day = day
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp().div_euclid(86_400))
-            .unwrap_or(0);
-        out.insert(
-            account.clone(),
-            crate::rate_limits::Warmup {
-                start_day,
-                daily: rules.warmup_daily.clone(),
-            },
-        );
-    }
-    Ok(out)
-}
-
 struct Lifecycle {
     context: Weak<NodeContext>,
 }
@@ -130,7 +96,10 @@ impl PartitionLifecycle for Lifecycle {
         Box::pin(async move {
             if let Some(context) = context {
                 let set: HashSet<PartitionId> = partitions.into_iter().collect();
-                context.directory.stop_partitions(&set).await;
+                futures::join!(
+                    context.directory.stop_partitions(&set),
+                    context.channels.stop_partitions(&set)
+                );
             }
         })
     }
@@ -264,9 +233,22 @@ impl Node {
             .unwrap_or_else(|| local_addr.to_string());
         let tenants = load_tenants(&config)?;
         let auth = Authenticator::new(&tenants, config.api_keys_in_store.then(|| store.clone()));
-        // What adapters report on their own connections, and the sandbox's delayed receipts.
-        let (provider_events, provider_events_rx) = tokio::sync::mpsc::channel(4096);
-        let accounts = crate::accounts::build(&config, provider_events)
+        let (timers, timer_queue) = crate::timers::Timers::new();
+        let timer_stats = timers.stats.clone();
+        let ownership = Ownership::new(node_id.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        // One link pool per node: the router's Forward stream and the channels' calls share
+        // each peer's connection.
+        let peers = Peers::default();
+        let channels = config
+            .channels_config()
+            .build(ChannelsContext {
+                node_id: node_id.clone(),
+                ownership: ownership.clone(),
+                peers: peers.clone(),
+                clock: SystemClock::shared(),
+                shutdown: shutdown_rx.clone(),
+            })
             .await
             .map_err(|e| {
                 Error::Config(crate::config::Error::Invalid {
@@ -274,10 +256,7 @@ impl Node {
                     message: e.to_string(),
                 })
             })?;
-        let warmups = warmup_schedules(&config)?;
-        let (timers, timer_queue) = crate::timers::Timers::new();
-        let timer_stats = timers.stats.clone();
-        let ownership = Ownership::new(node_id.clone());
+        let provider_events = channels.take_provider_events();
         let context = Arc::new(NodeContext {
             node_id: node_id.clone(),
             store: store.clone(),
@@ -285,30 +264,16 @@ impl Node {
             events: EventBus::new(config.watch_buffer),
             auth,
             directory: RecipientDirectory::default(),
-            providers: accounts.registry,
+            channels,
             timers,
             receipts_stats: Default::default(),
-            breakers: crate::breakers::Breakers::new(&config.block_rate),
-            rate_limits: crate::rate_limits::RateLimits::with_tiers(
-                &config.rate_limits,
-                config.rate_limit_margin,
-                &config
-                    .channel_rules
-                    .iter()
-                    .map(|(account, rules)| (account.clone(), rules.unique_recipients_per_day))
-                    .collect(),
-            )
-            .with_warmups(warmups),
-            sandbox: accounts.sandbox,
             signal_admission: Arc::new(tokio::sync::Semaphore::new(SIGNALS_IN_PROGRESS)),
             admission: Arc::new(tokio::sync::Semaphore::new(
                 config.max_messages_in_progress.max(1),
             )),
             config: config.clone(),
         });
-        context.rate_limits.bind(Arc::downgrade(&context));
-        context.breakers.bind(Arc::downgrade(&context));
-        let router = Router::new(context.clone(), Peers::default());
+        let router = Router::new(context.clone(), peers);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -362,7 +327,6 @@ impl Node {
             }
         });
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let lifecycle = Arc::new(Lifecycle {
             context: Arc::downgrade(&context),
         });
@@ -383,11 +347,9 @@ impl Node {
             timer_stats,
             shutdown_rx.clone(),
         ));
-        tokio::spawn(crate::breakers::Breakers::run(
-            Arc::downgrade(&context),
-            shutdown_rx.clone(),
-        ));
-        tokio::spawn(crate::receipts::consume(router.clone(), provider_events_rx));
+        if let Some(events) = provider_events {
+            tokio::spawn(crate::receipts::consume(router.clone(), events));
+        }
         let http_addr = match config.http_listen_addr {
             Some(addr) => Some(
                 crate::http::serve(addr, router.clone(), shutdown_rx.clone())

@@ -26,8 +26,8 @@ use tracing::warn;
 use super::directory::Activity;
 use super::waterfall::{Progress, Waiting};
 use crate::auth::Tenant;
+use crate::channels::StepCall;
 use crate::context::{NodeContext, now_unix_ms};
-use crate::failover::StepCall;
 use crate::timers::TimerEntry;
 use herald_providers::Outcome;
 use herald_store::{self as store, Fence, FencedOp, WriteOp, WriteOutcome};
@@ -514,7 +514,7 @@ fn skip_reason(
     if !has_contact {
         return Some(format!("no_contact_point{{channel={}}}", name()));
     }
-    if crate::failover::contact_point(recipient, channel, None).is_none() {
+    if crate::channels::contact_point(recipient, channel, None).is_none() {
         let why = recipient
             .suppressed
             .iter()
@@ -633,12 +633,12 @@ async fn channel_rule_block(
             ));
         }
     }
-    if context.rate_limits.has_warmup(account) {
-        match context.rate_limits.admit_warmup(account).await {
-            Ok(grant) if grant.refused => {
+    if context.channels.has_warmup(account) {
+        match context.channels.admit_warmup(account).await {
+            Ok(admission) if admission.refused => {
                 return Some(format!(
                     "warmup_quota{{account={account}, quota_today={}, sent_today={}}}",
-                    grant.tier, grant.unique
+                    admission.limit, admission.count
                 ));
             }
             Ok(_) => {}
@@ -649,16 +649,16 @@ async fn channel_rule_block(
             }
         }
     }
-    if context.rate_limits.has_tier(account) {
-        let key = format!(
-            "{:016x}",
-            herald_proto::partition::key_hash(&job.tenant.id.0, &recipient.id)
-        );
-        match context.rate_limits.admit(account, &key).await {
-            Ok(grant) if grant.refused => {
+    if context.channels.has_tier(account) {
+        match context
+            .channels
+            .admit_tier(account, &job.tenant.id.0, &recipient.id)
+            .await
+        {
+            Ok(admission) if admission.refused => {
                 return Some(format!(
                     "tier_limit{{account={account}, unique_recipients_24h={}, tier={}}}",
-                    grant.unique, grant.tier
+                    admission.count, admission.limit
                 ));
             }
             Ok(_) => {}
@@ -695,7 +695,7 @@ const BREAKER_RECHECK_MS: i64 = 2_000;
 
 fn campaign_breaker_key(job: &Job) -> Option<String> {
     let campaign = job.message.request.as_ref()?.campaign_id.as_str();
-    (!campaign.is_empty()).then(|| crate::breakers::campaign_key(&job.tenant.id.0, campaign))
+    (!campaign.is_empty()).then(|| crate::channels::campaign_key(&job.tenant.id.0, campaign))
 }
 
 /// The paused breaker (the message's campaign, or `account`) that holds this send, if any.
@@ -704,15 +704,15 @@ fn paused_breaker(
     job: &Job,
     account: &str,
 ) -> Option<herald_proto::v1::BreakerStatus> {
-    if !context.breakers.any_paused() {
+    if !context.channels.any_paused() {
         return None;
     }
     campaign_breaker_key(job)
-        .and_then(|key| context.breakers.paused(&key))
+        .and_then(|key| context.channels.paused(&key))
         .or_else(|| {
             context
-                .breakers
-                .paused(&crate::breakers::sender_key(account))
+                .channels
+                .paused(&crate::channels::sender_key(account))
         })
 }
 
@@ -725,14 +725,14 @@ fn observe_breakers(
     signal: crate::policy::block_rate::Signal,
 ) {
     if let Some(key) = campaign_breaker_key(job) {
-        context.breakers.observe(&key, channel, signal);
+        context.channels.observe(&key, channel, signal);
     }
-    if let Some(key) = context.providers.account(account).map(|a| &a.breaker_key) {
-        context.breakers.observe(key, channel, signal);
+    if let Some(key) = context.channels.account(account).map(|a| &a.breaker_key) {
+        context.channels.observe(key, channel, signal);
     } else if !account.is_empty() {
         context
-            .breakers
-            .observe(&crate::breakers::sender_key(account), channel, signal);
+            .channels
+            .observe(&crate::channels::sender_key(account), channel, signal);
     }
 }
 
@@ -1155,7 +1155,7 @@ async fn walk(
             step += 1;
             continue;
         }
-        let mut chain = context.providers.chain(channel, &spec.provider_account);
+        let mut chain = context.channels.chain(channel, &spec.provider_account);
         // A sender the person stopped (an SMS STOP to that number) is never used for them.
         let before = chain.len();
         chain.retain(|account| {
@@ -1171,7 +1171,7 @@ async fn walk(
             && chain.iter().any(|account| {
                 let name = account.provider.name();
                 context.config.channel_rules.contains_key(name)
-                    || context.rate_limits.may_wait(name, &job.tenant.id.0)
+                    || context.channels.may_wait(name, &job.tenant.id.0)
             })
         {
             log.settle_accept().await?;
@@ -1182,8 +1182,8 @@ async fn walk(
             && chain.iter().any(|account| {
                 let name = account.provider.name();
                 context.config.channel_rules.contains_key(name)
-                    || context.rate_limits.has_warmup(name)
-                    || context.rate_limits.has_tier(name)
+                    || context.channels.has_warmup(name)
+                    || context.channels.has_tier(name)
             })
         {
             let mut kept = Vec::with_capacity(chain.len());
@@ -1233,7 +1233,7 @@ async fn walk(
         // The send slot first (it may be a while at a low rate), then the breakers, so a pause
         // stops messages that were waiting for their slot too.
         let first_slot_taken = context
-            .rate_limits
+            .channels
             .acquire_for(first.provider.name(), &job.tenant.id.0)
             .await
             .is_ok();
@@ -1251,11 +1251,7 @@ async fn walk(
                 step += 1;
                 continue;
             }
-            context
-                .breakers
-                .stats
-                .deferred_sends
-                .fetch_add(1, Ordering::Relaxed);
+            context.channels.count_deferred();
             let due = now_unix_ms() + BREAKER_RECHECK_MS;
             log.push(
                 EventKind::EventDeferred,
@@ -1289,7 +1285,7 @@ async fn walk(
         log.flush(false, std::mem::take(&mut extra)).await?;
 
         let delivery = context
-            .providers
+            .channels
             .send(
                 &chain,
                 StepCall {
@@ -1306,7 +1302,6 @@ async fn walk(
                     first_slot_taken,
                     tenant: &job.tenant.id.0,
                 },
-                &context.rate_limits,
             )
             .await;
         let trail = if delivery.trail.is_empty() {
@@ -1335,7 +1330,7 @@ async fn walk(
                 if let Some(history) = &sends {
                     index.push(record_send(job, &recipient.id, history, channel));
                 }
-                if let Some(account) = context.providers.account(&delivery.account)
+                if let Some(account) = context.channels.account(&delivery.account)
                     && account.provider.late_receipts()
                     && !provider_message_id.is_empty()
                 {
@@ -1543,8 +1538,8 @@ async fn apply_consent(context: &NodeContext, job: &ConsentJob) -> Result<Report
     if job.change.state() == ConsentState::OptedOut
         && let Some((account, _)) = &job.confirm
     {
-        context.breakers.observe(
-            &crate::breakers::sender_key(account),
+        context.channels.observe(
+            &crate::channels::sender_key(account),
             Channel::try_from(job.change.channel).unwrap_or_default(),
             crate::policy::block_rate::Signal::OptOut,
         );
@@ -1566,7 +1561,7 @@ async fn apply_consent(context: &NodeContext, job: &ConsentJob) -> Result<Report
         return Err(RunError::Fenced);
     }
     if let Some((account, text)) = &job.confirm
-        && let Some(account) = context.providers.account(account)
+        && let Some(account) = context.channels.account(account)
         && !updated.phone.is_empty()
     {
         let content = herald_proto::v1::Content {
@@ -1789,7 +1784,7 @@ async fn apply_signal_once(
         }
         if kills_contact
             && let Some(current) = &recipient
-            && let Some(address) = crate::failover::contact_point(current, channel, None)
+            && let Some(address) = crate::channels::contact_point(current, channel, None)
         {
             let address = address.to_owned();
             let (updated, op) = suppress(job, current, channel, &address, &kind_name(kind));
@@ -1884,7 +1879,7 @@ async fn apply_signal_once(
             },
         );
         if kind == EngagementKind::EngagementComplained
-            && let Some(address) = crate::failover::contact_point(&recipient, channel, None)
+            && let Some(address) = crate::channels::contact_point(&recipient, channel, None)
         {
             let address = address.to_owned();
             let (updated, _) = suppress(job, &recipient, channel, &address, "complained");

@@ -3,10 +3,10 @@
 
 use herald_proto::error::Error;
 use herald_proto::v1::breakers_server::Breakers;
-use herald_proto::v1::{BreakerReport, BreakerRequest, BreakerStatus};
+use herald_proto::v1::{BreakerRequest, BreakerStatus};
 use tonic::{Request, Response, Status};
 
-use crate::breakers::{campaign_key, sender_key};
+use crate::channels::{campaign_key, sender_key};
 use crate::router::Router;
 
 pub struct BreakersApi {
@@ -29,7 +29,7 @@ impl BreakersApi {
         let key = match (request.campaign_id.is_empty(), request.sender.is_empty()) {
             (false, true) => campaign_key(&tenant.id.0, &request.campaign_id),
             (true, false) => {
-                if context.providers.account(&request.sender).is_none() {
+                if context.channels.account(&request.sender).is_none() {
                     return Err(Error::invalid(
                         "sender",
                         "is not a provider account of this cluster",
@@ -47,12 +47,8 @@ impl BreakersApi {
             }
         };
         let status = context
-            .breakers
-            .report(BreakerReport {
-                key,
-                resume,
-                ..Default::default()
-            })
+            .channels
+            .breaker(&key, resume)
             .await
             .map_err(|e| Error::Unavailable(format!("breaker: {e}")))?;
         Ok(Response::new(status))
