@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_store::testsuite::RedisServer;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, PartitionTable, WatchTableRequest,
 };
+use herald_store::testsuite::RedisServer;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
