@@ -206,7 +206,8 @@ impl Rules {
                 .warmup_start
                 .as_deref()
                 .ok_or_else(|| rule("warmup_start is required with warmup_daily".into()))?;
-            let warmup = Warmup::parse(start, account_rules.warmup_daily.clone()).map_err(rule)?;
+            let warmup = Warmup::parse(start, account_rules.warmup_daily.clone())
+                .map_err(|e| rule(e.to_string()))?;
             rules.warmups.insert(account.clone(), warmup);
         }
         Ok(rules)

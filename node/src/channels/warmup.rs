@@ -12,6 +12,14 @@ use super::tier::Admission;
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A first warm-up day that is not a date.
+#[derive(Debug, thiserror::Error)]
+#[error("warmup_start {start:?}: {source} (expected YYYY-MM-DD)")]
+pub struct StartError {
+    start: String,
+    source: chrono::ParseError,
+}
+
 /// A warm-up schedule: the quota of day `i` (UTC) after `start_day`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Warmup {
@@ -22,9 +30,12 @@ pub struct Warmup {
 
 impl Warmup {
     /// A schedule starting on `start` (`YYYY-MM-DD`, UTC).
-    pub fn parse(start: &str, daily: Vec<u32>) -> Result<Self, String> {
-        let day = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
-            .map_err(|e| format!("warmup_start {start:?}: {e} (expected YYYY-MM-DD)"))?;
+    pub fn parse(start: &str, daily: Vec<u32>) -> Result<Self, StartError> {
+        let day =
+            chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d").map_err(|source| StartError {
+                start: start.to_owned(),
+                source,
+            })?;
         let start_day = day
             .and_hms_opt(0, 0, 0)
             .map(|t| t.and_utc().timestamp().div_euclid(86_400))
@@ -116,6 +127,11 @@ mod tests {
     #[test]
     fn a_bad_start_day_is_named() {
         let error = Warmup::parse("20-11-2026", vec![1]).expect_err("invalid");
-        assert!(error.contains("warmup_start \"20-11-2026\""), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("warmup_start \"20-11-2026\": "),
+            "{error}"
+        );
     }
 }
