@@ -566,8 +566,7 @@ smpp-main = {RATE}
 
     // Phase 2: kill -9 the node that schedules the sender, mid-run.
     let table = cluster.table().await;
-    let partition =
-        herald_node::rate_limits::RateLimits::partition("smpp-main", table.owners.len() as u32);
+    let partition = herald_node::channels::partition("smpp-main", table.owners.len() as u32);
     let owner_index = table.owners[partition.0 as usize] as usize;
     let owner = table.nodes[owner_index].node_id.clone();
     let victim: usize = owner

@@ -215,30 +215,10 @@ fn default_quiet_hours_spread_s() -> u64 {
 
 pub use herald_store::StoreConfig;
 
-pub use crate::accounts::{ChannelsConfig, ProviderAccountConfig};
-
-/// Messenger-style rules of one provider account.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ChannelRules {
-    /// Warm-up schedule of a new sending domain or number: the most sends per UTC day, day by
-    /// day from `warmup_start` (`warmup_daily = [50, 100, 250, 500, 1000]`); after the last day
-    /// no daily limit. Sends beyond the day's quota skip this account (the waterfall goes on).
-    pub warmup_daily: Vec<u32>,
-    /// First day of the warm-up (`"2026-11-20"`, UTC). Required with `warmup_daily`.
-    pub warmup_start: Option<String>,
-    /// Error codes in this account's failure receipts that mean the number (or address) is dead
-    /// (SMPP `err:` values, e.g. `["001", "0C1"]`): the contact point is then suppressed, as
-    /// after a hard bounce. Twilio's 30005/30006 are known without configuration.
-    pub dead_contact_errors: Vec<String>,
-    /// Session window, hours: more than this long after the person's last inbound message,
-    /// only tagged messages (`MessageRequest.tag`) may go through this account. 0 = no rule.
-    pub session_window_h: u32,
-    /// The account's tier: at most this many distinct recipients in any 24 hours (as
-    /// WhatsApp's 250 / 1k / 10k / 100k tiers). 0 = no limit. Counted cluster-wide by the owner
-    /// of the account's schedule.
-    pub unique_recipients_per_day: u32,
-}
+use crate::channels::config::{
+    ChainsConfig, ChannelRules, ChannelsConfig, FailoverConfig, ProviderAccountConfig,
+    SANDBOX_ACCOUNT,
+};
 
 /// Replies to SMS keywords (`[sms_keywords]`). Empty = no reply.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -261,7 +241,6 @@ impl Default for SmsKeywordReplies {
         }
     }
 }
-pub use crate::failover::FailoverConfig;
 pub use herald_providers::sandbox::SandboxConfig;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -313,7 +292,7 @@ pub struct NodeConfig {
     /// adapter's own fields.
     pub providers: BTreeMap<String, ProviderAccountConfig>,
     /// Per channel, the accounts to use in failover order. Empty = `["sandbox"]`.
-    pub channels: ChannelsConfig,
+    pub channels: ChainsConfig,
     /// Retries and circuit breakers of provider calls.
     pub failover: FailoverConfig,
     /// A waterfall step's wait for its success condition when the step gives no timeout, ms.
@@ -378,7 +357,7 @@ impl Default for NodeConfig {
             max_messages_in_progress: 2_000,
             sandbox: SandboxConfig::default(),
             providers: BTreeMap::new(),
-            channels: ChannelsConfig::default(),
+            channels: ChainsConfig::default(),
             failover: FailoverConfig::default(),
             default_step_timeout_ms: 300_000,
             receipt_index_ttl_s: 7 * 24 * 3600,
@@ -397,6 +376,21 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The channels component's part of the config.
+    pub fn channels_config(&self) -> ChannelsConfig {
+        ChannelsConfig {
+            sandbox: self.sandbox.clone(),
+            providers: self.providers.clone(),
+            chains: self.channels.clone(),
+            failover: self.failover.clone(),
+            rate_limits: self.rate_limits.clone(),
+            rate_limit_margin: self.rate_limit_margin,
+            channel_rules: self.channel_rules.clone(),
+            block_rate: self.block_rate.clone(),
+            owner_wait: std::time::Duration::from_millis(self.lease_ttl_ms),
+        }
+    }
+
     pub fn node_id(&self) -> String {
         self.node_id
             .clone()
@@ -438,8 +432,7 @@ impl NodeConfig {
             }
             // `account@tenant` = that tenant's own quota on the account.
             let account = account.split_once('@').map_or(account.as_str(), |(a, _)| a);
-            if account != crate::accounts::SANDBOX_ACCOUNT && !self.providers.contains_key(account)
-            {
+            if account != SANDBOX_ACCOUNT && !self.providers.contains_key(account) {
                 return Err(Error::Invalid {
                     origin: "node config".into(),
                     message: format!(

@@ -30,10 +30,10 @@ use std::sync::Arc;
 use herald_proto::NodeId;
 use herald_store::Store;
 
-use crate::accounts::ProviderAccountConfig;
 use crate::actors::directory::RecipientDirectory;
 use crate::auth::Authenticator;
 use crate::channels::Channels;
+use crate::channels::ProviderAccountConfig;
 use crate::links::LinkSigner;
 use crate::receipts::Receipts;
 use crate::timers::Timers;
@@ -47,7 +47,7 @@ pub struct Http {
     pub links: Option<LinkSigner>,
     pub tenants: Authenticator,
     pub store: Arc<dyn Store>,
-    pub channels: Arc<Channels>,
+    pub channels: Channels,
     pub timers: Timers,
     pub directory: Arc<RecipientDirectory>,
 }
@@ -248,15 +248,14 @@ async fn metrics(State(http): State<State_>) -> impl IntoResponse {
         out,
         "# HELP herald_provider_circuit_state Circuit breaker per provider account: 0 closed, 1 open, 2 half-open.\n# TYPE herald_provider_circuit_state gauge"
     );
-    let mut accounts: Vec<_> = http.channels.accounts().collect();
-    accounts.sort_by(|a, b| a.provider.name().cmp(b.provider.name()));
+    let accounts = http.channels.accounts();
     for account in &accounts {
         let _ = writeln!(
             out,
             "herald_provider_circuit_state{{node=\"{node}\",account=\"{}\",kind=\"{}\"}} {}",
             account.provider.name(),
             account.provider.kind(),
-            account.breaker.state().as_metric()
+            http.channels.circuit_state(account).as_metric()
         );
     }
     let _ = writeln!(
@@ -294,7 +293,8 @@ async fn metrics(State(http): State<State_>) -> impl IntoResponse {
             state.ratio
         );
     }
-    let (pauses, deferred_sends) = http.channels.breaker_counts();
+    let pauses = http.channels.stats().pauses.load(Ordering::Relaxed);
+    let deferred_sends = http.channels.stats().deferred_sends.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
         "# TYPE herald_breaker_pauses_total counter\nherald_breaker_pauses_total{{node=\"{node}\"}} {}\n# TYPE herald_breaker_deferred_sends_total counter\nherald_breaker_deferred_sends_total{{node=\"{node}\"}} {}",

@@ -39,7 +39,6 @@ use crate::actors::recipient::{
     AcceptError, ConsentJob, InboundJob, Job, PendingAccept, RecipientMsg, SignalJob,
 };
 use crate::auth::{Authenticator, Tenant};
-use crate::channels::Channels;
 use crate::config::SmsKeywordReplies;
 use crate::events::EventBus;
 use crate::items::{Item, ItemResult};
@@ -70,7 +69,6 @@ pub struct Intake {
     pub tenants: Authenticator,
     pub events: EventBus,
     pub clock: SharedClock,
-    pub channels: Arc<Channels>,
     pub settings: IntakeSettings,
 }
 
@@ -255,14 +253,6 @@ impl Intake {
             };
             match item {
                 Item::Signal(signal) => signals.push((index, signal, fence)),
-                Item::Breaker(report) => {
-                    let status = self.channels.serve_breaker(&report, fence);
-                    out.push((index, Ok(ItemResult::Breaker(status))));
-                }
-                Item::Permits(request) => {
-                    let grant = self.channels.serve_permits(&request, fence);
-                    out.push((index, Ok(ItemResult::Permits(grant))));
-                }
                 Item::Send(request) => {
                     let recipient_id = request.recipient_id.clone();
                     let acceptance = self.acceptance(tenant, request, partition, fence);

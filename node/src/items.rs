@@ -9,8 +9,8 @@
 use herald_proto::TenantId;
 use herald_proto::error::Error;
 use herald_proto::v1::{
-    BreakerReport, BreakerStatus, ForwardItem, ForwardSignal, MessageRequest, PermitGrant,
-    PermitRequest, Recipient, ReportResult, SendResponse, forward_item, forward_result,
+    ForwardItem, ForwardSignal, MessageRequest, Recipient, ReportResult, SendResponse,
+    forward_item, forward_result,
 };
 
 #[derive(Clone, Debug)]
@@ -20,10 +20,6 @@ pub enum Item {
     Erase(String),
     /// A receipt or engagement report for one of the recipient's messages, or a consent signal.
     Signal(ForwardSignal),
-    /// Send slots of a rate-limited provider account (tenant `__channels`).
-    Permits(PermitRequest),
-    /// Counts for a block-rate breaker (tenant `__breakers`).
-    Breaker(BreakerReport),
 }
 
 #[derive(Clone, Debug)]
@@ -32,8 +28,6 @@ pub enum ItemResult {
     Recipient(Recipient),
     Erased(bool),
     Signal(ReportResult),
-    Permits(PermitGrant),
-    Breaker(BreakerStatus),
 }
 
 impl Item {
@@ -44,8 +38,6 @@ impl Item {
             Item::Upsert(r) => &r.id,
             Item::Erase(id) => id,
             Item::Signal(signal) => &signal.recipient_id,
-            Item::Permits(request) => &request.account,
-            Item::Breaker(report) => &report.key,
         }
     }
 
@@ -55,8 +47,6 @@ impl Item {
             Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
             Item::Signal(signal) => forward_item::Op::Signal(signal),
-            Item::Permits(request) => forward_item::Op::Permits(request),
-            Item::Breaker(report) => forward_item::Op::Breaker(report),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -70,8 +60,6 @@ impl Item {
             forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
             forward_item::Op::Signal(signal) => Item::Signal(signal),
-            forward_item::Op::Permits(request) => Item::Permits(request),
-            forward_item::Op::Breaker(report) => Item::Breaker(report),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -84,8 +72,6 @@ impl ItemResult {
             ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
-            ItemResult::Permits(g) => forward_result::Result::Permits(g),
-            ItemResult::Breaker(b) => forward_result::Result::Breaker(b),
         }
     }
 
@@ -95,8 +81,6 @@ impl ItemResult {
             Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
-            Some(forward_result::Result::Permits(g)) => Ok(ItemResult::Permits(g)),
-            Some(forward_result::Result::Breaker(b)) => Ok(ItemResult::Breaker(b)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }

@@ -9,26 +9,23 @@
 //! - [`server`]: assembles a node (gRPC server, loops) and shuts it down gracefully.
 //! - [`membership`]: joins the control plane, heartbeats, follows the partition table.
 //! - [`ownership`]: the table, partition leases and fences.
-//! - [`peers`]: node-to-node Forward streams.
+//! - [`peers`]: node-to-node links (one connection per peer; Forward and Channels streams).
 //! - [`actors`]: RecipientActor and its directory (activation, passivation).
-//! - [`accounts`], [`failover`]: provider accounts, channel chains, retries, circuit breakers.
+//! - [`channels`]: provider accounts and chains, the ChannelActors (rate limits, tiers,
+//!   warm-ups, block-rate breakers, circuits) and their handles, failover of a step's call.
 //! - [`timers`]: the in-memory schedule of durable waits (the durable part is in the log).
 //! - [`receipts`]: matching receipts and engagement reports to attempts.
 //! - [`http`]: provider callbacks and `/metrics`.
 //! - [`validate`], [`auth`], [`config`], [`events`], [`watch`].
 
-pub mod accounts;
 pub mod actors;
 pub mod api;
 pub mod auth;
-pub mod breakers;
 pub mod channels;
 pub mod config;
 pub mod content;
-pub mod context;
 pub mod demo;
 pub mod events;
-pub mod failover;
 pub mod http;
 pub mod intake;
 pub mod items;
@@ -37,7 +34,6 @@ pub mod membership;
 pub mod ownership;
 pub mod peers;
 pub mod policy;
-pub mod rate_limits;
 pub mod reason;
 pub mod receipts;
 pub use herald_providers as providers;

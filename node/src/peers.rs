@@ -1,30 +1,43 @@
 //! # peers: node-to-node links
 //!
-//! Owns one bidirectional `Forward` stream per peer address. Batches go out tagged with an id;
-//! replies are matched by id. A broken stream fails its pending batches (the router retries
-//! them against a newer table) and is re-opened on next use. Bounded: at most
-//! `PENDING_BATCHES_MAX` batches wait per link.
+//! Owns one connection (a tonic `Channel`) per peer address, built on first use, and on it the
+//! two bidirectional streams of the `Forward` service: `Forward` (batches of routed requests,
+//! for the router) and `Channels` (batches of calls to ChannelActors, for the channels
+//! component). Each stream multiplexes batches tagged with an id; replies are matched by id. A
+//! broken stream fails its pending batches (the caller retries them against a newer table) and
+//! is re-opened on next use; a peer that cannot be reached is forgotten, so the next use
+//! connects afresh. Bounded: at most `PENDING_BATCHES_MAX` batches wait per stream.
 //!
-//! Must never retry on its own: retry decisions belong to the router.
+//! One `Peers` is built by the server assembly and handed (cloned: it is a handle over shared
+//! state) to every component that talks to other nodes, so a node keeps one link pool, not one
+//! per component. Must never retry on its own: retry decisions belong to the callers, and must
+//! never look at what it carries beyond the batch ids.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_proto::Epoch;
 use herald_proto::v1::forward_client::ForwardClient;
-use herald_proto::v1::{ForwardBatch, ForwardItem, ForwardResult, forward_result};
+use herald_proto::v1::{
+    ChannelCall, ChannelCallBatch, ChannelReply, ChannelReplyBatch, ForwardBatch, ForwardItem,
+    ForwardReply, ForwardResult,
+};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tracing::debug;
 
 const PENDING_BATCHES_MAX: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// gRPC message size limit of the internal streams (a full batch of maximum-size messages).
+const MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("connect: {0}")]
     Connect(String),
@@ -34,15 +47,75 @@ pub enum Error {
     Mismatch { got: usize, sent: usize },
 }
 
-type Reply = oneshot::Sender<Result<Vec<ForwardResult>, Error>>;
+/// What one stream carries: outgoing batches with an id, and reply batches with the same id.
+trait Batch: Send + 'static {
+    type Reply: Send + 'static;
+    fn id(&self) -> u64;
+}
 
-struct Link {
-    outbound: mpsc::Sender<(ForwardBatch, Reply)>,
+trait ReplyBatch: Send + 'static {
+    type Results: Send + 'static;
+    fn id(&self) -> u64;
+    fn into_results(self) -> Self::Results;
+}
+
+impl Batch for ForwardBatch {
+    type Reply = ForwardReply;
+    fn id(&self) -> u64 {
+        self.batch_id
+    }
+}
+
+impl ReplyBatch for ForwardReply {
+    type Results = Vec<ForwardResult>;
+    fn id(&self) -> u64 {
+        self.batch_id
+    }
+    fn into_results(self) -> Vec<ForwardResult> {
+        self.results
+    }
+}
+
+impl Batch for ChannelCallBatch {
+    type Reply = ChannelReplyBatch;
+    fn id(&self) -> u64 {
+        self.batch_id
+    }
+}
+
+impl ReplyBatch for ChannelReplyBatch {
+    type Results = Vec<ChannelReply>;
+    fn id(&self) -> u64 {
+        self.batch_id
+    }
+    fn into_results(self) -> Vec<ChannelReply> {
+        self.replies
+    }
+}
+
+type Waiter<R> = oneshot::Sender<Result<R, Error>>;
+
+/// One open stream: batches go to its task, which writes them and matches the replies.
+struct Link<B: Batch>
+where
+    B::Reply: ReplyBatch,
+{
+    outbound: mpsc::Sender<(B, Waiter<<B::Reply as ReplyBatch>::Results>)>,
+}
+
+/// Where a peer keeps the open stream of one kind (none until first use, or after it broke).
+type LinkSlot<B> = Mutex<Option<Arc<Link<B>>>>;
+
+/// One peer node: its connection and the streams open on it.
+struct Peer {
+    channel: Channel,
+    forward: LinkSlot<ForwardBatch>,
+    channels: LinkSlot<ChannelCallBatch>,
 }
 
 #[derive(Clone, Default)]
 pub struct Peers {
-    links: Arc<Mutex<HashMap<String, Arc<Link>>>>,
+    peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
     next_batch_id: Arc<AtomicU64>,
 }
 
@@ -55,15 +128,67 @@ impl Peers {
         items: Vec<ForwardItem>,
     ) -> Result<Vec<ForwardResult>, Error> {
         let sent = items.len();
-        let link = self.link(address).await?;
         let batch = ForwardBatch {
             batch_id: self.next_batch_id.fetch_add(1, Ordering::Relaxed),
             epoch: epoch.0,
             items,
         };
+        let results = self
+            .send(address, batch, |peer| &peer.forward, open_forward)
+            .await?;
+        check_len(results, sent)
+    }
+
+    /// Sends calls to the ChannelActors of the node at `address`; one reply per call, in order.
+    pub async fn channel_calls(
+        &self,
+        address: &str,
+        epoch: Epoch,
+        calls: Vec<ChannelCall>,
+    ) -> Result<Vec<ChannelReply>, Error> {
+        let sent = calls.len();
+        let batch = ChannelCallBatch {
+            batch_id: self.next_batch_id.fetch_add(1, Ordering::Relaxed),
+            epoch: epoch.0,
+            calls,
+        };
+        let results = self
+            .send(address, batch, |peer| &peer.channels, open_channels)
+            .await?;
+        check_len(results, sent)
+    }
+
+    /// Sends one batch on the stream `slot` picks of the peer at `address`, opening the
+    /// connection and the stream as needed.
+    async fn send<B, Open, Opened>(
+        &self,
+        address: &str,
+        batch: B,
+        slot: fn(&Peer) -> &LinkSlot<B>,
+        open: Open,
+    ) -> Result<<B::Reply as ReplyBatch>::Results, Error>
+    where
+        B: Batch,
+        B::Reply: ReplyBatch,
+        Open: FnOnce(ForwardClient<Channel>, ReceiverStream<B>) -> Opened,
+        Opened: Future<Output = Result<tonic::Streaming<B::Reply>, tonic::Status>>,
+    {
+        let peer = self.peer(address)?;
+        let open_link = slot(&peer).lock().clone();
+        let link = match open_link {
+            Some(link) => link,
+            None => match self.open_link(address, &peer, slot, open).await {
+                Ok(link) => link,
+                Err(error) => {
+                    // Unreachable: the next use connects afresh (the node may have moved).
+                    self.forget(address, &peer);
+                    return Err(error);
+                }
+            },
+        };
         let (reply, wait) = oneshot::channel();
         if link.outbound.send((batch, reply)).await.is_err() {
-            self.drop_link(address, &link);
+            drop_link(slot(&peer), &link);
             return Err(Error::Closed("link task ended".into()));
         }
         let results = match wait.await {
@@ -71,149 +196,154 @@ impl Peers {
             Err(_) => Err(Error::Closed("link task ended".into())),
         };
         if results.is_err() {
-            self.drop_link(address, &link);
+            drop_link(slot(&peer), &link);
         }
-        let results = results?;
-        if results.len() != sent {
-            return Err(Error::Mismatch {
-                got: results.len(),
-                sent,
-            });
-        }
-        Ok(results)
+        results
     }
 
-    fn drop_link(&self, address: &str, link: &Arc<Link>) {
-        let mut links = self.links.lock();
-        if links.get(address).is_some_and(|l| Arc::ptr_eq(l, link)) {
-            links.remove(address);
+    fn peer(&self, address: &str) -> Result<Arc<Peer>, Error> {
+        let mut peers = self.peers.lock();
+        if let Some(peer) = peers.get(address) {
+            return Ok(peer.clone());
         }
-    }
-
-    async fn link(&self, address: &str) -> Result<Arc<Link>, Error> {
-        if let Some(link) = self.links.lock().get(address) {
-            return Ok(link.clone());
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        // Lazy: the connection is made by the first stream opened on it, within the connect
+        // timeout; a broken connection is re-made by the channel itself.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::Connect(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let peer = Arc::new(Peer {
+            channel,
+            forward: Mutex::new(None),
+            channels: Mutex::new(None),
+        });
+        peers.insert(address.to_owned(), peer.clone());
+        Ok(peer)
+    }
+
+    fn forget(&self, address: &str, peer: &Arc<Peer>) {
+        let mut peers = self.peers.lock();
+        if peers.get(address).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            peers.remove(address);
+        }
+    }
+
+    async fn open_link<B, Open, Opened>(
+        &self,
+        address: &str,
+        peer: &Peer,
+        slot: fn(&Peer) -> &LinkSlot<B>,
+        open: Open,
+    ) -> Result<Arc<Link<B>>, Error>
+    where
+        B: Batch,
+        B::Reply: ReplyBatch,
+        Open: FnOnce(ForwardClient<Channel>, ReceiverStream<B>) -> Opened,
+        Opened: Future<Output = Result<tonic::Streaming<B::Reply>, tonic::Status>>,
+    {
+        let client = ForwardClient::new(peer.channel.clone())
+            .max_decoding_message_size(MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(MESSAGE_MAX_BYTES);
+        let (outbound, requests) = mpsc::channel(PENDING_BATCHES_MAX);
+        let (stream_tx, stream_rx) = mpsc::channel::<B>(PENDING_BATCHES_MAX);
+        let opening = open(client, ReceiverStream::new(stream_rx));
+        let inbound = tokio::time::timeout(CONNECT_TIMEOUT, opening)
             .await
+            .map_err(|_| Error::Connect(format!("{address}: timed out")))?
             .map_err(|e| Error::Connect(format!("{address}: {e}")))?;
-        let mut client = ForwardClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024);
-        let (outbound, mut requests) = mpsc::channel::<(ForwardBatch, Reply)>(PENDING_BATCHES_MAX);
-        let (stream_tx, stream_rx) = mpsc::channel::<ForwardBatch>(PENDING_BATCHES_MAX);
-        let mut inbound = client
-            .forward(ReceiverStream::new(stream_rx))
-            .await
-            .map_err(|e| Error::Connect(format!("{address}: {e}")))?
-            .into_inner();
         let link = Arc::new(Link { outbound });
         {
-            let mut links = self.links.lock();
-            if let Some(existing) = links.get(address) {
-                // Another task connected first; use its link (ours closes when dropped).
+            let mut current = slot(peer).lock();
+            if let Some(existing) = current.as_ref() {
+                // Another task opened the stream first; use it (ours closes when dropped).
                 return Ok(existing.clone());
             }
-            links.insert(address.to_string(), link.clone());
+            *current = Some(link.clone());
         }
-        let address = address.to_string();
-        tokio::spawn(async move {
-            let mut pending: HashMap<u64, Reply> = HashMap::new();
-            let reason = loop {
-                tokio::select! {
-                    request = requests.recv() => {
-                        let Some((batch, reply)) = request else { break "link dropped".to_string() };
-                        let id = batch.batch_id;
-                        if stream_tx.send(batch).await.is_err() {
-                            let _ = reply.send(Err(Error::Closed("stream closed".into())));
-                            break "stream closed".to_string();
-                        }
-                        pending.insert(id, reply);
-                    }
-                    reply = inbound.next() => match reply {
-                        Some(Ok(reply)) => {
-                            if let Some(waiter) = pending.remove(&reply.batch_id) {
-                                let _ = waiter.send(Ok(reply.results));
-                            }
-                        }
-                        Some(Err(status)) => break format!("{}: {}", status.code(), status.message()),
-                        None => break "peer closed the stream".to_string(),
-                    }
-                }
-            };
-            debug!(peer = %address, %reason, pending = pending.len(), "forward link closed");
-            for (_, waiter) in pending {
-                let _ = waiter.send(Err(Error::Closed(reason.clone())));
-            }
-        });
+        tokio::spawn(run_link(address.to_owned(), requests, stream_tx, inbound));
         Ok(link)
     }
 }
 
-/// Where the partition of an internal key (a channel's schedule, a breaker) is served.
-pub enum KeyOwner {
-    /// Here, under this fence.
-    Local(herald_store::Fence),
-    /// At a peer: forward the request there (see [`Peers::forward_one`]).
-    Remote { address: String, epoch: Epoch },
+async fn open_forward(
+    mut client: ForwardClient<Channel>,
+    stream: ReceiverStream<ForwardBatch>,
+) -> Result<tonic::Streaming<ForwardReply>, tonic::Status> {
+    client
+        .forward(stream)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
-/// The owner of `partition_of(partition_count)`: this node (waiting up to a lease TTL for its
-/// fence) or a peer.
-pub async fn key_owner(
-    context: &crate::context::NodeContext,
-    partition_of: impl FnOnce(u32) -> herald_proto::PartitionId,
-) -> Result<KeyOwner, String> {
-    let table = context.ownership.table();
-    if table.partition_count == 0 {
-        return Err("no partition table yet".into());
-    }
-    let partition = partition_of(table.partition_count);
-    let owner = table
-        .owner(partition)
-        .ok_or_else(|| format!("partition {partition} has no owner"))?;
-    if owner.node_id != context.node_id.0 {
-        return Ok(KeyOwner::Remote {
-            address: owner.address.clone(),
-            epoch: table.epoch,
+async fn open_channels(
+    mut client: ForwardClient<Channel>,
+    stream: ReceiverStream<ChannelCallBatch>,
+) -> Result<tonic::Streaming<ChannelReplyBatch>, tonic::Status> {
+    client
+        .channels(stream)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn check_len<T>(results: Vec<T>, sent: usize) -> Result<Vec<T>, Error> {
+    if results.len() != sent {
+        return Err(Error::Mismatch {
+            got: results.len(),
+            sent,
         });
     }
-    context
-        .ownership
-        .fence_or_wait(
-            partition,
-            Duration::from_millis(context.config.lease_ttl_ms),
-        )
-        .await
-        .map(KeyOwner::Local)
-        .map_err(|e| e.to_string())
+    Ok(results)
 }
 
-impl Peers {
-    /// Forwards one item; its result, or why there is none.
-    pub async fn forward_one(
-        &self,
-        address: &str,
-        epoch: Epoch,
-        item: ForwardItem,
-    ) -> Result<forward_result::Result, String> {
-        // Boxed: the gRPC call's future is ~3 KB, and every caller up to the recipient actor's
-        // message handler (rate limits, breakers, the step walk) would carry it inline and
-        // copy it on each call, also when no remote call is made (perf: memmove 12%).
-        let results = Box::pin(self.forward(address, epoch, vec![item]))
-            .await
-            .map_err(|e| e.to_string())?;
-        results
-            .into_iter()
-            .next()
-            .and_then(|r| r.result)
-            .ok_or_else(|| "empty reply".to_owned())
+fn drop_link<B: Batch>(slot: &LinkSlot<B>, link: &Arc<Link<B>>)
+where
+    B::Reply: ReplyBatch,
+{
+    let mut current = slot.lock();
+    if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+        *current = None;
+    }
+}
+
+/// A stream's task: writes batches, matches replies to their waiters, fails them all when the
+/// stream breaks.
+async fn run_link<B>(
+    address: String,
+    mut requests: mpsc::Receiver<(B, Waiter<<B::Reply as ReplyBatch>::Results>)>,
+    stream_tx: mpsc::Sender<B>,
+    mut inbound: tonic::Streaming<B::Reply>,
+) where
+    B: Batch,
+    B::Reply: ReplyBatch,
+{
+    let mut pending: HashMap<u64, Waiter<<B::Reply as ReplyBatch>::Results>> = HashMap::new();
+    let reason = loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some((batch, reply)) = request else { break "link dropped".to_string() };
+                let id = batch.id();
+                if stream_tx.send(batch).await.is_err() {
+                    let _ = reply.send(Err(Error::Closed("stream closed".into())));
+                    break "stream closed".to_string();
+                }
+                pending.insert(id, reply);
+            }
+            reply = inbound.next() => match reply {
+                Some(Ok(reply)) => {
+                    if let Some(waiter) = pending.remove(&reply.id()) {
+                        let _ = waiter.send(Ok(reply.into_results()));
+                    }
+                }
+                Some(Err(status)) => break format!("{}: {}", status.code(), status.message()),
+                None => break "peer closed the stream".to_string(),
+            }
+        }
+    };
+    debug!(peer = %address, %reason, pending = pending.len(), "peer stream closed");
+    for (_, waiter) in pending {
+        let _ = waiter.send(Err(Error::Closed(reason.clone())));
     }
 }

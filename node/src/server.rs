@@ -40,9 +40,8 @@ use crate::api::{
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
-use crate::channels::Channels;
+use crate::channels::{Channels, ChannelsContext};
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
-use crate::context::NodeContext;
 use crate::events::{EventBus, TenantEvent};
 use crate::intake::{Intake, IntakeSettings};
 use crate::links::LinkSigner;
@@ -99,46 +98,11 @@ fn load_tenants(config: &NodeConfig) -> Result<Vec<TenantConfig>, Error> {
     Ok(tenants)
 }
 
-/// The warm-up schedules of `[channel_rules]`, checked.
-fn warmup_schedules(
-    config: &NodeConfig,
-) -> Result<std::collections::BTreeMap<String, crate::rate_limits::Warmup>, Error> {
-    let mut out = std::collections::BTreeMap::new();
-    for (account, rules) in &config.channel_rules {
-        if rules.warmup_daily.is_empty() {
-            continue;
-        }
-        let invalid = |message: String| {
-            Error::Config(crate::config::Error::Invalid {
-                origin: "node config".into(),
-                message: format!("channel_rules.{account}: {message}"),
-            })
-        };
-        let start = rules
-            .warmup_start
-            .as_deref()
-            .ok_or_else(|| invalid("warmup_start is required with warmup_daily".into()))?;
-        let day = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d")
-            .map_err(|e| invalid(format!("warmup_start {start:?}: {e} (expected YYYY-MM-DD)")))?;
-        let start_day = day
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp().div_euclid(86_400))
-            .unwrap_or(0);
-        out.insert(
-            account.clone(),
-            crate::rate_limits::Warmup {
-                start_day,
-                daily: rules.warmup_daily.clone(),
-            },
-        );
-    }
-    Ok(out)
-}
-
 /// Partitions starting or stopping here: resume their messages, stop their actors.
 struct Lifecycle {
     intake: Arc<Intake>,
     directory: Arc<RecipientDirectory>,
+    channels: Channels,
 }
 
 impl PartitionLifecycle for Lifecycle {
@@ -149,9 +113,11 @@ impl PartitionLifecycle for Lifecycle {
 
     fn lost(&self, partitions: Vec<PartitionId>) -> BoxFuture<'static, ()> {
         let directory = self.directory.clone();
+        let channels = self.channels.clone();
         Box::pin(async move {
             let set: HashSet<PartitionId> = partitions.into_iter().collect();
             directory.stop_partitions(&set).await;
+            channels.stop_partitions(&set).await;
         })
     }
 }
@@ -166,7 +132,7 @@ pub struct NodeHandle {
     events: EventBus,
     timers: Timers,
     receipts: Arc<ReceiptStats>,
-    channels: Arc<Channels>,
+    channels: Channels,
     shutdown: watch::Sender<bool>,
     membership: Option<JoinHandle<()>>,
     leases: Option<JoinHandle<()>>,
@@ -204,7 +170,7 @@ impl NodeHandle {
 
     /// Calls the sandbox provider answered.
     pub fn sandbox_calls(&self) -> u64 {
-        self.channels.sandbox_calls()
+        self.channels.sandbox().calls()
     }
 
     /// Leaves the cluster (partitions move away), releases leases and stops serving.
@@ -266,9 +232,18 @@ impl Node {
         let ownership = Ownership::new(node_id.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        // Provider accounts, their limits and breakers.
-        let (provider_events, provider_events_rx) = tokio::sync::mpsc::channel(4096);
-        let accounts = crate::accounts::build(&config, provider_events)
+        // Provider accounts, their limits and breakers. One link pool per node: the router's
+        // Forward stream and the channels' calls share each peer's connection.
+        let peers = Peers::default();
+        let channels = config
+            .channels_config()
+            .build(ChannelsContext {
+                node_id: node_id.clone(),
+                ownership: ownership.clone(),
+                peers: peers.clone(),
+                clock: clock.clone(),
+                shutdown: shutdown_rx.clone(),
+            })
             .await
             .map_err(|e| {
                 Error::Config(crate::config::Error::Invalid {
@@ -276,40 +251,7 @@ impl Node {
                     message: e.to_string(),
                 })
             })?;
-        let warmups = warmup_schedules(&config)?;
-        let legacy = Arc::new(NodeContext {
-            node_id: node_id.clone(),
-            ownership: ownership.clone(),
-            breakers: crate::breakers::Breakers::new(&config.block_rate),
-            rate_limits: crate::rate_limits::RateLimits::with_tiers(
-                &config.rate_limits,
-                config.rate_limit_margin,
-                &config
-                    .channel_rules
-                    .iter()
-                    .map(|(account, rules)| (account.clone(), rules.unique_recipients_per_day))
-                    .collect(),
-            )
-            .with_warmups(warmups),
-            config: config.clone(),
-        });
-        legacy.rate_limits.bind(Arc::downgrade(&legacy));
-        legacy.breakers.bind(Arc::downgrade(&legacy));
-        tokio::spawn(crate::breakers::Breakers::run(
-            Arc::downgrade(&legacy),
-            shutdown_rx.clone(),
-        ));
-        let channels = Arc::new(Channels::new(
-            accounts.registry,
-            config
-                .channel_rules
-                .iter()
-                .filter(|(_, rules)| rules.session_window_h > 0)
-                .map(|(account, rules)| (account.clone(), rules.session_window_h))
-                .collect(),
-            legacy,
-            accounts.sandbox,
-        ));
+        let provider_events = channels.take_provider_events();
 
         // The recipients: their actors and what the actors use.
         let events = EventBus::new(config.watch_buffer);
@@ -333,6 +275,12 @@ impl Node {
                 },
                 receipt_index_ttl: Duration::from_secs(config.receipt_index_ttl_s),
                 links: links.clone(),
+                session_windows: config
+                    .channel_rules
+                    .iter()
+                    .filter(|(_, rules)| rules.session_window_h > 0)
+                    .map(|(account, rules)| (account.clone(), rules.session_window_h))
+                    .collect(),
             },
         });
         let directory = RecipientDirectory::new(
@@ -351,7 +299,6 @@ impl Node {
             tenants: tenants.clone(),
             events: events.clone(),
             clock: clock.clone(),
-            channels: channels.clone(),
             settings: IntakeSettings {
                 idempotency_ttl: Duration::from_secs(config.idempotency_ttl_s),
                 verdict_timeout: Duration::from_millis(config.route_timeout_ms),
@@ -361,7 +308,7 @@ impl Node {
         let router = Router::new(
             node_id.clone(),
             ownership.clone(),
-            Peers::default(),
+            peers,
             intake.clone(),
             RouteTimings {
                 route_timeout: Duration::from_millis(config.route_timeout_ms),
@@ -374,12 +321,6 @@ impl Node {
             tenants: tenants.clone(),
             channels: channels.clone(),
             stats: receipt_stats.clone(),
-            dead_contact_errors: config
-                .channel_rules
-                .iter()
-                .filter(|(_, rules)| !rules.dead_contact_errors.is_empty())
-                .map(|(account, rules)| (account.clone(), rules.dead_contact_errors.clone()))
-                .collect(),
             help_reply: config.sms_keywords.help_reply.clone(),
         });
 
@@ -471,6 +412,7 @@ impl Node {
             intake: intake.clone(),
             tenants: tenants.clone(),
             events: events.clone(),
+            channels: channels.clone(),
             lease_wait,
         });
         let server = tonic::transport::Server::builder()
@@ -511,6 +453,7 @@ impl Node {
         let lifecycle = Arc::new(Lifecycle {
             intake: intake.clone(),
             directory: directory.clone(),
+            channels: channels.clone(),
         });
         let timings = LeaseTimings {
             ttl: Duration::from_millis(config.lease_ttl_ms),
@@ -528,7 +471,9 @@ impl Node {
             Arc::new(TimerRuns(directory.clone())),
             shutdown_rx.clone(),
         ));
-        tokio::spawn(receipts.clone().consume(provider_events_rx));
+        if let Some(provider_events) = provider_events {
+            tokio::spawn(receipts.clone().consume(provider_events));
+        }
         let http_addr = match config.http_listen_addr {
             Some(addr) => Some(
                 crate::http::serve(

@@ -6,13 +6,11 @@ use herald_proto::v1::breakers_server::Breakers;
 use herald_proto::v1::{BreakerRequest, BreakerStatus};
 use tonic::{Request, Response, Status};
 
-use std::sync::Arc;
-
 use crate::auth::Authenticator;
-use crate::channels::Channels;
+use crate::channels::{Channels, campaign_key, sender_key};
 
 pub struct BreakersApi {
-    pub channels: Arc<Channels>,
+    pub channels: Channels,
     pub tenants: Authenticator,
 }
 
@@ -24,16 +22,17 @@ impl BreakersApi {
     ) -> Result<Response<BreakerStatus>, Status> {
         let tenant = self.tenants.authenticate(request.metadata()).await?;
         let request = request.into_inner();
-        match (request.campaign_id.is_empty(), request.sender.is_empty()) {
-            (false, true) => {}
+        let key = match (request.campaign_id.is_empty(), request.sender.is_empty()) {
+            (false, true) => campaign_key(&tenant.id.0, &request.campaign_id),
             (true, false) => {
-                if !self.channels.has_account(&request.sender) {
+                if self.channels.account(&request.sender).is_none() {
                     return Err(Error::invalid(
                         "sender",
                         "is not a provider account of this cluster",
                     )
                     .into());
                 }
+                sender_key(&request.sender)
             }
             _ => {
                 return Err(Error::invalid(
@@ -42,10 +41,10 @@ impl BreakersApi {
                 )
                 .into());
             }
-        }
+        };
         let status = self
             .channels
-            .breaker(&tenant.id.0, &request.campaign_id, &request.sender, resume)
+            .breaker(&key, resume)
             .await
             .map_err(|e| Error::Unavailable(format!("breaker: {e}")))?;
         Ok(Response::new(status))

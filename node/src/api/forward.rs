@@ -1,7 +1,9 @@
-//! The internal `Forward` service: batches routed here by other nodes, and the local event feed.
+//! The internal `Forward` service: batches routed here by other nodes, calls to the
+//! ChannelActors this node hosts, and the local event feed.
 //!
 //! Items are already validated and authenticated by the sending node. This node runs the items
-//! it owns and answers `wrong_owner{epoch}` for the rest; it never forwards them again.
+//! (and channel calls) it owns and answers `wrong_owner{epoch}` for the rest; it never forwards
+//! them again. Channel calls go to the channels component as they are.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,8 +13,8 @@ use futures::Stream;
 use herald_proto::error::Error;
 use herald_proto::v1::forward_server::Forward;
 use herald_proto::v1::{
-    Event, ForwardBatch, ForwardError, ForwardReply, ForwardResult, WatchLocalRequest,
-    forward_result,
+    ChannelCallBatch, ChannelReplyBatch, Event, ForwardBatch, ForwardError, ForwardReply,
+    ForwardResult, WatchLocalRequest, forward_result,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -22,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
+use crate::channels::Channels;
 use crate::events::EventBus;
 use crate::intake::Intake;
 use crate::items::Item;
@@ -35,6 +38,8 @@ pub struct ForwardShared {
     pub intake: Arc<Intake>,
     pub tenants: Authenticator,
     pub events: EventBus,
+    /// Calls to the ChannelActors this node hosts.
+    pub channels: Channels,
     /// How long an item of a partition whose lease is being taken waits for it.
     pub lease_wait: Duration,
 }
@@ -126,6 +131,38 @@ impl Forward for ForwardApi {
                 let replies = replies.clone();
                 tokio::spawn(async move {
                     let reply = execute(shared, batch).await;
+                    let _ = replies.send(Ok(reply)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    type ChannelsStream =
+        Pin<Box<dyn Stream<Item = Result<ChannelReplyBatch, Status>> + Send + 'static>>;
+
+    async fn channels(
+        &self,
+        request: Request<Streaming<ChannelCallBatch>>,
+    ) -> Result<Response<Self::ChannelsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (replies, outbound) =
+            mpsc::channel::<Result<ChannelReplyBatch, Status>>(BATCHES_IN_FLIGHT_MAX);
+        let channels = self.shared.channels.clone();
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+        tokio::spawn(async move {
+            while let Some(batch) = inbound.next().await {
+                let Ok(batch) = batch else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let channels = channels.clone();
+                let replies = replies.clone();
+                // Each batch on its own: a call waiting for a lease must not hold up the
+                // slot requests behind it.
+                tokio::spawn(async move {
+                    let reply = channels.serve(batch).await;
                     let _ = replies.send(Ok(reply)).await;
                     drop(permit);
                 });

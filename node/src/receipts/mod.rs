@@ -12,7 +12,6 @@
 
 pub mod index;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -36,10 +35,8 @@ pub struct Receipts {
     pub router: Router,
     pub store: Arc<dyn Store>,
     pub tenants: Authenticator,
-    pub channels: Arc<Channels>,
+    pub channels: Channels,
     pub stats: Arc<ReceiptStats>,
-    /// Per account, the error codes of failure receipts that mean a dead contact point.
-    pub dead_contact_errors: BTreeMap<String, Vec<String>>,
     /// The reply to HELP (empty = none).
     pub help_reply: String,
 }
@@ -100,11 +97,10 @@ impl Receipts {
         let tenant = self.tenants.tenant(&target.tenant.0);
         let mut receipt = receipt;
         let dead = receipt.kind == ReceiptKind::Failed
-            && receipt.error_code.as_ref().is_some_and(|code| {
-                self.dead_contact_errors
-                    .get(&receipt.provider)
-                    .is_some_and(|codes| codes.iter().any(|c| c == code))
-            });
+            && receipt
+                .error_code
+                .as_ref()
+                .is_some_and(|code| self.channels.is_dead_contact(&receipt.provider, code));
         if dead {
             // A dead number: suppressed like a hard bounce.
             receipt.kind = ReceiptKind::BouncedHard;

@@ -17,7 +17,7 @@ use herald_proto::v1::{
 use herald_providers::Outcome;
 
 use super::{AccountInfo, Cx, Draft, Effect, Next, Progress, StateWrite, Step, Waiting};
-use crate::failover::Delivery;
+use crate::channels::Delivery;
 use crate::policy::block_rate::Signal;
 use crate::policy::caps::SentRecord;
 use crate::policy::gates::{self, PauseVerdict, QuietHoursPolicy};

@@ -16,8 +16,8 @@ use herald_providers::Outcome;
 use super::receipt::{self, Signal};
 use super::*;
 use crate::auth::Tenant;
+use crate::channels::Delivery;
 use crate::config::TenantConfig;
-use crate::failover::Delivery;
 use crate::policy::caps::SentRecord;
 use crate::reason::{Pause, Reason};
 

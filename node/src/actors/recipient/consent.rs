@@ -100,7 +100,8 @@ async fn apply_once(env: &RecipientEnv, job: &ConsentJob) -> Result<ReportStatus
     if job.change.state() == ConsentState::OptedOut
         && let Some((account, _)) = &job.confirm
     {
-        env.channels.observe(
+        super::walk::observe(
+            env,
             &job.tenant.id.0,
             "",
             account,

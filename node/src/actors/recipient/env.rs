@@ -23,7 +23,7 @@ pub struct RecipientEnv {
     pub store: Arc<dyn Store>,
     pub events: EventBus,
     pub timers: Timers,
-    pub channels: Arc<Channels>,
+    pub channels: Channels,
     pub receipts: Arc<ReceiptStats>,
     pub settings: RecipientSettings,
 }
@@ -35,4 +35,6 @@ pub struct RecipientSettings {
     pub receipt_index_ttl: Duration,
     /// One-click unsubscribe links for emails, when the node has a public URL.
     pub links: Option<LinkSigner>,
+    /// Messenger-style session windows per account (hours), from `[channel_rules]`.
+    pub session_windows: std::collections::BTreeMap<String, u32>,
 }

@@ -12,10 +12,10 @@ use tracing::{debug, warn};
 
 use super::log::{Log, Stop, backoff, decode_sends};
 use super::{Job, RecipientEnv, SignalJob};
-use crate::failover::{Delivery, StepCall};
+use crate::channels::{Delivery, StepCall, campaign_key, sender_key};
 use crate::policy::caps::SentRecord;
 use crate::policy::gates;
-use crate::reason::{Pause, Reason};
+use crate::reason::{ChannelRule, Pause, Reason};
 use crate::timers::TimerEntry;
 use crate::waterfall::{
     AccountInfo, Accounts, Cx, Draft, Effect, Next, Progress, Run, Step, Triage, receipt, triage,
@@ -32,12 +32,116 @@ struct View<'a> {
 
 impl Accounts for View<'_> {
     fn chain(&self, channel: Channel, preferred: &str) -> Vec<AccountInfo> {
-        self.env.channels.chain(channel, preferred, self.tenant)
+        let channels = &self.env.channels;
+        channels
+            .chain(channel, preferred)
+            .iter()
+            .map(|account| {
+                let name = account.name();
+                AccountInfo {
+                    name: name.to_owned(),
+                    session_window_h: self
+                        .env
+                        .settings
+                        .session_windows
+                        .get(name)
+                        .copied()
+                        .unwrap_or(0),
+                    warmup: channels.has_warmup(name),
+                    tier: channels.has_tier(name),
+                    rate_limited: channels.rate_limited(name, self.tenant),
+                    late_receipts: account.provider.late_receipts(),
+                }
+            })
+            .collect()
     }
 
     fn paused(&self, campaign_id: &str, account: &str) -> Option<Pause> {
-        self.env.channels.paused(self.tenant, campaign_id, account)
+        let channels = &self.env.channels;
+        if !channels.any_paused() {
+            return None;
+        }
+        (!campaign_id.is_empty())
+            .then(|| campaign_key(self.tenant, campaign_id))
+            .and_then(|key| channels.paused(&key))
+            .or_else(|| channels.paused(&sender_key(account)))
+            .map(|status| Pause {
+                key: status.key,
+                ratio: status.ratio,
+                sample: status.sample,
+                pause_threshold: status.pause_threshold,
+            })
     }
+}
+
+/// Counts a signal for the message's campaign (if any) and for `account`'s sender breaker.
+pub(super) fn observe(
+    env: &RecipientEnv,
+    tenant: &str,
+    campaign_id: &str,
+    account: &str,
+    channel: Channel,
+    signal: crate::policy::block_rate::Signal,
+) {
+    let channels = &env.channels;
+    if !campaign_id.is_empty() {
+        channels.observe(&campaign_key(tenant, campaign_id), channel, signal);
+    }
+    match channels.account(account) {
+        Some(known) => channels.observe(&known.breaker_key, channel, signal),
+        None if !account.is_empty() => channels.observe(&sender_key(account), channel, signal),
+        None => {}
+    }
+}
+
+/// The warm-up and tier verdicts of `account` for the recipient (asked of the account's
+/// owner).
+async fn check_rules(
+    env: &RecipientEnv,
+    tenant: &str,
+    account: &AccountInfo,
+    recipient_id: &str,
+) -> Option<Reason> {
+    let name = &account.name;
+    if account.warmup {
+        match env.channels.admit_warmup(name).await {
+            Ok(admission) if admission.refused => {
+                return Some(Reason::WarmupQuota {
+                    account: name.clone(),
+                    quota_today: admission.limit,
+                    sent_today: admission.count,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Some(Reason::RuleUnknown {
+                    rule: ChannelRule::Warmup,
+                    account: name.clone(),
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    if account.tier {
+        match env.channels.admit_tier(name, tenant, recipient_id).await {
+            Ok(admission) if admission.refused => {
+                return Some(Reason::TierLimit {
+                    account: name.clone(),
+                    unique_recipients_24h: admission.count,
+                    tier: admission.limit,
+                });
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Some(Reason::RuleUnknown {
+                    rule: ChannelRule::Tier,
+                    account: name.clone(),
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// A window of a message's life where a failpoint test makes this node die, as a `kill -9`
@@ -150,7 +254,11 @@ async fn drive(
                 current.on_rules(cx, verdicts, env.clock.now_unix_ms())
             }
             Next::Slot { account, .. } => {
-                let taken = env.channels.acquire_slot(&account, &job.tenant.id.0).await;
+                let taken = env
+                    .channels
+                    .acquire_for(&account, &job.tenant.id.0)
+                    .await
+                    .is_ok();
                 current.on_slot(cx, taken, env.clock.now_unix_ms())
             }
             Next::Call {
@@ -194,7 +302,8 @@ async fn apply(
                 account,
                 channel,
                 signal,
-            } => env.channels.observe(
+            } => observe(
+                env,
                 &job.tenant.id.0,
                 job.campaign_id(),
                 &account,
@@ -207,7 +316,7 @@ async fn apply(
                     .timeouts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Effect::CountDeferredSend => env.channels.count_deferred_send(),
+            Effect::CountDeferredSend => env.channels.count_deferred(),
         }
     }
     Ok(())
@@ -236,10 +345,6 @@ async fn ask_rules(
         .request
         .as_ref()
         .is_some_and(|r| !r.tag.is_empty());
-    let recipient_key = format!(
-        "{:016x}",
-        herald_proto::partition::key_hash(&job.tenant.id.0, &recipient.id)
-    );
     let mut last_inbound: Option<Option<i64>> = None;
     let mut verdicts = Vec::with_capacity(accounts.len());
     for account in accounts {
@@ -275,7 +380,7 @@ async fn ask_rules(
             );
         }
         if verdict.is_none() {
-            verdict = env.channels.check_rules(account, &recipient_key).await;
+            verdict = check_rules(env, &job.tenant.id.0, account, &recipient.id).await;
         }
         verdicts.push(verdict);
     }
@@ -308,9 +413,13 @@ async fn call(
         }
         _ => None,
     };
+    let chain: Vec<_> = accounts
+        .iter()
+        .filter_map(|name| env.channels.account(name).cloned())
+        .collect();
     env.channels
-        .call(
-            accounts,
+        .send(
+            &chain,
             StepCall {
                 attempt_id,
                 message_id: &job.message.message_id,
