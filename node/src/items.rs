@@ -25,7 +25,8 @@ pub enum Item {
 #[derive(Clone, Debug)]
 pub enum ItemResult {
     Sent(SendResponse),
-    Recipient(Recipient),
+    /// Boxed: far larger than the other results.
+    Recipient(Box<Recipient>),
     Erased(bool),
     Signal(ReportResult),
 }
@@ -69,7 +70,7 @@ impl ItemResult {
     pub fn into_forward(self) -> forward_result::Result {
         match self {
             ItemResult::Sent(s) => forward_result::Result::Sent(s),
-            ItemResult::Recipient(r) => forward_result::Result::Recipient(r),
+            ItemResult::Recipient(r) => forward_result::Result::Recipient(*r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
         }
@@ -78,7 +79,7 @@ impl ItemResult {
     pub fn from_forward(result: Option<forward_result::Result>) -> Result<ItemResult, Error> {
         match result {
             Some(forward_result::Result::Sent(s)) => Ok(ItemResult::Sent(s)),
-            Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(r)),
+            Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(Box::new(r))),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
             Some(forward_result::Result::Error(e)) => {

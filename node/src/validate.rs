@@ -15,13 +15,9 @@ use herald_proto::v1::{
 pub const ID_MAX_BYTES: usize = 128;
 /// Longest waterfall step timeout: 7 days.
 pub const STEP_TIMEOUT_MAX_MS: u32 = 7 * 24 * 3600 * 1000;
-/// SMS bodies longer than this are refused (10 concatenated UCS-2 segments is 670; providers cap
-/// near 1,600).
-pub const SMS_TEXT_MAX_CHARS: usize = 1600;
-/// FCM and APNs both cap a push payload at 4 KiB.
-pub const PUSH_PAYLOAD_MAX_BYTES: usize = 4096;
-/// RFC 5322 line limit for the subject.
-pub const EMAIL_SUBJECT_MAX_BYTES: usize = 998;
+pub use crate::content::limits::{
+    EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_MAX_CHARS,
+};
 
 /// The default waterfall: push → email → SMS, each "accepted by the provider" counts.
 pub fn default_waterfall() -> Vec<WaterfallStep> {
@@ -270,7 +266,7 @@ pub fn check_topic(field: impl Fn() -> String, topic: &str) -> Result<(), Error>
 /// Most personalization attributes per recipient.
 pub const ATTRIBUTES_MAX: usize = 64;
 /// Longest attribute value (the same bound a template variable has).
-pub const ATTRIBUTE_VALUE_MAX: usize = crate::content::template::VAR_MAX_BYTES;
+pub const ATTRIBUTE_VALUE_MAX: usize = crate::content::limits::VAR_MAX_BYTES;
 
 pub fn recipient(prefix: &str, recipient: &Recipient) -> Result<(), Error> {
     check_id(|| format!("{prefix}.id"), &recipient.id, true)?;

@@ -46,7 +46,7 @@ impl Recipients for RecipientsApi {
         match results.pop() {
             Some(Ok(ItemResult::Recipient(recipient))) => {
                 Ok(Response::new(UpsertRecipientResponse {
-                    recipient: Some(recipient),
+                    recipient: Some(*recipient),
                 }))
             }
             Some(Ok(_)) | None => Err(Status::internal("unexpected routing result")),

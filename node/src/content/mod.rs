@@ -10,6 +10,7 @@
 //! `sms_encoding` does) or send anything. Pure functions: no I/O, no store, no network.
 //! Must never log content, variables, rendered text or phone numbers: they carry personal data.
 
+pub mod limits;
 pub mod pricing;
 pub mod template;
 

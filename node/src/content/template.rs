@@ -51,7 +51,7 @@
 //! not matter). The filters' and ranges' work is bounded by [`WORK_MAX`]; what the engine does
 //! itself (concatenations, comparisons) by `TEMPLATE_FUEL × MAX_CONCATENATIONS ×
 //! VAR_MAX_BYTES` bytes. After rendering, the channel limits of
-//! [`crate::validate`] are checked again (a one-line subject, SMS length, push payload), since a
+//! the submit-time validation are checked again (a one-line subject, SMS length, push payload), since a
 //! variable can make a valid template render to an invalid message (a line break in a subject
 //! would be a header injection).
 //!
@@ -73,17 +73,14 @@ use minijinja::value::{Enumerator, Object, ObjectRepr, Rest, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 use parking_lot::Mutex;
 
-use crate::validate::{EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_MAX_CHARS};
+use super::limits::{
+    EMAIL_SUBJECT_MAX_BYTES, PUSH_PAYLOAD_MAX_BYTES, SMS_TEXT_MAX_CHARS, VAR_MAX_BYTES,
+};
 
 /// Engine steps one field may take (most instructions cost 1). A personalized message takes a
 /// few hundred; a loop over a thousand items a few thousand. Beyond this the template is
 /// refused: it is almost certainly a mistake, and it would hold an actor's thread.
 pub const TEMPLATE_FUEL: u64 = 20_000;
-
-/// Largest variable a template may use, in bytes. Names, codes and links are far smaller; a
-/// large block of text belongs in the template, not in a variable. Together with the fuel it
-/// bounds the work of a render (module docs).
-pub const VAR_MAX_BYTES: usize = 4096;
 
 /// Work units one field may spend in filters and `range` (see the module docs): 1 MiB of
 /// filter input, or a million range items. A template that needs more is refused.

@@ -16,9 +16,11 @@
 //! ## Layout
 //! - [`progress`]: the log's meaning (next step, open attempt, wait, terminal).
 //! - [`run`]: one run of a message through its steps ([`Run`]).
+//! - `outcome`: what a provider's answer to a step's call does.
 //! - [`receipt`]: what a receipt or engagement report does ([`receipt::apply`]).
 //! - `tests`: every (state, input) pair, in process.
 
+mod outcome;
 pub mod progress;
 pub mod receipt;
 pub mod run;

@@ -12,13 +12,9 @@ use std::borrow::Cow;
 use chrono::DateTime;
 use herald_proto::v1::{
     Channel, Content, EventKind, MessageClass, MessageStatus, Recipient, StoredMessage,
-    SuccessCondition,
 };
-use herald_providers::Outcome;
 
 use super::{AccountInfo, Cx, Draft, Effect, Next, Progress, StateWrite, Step, Waiting};
-use crate::channels::Delivery;
-use crate::policy::block_rate::Signal;
 use crate::policy::caps::SentRecord;
 use crate::policy::gates::{self, PauseVerdict, QuietHoursPolicy};
 use crate::reason::{FallBack, Reason, condition_name};
@@ -76,7 +72,7 @@ pub fn triage(message: &StoredMessage, progress: &Progress, now_ms: i64) -> Tria
 
 /// Where a run stands between inputs.
 #[derive(Clone, Debug)]
-enum Phase {
+pub(super) enum Phase {
     /// Walking the steps (never seen between inputs).
     Walking,
     /// Waiting for the channel rules of `chain` (`before`: the chain's length before the
@@ -100,28 +96,28 @@ enum Phase {
 /// suppression); everything else is read from [`Cx`] at each input.
 #[derive(Clone, Debug)]
 pub struct Run {
-    step: u32,
+    pub(super) step: u32,
     /// The attempt to send again with its own id (its outcome was lost with an owner).
-    resend: Option<String>,
+    pub(super) resend: Option<String>,
     /// An attempt was made (in this run or an earlier one): running out of steps fails.
-    attempted: bool,
+    pub(super) attempted: bool,
     /// Policy and rule skips of this run, for the message's final reason.
-    skipped: Vec<Reason>,
-    recipient: Recipient,
+    pub(super) skipped: Vec<Reason>,
+    pub(super) recipient: Recipient,
     /// The person's recent marketing sends, when caps apply to this message.
-    sends: Option<Vec<SentRecord>>,
+    pub(super) sends: Option<Vec<SentRecord>>,
     /// The content rendered for the recipient, when it has templates.
-    rendered: Option<Content>,
-    phase: Phase,
+    pub(super) rendered: Option<Content>,
+    pub(super) phase: Phase,
 }
 
-fn record(effects: &mut Vec<Effect>, draft: Draft) {
+pub(super) fn record(effects: &mut Vec<Effect>, draft: Draft) {
     effects.push(Effect::Record(draft));
 }
 
 /// Sets the status of the last event recorded since the last flush (the one that ends the
 /// message).
-fn mark_last(effects: &mut [Effect], status: MessageStatus) {
+pub(super) fn mark_last(effects: &mut [Effect], status: MessageStatus) {
     for effect in effects.iter_mut().rev() {
         match effect {
             Effect::Record(draft) => {
@@ -368,7 +364,7 @@ impl Run {
         self.finish(Step { effects, next })
     }
 
-    fn finish(self, step: Step) -> (Option<Run>, Step) {
+    pub(super) fn finish(self, step: Step) -> (Option<Run>, Step) {
         if step.next == Next::Done {
             (None, step)
         } else {
@@ -417,229 +413,6 @@ impl Run {
         self.finish(Step { effects, next })
     }
 
-    /// The provider chain's answer to [`Next::Call`].
-    pub fn on_delivery(
-        mut self,
-        cx: &Cx<'_>,
-        delivery: Delivery,
-        now_ms: i64,
-    ) -> (Option<Run>, Step) {
-        let mut effects = Vec::new();
-        let Phase::Calling { chain, attempt_id } =
-            std::mem::replace(&mut self.phase, Phase::Walking)
-        else {
-            return (None, Step::done(effects));
-        };
-        let Some(request) = cx.request() else {
-            return (None, Step::done(effects));
-        };
-        let step = self.step;
-        let steps = &request.waterfall;
-        let Some(spec) = steps.get(step as usize) else {
-            return (None, Step::done(effects));
-        };
-        let channel = spec.channel();
-        let trail = delivery.trail;
-        let failure = match delivery.outcome {
-            Outcome::Accepted {
-                provider_message_id,
-                delivered,
-                read,
-            } => {
-                let condition = spec.success();
-                let wants_delivery = matches!(
-                    condition,
-                    SuccessCondition::Delivered | SuccessCondition::Read
-                );
-                let wants_read = condition == SuccessCondition::Read;
-                let satisfied = match condition {
-                    SuccessCondition::Delivered => delivered,
-                    SuccessCondition::Read => read,
-                    _ => true,
-                };
-                if let Some(history) = &self.sends {
-                    effects.push(Effect::Write(StateWrite::RecordSend {
-                        channel,
-                        at_unix_ms: now_ms,
-                        history: history.clone(),
-                    }));
-                }
-                let late_receipts = chain
-                    .iter()
-                    .any(|a| a.name == delivery.account && a.late_receipts);
-                if late_receipts && !provider_message_id.is_empty() {
-                    effects.push(Effect::Write(StateWrite::IndexReceipt {
-                        account: delivery.account.clone(),
-                        provider_message_id: provider_message_id.clone(),
-                        step,
-                    }));
-                }
-                effects.push(Effect::Observe {
-                    account: delivery.account.clone(),
-                    channel,
-                    signal: Signal::Delivered,
-                });
-                let mut sent = Draft::new(
-                    EventKind::EventSent,
-                    Some(step),
-                    channel,
-                    MessageStatus::Pending,
-                )
-                .attempt(&attempt_id)
-                .reason(Reason::Sent {
-                    provider_message_id,
-                    trail,
-                })
-                .provider(&delivery.account);
-                sent.cost_micros = crate::content::attempt_cost(
-                    &cx.settings.prices,
-                    channel,
-                    &self.content(cx),
-                    &self.recipient,
-                );
-                record(&mut effects, sent);
-                if wants_delivery && delivered {
-                    record(
-                        &mut effects,
-                        Draft::new(
-                            EventKind::EventDelivered,
-                            Some(step),
-                            channel,
-                            MessageStatus::Pending,
-                        )
-                        .attempt(&attempt_id),
-                    );
-                    if wants_read && read {
-                        record(
-                            &mut effects,
-                            Draft::new(
-                                EventKind::EventRead,
-                                Some(step),
-                                channel,
-                                MessageStatus::Pending,
-                            )
-                            .attempt(&attempt_id),
-                        );
-                    }
-                }
-                if satisfied {
-                    mark_last(&mut effects, MessageStatus::Delivered);
-                    effects.push(Effect::Flush { terminal: true });
-                } else {
-                    let due = now_ms.saturating_add(cx.settings.step_timeout_ms(spec.timeout_ms));
-                    record(
-                        &mut effects,
-                        Draft::new(
-                            EventKind::EventWaiting,
-                            Some(step),
-                            channel,
-                            MessageStatus::Pending,
-                        )
-                        .attempt(&attempt_id)
-                        .reason(Reason::Waiting { condition })
-                        .due(due),
-                    );
-                    effects.push(Effect::Flush { terminal: false });
-                    effects.push(Effect::Schedule { due_unix_ms: due });
-                }
-                return (None, Step::done(effects));
-            }
-            Outcome::Ambiguous { reason } => {
-                // Maybe accepted: never re-sent blindly. A receipt resolves it; otherwise the
-                // step times out like any unanswered step.
-                record(
-                    &mut effects,
-                    Draft::new(
-                        EventKind::EventAmbiguous,
-                        Some(step),
-                        channel,
-                        MessageStatus::Pending,
-                    )
-                    .attempt(&attempt_id)
-                    .reason(Reason::ProviderOutcomeUnknown {
-                        detail: reason,
-                        trail,
-                    })
-                    .provider(&delivery.account),
-                );
-                let due = now_ms.saturating_add(cx.settings.step_timeout_ms(spec.timeout_ms));
-                record(
-                    &mut effects,
-                    Draft::new(
-                        EventKind::EventWaiting,
-                        Some(step),
-                        channel,
-                        MessageStatus::Pending,
-                    )
-                    .attempt(&attempt_id)
-                    .reason(Reason::WaitingAfterAmbiguous)
-                    .due(due),
-                );
-                effects.push(Effect::Flush { terminal: false });
-                effects.push(Effect::Schedule { due_unix_ms: due });
-                return (None, Step::done(effects));
-            }
-            Outcome::Rejected {
-                reason,
-                contact_invalid,
-            } => {
-                let suppress = contact_invalid && !delivery.to.is_empty();
-                if suppress {
-                    self.recipient = crate::policy::contact::suppress(
-                        &self.recipient,
-                        channel,
-                        &delivery.to,
-                        &reason,
-                        now_ms,
-                    );
-                    effects.push(Effect::Write(StateWrite::PutRecipient(Box::new(
-                        self.recipient.clone(),
-                    ))));
-                }
-                Reason::Rejected {
-                    detail: reason,
-                    contact_suppressed: suppress,
-                    trail,
-                }
-            }
-            Outcome::Unavailable { reason, .. } => Reason::Unavailable {
-                detail: reason,
-                trail,
-            },
-        };
-        record(
-            &mut effects,
-            Draft::new(
-                EventKind::EventFailed,
-                Some(step),
-                channel,
-                MessageStatus::Pending,
-            )
-            .attempt(&attempt_id)
-            .reason(failure)
-            .provider(&delivery.account),
-        );
-        if (step as usize) + 1 < steps.len() {
-            record(
-                &mut effects,
-                Draft::new(
-                    EventKind::EventFellBack,
-                    Some(step),
-                    channel,
-                    MessageStatus::Pending,
-                )
-                .attempt(&attempt_id)
-                .reason(Reason::FellBack {
-                    channel,
-                    cause: FallBack::Failed,
-                }),
-            );
-        }
-        self.step += 1;
-        let next = self.walk(cx, now_ms, &mut effects);
-        self.finish(Step { effects, next })
-    }
-
     /// Records a skip of the current step and moves on. `policy`: the reason counts toward
     /// the message's final reason.
     fn skip(&mut self, effects: &mut Vec<Effect>, channel: Channel, reason: Reason, counts: bool) {
@@ -660,7 +433,7 @@ impl Run {
     }
 
     /// Walks from the current step until a long effect, or the end of the run.
-    fn walk(&mut self, cx: &Cx<'_>, now_ms: i64, effects: &mut Vec<Effect>) -> Next {
+    pub(super) fn walk(&mut self, cx: &Cx<'_>, now_ms: i64, effects: &mut Vec<Effect>) -> Next {
         let Some(request) = cx.request() else {
             return Next::Done;
         };

@@ -14,6 +14,11 @@
 //! before any long effect, and no other job can be ahead of it. An ack never waits for a
 //! provider, a rate-limit slot or another message's waterfall.
 //!
+//! ## Layout
+//! - this file: accepting messages, upserts and erasures in one batched write.
+//! - `signals`: receipts and consent signals to the recipient's actor, and its verdict.
+//! - `resume`: the active messages of partitions just taken over.
+//!
 //! Must never validate (the API did), never write without the partition's fence, and never
 //! forward an item (the sender routes; the owner owns or refuses).
 
@@ -25,30 +30,27 @@ use herald_proto::clock::SharedClock;
 use herald_proto::error::Error;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
-    Channel, ChannelConsent, ConsentState, EngagementKind, Event, EventKind, ForwardSignal,
-    MessageRequest, MessageStatus, Recipient, ReportResult, ReportStatus, SendResponse,
-    StoredMessage,
+    Channel, ConsentState, Event, EventKind, MessageRequest, MessageStatus, Recipient,
+    SendResponse, StoredMessage,
 };
-use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
+use herald_proto::{MessageId, NodeId, PartitionId, TenantId};
 use herald_store::{Fence, FencedOp, MessageRecord, Store, WriteOp, WriteOutcome, keys};
 use ractor::RpcReplyPort;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::actors::directory::RecipientDirectory;
-use crate::actors::recipient::{
-    AcceptError, ConsentJob, InboundJob, Job, PendingAccept, RecipientMsg, SignalJob,
-};
+use crate::actors::recipient::{AcceptError, Job, PendingAccept, RecipientMsg};
 use crate::auth::{Authenticator, Tenant};
 use crate::config::SmsKeywordReplies;
 use crate::events::EventBus;
 use crate::items::{Item, ItemResult};
 use crate::ownership::Ownership;
 
+mod resume;
+mod signals;
+
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
 const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
-
-/// Messages read concurrently while resuming a taken-over partition.
-const RESUME_READS_IN_FLIGHT: usize = 32;
 
 /// The intake's knobs (from the node config).
 #[derive(Clone, Debug)]
@@ -89,7 +91,8 @@ pub fn payload_hash(request: &MessageRequest) -> u64 {
 }
 
 /// A reply port and the receiving end of its answer.
-fn reply_port<T: Send + 'static>() -> (RpcReplyPort<T>, ractor::concurrency::OneshotReceiver<T>) {
+pub(crate) fn reply_port<T: Send + 'static>()
+-> (RpcReplyPort<T>, ractor::concurrency::OneshotReceiver<T>) {
     let (tx, rx) = ractor::concurrency::oneshot();
     (tx.into(), rx)
 }
@@ -180,7 +183,7 @@ impl Intake {
         }
     }
 
-    fn job(
+    pub(crate) fn job(
         tenant: &Arc<Tenant>,
         message: Arc<StoredMessage>,
         fence: Fence,
@@ -473,7 +476,7 @@ impl Intake {
                             },
                         });
                     }
-                    Ok(ItemResult::Recipient(recipient))
+                    Ok(ItemResult::Recipient(Box::new(recipient)))
                 }
                 (WriteOutcome::Done, Pending::Erase(id)) => Ok(ItemResult::Erased(
                     existed.get(&id).copied().unwrap_or(false),
@@ -541,229 +544,6 @@ impl Intake {
                 HashMap::new()
             }
         }
-    }
-
-    /// Waits for an actor's verdict on a signal, within the verdict timeout.
-    async fn verdict(
-        &self,
-        answer: ractor::concurrency::OneshotReceiver<ReportStatus>,
-        message_id: String,
-        what: &str,
-    ) -> Result<ReportResult, Error> {
-        match tokio::time::timeout(self.settings.verdict_timeout, answer).await {
-            Ok(Ok(status)) if status != ReportStatus::Unspecified => Ok(ReportResult {
-                status: status as i32,
-                message_id,
-            }),
-            // The actor stopped on a fence (the partition moved) or gave up: let the caller
-            // route again.
-            Ok(_) => Err(Error::Unavailable(format!(
-                "{what} not applied; partition moving"
-            ))),
-            Err(_) => Err(Error::Unavailable(format!("{what} not applied in time"))),
-        }
-    }
-
-    /// Hands a signal to the actor of its recipient and waits for the verdict.
-    async fn deliver_signal(
-        &self,
-        tenant: &Arc<Tenant>,
-        signal: ForwardSignal,
-        fence: Fence,
-    ) -> Result<ReportResult, Error> {
-        let unknown = |message_id: String| ReportResult {
-            status: ReportStatus::ReportUnknown as i32,
-            message_id,
-        };
-        if signal.message_id.is_empty() {
-            return self.deliver_consent(tenant, signal, fence).await;
-        }
-        let Some(record) = load_message(&*self.store, &tenant.id, &signal.message_id).await? else {
-            return Ok(unknown(signal.message_id));
-        };
-        let belongs = record
-            .message
-            .request
-            .as_ref()
-            .is_some_and(|r| r.recipient_id == signal.recipient_id);
-        if !belongs {
-            return Ok(unknown(signal.message_id));
-        }
-        let Some(permit) = self.directory.admit_signal().await else {
-            return Err(Error::Unavailable("node shutting down".into()));
-        };
-        let (reply, answer) = reply_port();
-        let message_id = signal.message_id.clone();
-        let kind = signal.kind();
-        let job = SignalJob {
-            job: Job {
-                tenant: tenant.clone(),
-                message: Arc::new(record.message),
-                fence,
-                history: None,
-                recipient: None,
-                permit,
-                accept: None,
-            },
-            signal: crate::waterfall::receipt::Signal {
-                step: signal.step,
-                kind,
-                detail: signal.detail,
-                source: signal.source,
-            },
-            reply,
-        };
-        self.directory.dispatch(
-            (tenant.id.clone(), signal.recipient_id),
-            fence.partition,
-            RecipientMsg::Signal(Box::new(job)),
-        );
-        self.verdict(answer, message_id, "receipt").await
-    }
-
-    /// A recipient-level signal (an SMS keyword, a reply): a consent change or an inbound
-    /// message for its actor.
-    async fn deliver_consent(
-        &self,
-        tenant: &Arc<Tenant>,
-        signal: ForwardSignal,
-        fence: Fence,
-    ) -> Result<ReportResult, Error> {
-        let replies = &self.settings.keyword_replies;
-        let (state, text) = match signal.kind() {
-            EngagementKind::EngagementReplied => {
-                let Some(permit) = self.directory.admit_signal().await else {
-                    return Err(Error::Unavailable("node shutting down".into()));
-                };
-                let (reply, answer) = reply_port();
-                let job = InboundJob {
-                    tenant: tenant.clone(),
-                    recipient_id: signal.recipient_id.clone(),
-                    fence,
-                    reply,
-                    permit,
-                };
-                self.directory.dispatch(
-                    (tenant.id.clone(), signal.recipient_id),
-                    fence.partition,
-                    RecipientMsg::Inbound(Box::new(job)),
-                );
-                return self.verdict(answer, String::new(), "reply").await;
-            }
-            EngagementKind::EngagementUnsubscribed => {
-                (ConsentState::OptedOut, replies.stop_reply.clone())
-            }
-            EngagementKind::EngagementOptedIn => {
-                (ConsentState::OptedIn, replies.start_reply.clone())
-            }
-            _ => {
-                return Ok(ReportResult {
-                    status: ReportStatus::ReportUnknown as i32,
-                    message_id: String::new(),
-                });
-            }
-        };
-        let Some(permit) = self.directory.admit_signal().await else {
-            return Err(Error::Unavailable("node shutting down".into()));
-        };
-        let (reply, answer) = reply_port();
-        let confirm =
-            (!text.is_empty() && !signal.sender.is_empty()).then(|| (signal.sender.clone(), text));
-        // STOPALL leaves every sender of the channel; the confirmation still comes from the
-        // number it was sent to.
-        let scope = if signal.detail == "stopall" {
-            String::new()
-        } else {
-            signal.sender.clone()
-        };
-        let job = ConsentJob {
-            tenant: tenant.clone(),
-            recipient_id: signal.recipient_id.clone(),
-            fence,
-            change: ChannelConsent {
-                channel: signal.channel,
-                state: state as i32,
-                topic: String::new(),
-                source: signal.source.clone(),
-                at_unix_ms: self.clock.now_unix_ms(),
-                sender: scope,
-            },
-            confirm,
-            reply,
-            permit,
-        };
-        self.directory.dispatch(
-            (tenant.id.clone(), signal.recipient_id),
-            fence.partition,
-            RecipientMsg::Consent(Box::new(job)),
-        );
-        self.verdict(answer, String::new(), "consent change").await
-    }
-
-    /// Resumes the active messages of newly acquired partitions from their event logs.
-    pub async fn resume_partitions(&self, partitions: Vec<(PartitionId, Epoch)>) {
-        use futures::StreamExt;
-        let mut pending = Vec::new();
-        for (partition, epoch) in partitions {
-            match self.store.active_messages(partition).await {
-                Ok(active) => {
-                    let fence = Fence { partition, epoch };
-                    pending.extend(active.into_iter().map(|(tenant, id)| (tenant, id, fence)));
-                }
-                Err(error) => warn!(%partition, %error, "listing active messages failed"),
-            }
-        }
-        if pending.is_empty() {
-            return;
-        }
-        let count = pending.len();
-        // Message ids are ULIDs: sorted, they are in acceptance order, and `buffered` keeps that
-        // order for dispatch while the reads run in parallel (a takeover can bring thousands).
-        pending.sort_by(|a, b| a.1.cmp(&b.1));
-        let store = &self.store;
-        let reads =
-            futures::stream::iter(pending.into_iter().map(|(tenant, id, fence)| async move {
-                let record = store.get_message(&tenant, &id).await;
-                (tenant, id, fence, record)
-            }))
-            .buffered(RESUME_READS_IN_FLIGHT);
-        futures::pin_mut!(reads);
-        let mut resumed = 0usize;
-        while let Some((tenant, id, fence, record)) = reads.next().await {
-            match record {
-                Ok(Some(record)) => {
-                    let tenant = self.tenants.tenant(&tenant.0);
-                    let Some(permit) = self.directory.admit().await else {
-                        return;
-                    };
-                    let recipient_id = record
-                        .message
-                        .request
-                        .as_ref()
-                        .map(|r| r.recipient_id.clone())
-                        .unwrap_or_default();
-                    // The actor reads the log when it gets to the job.
-                    let mut job =
-                        Self::job(&tenant, Arc::new(record.message), fence, None, permit, None);
-                    job.history = None;
-                    self.directory.dispatch(
-                        (tenant.id.clone(), recipient_id),
-                        fence.partition,
-                        RecipientMsg::Run(Box::new(job)),
-                    );
-                    resumed += 1;
-                }
-                Ok(None) => warn!(
-                    partition = %fence.partition,
-                    message_id = %MessageId::as_str(&id),
-                    "active message without record"
-                ),
-                Err(error) => {
-                    warn!(partition = %fence.partition, %error, "loading active message failed")
-                }
-            }
-        }
-        info!(node = %self.node_id, resumed, listed = count, "resumed active messages");
     }
 }
 
