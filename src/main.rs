@@ -507,7 +507,7 @@ async fn send(
             ..Default::default()
         });
     }
-    let mut message = herald_node::demo::demo_message(recipient, idempotency_key);
+    let mut message = herald::demo::demo_message(recipient, idempotency_key);
     message.waterfall = waterfall;
     message.class = if marketing {
         MessageClass::Marketing as i32

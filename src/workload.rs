@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use herald_node::demo::{demo_message, demo_recipient};
+use herald::demo::{demo_message, demo_recipient};
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{

@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use herald_node::demo::{demo_message, demo_recipient};
+use herald::demo::{demo_message, demo_recipient};
 use herald_proto::partition::{fnv1a32, partition_of};
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use herald_node::demo::{demo_message, demo_recipient};
+use herald::demo::{demo_message, demo_recipient};
 use herald_proto::codec::HeraldCodec;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;

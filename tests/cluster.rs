@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use herald_node::demo::{demo_message, demo_recipient};
+use herald::demo::{demo_message, demo_recipient};
 use herald_proto::partition::partition_of;
 use herald_proto::v1::{
     Channel, EventKind, GetMessageResponse, MessageRequest, PartitionTable, SendBatchRequest,

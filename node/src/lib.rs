@@ -24,7 +24,7 @@ pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod content;
-pub mod demo;
+
 pub mod events;
 pub mod http;
 pub mod intake;
