@@ -163,6 +163,11 @@ impl NodeHandle {
         self.timers.stats().timeouts.load(Ordering::Relaxed)
     }
 
+    /// Durable timers that fired on this node (for tests that wait for one).
+    pub fn timers_fired(&self) -> u64 {
+        self.timers.stats().fired.load(Ordering::Relaxed)
+    }
+
     /// Receipts applied to their attempts.
     pub fn receipts_applied(&self) -> u64 {
         self.receipts.applied.load(Ordering::Relaxed)

@@ -1,7 +1,7 @@
 //! # herald-testkit: what every black-box test of Herald stands on
 //!
 //! Owns the pieces the tests in `tests/` used to copy into each file: a local cluster of real
-//! processes on loopback ([`cluster`]), the one way to wait for a state ([`eventually`]), and the
+//! processes on loopback ([`cluster`]), a node in process on a manual clock ([`in_process`]), the one way to wait for a state ([`eventually`]), and the
 //! `Delivery` calls that send a message and wait for its log ([`delivery`]).
 //!
 //! It must never be a dependency of production code (it is `publish = false` and panics instead
@@ -17,6 +17,9 @@
 //! - [`eventually`]: [`eventually::eventually`] and friends — poll a probe with a short, growing
 //!   interval until it reports a state, or panic saying what was awaited, for how long, and
 //!   (with [`eventually::eventually_ok`]) what was seen last.
+//! - [`in_process`]: [`in_process::InProcess`] — a control plane and one node in the test's own
+//!   process, on the embedded store and a manual clock the test advances (timeouts, quiet hours,
+//!   cap windows without sleeping).
 //! - [`delivery`]: `Send`/`GetMessage` wrappers, [`delivery::is_terminal`], and the waits on a
 //!   message's log: [`delivery::wait_terminal`], [`delivery::wait_for_log`],
 //!   [`delivery::send_until_terminal`], [`delivery::wait_all_terminal`].
@@ -24,3 +27,4 @@
 pub mod cluster;
 pub mod delivery;
 pub mod eventually;
+pub mod in_process;
