@@ -11,7 +11,7 @@ use crate::policy::block_rate::Signal;
 use crate::reason::{FallBack, Reason};
 
 impl Run {
-    /// The provider chain's answer to [`Next::Call`].
+    /// The provider chain's answer to [`super::Next::Call`].
     pub fn on_delivery(
         mut self,
         cx: &Cx<'_>,

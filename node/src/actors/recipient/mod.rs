@@ -17,7 +17,7 @@
 //!
 //! ## Layout
 //! - this file: the actor, its messages and jobs.
-//! - [`env`]: what every actor of the node uses.
+//! - [`mod@env`]: what every actor of the node uses.
 //! - `walk`: a job's run through the machine (reads, effects, long effects, retries).
 //! - `log`: the message's log as a run writes it.
 //! - `consent`: consent changes and inbound replies.
