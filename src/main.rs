@@ -182,8 +182,64 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
+/// Failpoints (feature `failpoints`): the ones `FAILPOINTS` names are configured for the whole
+/// process (the scenario lives as long as `main`), and a failpoint's `panic` ends the process
+/// as a `kill -9` would. A panic alone would not: a store point panics on a blocking thread, a
+/// recipient point in an actor, and the runtime or the actor system would carry on.
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    /// The exit code of a process killed by SIGKILL (128 + 9), which a death here imitates.
+    pub const EXIT_CODE: i32 = 137;
+
+    /// Configures the failpoints of `FAILPOINTS` and installs the panic hook. Keep the answer
+    /// alive: dropping it removes every failpoint.
+    pub fn setup() -> fail::FailScenario<'static> {
+        let scenario = fail::FailScenario::setup();
+        let others = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| match failpoint_of(info.payload()) {
+            Some(name) => {
+                tracing::error!(failpoint = name, "failpoint: the node exits here");
+                std::process::exit(EXIT_CODE);
+            }
+            None => others(info),
+        }));
+        scenario
+    }
+
+    /// The failpoint a panic came from: the `fail` crate panics with `failpoint <name> panic`
+    /// for the `panic` action without a message.
+    fn failpoint_of(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())?;
+        let name = text.strip_prefix("failpoint ")?.strip_suffix(" panic")?;
+        (!name.is_empty() && !name.contains(char::is_whitespace)).then_some(name)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::failpoint_of;
+
+        #[test]
+        fn a_failpoint_panic_names_its_failpoint() {
+            let panic = std::panic::catch_unwind(|| {
+                fail::cfg("test::point", "panic").expect("configure");
+                fail::fail_point!("test::point");
+            })
+            .expect_err("the failpoint panics");
+            fail::remove("test::point");
+            assert_eq!(failpoint_of(panic.as_ref()), Some("test::point"));
+            assert_eq!(failpoint_of(&"index out of bounds"), None);
+            assert_eq!(failpoint_of(&String::from("failpoint  panic")), None);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = failpoints::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Up {

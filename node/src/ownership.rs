@@ -7,6 +7,9 @@
 //!
 //! Must never serve a partition without holding its lease, and never write with any fence but
 //! the one recorded at acquisition.
+//!
+//! Failpoints (feature `failpoints`, listed in the crate docs): [`RENEW_LEASES`] in the renew
+//! tick, [`HAND_OFF`] in a planned hand-off.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,6 +23,42 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use herald_store::{Fence, Store};
+
+/// Failpoint in the renew tick, before the store is asked to renew the held leases. `return`:
+/// this renewal is skipped, as if the store call had failed (the leases age; a run of them
+/// lets the leases expire while the node still serves).
+pub const RENEW_LEASES: &str = "ownership::renew_leases";
+/// Failpoint in a planned hand-off, once the partitions' actors stopped and before their leases
+/// are released. `return`: the release is skipped, as if it had failed (the next owner waits
+/// for the leases to expire).
+pub const HAND_OFF: &str = "ownership::hand_off";
+
+/// Evaluates failpoint `name`: `true` when its action is `return`. Run on the blocking pool,
+/// as the store runs its points: `sleep` and `pause` stall the lease loop, never a runtime
+/// worker. Always `false` without the `failpoints` feature.
+async fn failpoint(name: &'static str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        let point = move || {
+            fail::fail_point!(name, |_| true);
+            false
+        };
+        match tokio::task::spawn_blocking(point).await {
+            Ok(hit) => hit,
+            Err(error) => match error.try_into_panic() {
+                // A `panic` action panics in the lease loop, as an inline `fail_point!` would.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down.
+                Err(_) => false,
+            },
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
 
 /// An immutable partition table with lookups.
 #[derive(Debug, Default)]
@@ -238,6 +277,10 @@ impl Ownership {
                 }
                 _ = renew.tick() => {
                     if held.is_empty() { continue; }
+                    if failpoint(RENEW_LEASES).await {
+                        warn!(failpoint = RENEW_LEASES, "lease renewal skipped");
+                        continue;
+                    }
                     let all: Vec<PartitionId> = held.iter().copied().collect();
                     match store.renew_leases(&self.node_id, &all, timings.ttl).await {
                         Ok(still) => {
@@ -279,6 +322,14 @@ impl Ownership {
             self.set_serving(*p, 0);
         }
         lifecycle.lost(partitions.to_vec()).await;
+        if failpoint(HAND_OFF).await {
+            warn!(
+                failpoint = HAND_OFF,
+                count = partitions.len(),
+                "lease release skipped"
+            );
+            return;
+        }
         if let Err(error) = store.release_leases(&self.node_id, partitions).await {
             // The leases then expire on their own; the new owner waits for that.
             warn!(%error, count = partitions.len(), "lease release failed");

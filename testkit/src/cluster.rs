@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,17 @@ pub struct Process {
 impl Process {
     /// Runs `herald <args> --config <config>`, logging to `<dir>/<name>.log`.
     pub fn spawn(name: &str, args: &[&str], config: &Path, dir: &Path) -> Process {
+        Self::spawn_with_env(name, args, config, dir, &[])
+    }
+
+    /// [`Process::spawn`] with more environment variables for the process (`FAILPOINTS`, …).
+    pub fn spawn_with_env(
+        name: &str,
+        args: &[&str],
+        config: &Path,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create log file");
         let child = Command::new(herald_bin())
@@ -146,6 +157,7 @@ impl Process {
             .arg("--config")
             .arg(config)
             .env("HERALD_LOG", PROCESS_LOG_FILTER)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -171,6 +183,40 @@ impl Process {
             let _ = Command::new("kill")
                 .args(["-9", &child.id().to_string()])
                 .status();
+        }
+    }
+
+    /// SIGTERM: asks the process to stop the way an operator does (a node leaves the cluster).
+    /// Does not wait; see [`Process::wait_exit`].
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// How the process ended, once it has (it is reaped then); `None` while it runs or once
+    /// killed by [`Process::kill`].
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits until the process has ended on its own and returns how.
+    ///
+    /// # Panics
+    /// After `timeout`, with the tail of the process's log.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let waited =
+            try_eventually(timeout, || std::future::ready(self.exit_status().ok_or(()))).await;
+        match waited {
+            Ok(status) => status,
+            Err(timed_out) => panic!(
+                "{} still running after {:?}:\n{}",
+                self.name,
+                timed_out.elapsed,
+                tail(&self.log_text(), LOG_TAIL_LINES)
+            ),
         }
     }
 
@@ -203,6 +249,9 @@ pub struct NodeSpec {
     pub http: bool,
     /// More keys of the test tenant's `[[tenants]]` table (e.g. `marketing_caps = [...]`).
     pub tenant: String,
+    /// More environment variables of the node processes (e.g. `FAILPOINTS` for the one node
+    /// that must die at a failpoint: give it a spec of its own with [`Cluster::add_node`]).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running cluster: Redis, one control replica, `nodes` nodes, all on loopback.
@@ -248,8 +297,8 @@ impl Cluster {
             http_addrs: Vec::new(),
             partition_count: 4096,
         };
-        for index in 0..nodes {
-            cluster.add_node(index, &spec);
+        for _ in 0..nodes {
+            cluster.add_node(&spec);
         }
         cluster.wait_ready(nodes, READY_TIMEOUT).await;
         cluster
@@ -260,7 +309,11 @@ impl Cluster {
         self.dir.path().join(format!("node-{index}.toml"))
     }
 
-    fn add_node(&mut self, index: usize, spec: &NodeSpec) {
+    /// Starts one more node, `node-<index>`, configured by `spec` (which may differ from the
+    /// other nodes'), and returns its index. Does not wait: it joins in its own time (see
+    /// [`Cluster::wait_ready`]).
+    pub fn add_node(&mut self, spec: &NodeSpec) -> usize {
+        let index = self.nodes.len();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = self.node_config(index);
@@ -311,20 +364,23 @@ api_keys = ["{OTHER_API_KEY}"]
             ),
         )
         .expect("write node config");
-        let process = Process::spawn(
+        let process = Process::spawn_with_env(
             &format!("node-{index}"),
             &["node"],
             &config,
             self.dir.path(),
+            &spec.env,
         );
         self.nodes.push(process);
         self.node_addrs.push(addr);
         self.http_addrs.push(http);
+        index
     }
 
     /// Kills node `index` and starts it again with the same id, addresses and store, with
     /// `extra_top` (top-level TOML lines) put in front of its config; it logs to
-    /// `node-<index>-restarted.log`. Does not wait: the node takes its leases in its own time.
+    /// `node-<index>-restarted.log`, without the environment of its [`NodeSpec::env`]. Does not
+    /// wait: the node takes its leases in its own time.
     pub fn restart_node(&mut self, index: usize, extra_top: &str) {
         let config = self.node_config(index);
         let original = std::fs::read_to_string(&config).expect("read node config");

@@ -12,8 +12,10 @@
 //! ## Layout
 //! - [`cluster`]: [`cluster::Cluster`] — a `redis-server`, a `herald control` and `herald node`
 //!   processes on random ports, one log file per process, kept when the test panics;
-//!   [`cluster::NodeSpec`] for per-test node config; gRPC channel helpers, [`cluster::authed`]
-//!   and the test tenants' API keys; [`cluster::herald_bin`] finds the binary.
+//!   [`cluster::NodeSpec`] for per-test node config and environment (a node of its own with
+//!   [`cluster::Cluster::add_node`]); SIGTERM and exit waits of a [`cluster::Process`]; gRPC
+//!   channel helpers, [`cluster::authed`] and the test tenants' API keys; [`cluster::herald_bin`]
+//!   finds the binary.
 //! - [`eventually`]: [`eventually::eventually`] and friends — poll a probe with a short, growing
 //!   interval until it reports a state, or panic saying what was awaited, for how long, and
 //!   (with [`eventually::eventually_ok`]) what was seen last.

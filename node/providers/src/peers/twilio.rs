@@ -81,6 +81,8 @@ struct Shared {
     idempotent: Mutex<HashMap<String, serde_json::Value>>,
     knobs: Mutex<Knobs>,
     requests: Mutex<u64>,
+    /// The idempotency token of every request, in arrival order (repeats included).
+    tokens: Mutex<Vec<Option<String>>>,
     callbacks_sent: Mutex<u64>,
     http: reqwest::Client,
 }
@@ -117,6 +119,7 @@ impl TwilioPeer {
                 ..Knobs::default()
             }),
             requests: Mutex::new(0),
+            tokens: Mutex::new(Vec::new()),
             callbacks_sent: Mutex::new(0),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -162,6 +165,13 @@ impl TwilioPeer {
     /// HTTP requests to the Messages endpoint so far, whatever their answer.
     pub fn requests(&self) -> u64 {
         *self.shared.requests.lock()
+    }
+
+    /// The idempotency token (`I-Twilio-Idempotency-Token`) of every request to the Messages
+    /// endpoint so far, in arrival order, whatever its answer: a repeat of a token shows up
+    /// again here, while [`TwilioPeer::received`] logs it once.
+    pub fn request_tokens(&self) -> Vec<Option<String>> {
+        self.shared.tokens.lock().clone()
     }
 
     /// Status callbacks posted so far (answered or not).
@@ -223,6 +233,12 @@ async fn create_message(
 ) -> Response {
     let arrived = shared.started.elapsed();
     *shared.requests.lock() += 1;
+    shared.tokens.lock().push(
+        headers
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
     if !authorized(&headers, &shared.config) {
         let mut r = twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
         r.headers_mut().insert(
