@@ -267,12 +267,26 @@ pub struct Cluster {
     /// Per node, its HTTP listener address (empty when the spec has none).
     pub http_addrs: Vec<String>,
     pub partition_count: u32,
+    /// This test's turn: one cluster of processes at a time per test binary (see [`TURN`]).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+/// Clusters of one test binary take turns: on a 2-core machine, two clusters of real processes
+/// at once starve each other's heartbeats until the control plane declares live nodes dead,
+/// and the tests then test the machine. `HERALD_TEST_CLUSTERS_PARALLEL=1` lets them overlap.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The environment variable that lets clusters of one test binary run at once.
+pub const CLUSTERS_PARALLEL_ENV: &str = "HERALD_TEST_CLUSTERS_PARALLEL";
 
 impl Cluster {
     /// Starts Redis, the control plane and `nodes` nodes configured by `spec`, and waits until
     /// the cluster is ready (see [`Cluster::wait_ready`]).
     pub async fn start(nodes: usize, spec: NodeSpec) -> Cluster {
+        let turn = match std::env::var(CLUSTERS_PARALLEL_ENV).as_deref() {
+            Ok("1") => None,
+            _ => Some(TURN.lock().await),
+        };
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let control_port = free_port();
@@ -296,6 +310,7 @@ impl Cluster {
             node_addrs: Vec::new(),
             http_addrs: Vec::new(),
             partition_count: 4096,
+            _turn: turn,
         };
         for _ in 0..nodes {
             cluster.add_node(&spec);
