@@ -223,6 +223,13 @@ pub trait Store: Send + Sync + 'static {
     /// Returns only when every op is durable.
     async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>>;
 
+    /// [`Store::write`] of ops the caller keeps (to retry the very same write after an error
+    /// whose outcome is unknown). A backend that only encodes ops writes them from the borrow;
+    /// the default copies them.
+    async fn write_shared(&self, ops: &[FencedOp]) -> Result<Vec<WriteOutcome>> {
+        self.write(ops.to_vec()).await
+    }
+
     async fn get_recipient(
         &self,
         tenant: &TenantId,

@@ -39,7 +39,7 @@ use ractor::RpcReplyPort;
 use tracing::debug;
 
 use crate::actors::directory::RecipientDirectory;
-use crate::actors::recipient::{AcceptError, Job, PendingAccept, RecipientMsg};
+use crate::actors::recipient::{AcceptAnswer, AcceptError, Job, PendingAccept, RecipientMsg};
 use crate::auth::{Authenticator, Tenant};
 use crate::config::SmsKeywordReplies;
 use crate::events::EventBus;
@@ -98,7 +98,7 @@ pub(crate) fn reply_port<T: Send + 'static>()
 }
 
 /// An acceptance handed to an actor, and where its answer comes.
-type AcceptAnswer = ractor::concurrency::OneshotReceiver<Result<WriteOutcome, AcceptError>>;
+type AcceptReceiver = ractor::concurrency::OneshotReceiver<Result<WriteOutcome, AcceptError>>;
 
 /// The result of an acceptance's write, for the client.
 fn sent_result(
@@ -220,25 +220,36 @@ impl Intake {
         // How many messages each recipient has in this call decides whether the first can
         // travel with its acceptance; the actors need the recipients, and one batched read here
         // saves one read per message there.
-        let mut per_recipient: HashMap<String, usize> = HashMap::new();
-        for (_, item) in &items {
-            if let Item::Send(request) = item {
-                *per_recipient
-                    .entry(request.recipient_id.clone())
-                    .or_default() += 1;
-            }
-        }
-        let mut recipients: HashMap<String, Recipient> = HashMap::new();
-        if !per_recipient.is_empty() {
-            let ids: Vec<String> = per_recipient.keys().cloned().collect();
-            if let Ok(found) = self.store.get_recipients(&tenant.id, &ids).await {
-                for recipient in found.into_iter().flatten() {
-                    recipients.insert(recipient.id.clone(), recipient);
+        let mut ids: Vec<String> = Vec::new();
+        let alone: Vec<bool> = {
+            let mut per_recipient: HashMap<&str, u32> = HashMap::with_capacity(items.len());
+            for (_, item) in &items {
+                if let Item::Send(request) = item {
+                    let count = per_recipient.entry(request.recipient_id.as_str()).or_default();
+                    if *count == 0 {
+                        ids.push(request.recipient_id.clone());
+                    }
+                    *count += 1;
                 }
             }
+            items
+                .iter()
+                .map(|(_, item)| match item {
+                    Item::Send(request) => per_recipient.get(request.recipient_id.as_str()) == Some(&1),
+                    _ => false,
+                })
+                .collect()
+        };
+        let mut recipients: HashMap<String, Recipient> = HashMap::with_capacity(ids.len());
+        if !ids.is_empty()
+            && let Ok(found) = self.store.get_recipients(&tenant.id, &ids).await
+        {
+            for recipient in found.into_iter().flatten() {
+                recipients.insert(recipient.id.clone(), recipient);
+            }
         }
-        let mut with_actor: Vec<(usize, PartitionId, Fence, AcceptAnswer)> = Vec::new();
-        for (index, item) in items {
+        let mut with_actor: Vec<(usize, PartitionId, Fence, AcceptReceiver)> = Vec::new();
+        for ((index, item), alone) in items.into_iter().zip(alone) {
             if count == 0 {
                 out.push((
                     index,
@@ -259,7 +270,6 @@ impl Intake {
                 Item::Send(request) => {
                     let recipient_id = request.recipient_id.clone();
                     let acceptance = self.acceptance(tenant, request, partition, fence);
-                    let alone = per_recipient.get(&recipient_id) == Some(&1);
                     let acceptance = if alone {
                         match self
                             .hand_over(tenant, acceptance, partition, fence, &mut recipients)
@@ -281,16 +291,19 @@ impl Intake {
                     } else {
                         acceptance
                     };
-                    ops.push(FencedOp {
-                        fence,
-                        op: acceptance.op.clone(),
-                    });
+                    let Acceptance {
+                        stored,
+                        watched,
+                        op,
+                    } = acceptance;
+                    ops.push(FencedOp { fence, op });
                     pending.push((
                         index,
                         partition,
                         fence,
                         Pending::Send {
-                            acceptance,
+                            stored,
+                            watched,
                             recipient_id,
                         },
                     ));
@@ -345,7 +358,7 @@ impl Intake {
         partition: PartitionId,
         fence: Fence,
         recipients: &mut HashMap<String, Recipient>,
-    ) -> Result<AcceptAnswer, HandOver> {
+    ) -> Result<AcceptReceiver, HandOver> {
         // Admission control: the ack waits while the node is saturated.
         let Some(permit) = self.directory.admit().await else {
             return Err(HandOver::ShuttingDown);
@@ -357,19 +370,20 @@ impl Intake {
             .map(|r| r.recipient_id.clone())
             .unwrap_or_default();
         let (reply, answer) = reply_port();
+        let Acceptance {
+            stored,
+            watched,
+            op,
+        } = acceptance;
         let job = Self::job(
             tenant,
-            acceptance.stored.clone(),
+            stored,
             fence,
             recipients.remove(&recipient_id),
             permit,
             Some(PendingAccept {
-                op: FencedOp {
-                    fence,
-                    op: acceptance.op.clone(),
-                },
-                watched: acceptance.watched.clone(),
-                reply,
+                op: FencedOp { fence, op },
+                answer: AcceptAnswer { watched, reply },
             }),
         );
         let key = (tenant.id.clone(), recipient_id.clone());
@@ -380,12 +394,20 @@ impl Intake {
             Ok(()) => Ok(answer),
             Err(returned) => {
                 // Busy: accepted here, with the others; the job's permit goes back with it.
-                if let RecipientMsg::Run(mut job) = returned
-                    && let Some(recipient) = job.recipient.take()
-                {
+                let RecipientMsg::Run(mut job) = returned else {
+                    return Err(HandOver::ShuttingDown);
+                };
+                if let Some(recipient) = job.recipient.take() {
                     recipients.insert(recipient_id, recipient);
                 }
-                Err(HandOver::Busy(Box::new(acceptance)))
+                let Some(PendingAccept { op, answer }) = job.accept.take() else {
+                    return Err(HandOver::ShuttingDown);
+                };
+                Err(HandOver::Busy(Box::new(Acceptance {
+                    stored: job.message.clone(),
+                    watched: answer.watched,
+                    op: op.op,
+                })))
             }
         }
     }
@@ -428,7 +450,8 @@ impl Intake {
                 (
                     outcome @ WriteOutcome::Accepted { .. },
                     Pending::Send {
-                        acceptance,
+                        stored,
+                        watched,
                         recipient_id,
                     },
                 ) => {
@@ -439,7 +462,7 @@ impl Intake {
                             ..
                         }
                     ) {
-                        self.events.publish(&tenant.id, &acceptance.watched);
+                        self.events.publish(&tenant.id, &watched);
                         let recipient = recipients.remove(&recipient_id);
                         // Admission control: the ack waits while the node is saturated.
                         match self.directory.admit().await {
@@ -448,7 +471,7 @@ impl Intake {
                                 partition,
                                 RecipientMsg::Run(Box::new(Self::job(
                                     tenant,
-                                    acceptance.stored,
+                                    stored,
                                     fence,
                                     recipient,
                                     permit,
@@ -501,7 +524,8 @@ impl Intake {
 /// An item of a batched write, waiting for its outcome.
 enum Pending {
     Send {
-        acceptance: Acceptance,
+        stored: Arc<StoredMessage>,
+        watched: Vec<Event>,
         recipient_id: String,
     },
     Upsert(Recipient),
@@ -549,7 +573,7 @@ impl Intake {
 
 /// The results of the messages whose actors wrote their acceptance.
 async fn accepted_by_actors(
-    waiting: Vec<(usize, PartitionId, Fence, AcceptAnswer)>,
+    waiting: Vec<(usize, PartitionId, Fence, AcceptReceiver)>,
 ) -> Vec<(usize, Result<ItemResult, Error>)> {
     let mut out = Vec::with_capacity(waiting.len());
     for (index, partition, fence, answer) in waiting {

@@ -316,9 +316,14 @@ async fn eval(conn: &mut ConnectionManager, cmd: &Cmd, script: &Script) -> Redis
 #[async_trait]
 impl Store for RedisStore {
     async fn write(&self, ops: Vec<FencedOp>) -> Result<Vec<WriteOutcome>> {
+        self.write_shared(&ops).await
+    }
+
+    /// Ops are only encoded, never kept: the caller keeps them (no copy for a retry).
+    async fn write_shared(&self, ops: &[FencedOp]) -> Result<Vec<WriteOutcome>> {
         let mut outcomes = Vec::with_capacity(ops.len());
         // Chunks of one call are committed one after the other, so its ops apply in order.
-        for chunk in chunks(&ops, self.max_batch_ops) {
+        for chunk in chunks(ops, self.max_batch_ops) {
             let (args, expect) = encode_ops(&self.keys, chunk);
             let mut partitions: Vec<u32> = chunk.iter().map(|op| op.fence.partition.0).collect();
             partitions.sort_unstable();

@@ -25,17 +25,29 @@ local function append(key, member, p, first, last)
     redis.call('SREM', P .. ':a:' .. p, member)
   end
 end
--- The conflict reply when the log at `key` does not end right before `expect` (the seq of
--- the first event appended: the list holds the message and then event s at index s, so its
--- length is the next seq); false when it does, or when `expect` is '' (nothing to check).
-local function seq_conflict(key, expect)
+-- Like `append`, for an append whose first event must be the log's next (`expect`: its seq;
+-- the list holds the message and then event s at index s, so before the append its length is
+-- `expect`). The common case costs no extra call: RPUSH answers the new length; a mismatch
+-- takes the pushed entries back (the script is atomic: nobody saw them) and returns the
+-- conflict reply with the log's last seq. `expect` '' = nothing to check.
+local function checked_append(key, member, p, first, last, expect)
   if expect == '' then
+    append(key, member, p, first, last)
     return false
   end
-  local len = redis.call('LLEN', key)
-  if len ~= tonumber(expect) then
-    return {'seq', math.max(len - 1, 0)}
+  local chunk_end = math.min(first + 255, last)
+  local len = redis.call('RPUSH', key, unpack(ARGV, first, chunk_end))
+  local pushed = chunk_end - first + 1
+  local before = len - pushed
+  if before ~= tonumber(expect) then
+    if before == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('LTRIM', key, 0, before - 1)
+    end
+    return {'seq', math.max(before - 1, 0)}
   end
+  append(key, member, p, chunk_end + 1, last)
   return false
 end
 -- Adds `delta` to a counter, creating it with its expiry in one call (SET NX PX); only an
@@ -66,11 +78,10 @@ while i <= argc do
     if fenced then
       out[n] = {stored}
     else
-      local conflict = seq_conflict(ARGV[i + 3], ARGV[i + 5])
+      local conflict = checked_append(ARGV[i + 3], ARGV[i + 4], p, i + 7, last, ARGV[i + 5])
       if conflict then
         out[n] = conflict
       else
-        append(ARGV[i + 3], ARGV[i + 4], p, i + 7, last)
         out[n] = 0
       end
     end
@@ -157,7 +168,7 @@ while i <= argc do
     if fenced then
       conflict = {stored}
     else
-      conflict = seq_conflict(ARGV[i + 6], ARGV[i + 8])
+      conflict = checked_append(ARGV[i + 6], ARGV[i + 7], p, i + 10, last, ARGV[i + 8])
     end
     if conflict then
       out[n] = conflict
@@ -165,7 +176,6 @@ while i <= argc do
       out[n] = conflict
     else
       out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      append(ARGV[i + 6], ARGV[i + 7], p, i + 10, last)
       n = n + 1
       out[n] = 0
     end

@@ -19,7 +19,7 @@ use herald_proto::v1::Event;
 use herald_store::{FencedOp, WriteOp, WriteOutcome, keys};
 use tracing::warn;
 
-use super::{AcceptError, Job, PendingAccept, RecipientEnv};
+use super::{AcceptAnswer, AcceptError, Job, PendingAccept, RecipientEnv};
 use crate::policy::caps::SentRecord;
 use crate::receipts::index::AttemptRef;
 use crate::waterfall::{Draft, StateWrite};
@@ -70,7 +70,7 @@ pub struct Log {
 impl Drop for Log {
     fn drop(&mut self) {
         if let Some(accept) = self.accept.take() {
-            accept.answer(Err(AcceptError::NotWritten));
+            accept.answer.send(Err(AcceptError::NotWritten));
         }
     }
 }
@@ -202,9 +202,12 @@ impl Log {
         let accept = self.accept.take();
         // [accept, append, counter, state...] or [state..., counter, append]: the store folds
         // a counter next to its append (and an append next to its accept) into one op.
-        let ops: Vec<FencedOp> = match &accept {
-            Some(pending) => {
-                let mut op = pending.op.clone();
+        let (accept, accept_op): (Option<AcceptAnswer>, _) = match accept {
+            Some(PendingAccept { op, answer }) => (Some(answer), Some(op)),
+            None => (None, None),
+        };
+        let ops: Vec<FencedOp> = match accept_op {
+            Some(mut op) => {
                 let guarded = 1 + usize::from(counter.is_some()) + writes.len();
                 if let WriteOp::AcceptMessage { guards, .. } = &mut op.op {
                     *guards = guarded;
@@ -235,8 +238,8 @@ impl Log {
                     })
                 );
                 match answer {
-                    Some(answer) => pending.answer(Ok(answer.clone())),
-                    None => pending.answer(Err(AcceptError::NotWritten)),
+                    Some(answer) => pending.send(Ok(answer.clone())),
+                    None => pending.send(Err(AcceptError::NotWritten)),
                 }
                 if !new {
                     return Err(match outcomes.first() {
@@ -249,7 +252,7 @@ impl Log {
             }
             (Ok(outcomes), None) => check(&outcomes, end_seq)?,
             (Err(error), Some(pending)) => {
-                pending.answer(Err(AcceptError::Store(error.to_string())));
+                pending.send(Err(AcceptError::Store(error.to_string())));
                 return Err(Stop::Store(error));
             }
             (Err(error), None) => return Err(Stop::Store(error)),
@@ -289,8 +292,8 @@ async fn write_until_known(
 ) -> Result<Vec<WriteOutcome>, herald_store::Error> {
     let mut attempt = 0;
     loop {
-        // A retry must send the very same ops (same seqs), so the store gets a copy.
-        let result = env.store.write(ops.clone()).await;
+        // A retry must send the very same ops (same seqs): the store writes from a borrow.
+        let result = env.store.write_shared(&ops).await;
         match result {
             Ok(mut outcomes) => {
                 if attempt > 0 {

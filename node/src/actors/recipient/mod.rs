@@ -186,14 +186,19 @@ pub enum AcceptError {
 pub struct PendingAccept {
     /// The `AcceptMessage` op (its `guards` are set when it is written).
     pub op: FencedOp,
+    pub answer: AcceptAnswer,
+}
+
+/// Where an acceptance's outcome goes, with what watchers get of it.
+pub struct AcceptAnswer {
     /// Copies of the `accepted` event for watchers (usually none).
     pub watched: Vec<Event>,
     /// The accept's outcome, or why it was not written.
     pub reply: RpcReplyPort<Result<WriteOutcome, AcceptError>>,
 }
 
-impl PendingAccept {
-    fn answer(self, outcome: Result<WriteOutcome, AcceptError>) {
+impl AcceptAnswer {
+    fn send(self, outcome: Result<WriteOutcome, AcceptError>) {
         // The router may have given up (its caller went away): nothing to do then.
         let _ = self.reply.send(outcome);
     }
