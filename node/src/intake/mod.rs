@@ -225,7 +225,9 @@ impl Intake {
             let mut per_recipient: HashMap<&str, u32> = HashMap::with_capacity(items.len());
             for (_, item) in &items {
                 if let Item::Send(request) = item {
-                    let count = per_recipient.entry(request.recipient_id.as_str()).or_default();
+                    let count = per_recipient
+                        .entry(request.recipient_id.as_str())
+                        .or_default();
                     if *count == 0 {
                         ids.push(request.recipient_id.clone());
                     }
@@ -235,7 +237,9 @@ impl Intake {
             items
                 .iter()
                 .map(|(_, item)| match item {
-                    Item::Send(request) => per_recipient.get(request.recipient_id.as_str()) == Some(&1),
+                    Item::Send(request) => {
+                        per_recipient.get(request.recipient_id.as_str()) == Some(&1)
+                    }
                     _ => false,
                 })
                 .collect()
@@ -325,7 +329,12 @@ impl Intake {
                             recipient: recipient.clone(),
                         },
                     });
-                    pending.push((index, partition, fence, Pending::Upsert(recipient)));
+                    pending.push((
+                        index,
+                        partition,
+                        fence,
+                        Pending::Upsert(Box::new(recipient)),
+                    ));
                 }
                 Item::Erase(recipient_id) => {
                     ops.push(FencedOp {
@@ -470,12 +479,7 @@ impl Intake {
                                 (tenant.id.clone(), recipient_id),
                                 partition,
                                 RecipientMsg::Run(Box::new(Self::job(
-                                    tenant,
-                                    stored,
-                                    fence,
-                                    recipient,
-                                    permit,
-                                    None,
+                                    tenant, stored, fence, recipient, permit, None,
                                 ))),
                             ),
                             None => {
@@ -499,7 +503,7 @@ impl Intake {
                             },
                         });
                     }
-                    Ok(ItemResult::Recipient(Box::new(recipient)))
+                    Ok(ItemResult::Recipient(recipient))
                 }
                 (WriteOutcome::Done, Pending::Erase(id)) => Ok(ItemResult::Erased(
                     existed.get(&id).copied().unwrap_or(false),
@@ -528,7 +532,7 @@ enum Pending {
         watched: Vec<Event>,
         recipient_id: String,
     },
-    Upsert(Recipient),
+    Upsert(Box<Recipient>),
     Erase(String),
 }
 
