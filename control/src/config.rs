@@ -48,6 +48,10 @@ pub struct ControlConfig {
     /// How often the leader renews its lease and followers try to take it. At most half the
     /// TTL, so a single failed renewal does not cost the leadership.
     pub leader_renew_interval_ms: u64,
+    /// Mutual TLS of the Control service: `[tls] ca, cert, key` (a control certificate:
+    /// `herald certs issue --control <id>`), or `mode = "off"` on a test machine. With TLS,
+    /// a node may join, beat and leave only under the name its certificate carries.
+    pub tls: herald_tls::ClusterTls,
 }
 
 impl Default for ControlConfig {
@@ -60,6 +64,7 @@ impl Default for ControlConfig {
             failure_timeout_ms: 2000,
             leader_lease_ttl_ms: 3000,
             leader_renew_interval_ms: 1000,
+            tls: herald_tls::ClusterTls::default(),
         }
     }
 }
@@ -115,7 +120,11 @@ impl ControlConfig {
                 ),
             );
         }
-        Ok(())
+        match self.tls.files() {
+            Err(herald_tls::Error::Config { field, reason }) => invalid(field, reason),
+            Err(other) => invalid("tls", other.to_string()),
+            Ok(_) => Ok(()),
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -158,8 +167,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid() {
-        let config = ControlConfig::default();
+    fn defaults_are_valid_once_tls_has_its_files() {
+        // The default is mutual TLS: without certificates it names the missing file.
+        match ControlConfig::default().validate() {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "tls.ca"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let config = ControlConfig {
+            tls: herald_tls::ClusterTls::off(),
+            ..ControlConfig::default()
+        };
         assert!(config.validate().is_ok(), "{config:?}");
         assert_eq!(config.partition_count, 4096);
         assert_eq!(config.listen_addr.port(), 7400);
@@ -181,6 +198,7 @@ mod tests {
         let config = ControlConfig {
             leader_lease_ttl_ms: 1000,
             leader_renew_interval_ms: 800,
+            tls: herald_tls::ClusterTls::off(),
             ..ControlConfig::default()
         };
         match config.validate() {

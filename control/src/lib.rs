@@ -54,6 +54,8 @@ const MAX_CONCURRENT_RPCS_PER_CONNECTION: usize = 256;
 pub enum Error {
     #[error("invalid config {field}: {reason}")]
     Config { field: &'static str, reason: String },
+    #[error("tls: {0}")]
+    Tls(#[from] herald_tls::Error),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -124,6 +126,30 @@ impl ControlPlane {
             source,
         })?;
 
+        let tls = match config.tls.files()? {
+            Some(files) => {
+                let material = herald_tls::TlsMaterial::load(files)?;
+                let identity = material.identity();
+                if identity.role != herald_tls::Role::Control {
+                    return Err(Error::Config {
+                        field: "tls.cert",
+                        reason: format!(
+                            "{identity} is not a control certificate (herald certs issue --control <id>)"
+                        ),
+                    });
+                }
+                material.watch(std::time::Duration::from_millis(
+                    config.tls.reload_interval_ms,
+                ));
+                Some(material)
+            }
+            None => {
+                tracing::warn!(
+                    "tls.mode = \"off\": the Control service is plaintext; anyone who reaches {local_addr} can join or evict nodes"
+                );
+                None
+            }
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(
@@ -172,15 +198,29 @@ impl ControlPlane {
             .add_service(reflection_v1alpha)
             .add_service(ControlServer::new(service::ControlService::new(
                 ctrl.clone(),
+                tls.is_some(),
             )));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = spawn_task("grpc-server", async move {
-            let stop = async move {
-                // An error means the handle is gone: stop as well.
-                let _ = server_rx.wait_for(|stop| *stop).await;
-            };
-            Ok(router.serve_with_incoming_shutdown(incoming, stop).await?)
-        });
+        let stop = async move {
+            // An error means the handle is gone: stop as well.
+            let _ = server_rx.wait_for(|stop| *stop).await;
+        };
+        let server = match tls {
+            Some(material) => {
+                let incoming = herald_tls::transport::incoming(
+                    listener,
+                    herald_tls::ServerTls::Cluster(material),
+                );
+                spawn_task("grpc-server", async move {
+                    Ok(router.serve_with_incoming_shutdown(incoming, stop).await?)
+                })
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                spawn_task("grpc-server", async move {
+                    Ok(router.serve_with_incoming_shutdown(incoming, stop).await?)
+                })
+            }
+        };
         let loops = vec![
             spawn_task(
                 "lease-loop",

@@ -226,6 +226,12 @@ pub fn normalize_node_info(info: Option<NodeInfo>) -> Result<NodeInfo, herald_pr
     if !port_ok {
         return Err(Invalid::invalid("node.address", "must be host:port"));
     }
+    if info.api_address.len() > MAX_ADDRESS_LEN {
+        return Err(Invalid::invalid(
+            "node.api_address",
+            format!("must be at most {MAX_ADDRESS_LEN} bytes"),
+        ));
+    }
     if info.weight == 0 {
         info.weight = DEFAULT_WEIGHT;
     }
@@ -367,6 +373,7 @@ mod tests {
             node_id: id.into(),
             address: format!("127.0.0.1:{port}"),
             weight: 1,
+            ..Default::default()
         }
     }
 
@@ -409,6 +416,7 @@ mod tests {
             node_id: "n1".into(),
             address: "nohost".into(),
             weight: 0,
+            ..Default::default()
         }))
         .expect_err("bad address");
         assert!(err.to_string().contains("node.address"), "{err}");

@@ -4,6 +4,12 @@
 //! [`crate::Error`] to `tonic::Status`. It must never hold cluster state or decide anything
 //! itself: membership and tables belong to the leader's term.
 //!
+//! With mutual TLS (the default), every call needs a cluster certificate: Join, Heartbeat
+//! and Leave only a node certificate whose name is the node id in the request (node `n2`
+//! cannot join, beat or leave as `n3`); WatchTable and ClusterStatus (read-only) any cluster
+//! certificate (nodes, control replicas, operators). A caller without one is
+//! `UNAUTHENTICATED`, one with the wrong name or role `PERMISSION_DENIED`; nothing changes.
+//!
 //! Only the leader serves Join, Heartbeat, Leave and WatchTable; a follower answers
 //! `UNAVAILABLE` with the message `not_leader{leader=<id>}` (`<id>` empty when it does not know
 //! the leader), and the node client tries its next control address. ClusterStatus works on
@@ -17,6 +23,8 @@ use herald_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, HeartbeatRequest, HeartbeatResponse, JoinRequest,
     JoinResponse, LeaveRequest, LeaveResponse, WatchTableRequest,
 };
+use herald_tls::identity::require_role;
+use herald_tls::{Identity, Role};
 use tonic::{Request, Response, Status};
 
 use crate::Error;
@@ -25,17 +33,51 @@ use crate::membership::{self, MAX_NODE_ID_LEN};
 
 pub(crate) struct ControlService {
     ctrl: Arc<Controller>,
+    /// Callers are authenticated by their certificate (mutual TLS).
+    tls: bool,
 }
 
 impl ControlService {
-    pub(crate) fn new(ctrl: Arc<Controller>) -> Self {
-        Self { ctrl }
+    pub(crate) fn new(ctrl: Arc<Controller>, tls: bool) -> Self {
+        Self { ctrl, tls }
+    }
+
+    /// The caller must hold the node certificate of `node_id`.
+    fn require_node<T>(&self, request: &Request<T>, node_id: &str) -> Result<(), Status> {
+        if !self.tls {
+            return Ok(());
+        }
+        let caller = require_role(request, Role::Node)?;
+        if caller.name != node_id {
+            return Err(Status::permission_denied(format!(
+                "node {} may not act as node {node_id:?}",
+                caller.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The caller must hold some cluster certificate.
+    fn require_cluster<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.tls && Identity::of_caller(request).is_none() {
+            return Err(Status::unauthenticated(
+                "the Control service needs a cluster certificate (mutual TLS)",
+            ));
+        }
+        Ok(())
     }
 }
 
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let claimed = request
+            .get_ref()
+            .node
+            .as_ref()
+            .map(|n| n.node_id.clone())
+            .unwrap_or_default();
+        self.require_node(&request, &claimed)?;
         let info = membership::normalize_node_info(request.into_inner().node)?;
         let term = self.ctrl.leader_term()?;
         let table = term.join(info).await?;
@@ -50,6 +92,7 @@ impl Control for ControlService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.require_node(&request, &request.get_ref().node_id)?;
         let request = request.into_inner();
         let node = node_id(request.node_id)?;
         let term = self.ctrl.leader_term()?;
@@ -61,6 +104,7 @@ impl Control for ControlService {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<LeaveResponse>, Status> {
+        self.require_node(&request, &request.get_ref().node_id)?;
         let node = node_id(request.into_inner().node_id)?;
         let term = self.ctrl.leader_term()?;
         let table = term.leave(node).await?;
@@ -71,8 +115,9 @@ impl Control for ControlService {
 
     async fn watch_table(
         &self,
-        _request: Request<WatchTableRequest>,
+        request: Request<WatchTableRequest>,
     ) -> Result<Response<Self::WatchTableStream>, Status> {
+        self.require_cluster(&request)?;
         // The node id in the request is informational: every watcher gets the same tables.
         let term = self.ctrl.leader_term()?;
         Ok(Response::new(self.ctrl.watch_tables(term)?))
@@ -80,8 +125,9 @@ impl Control for ControlService {
 
     async fn cluster_status(
         &self,
-        _request: Request<ClusterStatusRequest>,
+        request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.require_cluster(&request)?;
         Ok(Response::new(self.ctrl.cluster_status().await?))
     }
 }

@@ -54,6 +54,8 @@ fn config(control_id: &str) -> ControlConfig {
         failure_timeout_ms: FAILURE_TIMEOUT.as_millis() as u64,
         leader_lease_ttl_ms: LEASE_TTL.as_millis() as u64,
         leader_renew_interval_ms: LEASE_RENEW.as_millis() as u64,
+        // Plaintext: these tests are about membership; `mtls_*` below is about the TLS.
+        tls: herald_tls::ClusterTls::off(),
     }
 }
 
@@ -83,6 +85,7 @@ fn node(id: &str, port: u16) -> NodeInfo {
         node_id: id.to_owned(),
         address: format!("127.0.0.1:{port}"),
         weight: 1,
+        ..Default::default()
     }
 }
 
@@ -332,6 +335,7 @@ async fn three_nodes_join_and_cover_every_partition() {
                     node_id: "n4".into(),
                     address: "no-port".into(),
                     weight: 1,
+                    ..Default::default()
                 }),
             })
             .await
@@ -966,4 +970,139 @@ impl Store for Flaky {
         self.check()?;
         self.inner.put_api_key(key_sha256_hex, tenant).await
     }
+}
+
+/// With mutual TLS, the control plane takes a node's name from its certificate: no
+/// certificate gets nothing, an operator may only look, and node n2 can neither join, beat
+/// nor leave as n3. Each refusal changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_binds_membership_to_the_certificate() {
+    use herald_tls::config::TlsFiles;
+    use herald_tls::{Authority, Dialer, Identity, Role, TlsMaterial};
+    init_tracing();
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Authority::generate("test").expect("ca");
+    ca.write(dir.path(), false).expect("ca files");
+    let files = |role, name: &str| {
+        let issued = ca
+            .issue(&Identity::new(role, name).expect("name"), &[], 1)
+            .expect("issue");
+        let written = Authority::write_issued(dir.path(), &issued, false).expect("write");
+        TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: written.cert,
+            key: written.key,
+        }
+    };
+    let mut config = config("c1");
+    config.tls = herald_tls::ClusterTls::with_files(files(Role::Control, "c1"));
+    let handle = ControlPlane::start(config, embedded_store())
+        .await
+        .expect("start");
+    wait_leader(&handle).await;
+    let address = handle.local_addr().to_string();
+    let client_as = |role, name: &str| {
+        let material = TlsMaterial::load(files(role, name)).expect("material");
+        let channel = Dialer::Tls(material)
+            .channel(&address, Role::Control, |e| {
+                e.connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(3))
+            })
+            .expect("channel");
+        ControlClient::new(channel)
+    };
+    let mut n2 = client_as(Role::Node, "n2");
+    let mut operator = client_as(Role::Operator, "alice");
+    let mut plaintext = client(handle.local_addr());
+
+    // No certificate: not even a status.
+    plaintext
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .expect_err("plaintext status");
+    plaintext
+        .join(JoinRequest {
+            node: Some(node("n2", 9002)),
+        })
+        .await
+        .expect_err("plaintext join");
+
+    // n2 joins as itself; not as n3.
+    join(&mut n2, node("n2", 9002)).await;
+    let refused = n2
+        .join(JoinRequest {
+            node: Some(node("n3", 9003)),
+        })
+        .await
+        .expect_err("n2 joining as n3");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // An operator looks, but cannot join.
+    let status = operator
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .expect("operator status")
+        .into_inner();
+    assert_eq!(status.nodes.len(), 1, "only n2 joined: {status:?}");
+    let refused = operator
+        .join(JoinRequest {
+            node: Some(node("alice", 9009)),
+        })
+        .await
+        .expect_err("operator join");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    operator
+        .watch_table(herald_proto::v1::WatchTableRequest::default())
+        .await
+        .expect("an operator may watch the table");
+    plaintext
+        .watch_table(herald_proto::v1::WatchTableRequest::default())
+        .await
+        .expect_err("plaintext watch");
+
+    // n3 joins for real; n2 can neither beat nor leave for it.
+    let mut n3 = client_as(Role::Node, "n3");
+    join(&mut n3, node("n3", 9003)).await;
+    let epoch = handle.current_table().epoch;
+    let refused = n2
+        .heartbeat(HeartbeatRequest {
+            node_id: "n3".into(),
+            epoch,
+            ..Default::default()
+        })
+        .await
+        .expect_err("n2 beating for n3");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = n2
+        .leave(LeaveRequest {
+            node_id: "n3".into(),
+        })
+        .await
+        .expect_err("n2 evicting n3");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let status = operator
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let mut ids: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            n.node
+                .as_ref()
+                .map(|i| i.node_id.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["n2", "n3"], "nothing changed: {status:?}");
+    assert_eq!(handle.current_table().epoch, epoch);
+
+    // n3 leaves as itself.
+    n3.leave(LeaveRequest {
+        node_id: "n3".into(),
+    })
+    .await
+    .expect("n3 leaves");
+    handle.shutdown().await.expect("shutdown");
 }

@@ -246,12 +246,23 @@ pub use herald_providers::sandbox::SandboxConfig;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// Unique, stable node name. Default: `node-<listen port>`.
+    /// Unique, stable node name. Default: the name in the node's certificate (`tls.cert`),
+    /// or `node-<listen port>` without TLS. With TLS, a set `node_id` must match the
+    /// certificate.
     pub node_id: Option<String>,
-    /// Address the gRPC server binds (public API and node-to-node traffic).
+    /// Address the public gRPC API binds (Delivery, Recipients, Engagement, Breakers,
+    /// health, reflection). Clients authenticate with API keys.
     pub listen_addr: SocketAddr,
-    /// Address other nodes and clients use to reach this node. Default: `listen_addr`.
+    /// Address clients use to reach the public API. Default: `listen_addr`.
     pub advertise_addr: Option<String>,
+    /// Address the internal gRPC server binds (node-to-node traffic, mutual TLS). Only other
+    /// nodes need to reach it (see docs/security.md).
+    pub internal_listen_addr: SocketAddr,
+    /// Address other nodes use to reach `internal_listen_addr`. Default: that address.
+    pub internal_advertise_addr: Option<String>,
+    /// Mutual TLS of the internal planes: `[tls] ca, cert, key` (the default mode, `mtls`,
+    /// requires them), or `mode = "off"` on a test machine.
+    pub tls: herald_tls::ClusterTls,
     /// Control plane replicas (`host:port`); the node follows whichever leads.
     pub control_addrs: Vec<String>,
     /// Relative capacity: a node of weight 2 owns twice the partitions of weight 1.
@@ -339,6 +350,9 @@ impl Default for NodeConfig {
             node_id: None,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7500)),
             advertise_addr: None,
+            internal_listen_addr: SocketAddr::from(([127, 0, 0, 1], 7501)),
+            internal_advertise_addr: None,
+            tls: herald_tls::ClusterTls::default(),
             control_addrs: vec!["127.0.0.1:7400".into()],
             weight: 1,
             store: StoreConfig::default(),
@@ -483,6 +497,12 @@ impl NodeConfig {
                 "control_addrs must name at least one control replica",
             ));
         }
+        if self.listen_addr == self.internal_listen_addr && self.listen_addr.port() != 0 {
+            return Err(invalid(
+                "internal_listen_addr must differ from listen_addr (the internal plane has its own port)",
+            ));
+        }
+        self.tls.files().map_err(|e| invalid(&e.to_string()))?;
         Ok(())
     }
 }
@@ -536,7 +556,7 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
-            "[store]\nkey_prefix = \"blue\"\n[store.redis]\nmax_batch_ops = 256\n\
+            "[tls]\nmode = \"off\"\n[store]\nkey_prefix = \"blue\"\n[store.redis]\nmax_batch_ops = 256\n\
              max_batch_bytes = 1048576\ncommits_in_flight = 2\nqueue_capacity = 100\n\
              response_timeout_ms = 1500\n",
         )

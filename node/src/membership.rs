@@ -18,17 +18,22 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use herald_tls::{Dialer, Role};
+
 use crate::ownership::Ownership;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
-async fn connect(address: &str) -> Result<ControlClient<Channel>, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+/// A client of the control replica at `address` (mutual TLS unless the cluster runs without).
+async fn connect(dialer: &Dialer, address: &str) -> Result<ControlClient<Channel>, String> {
+    let channel = dialer
+        .channel(address, Role::Control, |endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(Duration::from_secs(5))
+        })
+        .map_err(|e| e.to_string())?;
     Ok(ControlClient::new(channel))
 }
 
@@ -37,6 +42,7 @@ pub async fn run(
     ownership: Arc<Ownership>,
     info: NodeInfo,
     control_addrs: Vec<String>,
+    dialer: Dialer,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -47,7 +53,7 @@ pub async fn run(
         }
         let address = control_addrs[next % control_addrs.len()].clone();
         next += 1;
-        match follow(&ownership, &info, &address, &mut shutdown).await {
+        match follow(&ownership, &info, &dialer, &address, &mut shutdown).await {
             Ok(()) => {
                 last_leader = Some(address);
                 break;
@@ -65,7 +71,7 @@ pub async fn run(
     }
     // Planned leave: try every replica once; the leader moves our partitions away.
     for address in last_leader.iter().chain(control_addrs.iter()) {
-        if let Ok(mut client) = connect(address).await
+        if let Ok(mut client) = connect(&dialer, address).await
             && client
                 .leave(LeaveRequest {
                     node_id: info.node_id.clone(),
@@ -83,10 +89,11 @@ pub async fn run(
 async fn follow(
     ownership: &Arc<Ownership>,
     info: &NodeInfo,
+    dialer: &Dialer,
     address: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut client = connect(address).await?;
+    let mut client = connect(dialer, address).await?;
     let joined = client
         .join(JoinRequest {
             node: Some(info.clone()),

@@ -8,6 +8,9 @@
 //! is re-opened on next use; a peer that cannot be reached is forgotten, so the next use
 //! connects afresh. Bounded: at most `PENDING_BATCHES_MAX` batches wait per stream.
 //!
+//! Links to peers are mutual TLS with the cluster's certificates: each end proves it is a
+//! cluster node (see `herald_tls`).
+//!
 //! One `Peers` is built by the server assembly and handed (cloned: it is a handle over shared
 //! state) to every component that talks to other nodes, so a node keeps one link pool, not one
 //! per component. Must never retry on its own: retry decisions belong to the callers, and must
@@ -25,6 +28,7 @@ use herald_proto::v1::{
     ChannelCall, ChannelCallBatch, ChannelReply, ChannelReplyBatch, ForwardBatch, ForwardItem,
     ForwardReply, ForwardResult,
 };
+use herald_tls::{Dialer, Role};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -113,13 +117,30 @@ struct Peer {
     channels: LinkSlot<ChannelCallBatch>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
     next_batch_id: Arc<AtomicU64>,
+    /// Mutual TLS with the cluster's certificates (plaintext only where the config says so).
+    dialer: Dialer,
+}
+
+impl Default for Peers {
+    /// Plaintext links (unit tests of one process).
+    fn default() -> Self {
+        Peers::new(Dialer::Plain)
+    }
 }
 
 impl Peers {
+    pub fn new(dialer: Dialer) -> Peers {
+        Peers {
+            peers: Arc::default(),
+            next_batch_id: Arc::default(),
+            dialer,
+        }
+    }
+
     /// Sends `items` to the node at `address`; one result per item, in order.
     pub async fn forward(
         &self,
@@ -208,13 +229,16 @@ impl Peers {
         }
         // Lazy: the connection is made by the first stream opened on it, within the connect
         // timeout; a broken connection is re-made by the channel itself.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = self
+            .dialer
+            .channel(address, Role::Node, |endpoint| {
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+            })
+            .map_err(|e| Error::Connect(e.to_string()))?;
         let peer = Arc::new(Peer {
             channel,
             forward: Mutex::new(None),

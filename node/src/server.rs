@@ -2,8 +2,10 @@
 //!
 //! The only module that sees every component: it builds each from its own part of the config
 //! and the few handles it uses (the store, the clock, the ownership, the recipients' directory,
-//! the channels), binds the gRPC server (Delivery, Recipients, Engagement, Breakers, Forward,
-//! health, reflection), and spawns the loops (membership, leases, timers, breakers, receipts,
+//! the channels), binds the two gRPC servers — the public API on `listen_addr` (Delivery,
+//! Recipients, Engagement, Breakers, health, reflection; callers authenticate with API keys)
+//! and the internal plane on `internal_listen_addr` (Forward and health, mutual TLS: only a
+//! caller with a cluster node certificate gets in) — and spawns the loops (membership, leases, timers, breakers, receipts,
 //! passivation, the HTTP listener). Shutdown is graceful: leave the cluster, let partitions
 //! move, release leases, stop.
 //!
@@ -25,6 +27,7 @@ use herald_proto::v1::forward_server::ForwardServer;
 use herald_proto::v1::recipients_server::RecipientsServer;
 use herald_proto::{Epoch, NodeId, PartitionId};
 use herald_store::Store;
+use herald_tls::{Dialer, Role, ServerTls, TlsMaterial};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -73,6 +76,55 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("tls: {0}")]
+    Tls(#[from] herald_tls::Error),
+    #[error("tls: {0}")]
+    Identity(String),
+}
+
+/// Lets through only callers with a cluster node certificate (when the cluster runs mTLS).
+#[derive(Clone, Copy)]
+struct NodesOnly {
+    tls: bool,
+}
+
+impl tonic::service::Interceptor for NodesOnly {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if self.tls {
+            herald_tls::identity::require_role(&request, Role::Node)?;
+        }
+        Ok(request)
+    }
+}
+
+/// This node's TLS material (watched for changes) and its id, checked against the
+/// certificate: the node id is the name its certificate carries.
+fn cluster_tls(config: &NodeConfig) -> Result<(Option<Arc<TlsMaterial>>, Option<String>), Error> {
+    let Some(files) = config.tls.files()? else {
+        warn!(
+            "tls.mode = \"off\": the internal plane is plaintext and unauthenticated; anyone who reaches {} can act as a node",
+            config.internal_listen_addr
+        );
+        return Ok((None, config.node_id.clone()));
+    };
+    let material = TlsMaterial::load(files)?;
+    let identity = material.identity();
+    if identity.role != Role::Node {
+        return Err(Error::Identity(format!(
+            "tls.cert is a {} certificate ({identity}); a node needs a node certificate (herald certs issue --node <id>)",
+            identity.role
+        )));
+    }
+    if let Some(configured) = &config.node_id
+        && *configured != identity.name
+    {
+        return Err(Error::Identity(format!(
+            "node_id = {configured:?} but tls.cert names node {:?}; the node id is the certificate's name",
+            identity.name
+        )));
+    }
+    material.watch(Duration::from_millis(config.tls.reload_interval_ms));
+    Ok((Some(material), Some(identity.name)))
 }
 
 /// Opens the store the config names: Redis when `redis_url` is set, else embedded.
@@ -124,7 +176,10 @@ impl PartitionLifecycle for Lifecycle {
 
 /// A running node.
 pub struct NodeHandle {
+    /// The public API's address.
     pub local_addr: SocketAddr,
+    /// The internal plane's address (node-to-node traffic).
+    pub internal_addr: SocketAddr,
     /// The HTTP listener (callbacks, `/metrics`), when configured.
     pub http_addr: Option<SocketAddr>,
     node_id: NodeId,
@@ -136,8 +191,8 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     membership: Option<JoinHandle<()>>,
     leases: Option<JoinHandle<()>>,
-    server: Option<JoinHandle<()>>,
-    server_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    servers: Vec<JoinHandle<()>>,
+    server_stop: watch::Sender<bool>,
 }
 
 impl NodeHandle {
@@ -187,13 +242,16 @@ impl NodeHandle {
         if let Some(task) = self.leases.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
         }
-        if let Some(stop) = self.server_stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.server.take() {
+        let _ = self.server_stop.send(true);
+        for task in self.servers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// Resolves when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 pub struct Node;
@@ -221,15 +279,34 @@ impl Node {
             addr: config.listen_addr,
             source,
         })?;
+        let internal_listener = tokio::net::TcpListener::bind(config.internal_listen_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.internal_listen_addr,
+                source,
+            })?;
+        let internal_addr = internal_listener
+            .local_addr()
+            .map_err(|source| Error::Bind {
+                addr: config.internal_listen_addr,
+                source,
+            })?;
+        let (tls, tls_node_id) = cluster_tls(&config)?;
+        let dialer = match &tls {
+            Some(material) => Dialer::Tls(material.clone()),
+            None => Dialer::Plain,
+        };
         let mut config = config;
-        if config.node_id.is_none() {
-            config.node_id = Some(format!("node-{}", local_addr.port()));
-        }
+        config.node_id = Some(tls_node_id.unwrap_or_else(|| format!("node-{}", local_addr.port())));
         let node_id = NodeId(config.node_id());
         let advertise = config
             .advertise_addr
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
+        let internal_advertise = config
+            .internal_advertise_addr
+            .clone()
+            .unwrap_or_else(|| internal_addr.to_string());
         let tenants = Authenticator::new(
             &load_tenants(&config)?,
             config.api_keys_in_store.then(|| store.clone()),
@@ -239,7 +316,7 @@ impl Node {
 
         // Provider accounts, their limits and breakers. One link pool per node: the router's
         // Forward stream and the channels' calls share each peer's connection.
-        let peers = Peers::default();
+        let peers = Peers::new(dialer.clone());
         let channels = config
             .channels_config()
             .build(ChannelsContext {
@@ -347,7 +424,9 @@ impl Node {
         health_reporter
             .set_serving::<BreakersServer<BreakersApi>>()
             .await;
-        health_reporter
+        // The internal port's own health: Forward is served there, not on the public port.
+        let (internal_reporter, internal_health) = tonic_health::server::health_reporter();
+        internal_reporter
             .set_serving::<ForwardServer<ForwardApi>>()
             .await;
         // Reflection v1 and v1alpha (grpcurl 1.8 and Python's stock client speak v1alpha), each
@@ -365,7 +444,6 @@ impl Node {
                 herald_proto::v1::recipients_server::SERVICE_NAME,
                 herald_proto::v1::engagement_server::SERVICE_NAME,
                 herald_proto::v1::breakers_server::SERVICE_NAME,
-                herald_proto::v1::forward_server::SERVICE_NAME,
                 tonic_health::pb::health_server::SERVICE_NAME,
                 tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
                 tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
@@ -382,7 +460,7 @@ impl Node {
         };
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-        let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (server_stop, server_stopped) = watch::channel(false);
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let delivery = DeliveryApi {
@@ -395,6 +473,7 @@ impl Node {
                 node_id: node_id.clone(),
                 ownership: ownership.clone(),
                 events: events.clone(),
+                dialer: dialer.clone(),
             },
         };
         let recipients = RecipientsApi {
@@ -440,17 +519,48 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
-            .add_service(
+            .serve_with_incoming_shutdown(incoming, stopped(server_stopped.clone()));
+        let mut servers = vec![tokio::spawn(async move {
+            if let Err(error) = server.await {
+                warn!(%error, "public API server stopped with an error");
+            }
+        })];
+        // The internal plane: only Forward (and health), behind the node-certificate check.
+        let internal = tonic::transport::Server::builder()
+            .add_service(internal_health)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
                 ForwardServer::new(forward)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = server_stopped.await;
-            });
-        let server = tokio::spawn(async move {
-            if let Err(error) = server.await {
-                warn!(%error, "node server stopped with an error");
+                NodesOnly { tls: tls.is_some() },
+            ));
+        let internal_stopped = stopped(server_stopped);
+        servers.push(match &tls {
+            Some(material) => {
+                let incoming = herald_tls::transport::incoming(
+                    internal_listener,
+                    ServerTls::Cluster(material.clone()),
+                );
+                tokio::spawn(async move {
+                    if let Err(error) = internal
+                        .serve_with_incoming_shutdown(incoming, internal_stopped)
+                        .await
+                    {
+                        warn!(%error, "internal server stopped with an error");
+                    }
+                })
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(internal_listener)
+                    .with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    if let Err(error) = internal
+                        .serve_with_incoming_shutdown(incoming, internal_stopped)
+                        .await
+                    {
+                        warn!(%error, "internal server stopped with an error");
+                    }
+                })
             }
         });
 
@@ -507,18 +617,21 @@ impl Node {
         ));
         let info = NodeInfo {
             node_id: node_id.0.clone(),
-            address: advertise,
+            address: internal_advertise,
             weight: config.weight,
+            api_address: advertise,
         };
         let membership = tokio::spawn(crate::membership::run(
             ownership.clone(),
             info,
             config.control_addrs.clone(),
+            dialer,
             shutdown_rx,
         ));
-        info!(node = %node_id, addr = %local_addr, "node started");
+        info!(node = %node_id, addr = %local_addr, internal = %internal_addr, mtls = tls.is_some(), "node started");
         Ok(NodeHandle {
             local_addr,
+            internal_addr,
             http_addr,
             node_id,
             ownership,
@@ -529,8 +642,8 @@ impl Node {
             shutdown,
             membership: Some(membership),
             leases: Some(leases),
-            server: Some(server),
-            server_stop: Some(server_stop),
+            servers,
+            server_stop,
         })
     }
 }

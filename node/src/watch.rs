@@ -17,6 +17,8 @@ use tonic::Status;
 use herald_proto::NodeId;
 
 use crate::events::EventBus;
+use herald_tls::{Dialer, Role};
+
 use crate::ownership::Ownership;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
@@ -73,6 +75,8 @@ pub struct Watch {
     pub node_id: NodeId,
     pub ownership: Arc<Ownership>,
     pub events: EventBus,
+    /// How this node dials its peers' internal port.
+    pub dialer: Dialer,
 }
 
 impl Watch {
@@ -84,13 +88,12 @@ impl Watch {
             if node.node_id == self.node_id.0 {
                 continue;
             }
-            let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .connect_timeout(std::time::Duration::from_secs(2));
-            let channel = endpoint
-                .connect()
-                .await
+            // The peer's internal port, as a node (mutual TLS unless the cluster runs without).
+            let channel = self
+                .dialer
+                .channel(&node.address, Role::Node, |endpoint| {
+                    endpoint.connect_timeout(std::time::Duration::from_secs(2))
+                })
                 .map_err(|e| Status::unavailable(format!("watch {}: {e}", node.node_id)))?;
             let remote = ForwardClient::new(channel)
                 .watch_local(filter.clone())

@@ -121,6 +121,7 @@ async fn a_local_actor_grants_slots_admits_and_restarts_a_horizon_later() {
         node_id: "n1".into(),
         address: "127.0.0.1:1".into(),
         weight: 1,
+        ..Default::default()
     }];
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(None).expect("store"));
     let ownership = owning(
@@ -194,6 +195,7 @@ async fn senders_wait_in_line_and_lease_only_what_they_wait_for() {
         node_id: "n1".into(),
         address: "127.0.0.1:1".into(),
         weight: 1,
+        ..Default::default()
     }];
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(None).expect("store"));
     let ownership = owning(
@@ -242,6 +244,7 @@ async fn breaker_counts_reach_the_actor_and_the_pause_comes_back_cached() {
         node_id: "n1".into(),
         address: "127.0.0.1:1".into(),
         weight: 1,
+        ..Default::default()
     }];
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(None).expect("store"));
     let ownership = owning(
@@ -344,6 +347,7 @@ async fn remote_calls_reach_the_owner_over_grpc() {
             node_id: format!("n{i}"),
             address: addr.to_string(),
             weight: 1,
+            ..Default::default()
         })
         .collect();
     // Node 1 owns the accounts' actors ("sms", "sandbox"); node 0 everything else.
