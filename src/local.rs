@@ -9,6 +9,10 @@
 //! instance that every node shares) the nodes stay on the caller's runtime: there the split
 //! was 20% slower, the shared store's wake-ups crossing runtimes. The control plane and the
 //! caller always stay on the caller's runtime.
+//!
+//! With `mtls` (the default) the cluster runs as a real one does: a throwaway cluster CA in a
+//! temporary directory, a certificate per node and for the control plane, and one for the
+//! operator (`herald cluster status --tls-dir <dir>`); all gone when the cluster is.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,8 @@ pub struct LocalCluster {
     pub partition_count: u32,
     /// The nodes' own threads (Redis only). Dropping one ends its node's runtime.
     node_threads: Vec<NodeThread>,
+    /// The throwaway CA and certificates (with mTLS).
+    certs: Option<tempfile::TempDir>,
 }
 
 /// The thread a node's runtime runs on. The runtime lives until `stop` is sent or dropped.
@@ -40,6 +46,46 @@ pub struct LocalOptions {
     pub key_prefix: Option<String>,
     pub sandbox: SandboxConfig,
     pub partition_count: u32,
+    /// Mutual TLS between the nodes and to the control plane (off only to measure its cost).
+    pub mtls: bool,
+}
+
+/// The operator certificate's name in a local cluster's certificate directory.
+pub const LOCAL_OPERATOR: &str = "local-operator";
+
+/// A throwaway CA and certificates for the control plane, `nodes` nodes and an operator.
+fn throwaway_certs(nodes: usize) -> Result<tempfile::TempDir> {
+    use herald_tls::{Authority, Identity, Role};
+    let dir = tempfile::Builder::new()
+        .prefix("herald-up-certs-")
+        .tempdir()
+        .context("creating the certificate directory")?;
+    let ca = Authority::generate("local")?;
+    ca.write(dir.path(), false)?;
+    let mut identities = vec![
+        Identity::new(Role::Control, "control-local")?,
+        Identity::new(Role::Operator, LOCAL_OPERATOR)?,
+    ];
+    for index in 1..=nodes {
+        identities.push(Identity::new(Role::Node, format!("node-{index}"))?);
+    }
+    for identity in identities {
+        let issued = ca.issue(&identity, &["127.0.0.1".into(), "localhost".into()], 30)?;
+        Authority::write_issued(dir.path(), &issued, false)?;
+    }
+    Ok(dir)
+}
+
+/// The `[tls]` of the certificate `<role>-<name>` in `dir`.
+pub fn tls_of(dir: Option<&std::path::Path>, role: &str, name: &str) -> herald_tls::ClusterTls {
+    match dir {
+        Some(dir) => herald_tls::ClusterTls::with_files(herald_tls::config::TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{role}-{name}.pem")),
+            key: dir.join(format!("{role}-{name}.key")),
+        }),
+        None => herald_tls::ClusterTls::off(),
+    }
 }
 
 impl LocalCluster {
@@ -56,10 +102,17 @@ impl LocalCluster {
         let store = open_store(&store_config)
             .await
             .context("opening the store")?;
+        let certs = if options.mtls {
+            Some(throwaway_certs(options.nodes)?)
+        } else {
+            None
+        };
+        let certs_dir = certs.as_ref().map(|d| d.path().to_owned());
         let control_config = ControlConfig {
             listen_addr: "127.0.0.1:0".parse()?,
             partition_count: options.partition_count,
             control_id: "control-local".into(),
+            tls: tls_of(certs_dir.as_deref(), "control", "control-local"),
             ..ControlConfig::default()
         };
         let control = ControlPlane::start(control_config, store.clone())
@@ -69,9 +122,12 @@ impl LocalCluster {
         let mut nodes = Vec::with_capacity(options.nodes);
         let mut node_threads = Vec::with_capacity(options.nodes);
         for index in 0..options.nodes {
+            let node_id = format!("node-{}", index + 1);
             let config = NodeConfig {
-                node_id: Some(format!("node-{}", index + 1)),
+                tls: tls_of(certs_dir.as_deref(), "node", &node_id),
+                node_id: Some(node_id),
                 listen_addr: "127.0.0.1:0".parse()?,
+                internal_listen_addr: "127.0.0.1:0".parse()?,
                 control_addrs: vec![control_addr.clone()],
                 store: store_config.clone(),
                 tenants: vec![TenantConfig::new(DEMO_TENANT, vec![DEMO_API_KEY.into()])],
@@ -95,7 +151,13 @@ impl LocalCluster {
             nodes,
             partition_count: options.partition_count,
             node_threads,
+            certs,
         })
+    }
+
+    /// The directory of the throwaway CA and certificates (with mTLS).
+    pub fn certs_dir(&self) -> Option<&std::path::Path> {
+        self.certs.as_ref().map(|d| d.path())
     }
 
     pub fn node_addrs(&self) -> Vec<String> {

@@ -138,6 +138,11 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The cluster CA and the certificates of nodes, control replicas and operators.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Benchmarks (see shared/bench/WORKLOAD.md).
     Bench {
         #[command(subcommand)]
@@ -154,6 +159,67 @@ enum ClusterCommand {
         control: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: OperatorTls,
+    },
+}
+
+/// How an operator's command reaches the control plane: with a cluster certificate.
+#[derive(clap::Args)]
+struct OperatorTls {
+    /// The cluster CA (PEM).
+    #[arg(long, env = "HERALD_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// Your operator certificate (herald certs issue --operator <name>).
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    key: Option<PathBuf>,
+    /// Shorthand: ca.pem and the only operator-*.pem/.key in this directory.
+    #[arg(long, env = "HERALD_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// The control plane runs with tls.mode = "off" (test machines only).
+    #[arg(long)]
+    plaintext: bool,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (keep the key offline).
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A name for the CA's subject.
+        #[arg(long, default_value = "herald")]
+        cluster: String,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a key and certificate signed by DIR's CA, for one of --node, --control or
+    /// --operator.
+    Issue {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A node id (the certificate's name is the node's id).
+        #[arg(long, group = "holder")]
+        node: Option<String>,
+        /// A control replica id.
+        #[arg(long, group = "holder")]
+        control: Option<String>,
+        /// A person or tool (for `herald cluster status`).
+        #[arg(long, group = "holder")]
+        operator: Option<String>,
+        /// More DNS names or IP addresses of the holder (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = herald_tls::authority::DEFAULT_VALIDITY_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -170,6 +236,9 @@ enum BenchCommand {
         nodes: usize,
         #[arg(long, default_value_t = 4096)]
         partitions: u32,
+        /// Plaintext between the nodes (to measure what mTLS costs).
+        #[arg(long)]
+        no_mtls: bool,
     },
 }
 
@@ -308,8 +377,9 @@ async fn main() -> Result<()> {
             .await
         }
         Command::Cluster {
-            command: ClusterCommand::Status { control, json },
-        } => cluster_status(&control, json).await,
+            command: ClusterCommand::Status { control, json, tls },
+        } => cluster_status(&control, json, &tls).await,
+        Command::Certs { command } => certs(command),
         Command::Recipient {
             addr,
             api_key,
@@ -326,10 +396,11 @@ async fn main() -> Result<()> {
                     redis,
                     nodes,
                     partitions,
+                    no_mtls,
                 },
         } => {
             init_tracing("error");
-            bench_waterfall(n, redis, nodes, partitions).await
+            bench_waterfall(n, redis, nodes, partitions, !no_mtls).await
         }
     }
 }
@@ -357,12 +428,21 @@ async fn up(
         key_prefix: Some(format!("herald-up-{}", ulid::Ulid::new())),
         sandbox,
         partition_count: partitions,
+        mtls: true,
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let addrs = cluster.node_addrs();
     if let Some(control) = &cluster.control {
-        eprintln!("  control  {}", control.local_addr());
+        eprintln!("  control  {} (mutual TLS)", control.local_addr());
+        if let Some(dir) = cluster.certs_dir() {
+            eprintln!("  certs    {} (a throwaway CA)", dir.display());
+            eprintln!(
+                "  status   herald cluster status --control {} \\\n             --tls-dir {}",
+                control.local_addr(),
+                dir.display()
+            );
+        }
     }
     for (node, address) in cluster.nodes.iter().zip(&addrs) {
         eprintln!("  {}   {address}", node.node_id());
@@ -713,8 +793,111 @@ async fn put_recipient(
     Ok(())
 }
 
-async fn cluster_status(control: &str, json: bool) -> Result<()> {
-    let mut client = ControlClient::new(connect(control).await?);
+/// The operator's way to the control plane: mTLS with the given certificate, or plaintext.
+fn operator_dialer(tls: &OperatorTls) -> Result<herald_tls::Dialer> {
+    if tls.plaintext {
+        return Ok(herald_tls::Dialer::Plain);
+    }
+    let files = match (&tls.tls_dir, &tls.ca, &tls.cert, &tls.key) {
+        (_, Some(ca), Some(cert), Some(key)) => herald_tls::config::TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (Some(dir), ca, None, None) => {
+            let operators: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| {
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("operator-") && n.ends_with(".pem"))
+                })
+                .collect();
+            let [cert] = operators.as_slice() else {
+                bail!(
+                    "--tls-dir {}: expected exactly one operator-*.pem, found {}; name the files with --ca, --cert and --key",
+                    dir.display(),
+                    operators.len()
+                );
+            };
+            herald_tls::config::TlsFiles {
+                ca: ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
+                cert: cert.clone(),
+                key: cert.with_extension("key"),
+            }
+        }
+        _ => bail!(
+            "the control plane needs an operator certificate: pass --tls-dir DIR, or --ca, --cert and --key (herald certs issue --operator <name>); --plaintext for a cluster with tls.mode = \"off\""
+        ),
+    };
+    Ok(herald_tls::Dialer::Tls(herald_tls::TlsMaterial::load(
+        files,
+    )?))
+}
+
+fn certs(command: CertsCommand) -> Result<()> {
+    use herald_tls::{Authority, Identity, Role};
+    match command {
+        CertsCommand::Init {
+            dir,
+            cluster,
+            force,
+        } => {
+            let ca = Authority::generate(&cluster)?;
+            let cert = ca.write(&dir, force)?;
+            println!(
+                "cluster CA: {} (key: {})",
+                cert.display(),
+                dir.join("ca.key").display()
+            );
+            println!(
+                "next: herald certs issue --dir {} --node <id>",
+                dir.display()
+            );
+        }
+        CertsCommand::Issue {
+            dir,
+            node,
+            control,
+            operator,
+            sans,
+            days,
+            force,
+        } => {
+            let identity = match (node, control, operator) {
+                (Some(name), None, None) => Identity::new(Role::Node, name)?,
+                (None, Some(name), None) => Identity::new(Role::Control, name)?,
+                (None, None, Some(name)) => Identity::new(Role::Operator, name)?,
+                _ => bail!("give one of --node, --control or --operator"),
+            };
+            let ca = Authority::load(&dir)
+                .with_context(|| format!("no CA in {} (herald certs init)", dir.display()))?;
+            let issued = ca.issue(&identity, &sans, days)?;
+            let files = Authority::write_issued(&dir, &issued, force)?;
+            println!(
+                "{identity}: {} and {}",
+                files.cert.display(),
+                files.key.display()
+            );
+            if identity.role != Role::Operator {
+                println!("in its config:");
+                println!("  [tls]");
+                println!("  ca = \"{}\"", dir.join("ca.pem").display());
+                println!("  cert = \"{}\"", files.cert.display());
+                println!("  key = \"{}\"", files.key.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_status(control: &str, json: bool, tls: &OperatorTls) -> Result<()> {
+    let channel = operator_dialer(tls)?.channel(control, herald_tls::Role::Control, |e| {
+        e.connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+    })?;
+    let mut client = ControlClient::new(channel);
     let status = client
         .cluster_status(ClusterStatusRequest {})
         .await
@@ -727,7 +910,8 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
             .map(|n| {
                 let info = n.node.clone().unwrap_or_default();
                 json!({
-                    "node_id": info.node_id, "address": info.address, "weight": info.weight,
+                    "node_id": info.node_id, "address": info.api_address,
+                    "internal_address": info.address, "weight": info.weight,
                     "owned_partitions": n.owned_partitions, "serving_partitions": n.serving_partitions,
                     "applied_epoch": n.applied_epoch, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago,
                 })
@@ -763,7 +947,7 @@ async fn cluster_status(control: &str, json: bool) -> Result<()> {
         println!(
             "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>8}ms",
             info.node_id,
-            info.address,
+            info.api_address,
             info.weight,
             node.owned_partitions,
             node.serving_partitions,
@@ -779,6 +963,7 @@ async fn bench_waterfall(
     redis: Option<String>,
     nodes: usize,
     partitions: u32,
+    mtls: bool,
 ) -> Result<()> {
     if n == 0 {
         bail!("--n must be at least 1");
@@ -792,6 +977,7 @@ async fn bench_waterfall(
         key_prefix: Some(format!("hb{:08x}", rand::random::<u32>())),
         sandbox: SandboxConfig::default(),
         partition_count: partitions,
+        mtls,
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -828,6 +1014,7 @@ async fn bench_waterfall(
         "n": n,
         "nodes": nodes,
         "store": store_name,
+        "mtls": mtls,
         "total_s": (elapsed * 1000.0).round() / 1000.0,
         "msgs_per_s": (n as f64 / elapsed).round(),
         "attempts": attempts,

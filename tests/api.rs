@@ -1375,6 +1375,8 @@ async fn cli_send_and_cluster_status() {
         "status",
         "--control",
         &cluster.control_addr,
+        "--tls-dir",
+        cluster.certs.to_str().expect("utf-8 path"),
         "--json",
     ])
     .await;

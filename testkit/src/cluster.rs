@@ -12,7 +12,10 @@
 //! It must never outlive its test: dropping a [`Process`] kills it, dropping the [`Cluster`]
 //! kills them all and removes the directory (unless the test panicked).
 //!
-//! The processes run the `herald` binary found by [`herald_bin`].
+//! The processes run the `herald` binary found by [`herald_bin`], with mutual TLS between
+//! them as in production: each cluster makes its own CA and a certificate per process in
+//! `<dir>/certs` (the control plane's, one per node, and the test's own operator certificate,
+//! which [`Cluster::control_client`] presents).
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -262,8 +265,16 @@ pub struct Cluster {
     pub control: Process,
     pub control_addr: String,
     pub nodes: Vec<Process>,
-    /// Per node, its gRPC address.
+    /// Per node, its public gRPC address.
     pub node_addrs: Vec<String>,
+    /// Per node, its internal (node-to-node, mTLS) address.
+    pub internal_addrs: Vec<String>,
+    /// The cluster CA and its certificates (`ca.pem`, `<role>-<name>.pem` and `.key`).
+    pub certs: PathBuf,
+    /// The CA that signs every process's certificate.
+    authority: std::sync::Arc<herald_tls::Authority>,
+    /// The test's operator identity towards the control plane.
+    operator: std::sync::Arc<herald_tls::TlsMaterial>,
     /// Per node, its HTTP listener address (empty when the spec has none).
     pub http_addrs: Vec<String>,
     pub partition_count: u32,
@@ -291,12 +302,24 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let control_port = free_port();
         let control_addr = format!("127.0.0.1:{control_port}");
+        let certs = dir.path().join("certs");
+        let authority = herald_tls::Authority::generate("test").expect("cluster CA");
+        authority.write(&certs, false).expect("write the CA");
+        let control_tls = issue(&authority, &certs, herald_tls::Role::Control, "control-a");
+        let operator_tls = issue(
+            &authority,
+            &certs,
+            herald_tls::Role::Operator,
+            "test-operator",
+        );
+        let operator = herald_tls::TlsMaterial::load(operator_tls).expect("operator certificate");
         let control_config = dir.path().join("control.toml");
         std::fs::write(
             &control_config,
             format!(
-                "control_id = \"control-a\"\nlisten_addr = \"{control_addr}\"\nredis_url = \"{}\"\n",
-                redis.url()
+                "control_id = \"control-a\"\nlisten_addr = \"{control_addr}\"\nredis_url = \"{}\"\n{}",
+                redis.url(),
+                tls_table(&control_tls),
             ),
         )
         .expect("write control config");
@@ -308,7 +331,11 @@ impl Cluster {
             control_addr,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
+            internal_addrs: Vec::new(),
             http_addrs: Vec::new(),
+            certs,
+            authority: std::sync::Arc::new(authority),
+            operator,
             partition_count: 4096,
             _turn: turn,
         };
@@ -331,6 +358,13 @@ impl Cluster {
         let index = self.nodes.len();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let internal = format!("127.0.0.1:{}", free_port());
+        let tls = issue(
+            &self.authority,
+            &self.certs,
+            herald_tls::Role::Node,
+            &format!("node-{index}"),
+        );
         let config = self.node_config(index);
         let http = if spec.http {
             format!("127.0.0.1:{}", free_port())
@@ -347,10 +381,12 @@ impl Cluster {
             format!(
                 r#"node_id = "node-{index}"
 listen_addr = "{addr}"
+internal_listen_addr = "{internal}"
 control_addrs = ["{control}"]
 {http_line}
 {top}
 
+{tls}
 [store]
 redis_url = "{redis}"
 
@@ -376,6 +412,7 @@ api_keys = ["{OTHER_API_KEY}"]
                 tenant = spec.tenant,
                 sandbox = spec.sandbox,
                 tables = spec.tables.replace("{http}", &http),
+                tls = tls_table(&tls),
             ),
         )
         .expect("write node config");
@@ -388,6 +425,7 @@ api_keys = ["{OTHER_API_KEY}"]
         );
         self.nodes.push(process);
         self.node_addrs.push(addr);
+        self.internal_addrs.push(internal);
         self.http_addrs.push(http);
         index
     }
@@ -410,13 +448,31 @@ api_keys = ["{OTHER_API_KEY}"]
         );
     }
 
+    /// A client of the control plane that presents the test's operator certificate.
     pub async fn control_client(&self) -> ControlClient<Channel> {
-        ControlClient::new(channel(&self.control_addr).await)
+        ControlClient::new(self.control_channel())
+    }
+
+    /// A lazy mTLS channel to the control plane as the test's operator.
+    pub fn control_channel(&self) -> Channel {
+        herald_tls::Dialer::Tls(self.operator.clone())
+            .channel(&self.control_addr, herald_tls::Role::Control, |endpoint| {
+                endpoint
+                    .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
+                    .timeout(Duration::from_secs(10))
+            })
+            .expect("control address")
+    }
+
+    /// Issues (and writes into [`Cluster::certs`]) a certificate of `role` named `name`: for
+    /// tests of what a certificate may do.
+    pub fn issue(&self, role: herald_tls::Role, name: &str) -> herald_tls::config::TlsFiles {
+        issue(&self.authority, &self.certs, role, name)
     }
 
     /// The control plane's view of the cluster; `None` when it cannot be asked right now.
     pub async fn status(&self) -> Option<ClusterStatusResponse> {
-        let mut client = ControlClient::new(try_channel(&self.control_addr).await?);
+        let mut client = ControlClient::new(self.control_channel());
         client
             .cluster_status(ClusterStatusRequest {})
             .await
@@ -481,6 +537,35 @@ api_keys = ["{OTHER_API_KEY}"]
     pub async fn recipients(&self, index: usize) -> RecipientsClient<Channel> {
         RecipientsClient::new(channel(&self.node_addrs[index]).await)
     }
+}
+
+/// A certificate for `role` `name`, signed by `authority`, written into `dir`.
+fn issue(
+    authority: &herald_tls::Authority,
+    dir: &Path,
+    role: herald_tls::Role,
+    name: &str,
+) -> herald_tls::config::TlsFiles {
+    let identity = herald_tls::Identity::new(role, name).expect("certificate name");
+    let issued = authority
+        .issue(&identity, &["127.0.0.1".into()], 2)
+        .expect("issue a certificate");
+    let files = herald_tls::Authority::write_issued(dir, &issued, true).expect("write it");
+    herald_tls::config::TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: files.cert,
+        key: files.key,
+    }
+}
+
+/// The `[tls]` table of a config file.
+fn tls_table(files: &herald_tls::config::TlsFiles) -> String {
+    format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display()
+    )
 }
 
 /// Ready: `nodes` members, all at the current epoch, serving every partition they own, and every

@@ -50,6 +50,9 @@ impl InProcess {
             ControlConfig {
                 listen_addr: "127.0.0.1:0".parse().expect("address"),
                 control_id: "control-in-process".into(),
+                // One process: the internal plane never leaves it (the multi-process clusters
+                // of `cluster` run mTLS).
+                tls: herald_tls::ClusterTls::off(),
                 ..ControlConfig::default()
             },
             store.clone(),
@@ -59,6 +62,8 @@ impl InProcess {
         let mut config = NodeConfig {
             node_id: Some("node-0".into()),
             listen_addr: "127.0.0.1:0".parse().expect("address"),
+            internal_listen_addr: "127.0.0.1:0".parse().expect("address"),
+            tls: herald_tls::ClusterTls::off(),
             control_addrs: vec![control.local_addr().to_string()],
             tenants: vec![TenantConfig::new(TENANT, vec![API_KEY.into()])],
             ..NodeConfig::default()
