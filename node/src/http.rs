@@ -9,9 +9,7 @@
 //! Must never log callback bodies (they carry phone numbers and addresses) and never apply a
 //! receipt itself: receipts go through [`crate::receipts`].
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use axum::Router as HttpRouter;
 use axum::extract::{Path, State};
@@ -52,7 +50,20 @@ pub struct Http {
     pub directory: Arc<RecipientDirectory>,
 }
 
-type State_ = Arc<Http>;
+/// The listener's state: what it reads, and the registry `/metrics` encodes.
+struct Served {
+    http: Http,
+    metrics: prometheus_client::registry::Registry,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Http;
+    fn deref(&self) -> &Http {
+        &self.http
+    }
+}
+
+type State_ = Arc<Served>;
 
 /// Starts the listener on `addr`; returns the bound address.
 pub async fn serve(
@@ -62,6 +73,13 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let registry = crate::metrics::registry(crate::metrics::NodeMetrics {
+        node_id: http.node_id.clone(),
+        receipts: http.receipts.clone(),
+        channels: http.channels.clone(),
+        timers: http.timers.clone(),
+        directory: http.directory.clone(),
+    });
     let app = HttpRouter::new()
         .route("/metrics", get(metrics))
         .route("/callbacks/{account}/{hook}", post(callback))
@@ -69,7 +87,10 @@ pub async fn serve(
             "/unsubscribe/{tenant}/{message_id}/{signature}",
             post(one_click_unsubscribe),
         )
-        .with_state(Arc::new(http));
+        .with_state(Arc::new(Served {
+            http,
+            metrics: registry,
+        }));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
@@ -241,94 +262,9 @@ async fn one_click_unsubscribe(
     }
 }
 
-async fn metrics(State(http): State<State_>) -> impl IntoResponse {
-    let mut out = String::new();
-    let node = &http.node_id.0;
-    let _ = writeln!(
-        out,
-        "# HELP herald_provider_circuit_state Circuit breaker per provider account: 0 closed, 1 open, 2 half-open.\n# TYPE herald_provider_circuit_state gauge"
-    );
-    let accounts = http.channels.accounts();
-    for account in &accounts {
-        let _ = writeln!(
-            out,
-            "herald_provider_circuit_state{{node=\"{node}\",account=\"{}\",kind=\"{}\"}} {}",
-            account.provider.name(),
-            account.provider.kind(),
-            http.channels.circuit_state(account).as_metric()
-        );
+async fn metrics(State(http): State<State_>) -> axum::response::Response {
+    match crate::metrics::exposition(&http.metrics) {
+        Ok(text) => ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be encoded").into_response(),
     }
-    let _ = writeln!(
-        out,
-        "# HELP herald_provider_calls_total Provider calls by result.\n# TYPE herald_provider_calls_total counter"
-    );
-    for account in &accounts {
-        let stats = &account.stats;
-        for (result, value) in [
-            ("accepted", &stats.accepted),
-            ("rejected", &stats.rejected),
-            ("unavailable", &stats.unavailable),
-            ("ambiguous", &stats.ambiguous),
-            ("circuit_open", &stats.skipped_open),
-        ] {
-            let _ = writeln!(
-                out,
-                "herald_provider_calls_total{{node=\"{node}\",account=\"{}\",result=\"{result}\"}} {}",
-                account.provider.name(),
-                value.load(Ordering::Relaxed)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP herald_breaker_paused Block-rate breakers as last seen by this node: 1 paused.\n# TYPE herald_breaker_paused gauge\n# HELP herald_breaker_ratio Negatives / deliveries in the breaker's window.\n# TYPE herald_breaker_ratio gauge"
-    );
-    for state in http.channels.breaker_states() {
-        let _ = writeln!(
-            out,
-            "herald_breaker_paused{{node=\"{node}\",key=\"{}\"}} {}\nherald_breaker_ratio{{node=\"{node}\",key=\"{}\"}} {}",
-            state.key,
-            u8::from(state.paused),
-            state.key,
-            state.ratio
-        );
-    }
-    let pauses = http.channels.stats().pauses.load(Ordering::Relaxed);
-    let deferred_sends = http.channels.stats().deferred_sends.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# TYPE herald_breaker_pauses_total counter\nherald_breaker_pauses_total{{node=\"{node}\"}} {}\n# TYPE herald_breaker_deferred_sends_total counter\nherald_breaker_deferred_sends_total{{node=\"{node}\"}} {}",
-        pauses, deferred_sends
-    );
-    let receipts = &http.receipts.stats;
-    let _ = writeln!(
-        out,
-        "# HELP herald_receipts_total Receipts and engagement reports by verdict.\n# TYPE herald_receipts_total counter"
-    );
-    for (verdict, value) in [
-        ("applied", &receipts.applied),
-        ("late", &receipts.late),
-        ("duplicate", &receipts.duplicate),
-        ("unknown", &receipts.unknown),
-        ("failed", &receipts.failed),
-    ] {
-        let _ = writeln!(
-            out,
-            "herald_receipts_total{{node=\"{node}\",verdict=\"{verdict}\"}} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
-    let timers = http.timers.stats();
-    let _ = writeln!(
-        out,
-        "# TYPE herald_inbound_messages_total counter\nherald_inbound_messages_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_pending gauge\nherald_timers_pending{{node=\"{node}\"}} {}\n# TYPE herald_timers_fired_total counter\nherald_timers_fired_total{{node=\"{node}\"}} {}\n# TYPE herald_timers_dropped_total counter\nherald_timers_dropped_total{{node=\"{node}\"}} {}\n# HELP herald_step_timeouts_total Waterfall steps that timed out waiting for their receipt.\n# TYPE herald_step_timeouts_total counter\nherald_step_timeouts_total{{node=\"{node}\"}} {}\n# HELP herald_timer_max_late_ms Largest delay between a timer's due time and its firing.\n# TYPE herald_timer_max_late_ms gauge\nherald_timer_max_late_ms{{node=\"{node}\"}} {}\n# TYPE herald_actors_active gauge\nherald_actors_active{{node=\"{node}\"}} {}",
-        receipts.inbound.load(Ordering::Relaxed),
-        http.timers.pending(),
-        timers.fired.load(Ordering::Relaxed),
-        timers.dropped.load(Ordering::Relaxed),
-        timers.timeouts.load(Ordering::Relaxed),
-        timers.max_late_ms.load(Ordering::Relaxed),
-        http.directory.active(),
-    );
-    ([("content-type", "text/plain; version=0.0.4")], out)
 }

@@ -81,6 +81,7 @@ pub mod intake;
 pub mod items;
 pub mod links;
 pub mod membership;
+pub mod metrics;
 pub mod ownership;
 pub mod peers;
 pub mod policy;
