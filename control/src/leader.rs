@@ -77,6 +77,17 @@ pub(crate) struct Controller {
 }
 
 impl Controller {
+    /// The state of record (the API keys module writes its records there).
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Wall-clock time for records (key creation and revocation times; no decision reads it).
+    pub(crate) fn now_unix_ms(&self) -> i64 {
+        use herald_proto::clock::Clock as _;
+        herald_proto::clock::SystemClock.now_unix_ms()
+    }
+
     pub(crate) fn new(
         config: ControlConfig,
         store: Arc<dyn Store>,

@@ -21,6 +21,7 @@
 //! Until a node joins, the table has no nodes and no owners (`owners` is empty) at the stored
 //! epoch (0 for a new cluster). Nodes must read it as "nobody owns anything yet".
 
+pub mod api_keys;
 pub mod config;
 mod leader;
 mod membership;

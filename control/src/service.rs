@@ -10,6 +10,9 @@
 //! certificate (nodes, control replicas, operators). A caller without one is
 //! `UNAUTHENTICATED`, one with the wrong name or role `PERMISSION_DENIED`; nothing changes.
 //!
+//! CreateApiKey, ListApiKeys and RevokeApiKey need an operator certificate ([`crate::api_keys`]),
+//! and are refused outright without mutual TLS.
+//!
 //! Only the leader serves Join, Heartbeat, Leave and WatchTable; a follower answers
 //! `UNAVAILABLE` with the message `not_leader{leader=<id>}` (`<id>` empty when it does not know
 //! the leader), and the node client tries its next control address. ClusterStatus works on
@@ -20,26 +23,43 @@ use std::sync::Arc;
 use herald_proto::NodeId;
 use herald_proto::v1::control_server::Control;
 use herald_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, LeaveRequest, LeaveResponse, WatchTableRequest,
+    ClusterStatusRequest, ClusterStatusResponse, CreateApiKeyRequest, CreateApiKeyResponse,
+    HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse,
+    ListApiKeysRequest, ListApiKeysResponse, RevokeApiKeyRequest, RevokeApiKeyResponse,
+    WatchTableRequest,
 };
 use herald_tls::identity::require_role;
 use herald_tls::{Identity, Role};
 use tonic::{Request, Response, Status};
 
 use crate::Error;
+use crate::api_keys::{self, ApiKeys};
 use crate::leader::{Controller, TableStream};
 use crate::membership::{self, MAX_NODE_ID_LEN};
 
 pub(crate) struct ControlService {
     ctrl: Arc<Controller>,
+    keys: ApiKeys,
     /// Callers are authenticated by their certificate (mutual TLS).
     tls: bool,
 }
 
 impl ControlService {
     pub(crate) fn new(ctrl: Arc<Controller>, tls: bool) -> Self {
-        Self { ctrl, tls }
+        let keys = ApiKeys::new(ctrl.store());
+        Self { ctrl, keys, tls }
+    }
+
+    /// The caller must hold an operator certificate. Without mutual TLS there is no one to
+    /// trust with keys: the calls are refused.
+    fn require_operator<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.tls {
+            return Err(Status::failed_precondition(
+                "API keys are managed only over mutual TLS (tls.mode = \"mtls\")",
+            ));
+        }
+        require_role(request, Role::Operator)?;
+        Ok(())
     }
 
     /// The caller must hold the node certificate of `node_id`.
@@ -129,6 +149,53 @@ impl Control for ControlService {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         self.require_cluster(&request)?;
         Ok(Response::new(self.ctrl.cluster_status().await?))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        self.require_operator(&request)?;
+        let request = request.into_inner();
+        let created = self
+            .keys
+            .create(&request.tenant, &request.label, self.ctrl.now_unix_ms())
+            .await?;
+        tracing::info!(id = %created.record.id, tenant = %created.record.tenant, "API key created");
+        Ok(Response::new(CreateApiKeyResponse {
+            key: Some(api_keys::info(&created.record)),
+            api_key: created.api_key,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        self.require_operator(&request)?;
+        let request = request.into_inner();
+        let records = self
+            .keys
+            .list(&request.tenant, request.include_revoked)
+            .await?;
+        Ok(Response::new(ListApiKeysResponse {
+            keys: records.iter().map(api_keys::info).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<RevokeApiKeyResponse>, Status> {
+        self.require_operator(&request)?;
+        let record = self
+            .keys
+            .revoke(&request.into_inner().id, self.ctrl.now_unix_ms())
+            .await?;
+        tracing::info!(id = %record.id, tenant = %record.tenant, "API key revoked");
+        Ok(Response::new(RevokeApiKeyResponse {
+            key: Some(api_keys::info(&record)),
+        }))
     }
 }
 

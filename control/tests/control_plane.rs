@@ -966,9 +966,13 @@ impl Store for Flaky {
         self.check()?;
         self.inner.tenant_for_api_key(key_sha256_hex).await
     }
-    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> store::Result<()> {
+    async fn put_api_key(&self, record: &store::ApiKeyRecord) -> store::Result<()> {
         self.check()?;
-        self.inner.put_api_key(key_sha256_hex, tenant).await
+        self.inner.put_api_key(record).await
+    }
+    async fn api_keys(&self) -> store::Result<Vec<store::ApiKeyRecord>> {
+        self.check()?;
+        self.inner.api_keys().await
     }
 }
 

@@ -151,6 +151,16 @@ pub struct TenantConfig {
     /// seconds, so a morning does not start with a spike.
     #[serde(default = "default_quiet_hours_spread_s")]
     pub quiet_hours_spread_s: u64,
+    /// Admission on the public API, per node: at most this many units a second for the tenant
+    /// (a call is one unit, a batch one per item); over it the call is refused
+    /// `RESOURCE_EXHAUSTED` and changes nothing, while other tenants' calls still pass.
+    /// 0 = no limit.
+    #[serde(default)]
+    pub admission_per_s: u32,
+    /// Units the tenant may spend at once above its rate (a full bucket). 0 = one second's
+    /// worth (`admission_per_s`).
+    #[serde(default)]
+    pub admission_burst: u32,
 }
 
 /// At most `max` marketing messages to one recipient in any `window_s` seconds.
@@ -173,6 +183,8 @@ impl TenantConfig {
             quiet_hours_enabled: true,
             default_time_zone: default_time_zone(),
             quiet_hours_spread_s: default_quiet_hours_spread_s(),
+            admission_per_s: 0,
+            admission_burst: 0,
         }
     }
 
@@ -272,8 +284,11 @@ pub struct NodeConfig {
     pub tenants: Vec<TenantConfig>,
     /// A TOML file with more `[[tenants]]`, e.g. mounted from a secret.
     pub tenants_file: Option<PathBuf>,
-    /// Also accept API keys registered in the store (by SHA-256 digest).
+    /// Also accept API keys registered in the store (by SHA-256 digest; `herald keys`).
     pub api_keys_in_store: bool,
+    /// How long a node trusts a store key it has looked up before it asks the store again: a
+    /// revoked key is refused by every node at most this long after `herald keys revoke`.
+    pub api_key_recheck_ms: u64,
     /// Partition lease time to live. A dead node's partitions are taken over at most this long
     /// after its last renewal.
     pub lease_ttl_ms: u64,
@@ -359,6 +374,7 @@ impl Default for NodeConfig {
             tenants: Vec::new(),
             tenants_file: None,
             api_keys_in_store: false,
+            api_key_recheck_ms: 2000,
             lease_ttl_ms: 2000,
             lease_renew_interval_ms: 650,
             lease_acquire_retry_ms: 100,
@@ -431,6 +447,9 @@ impl NodeConfig {
         }
         if self.batch_max == 0 || self.batch_max > 10_000 {
             return Err(invalid("batch_max must be in 1..=10000"));
+        }
+        if self.api_key_recheck_ms == 0 || self.api_key_recheck_ms > 60_000 {
+            return Err(invalid("api_key_recheck_ms must be in 1..=60000"));
         }
         if !(0.0..=0.5).contains(&self.rate_limit_margin) {
             return Err(invalid("rate_limit_margin must be in 0..=0.5"));

@@ -69,6 +69,7 @@
 //! and checks that nothing acked is lost and no provider call is repeated unrecorded.
 
 pub mod actors;
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod channels;

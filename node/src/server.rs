@@ -310,6 +310,8 @@ impl Node {
         let tenants = Authenticator::new(
             &load_tenants(&config)?,
             config.api_keys_in_store.then(|| store.clone()),
+            clock.clone(),
+            config.api_key_recheck_ms,
         );
         let ownership = Ownership::new(node_id.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);

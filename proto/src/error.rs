@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The caller is over a limit (per-tenant admission); retrying later may pass.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -50,6 +53,7 @@ impl Error {
             Error::IdempotencyConflict { .. } => tonic::Code::AlreadyExists,
             Error::WrongOwner { .. } | Error::Fenced { .. } => tonic::Code::FailedPrecondition,
             Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Error::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -80,6 +84,7 @@ impl Error {
                 message_id: message,
             },
             tonic::Code::Unauthenticated => Error::Unauthenticated(message),
+            tonic::Code::ResourceExhausted => Error::ResourceExhausted(message),
             tonic::Code::NotFound => Error::NotFound { what: message },
             tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
                 Error::Unavailable(message)

@@ -101,8 +101,13 @@ impl RedisKeys {
     pub(crate) fn blob(&self, name: &str) -> String {
         format!("{}:blob:{}", self.prefix, name)
     }
+    /// digest → tenant, for the keys not revoked (the lookup on every request).
     pub(crate) fn api_keys(&self) -> String {
         format!("{}:apikeys", self.prefix)
+    }
+    /// id → [`crate::ApiKeyRecord`], revoked ones included.
+    pub(crate) fn api_key_records(&self) -> String {
+        format!("{}:apikey_records", self.prefix)
     }
     pub(crate) fn value(&self, key: &str) -> String {
         format!("{}:v:{key}", self.prefix)

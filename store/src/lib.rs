@@ -312,8 +312,39 @@ pub trait Store: Send + Sync + 'static {
     /// The tenant of an API key, by the key's SHA-256 hex digest (keys kept in the store).
     async fn tenant_for_api_key(&self, key_sha256_hex: &str) -> Result<Option<TenantId>>;
 
-    /// Registers an API key (by SHA-256 hex digest) for a tenant.
-    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()>;
+    /// Writes an API key's record: while it is not revoked its digest resolves to its tenant;
+    /// once revoked it resolves to nothing and the record stays (who had which key, and when).
+    async fn put_api_key(&self, record: &ApiKeyRecord) -> Result<()>;
+
+    /// Every API key record (revoked ones included), by id.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+}
+
+/// An API key as the store holds it: never the key itself, only its SHA-256.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ApiKeyRecord {
+    /// Public identifier (shown by `herald keys list`, named by `herald keys revoke`).
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub tenant: String,
+    /// SHA-256 of the key, hex.
+    #[prost(string, tag = "3")]
+    pub key_sha256_hex: String,
+    /// What the operator said the key is for.
+    #[prost(string, tag = "4")]
+    pub label: String,
+    #[prost(int64, tag = "5")]
+    pub created_unix_ms: i64,
+    /// 0 = active.
+    #[prost(int64, tag = "6")]
+    pub revoked_unix_ms: i64,
+}
+
+impl ApiKeyRecord {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_unix_ms != 0
+    }
 }
 
 /// Where state lives (a node's `[store]`).

@@ -68,7 +68,11 @@ impl Delivery for DeliveryApi {
         &self,
         request: Request<SendBatchRequest>,
     ) -> Result<Response<SendBatchResponse>, Status> {
-        let tenant = self.tenants.authenticate(request.metadata()).await?;
+        let units = request.get_ref().messages.len();
+        let tenant = self
+            .tenants
+            .authenticate_units(request.metadata(), units)
+            .await?;
         let mut messages = request.into_inner().messages;
         if messages.is_empty() {
             return Err(Error::invalid("messages", "must hold at least one message").into());

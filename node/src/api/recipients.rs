@@ -58,7 +58,11 @@ impl Recipients for RecipientsApi {
         &self,
         request: Request<UpsertRecipientsRequest>,
     ) -> Result<Response<UpsertRecipientsResponse>, Status> {
-        let tenant = self.tenants.authenticate(request.metadata()).await?;
+        let units = request.get_ref().recipients.len();
+        let tenant = self
+            .tenants
+            .authenticate_units(request.metadata(), units)
+            .await?;
         let recipients = request.into_inner().recipients;
         if recipients.is_empty() {
             return Err(Error::invalid("recipients", "must hold at least one recipient").into());

@@ -159,6 +159,9 @@ pub mod log_format {
         pub key_sha256_hex: String,
         #[prost(string, tag = "2")]
         pub tenant: String,
+        /// The key's record (absent in logs written before keys had ids: lookup only).
+        #[prost(message, optional, tag = "3")]
+        pub record: Option<crate::ApiKeyRecord>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -405,11 +405,23 @@ impl Store for EmbeddedStore {
             .map(|t| TenantId(t.clone())))
     }
 
-    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()> {
+    async fn put_api_key(&self, record: &crate::ApiKeyRecord) -> Result<()> {
         self.commit_entries(vec![Entry::PutApiKey(PutApiKey {
-            key_sha256_hex: key_sha256_hex.to_owned(),
-            tenant: tenant.0.clone(),
+            key_sha256_hex: record.key_sha256_hex.clone(),
+            tenant: record.tenant.clone(),
+            record: Some(record.clone()),
         })])
         .await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<crate::ApiKeyRecord>> {
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .api_key_records
+            .values()
+            .cloned()
+            .collect())
     }
 }

@@ -96,7 +96,10 @@ pub(super) struct State {
     /// Expiring values (`WriteOp::PutValue`): bytes and expiry (unix ms).
     pub(super) values: HashMap<String, (Vec<u8>, u64)>,
     pub(super) blobs: HashMap<String, Vec<u8>>,
+    /// digest → tenant, for the keys not revoked.
     pub(super) api_keys: HashMap<String, String>,
+    /// id → record, revoked ones included.
+    pub(super) api_key_records: BTreeMap<String, crate::ApiKeyRecord>,
     /// `(expiry unix ms, tiebreak)` → key, for the bounded sweep.
     expiries: BTreeMap<(u64, u64), Expiring>,
     next_expiry: u64,
@@ -307,9 +310,20 @@ impl State {
             Entry::PutApiKey(PutApiKey {
                 key_sha256_hex,
                 tenant,
-            }) => {
-                self.api_keys.insert(key_sha256_hex, tenant);
-            }
+                record,
+            }) => match record {
+                Some(record) if record.is_revoked() => {
+                    self.api_keys.remove(&record.key_sha256_hex);
+                    self.api_key_records.insert(record.id.clone(), record);
+                }
+                Some(record) => {
+                    self.api_keys.insert(key_sha256_hex, tenant);
+                    self.api_key_records.insert(record.id.clone(), record);
+                }
+                None => {
+                    self.api_keys.insert(key_sha256_hex, tenant);
+                }
+            },
             Entry::PutMessage(PutMessage {
                 message,
                 active_partition,
@@ -619,9 +633,23 @@ impl State {
             }));
         }
         for (key_sha256_hex, tenant) in &self.api_keys {
+            let recorded = self
+                .api_key_records
+                .values()
+                .any(|r| &r.key_sha256_hex == key_sha256_hex);
+            if !recorded {
+                entries.push(Entry::PutApiKey(PutApiKey {
+                    key_sha256_hex: key_sha256_hex.clone(),
+                    tenant: tenant.clone(),
+                    record: None,
+                }));
+            }
+        }
+        for record in self.api_key_records.values() {
             entries.push(Entry::PutApiKey(PutApiKey {
-                key_sha256_hex: key_sha256_hex.clone(),
-                tenant: tenant.clone(),
+                key_sha256_hex: record.key_sha256_hex.clone(),
+                tenant: record.tenant.clone(),
+                record: Some(record.clone()),
             }));
         }
         let mut records = Vec::new();

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::keys::RedisKeys;
-use crate::{Error, FencedOp, MessageRecord, Result, Store, WriteOutcome};
+use crate::{ApiKeyRecord, Error, FencedOp, MessageRecord, Result, Store, WriteOutcome};
 use commit::{Committer, Request, Retiring, Stats};
 use encode::{SEP, chunks, decode, encode_ops, partitions_from, ttl_ms, utf8};
 
@@ -569,15 +569,46 @@ impl Store for RedisStore {
         tenant.map(|t| utf8(&key, t).map(TenantId)).transpose()
     }
 
-    async fn put_api_key(&self, key_sha256_hex: &str, tenant: &TenantId) -> Result<()> {
+    async fn put_api_key(&self, record: &ApiKeyRecord) -> Result<()> {
         let mut conn = self.conn.clone();
-        ::redis::cmd("HSET")
-            .arg(self.keys.api_keys())
-            .arg(key_sha256_hex)
-            .arg(tenant.as_str())
-            .exec_async(&mut conn)
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().hset(
+            self.keys.api_key_records(),
+            &record.id,
+            prost::Message::encode_to_vec(record),
+        );
+        if record.is_revoked() {
+            pipe.hdel(self.keys.api_keys(), &record.key_sha256_hex);
+        } else {
+            pipe.hset(
+                self.keys.api_keys(),
+                &record.key_sha256_hex,
+                record.tenant.as_str(),
+            );
+        }
+        pipe.exec_async(&mut conn).await?;
         Ok(())
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let key = self.keys.api_key_records();
+        let mut conn = self.conn.clone();
+        let stored: Vec<(String, Vec<u8>)> = ::redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        let mut records = stored
+            .into_iter()
+            .map(|(_, bytes)| {
+                <ApiKeyRecord as prost::Message>::decode(bytes.as_slice())
+                    .map_err(|e| Error::Corrupt {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(records)
     }
 }
 

@@ -60,6 +60,18 @@ fn tenant() -> TenantId {
     TenantId("acme".to_owned())
 }
 
+/// An API key record of [`tenant`] (`revoked_unix_ms` 0 = active).
+pub(crate) fn api_key(id: &str, digest: &str, revoked_unix_ms: i64) -> crate::ApiKeyRecord {
+    crate::ApiKeyRecord {
+        id: id.to_owned(),
+        tenant: tenant().0,
+        key_sha256_hex: digest.to_owned(),
+        label: format!("label of {id}"),
+        created_unix_ms: 1,
+        revoked_unix_ms,
+    }
+}
+
 fn node(name: &str) -> NodeId {
     NodeId(name.to_owned())
 }
@@ -327,7 +339,14 @@ mod specific {
             )
             .await;
             store.put_blob("table", vec![9, 9]).await.expect("blob");
-            store.put_api_key("abc", &tenant()).await.expect("api key");
+            store
+                .put_api_key(&api_key("k1", "abc", 0))
+                .await
+                .expect("api key");
+            store
+                .put_api_key(&api_key("k2", "def", 7))
+                .await
+                .expect("revoked api key");
             store
                 .try_singleton_lease("leader", "c1", LONG)
                 .await
@@ -368,6 +387,11 @@ mod specific {
         assert_eq!(
             store.tenant_for_api_key("abc").await.expect("key"),
             Some(tenant())
+        );
+        assert_eq!(store.tenant_for_api_key("def").await.expect("key"), None);
+        assert_eq!(
+            store.api_keys().await.expect("records"),
+            vec![api_key("k1", "abc", 0), api_key("k2", "def", 7)]
         );
         // The fence survived; the leases did not.
         assert_eq!(store.partition_epoch(p).await.expect("epoch"), Epoch(4));

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use herald_proto::{Epoch, PartitionId};
 
-use super::{LONG, PAST_SHORT, SHORT, fence, incr, node, put_value, tenant, write};
+use super::{
+    LONG, PAST_SHORT, SHORT, api_key, fence, incr, node, put_value, tenant, write,
+};
 use crate::{Store, WriteOutcome};
 
 pub async fn counters(store: Arc<dyn Store>) {
@@ -105,10 +107,17 @@ pub async fn blobs_and_api_keys(store: Arc<dyn Store>) {
 
     let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     assert_eq!(store.tenant_for_api_key(digest).await.expect("get"), None);
-    store.put_api_key(digest, &tenant()).await.expect("put");
+    let mut record = api_key("key-1", digest, 0);
+    store.put_api_key(&record).await.expect("put");
     assert_eq!(
         store.tenant_for_api_key(digest).await.expect("get"),
         Some(tenant())
     );
     assert_eq!(store.tenant_for_api_key("00").await.expect("get"), None);
+    assert_eq!(store.api_keys().await.expect("list"), vec![record.clone()]);
+    // Revoked: the digest resolves to nothing; the record stays, marked.
+    record.revoked_unix_ms = 42;
+    store.put_api_key(&record).await.expect("revoke");
+    assert_eq!(store.tenant_for_api_key(digest).await.expect("get"), None);
+    assert_eq!(store.api_keys().await.expect("list"), vec![record]);
 }
