@@ -3,6 +3,7 @@
 //! benchmark (`bench waterfall`).
 
 mod local;
+mod operator;
 mod workload;
 
 // glibc malloc spent ~40% of the benchmark's CPU in lock contention and chunk consolidation
@@ -17,11 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use herald_node::config::SandboxConfig;
-use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::{
-    Channel, ClusterStatusRequest, GetMessageRequest, MessageClass, SendRequest, SuccessCondition,
-    WaterfallStep,
+    Channel, GetMessageRequest, MessageClass, SendRequest, SuccessCondition, WaterfallStep,
 };
 use serde_json::json;
 
@@ -138,10 +137,20 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// API keys of the public API: create, list, revoke (an operator certificate).
+    Keys {
+        /// A control replica's address.
+        #[arg(long, default_value = "127.0.0.1:7400", global = true)]
+        control: String,
+        #[command(flatten)]
+        tls: operator::OperatorTls,
+        #[command(subcommand)]
+        command: operator::KeysCommand,
+    },
     /// The cluster CA and the certificates of nodes, control replicas and operators.
     Certs {
         #[command(subcommand)]
-        command: CertsCommand,
+        command: operator::CertsCommand,
     },
     /// Benchmarks (see shared/bench/WORKLOAD.md).
     Bench {
@@ -160,66 +169,7 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        tls: OperatorTls,
-    },
-}
-
-/// How an operator's command reaches the control plane: with a cluster certificate.
-#[derive(clap::Args)]
-struct OperatorTls {
-    /// The cluster CA (PEM).
-    #[arg(long, env = "HERALD_TLS_CA")]
-    ca: Option<PathBuf>,
-    /// Your operator certificate (herald certs issue --operator <name>).
-    #[arg(long, env = "HERALD_TLS_CERT")]
-    cert: Option<PathBuf>,
-    /// Its key.
-    #[arg(long, env = "HERALD_TLS_KEY")]
-    key: Option<PathBuf>,
-    /// Shorthand: ca.pem and the only operator-*.pem/.key in this directory.
-    #[arg(long, env = "HERALD_TLS_DIR")]
-    tls_dir: Option<PathBuf>,
-    /// The control plane runs with tls.mode = "off" (test machines only).
-    #[arg(long)]
-    plaintext: bool,
-}
-
-#[derive(Subcommand)]
-enum CertsCommand {
-    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (keep the key offline).
-    Init {
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
-        /// A name for the CA's subject.
-        #[arg(long, default_value = "herald")]
-        cluster: String,
-        /// Replace existing files.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Issue a key and certificate signed by DIR's CA, for one of --node, --control or
-    /// --operator.
-    Issue {
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
-        /// A node id (the certificate's name is the node's id).
-        #[arg(long, group = "holder")]
-        node: Option<String>,
-        /// A control replica id.
-        #[arg(long, group = "holder")]
-        control: Option<String>,
-        /// A person or tool (for `herald cluster status`).
-        #[arg(long, group = "holder")]
-        operator: Option<String>,
-        /// More DNS names or IP addresses of the holder (repeatable).
-        #[arg(long = "san")]
-        sans: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = herald_tls::authority::DEFAULT_VALIDITY_DAYS)]
-        days: u32,
-        /// Replace existing files.
-        #[arg(long)]
-        force: bool,
+        tls: operator::OperatorTls,
     },
 }
 
@@ -378,8 +328,13 @@ async fn main() -> Result<()> {
         }
         Command::Cluster {
             command: ClusterCommand::Status { control, json, tls },
-        } => cluster_status(&control, json, &tls).await,
-        Command::Certs { command } => certs(command),
+        } => operator::cluster_status(&control, json, &tls).await,
+        Command::Certs { command } => operator::certs(command),
+        Command::Keys {
+            control,
+            tls,
+            command,
+        } => operator::keys(&control, &tls, command).await,
         Command::Recipient {
             addr,
             api_key,
@@ -531,7 +486,7 @@ fn demo_waterfall(push_timeout_ms: u32) -> Vec<WaterfallStep> {
 }
 
 /// A gRPC error as the CLI prints it: its code, then its message (which names the field).
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", status.code(), status.message())
 }
 
@@ -790,171 +745,6 @@ async fn put_recipient(
         "recipient {} stored",
         reply.recipient.map(|r| r.id).unwrap_or_default()
     );
-    Ok(())
-}
-
-/// The operator's way to the control plane: mTLS with the given certificate, or plaintext.
-fn operator_dialer(tls: &OperatorTls) -> Result<herald_tls::Dialer> {
-    if tls.plaintext {
-        return Ok(herald_tls::Dialer::Plain);
-    }
-    let files = match (&tls.tls_dir, &tls.ca, &tls.cert, &tls.key) {
-        (_, Some(ca), Some(cert), Some(key)) => herald_tls::config::TlsFiles {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        (Some(dir), ca, None, None) => {
-            let operators: Vec<PathBuf> = std::fs::read_dir(dir)
-                .with_context(|| format!("reading {}", dir.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| {
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("operator-") && n.ends_with(".pem"))
-                })
-                .collect();
-            let [cert] = operators.as_slice() else {
-                bail!(
-                    "--tls-dir {}: expected exactly one operator-*.pem, found {}; name the files with --ca, --cert and --key",
-                    dir.display(),
-                    operators.len()
-                );
-            };
-            herald_tls::config::TlsFiles {
-                ca: ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
-                cert: cert.clone(),
-                key: cert.with_extension("key"),
-            }
-        }
-        _ => bail!(
-            "the control plane needs an operator certificate: pass --tls-dir DIR, or --ca, --cert and --key (herald certs issue --operator <name>); --plaintext for a cluster with tls.mode = \"off\""
-        ),
-    };
-    Ok(herald_tls::Dialer::Tls(herald_tls::TlsMaterial::load(
-        files,
-    )?))
-}
-
-fn certs(command: CertsCommand) -> Result<()> {
-    use herald_tls::{Authority, Identity, Role};
-    match command {
-        CertsCommand::Init {
-            dir,
-            cluster,
-            force,
-        } => {
-            let ca = Authority::generate(&cluster)?;
-            let cert = ca.write(&dir, force)?;
-            println!(
-                "cluster CA: {} (key: {})",
-                cert.display(),
-                dir.join("ca.key").display()
-            );
-            println!(
-                "next: herald certs issue --dir {} --node <id>",
-                dir.display()
-            );
-        }
-        CertsCommand::Issue {
-            dir,
-            node,
-            control,
-            operator,
-            sans,
-            days,
-            force,
-        } => {
-            let identity = match (node, control, operator) {
-                (Some(name), None, None) => Identity::new(Role::Node, name)?,
-                (None, Some(name), None) => Identity::new(Role::Control, name)?,
-                (None, None, Some(name)) => Identity::new(Role::Operator, name)?,
-                _ => bail!("give one of --node, --control or --operator"),
-            };
-            let ca = Authority::load(&dir)
-                .with_context(|| format!("no CA in {} (herald certs init)", dir.display()))?;
-            let issued = ca.issue(&identity, &sans, days)?;
-            let files = Authority::write_issued(&dir, &issued, force)?;
-            println!(
-                "{identity}: {} and {}",
-                files.cert.display(),
-                files.key.display()
-            );
-            if identity.role != Role::Operator {
-                println!("in its config:");
-                println!("  [tls]");
-                println!("  ca = \"{}\"", dir.join("ca.pem").display());
-                println!("  cert = \"{}\"", files.cert.display());
-                println!("  key = \"{}\"", files.key.display());
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn cluster_status(control: &str, json: bool, tls: &OperatorTls) -> Result<()> {
-    let channel = operator_dialer(tls)?.channel(control, herald_tls::Role::Control, |e| {
-        e.connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-    })?;
-    let mut client = ControlClient::new(channel);
-    let status = client
-        .cluster_status(ClusterStatusRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
-        let nodes: Vec<_> = status
-            .nodes
-            .iter()
-            .map(|n| {
-                let info = n.node.clone().unwrap_or_default();
-                json!({
-                    "node_id": info.node_id, "address": info.api_address,
-                    "internal_address": info.address, "weight": info.weight,
-                    "owned_partitions": n.owned_partitions, "serving_partitions": n.serving_partitions,
-                    "applied_epoch": n.applied_epoch, "last_heartbeat_ms_ago": n.last_heartbeat_ms_ago,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"epoch": status.epoch, "leader": status.leader_id,
-                   "partition_count": status.partition_count, "nodes": nodes})
-        );
-        return Ok(());
-    }
-    println!(
-        "epoch {}  leader {}  partitions {}",
-        status.epoch, status.leader_id, status.partition_count
-    );
-    if status
-        .nodes
-        .iter()
-        .all(|n| n.applied_epoch == 0 && n.last_heartbeat_ms_ago == 0)
-        && !status.nodes.is_empty()
-    {
-        println!(
-            "(answered by a follower replica: heartbeat figures are only known to the leader)"
-        );
-    }
-    println!(
-        "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>10}",
-        "node", "address", "weight", "owned", "serving", "epoch", "heartbeat"
-    );
-    for node in &status.nodes {
-        let info = node.node.clone().unwrap_or_default();
-        println!(
-            "{:<16} {:<22} {:>6} {:>6} {:>8} {:>8} {:>8}ms",
-            info.node_id,
-            info.api_address,
-            info.weight,
-            node.owned_partitions,
-            node.serving_partitions,
-            node.applied_epoch,
-            node.last_heartbeat_ms_ago
-        );
-    }
     Ok(())
 }
 

@@ -110,7 +110,10 @@ async fn hostile_campaign_ids_keep_the_scrape_valid_and_bounded() {
     .await;
 
     let (valid, printed) = promtool(&text).await;
-    assert!(valid, "promtool check metrics failed:\n{printed}\n---\n{text}");
+    assert!(
+        valid,
+        "promtool check metrics failed:\n{printed}\n---\n{text}"
+    );
 
     let labelled = series(&text, "herald_breaker_ratio");
     assert!(

@@ -149,7 +149,11 @@ impl ApiKeys {
             return Err(InvalidInput::invalid("id", "is required").into());
         }
         if id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(InvalidInput::invalid("id", "is not a key id (hex, as `herald keys list` shows)").into());
+            return Err(InvalidInput::invalid(
+                "id",
+                "is not a key id (hex, as `herald keys list` shows)",
+            )
+            .into());
         }
         let mut record = self
             .store
@@ -249,7 +253,7 @@ mod tests {
             assert!(status.message().contains(field), "{}", status.message());
         }
         for id in ["", "zz", "0123"] {
-            let status = tonic::Status::from(keys.revoke(id, 1).await.err().expect("refused"));
+            let status = tonic::Status::from(keys.revoke(id, 1).await.expect_err("refused"));
             let expected = if id == "0123" {
                 tonic::Code::NotFound
             } else {

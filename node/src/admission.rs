@@ -24,7 +24,7 @@ pub struct Limit {
 impl Limit {
     /// From a tenant's config (`burst` 0 = one second's worth); `None` = no limit.
     pub fn from_config(per_s: u32, burst: u32) -> Option<Limit> {
-        (per_s > 0).then(|| Limit {
+        (per_s > 0).then_some(Limit {
             per_s,
             burst: if burst == 0 { per_s } else { burst },
         })
@@ -50,8 +50,8 @@ impl Bucket {
     /// until there would be.
     fn take(&mut self, limit: Limit, units: u32, now_ms: i64) -> Result<(), u64> {
         let elapsed_ms = (now_ms - self.at_ms).max(0) as f64;
-        self.tokens =
-            (self.tokens + elapsed_ms * f64::from(limit.per_s) / 1000.0).min(f64::from(limit.burst));
+        self.tokens = (self.tokens + elapsed_ms * f64::from(limit.per_s) / 1000.0)
+            .min(f64::from(limit.burst));
         self.at_ms = now_ms.max(self.at_ms);
         let units = f64::from(units);
         if self.tokens >= units {
@@ -116,7 +116,9 @@ mod tests {
         let admission = Admission::new(shared);
         let limit = Limit::from_config(10, 0);
         for _ in 0..10 {
-            admission.admit("flood", limit, 1).expect("within the burst");
+            admission
+                .admit("flood", limit, 1)
+                .expect("within the burst");
         }
         let refused = admission.admit("flood", limit, 1).expect_err("over");
         assert!(matches!(refused, Error::ResourceExhausted(_)), "{refused}");
@@ -132,9 +134,15 @@ mod tests {
         admission.admit("flood", limit, 1).expect("refilled one");
         admission.admit("flood", limit, 1).expect_err("only one");
         clock.advance(std::time::Duration::from_secs(60));
-        admission.admit("flood", limit, 10).expect("full again, never above the burst");
-        admission.admit("flood", limit, 1).expect_err("burst is the cap");
-        let batch = admission.admit("calm", limit, 11).expect_err("bigger than the burst");
+        admission
+            .admit("flood", limit, 10)
+            .expect("full again, never above the burst");
+        admission
+            .admit("flood", limit, 1)
+            .expect_err("burst is the cap");
+        let batch = admission
+            .admit("calm", limit, 11)
+            .expect_err("bigger than the burst");
         assert!(batch.to_string().contains("split the batch"), "{batch}");
     }
 }

@@ -149,7 +149,8 @@ impl Authenticator {
     ) -> Result<Arc<Tenant>, Error> {
         let tenant = self.tenant_of_key(metadata).await?;
         let units = u32::try_from(units.max(1)).unwrap_or(u32::MAX);
-        self.admission.admit(&tenant.id.0, tenant.admission, units)?;
+        self.admission
+            .admit(&tenant.id.0, tenant.admission, units)?;
         Ok(tenant)
     }
 

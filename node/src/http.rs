@@ -265,6 +265,10 @@ async fn one_click_unsubscribe(
 async fn metrics(State(http): State<State_>) -> axum::response::Response {
     match crate::metrics::exposition(&http.metrics) {
         Ok(text) => ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be encoded").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics could not be encoded",
+        )
+            .into_response(),
     }
 }

@@ -213,7 +213,10 @@ impl Collector for NodeMetrics {
         out.counters(
             "herald_breaker_deferred_sends",
             "Sends deferred because a breaker was paused.",
-            [([("node", node)], stats.deferred_sends.load(Ordering::Relaxed))],
+            [(
+                [("node", node)],
+                stats.deferred_sends.load(Ordering::Relaxed),
+            )],
         )?;
 
         let receipts = &self.receipts.stats;
@@ -244,7 +247,7 @@ impl Collector for NodeMetrics {
         out.gauges(
             "herald_timers_pending",
             "Timers scheduled on this node and not yet fired.",
-            [([("node", node)], self.timers.pending() as u64)],
+            [([("node", node)], self.timers.pending())],
         )?;
         out.counters(
             "herald_timers_fired",
@@ -294,13 +297,24 @@ mod tests {
     #[test]
     fn breaker_series_are_bounded_paused_first() {
         let mut states: Vec<_> = (0..500)
-            .map(|i| status(&format!("campaign:acme:c{i:03}"), false, f64::from(i) / 1000.0))
+            .map(|i| {
+                status(
+                    &format!("campaign:acme:c{i:03}"),
+                    false,
+                    f64::from(i) / 1000.0,
+                )
+            })
             .collect();
         states.push(status("campaign:acme:zz-paused", true, 0.01));
         let series = breaker_series(states, LABELLED_BREAKERS);
         assert_eq!(series.labelled.len(), LABELLED_BREAKERS);
         assert_eq!((series.paused, series.watching), (1, 500));
-        assert!(series.labelled.iter().any(|s| s.key == "campaign:acme:zz-paused"));
+        assert!(
+            series
+                .labelled
+                .iter()
+                .any(|s| s.key == "campaign:acme:zz-paused")
+        );
         // The rest are the highest ratios.
         assert!(
             series

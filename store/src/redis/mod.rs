@@ -600,11 +600,12 @@ impl Store for RedisStore {
         let mut records = stored
             .into_iter()
             .map(|(_, bytes)| {
-                <ApiKeyRecord as prost::Message>::decode(bytes.as_slice())
-                    .map_err(|e| Error::Corrupt {
+                <ApiKeyRecord as prost::Message>::decode(bytes.as_slice()).map_err(|e| {
+                    Error::Corrupt {
                         key: key.clone(),
                         reason: e.to_string(),
-                    })
+                    }
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         records.sort_by(|a, b| a.id.cmp(&b.id));

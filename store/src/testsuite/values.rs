@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use herald_proto::{Epoch, PartitionId};
 
-use super::{
-    LONG, PAST_SHORT, SHORT, api_key, fence, incr, node, put_value, tenant, write,
-};
+use super::{LONG, PAST_SHORT, SHORT, api_key, fence, incr, node, put_value, tenant, write};
 use crate::{Store, WriteOutcome};
 
 pub async fn counters(store: Arc<dyn Store>) {
