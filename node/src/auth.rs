@@ -35,6 +35,8 @@ pub struct Tenant {
     pub quiet_hours_spread_ms: i64,
     /// Admission on the public API (`None` = no limit).
     pub admission: Option<crate::admission::Limit>,
+    /// How long an ended message and its log stay in the store.
+    pub retention: std::time::Duration,
 }
 
 impl Tenant {
@@ -74,6 +76,10 @@ impl Tenant {
             admission: crate::admission::Limit::from_config(
                 config.admission_per_s,
                 config.admission_burst,
+            ),
+            // Checked at start-up (`TenantConfig::validate`: 0 < days <= 3650).
+            retention: std::time::Duration::from_secs_f64(
+                config.retention_days.clamp(1e-6, 3650.0) * 86_400.0,
             ),
         }
     }

@@ -161,6 +161,14 @@ pub struct TenantConfig {
     /// worth (`admission_per_s`).
     #[serde(default)]
     pub admission_burst: u32,
+    /// Days an ended message (delivered, failed, suppressed, cancelled) and its event log are
+    /// kept in the store; then they expire. Fractions are allowed (`0.5` = 12 hours).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: f64,
+}
+
+fn default_retention_days() -> f64 {
+    30.0
 }
 
 /// At most `max` marketing messages to one recipient in any `window_s` seconds.
@@ -185,6 +193,7 @@ impl TenantConfig {
             quiet_hours_spread_s: default_quiet_hours_spread_s(),
             admission_per_s: 0,
             admission_burst: 0,
+            retention_days: default_retention_days(),
         }
     }
 
@@ -205,6 +214,12 @@ impl TenantConfig {
         self.quiet_hours
             .validate()
             .map_err(|e| invalid(format!("quiet_hours: {e}")))?;
+        if !(self.retention_days > 0.0 && self.retention_days <= 3650.0) {
+            return Err(invalid(format!(
+                "retention_days must be more than 0 and at most 3650, not {}",
+                self.retention_days
+            )));
+        }
         Ok(())
     }
 }

@@ -22,7 +22,7 @@
 //! | key | type | value |
 //! |---|---|---|
 //! | `{p}:r:{tenant}:{recipient_id}` | string | `Recipient` |
-//! | `{p}:e:{tenant}:{message_id}` | list | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event); the event with sequence number `s` is at index `s` |
+//! | `{p}:e:{tenant}:{message_id}` | list, PX once ended | the `StoredMessage` first, then its `Event`s in append order (one RPUSH stores a message and its `accepted` event); the event with sequence number `s` is at index `s`. Its terminal append's retention (the tenant's `retention_days`) becomes its expiry, in bulk with the retirement (`PEXPIRE … NX`) |
 //! | `{p}:i:{tenant}:{idempotency_key}` | string, PX ttl | `message_id` `\x1f` payload hash (16 hex digits) |
 //! | `{p}:a:{partition}` | set | active (non-terminal) messages: `tenant` `\x1f` `message_id`; the partition is the one of the op's fence. A message joins in its accept's script and leaves in bulk after its terminal append (one pipelined `SREM` per partition every 200 ms), so a terminal message can be listed for a moment |
 //! | `{p}:lease:{partition}` | string, PX ttl | node id of the lease holder |

@@ -155,6 +155,10 @@ pub enum WriteOp {
         message_id: MessageId,
         events: Vec<Event>,
         terminal: bool,
+        /// With `terminal`: the message and its log expire this long after the append (the
+        /// tenant's `retention_days`); zero = kept until deleted. Later appends (late receipts)
+        /// do not extend it.
+        retention: Duration,
     },
     /// Set `key` to `value`, expiring `ttl` after this write (replaces an earlier value and
     /// its expiry). Indexes that must be found without the partition, e.g. a provider's

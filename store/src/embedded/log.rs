@@ -125,6 +125,9 @@ pub mod log_format {
         pub terminal: bool,
         #[prost(uint32, tag = "5")]
         pub partition: u32,
+        /// When the message and its log expire (ms since the Unix epoch; 0 = never).
+        #[prost(uint64, tag = "6")]
+        pub expires_unix_ms: u64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

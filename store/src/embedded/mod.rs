@@ -220,6 +220,10 @@ impl Store for EmbeddedStore {
         let Some(message) = get2(&state.messages, tenant.as_str(), message_id.as_str()) else {
             return Ok(None);
         };
+        // Past its retention but not swept yet (sweeps run with writes).
+        if state.message_expired(tenant.as_str(), message_id.as_str(), unix_ms()) {
+            return Ok(None);
+        }
         Ok(Some(MessageRecord {
             message: message.clone(),
             events: get2(&state.events, tenant.as_str(), message_id.as_str())

@@ -76,7 +76,15 @@ pub(super) struct Lease {
 }
 
 enum Expiring {
-    Idempotency { tenant: String, key: String },
+    Idempotency {
+        tenant: String,
+        key: String,
+    },
+    /// An ended message and its log (retention).
+    Message {
+        tenant: String,
+        id: String,
+    },
     Counter(String),
     Value(String),
 }
@@ -98,6 +106,8 @@ pub(super) struct State {
     pub(super) blobs: HashMap<String, Vec<u8>>,
     /// digest → tenant, for the keys not revoked.
     pub(super) api_keys: HashMap<String, String>,
+    /// Ended messages' expiry (unix ms), by `(tenant, message id)`.
+    message_expiry: HashMap<(String, String), u64>,
     /// id → record, revoked ones included.
     pub(super) api_key_records: BTreeMap<String, crate::ApiKeyRecord>,
     /// `(expiry unix ms, tiebreak)` → key, for the bounded sweep.
@@ -183,6 +193,36 @@ impl State {
                         self.values.remove(&key);
                     }
                 }
+                Expiring::Message { tenant, id } => {
+                    let key = (tenant, id);
+                    if self.message_expiry.get(&key) == Some(&expires_ms) {
+                        self.message_expiry.remove(&key);
+                        self.forget_message(&key.0, &key.1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether an ended message is past its retention at `now_ms`.
+    pub(super) fn message_expired(&self, tenant: &str, id: &str, now_ms: u64) -> bool {
+        self.message_expiry
+            .get(&(tenant.to_owned(), id.to_owned()))
+            .is_some_and(|expires| *expires <= now_ms)
+    }
+
+    /// Drops a message and its log (retention).
+    fn forget_message(&mut self, tenant: &str, id: &str) {
+        if let Some(messages) = self.messages.get_mut(tenant) {
+            messages.remove(id);
+            if messages.is_empty() {
+                self.messages.remove(tenant);
+            }
+        }
+        if let Some(logs) = self.events.get_mut(tenant) {
+            logs.remove(id);
+            if logs.is_empty() {
+                self.events.remove(tenant);
             }
         }
     }
@@ -246,7 +286,34 @@ impl State {
                 events,
                 terminal,
                 partition,
+                expires_unix_ms,
             }) => {
+                if terminal && let Some(set) = self.active.get_mut(&partition) {
+                    set.remove(&(tenant.clone(), message_id.clone()));
+                    if set.is_empty() {
+                        self.active.remove(&partition);
+                    }
+                }
+                if expires_unix_ms != 0 {
+                    let key = (tenant.clone(), message_id.clone());
+                    // The first retention holds: a late append does not extend it.
+                    let expires = *self.message_expiry.entry(key).or_insert(expires_unix_ms);
+                    if expires <= now_ms {
+                        self.message_expiry
+                            .remove(&(tenant.clone(), message_id.clone()));
+                        self.forget_message(&tenant, &message_id);
+                        return;
+                    }
+                    if expires == expires_unix_ms {
+                        self.track_expiry(
+                            expires,
+                            Expiring::Message {
+                                tenant: tenant.clone(),
+                                id: message_id.clone(),
+                            },
+                        );
+                    }
+                }
                 if !events.is_empty() {
                     match self
                         .events
@@ -255,12 +322,6 @@ impl State {
                     {
                         Some(log) => log.extend(events),
                         None => insert2(&mut self.events, &tenant, &message_id, events),
-                    }
-                }
-                if terminal && let Some(set) = self.active.get_mut(&partition) {
-                    set.remove(&(tenant, message_id));
-                    if set.is_empty() {
-                        self.active.remove(&partition);
                     }
                 }
             }
@@ -592,6 +653,11 @@ impl State {
                     events: events.clone(),
                     terminal: false,
                     partition: 0,
+                    expires_unix_ms: self
+                        .message_expiry
+                        .get(&(tenant.clone(), id.clone()))
+                        .copied()
+                        .unwrap_or(0),
                 }));
             }
         }
@@ -737,12 +803,18 @@ pub(super) fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
             message_id,
             events,
             terminal,
+            retention,
         } => Entry::Append(Append {
             tenant: tenant.0,
             message_id: message_id.0,
             events,
             terminal,
             partition: fence.partition.0,
+            expires_unix_ms: if terminal && !retention.is_zero() {
+                now_ms.saturating_add(ttl_ms(retention)).max(1)
+            } else {
+                0
+            },
         }),
         WriteOp::PutValue { key, value, ttl } => Entry::PutValue(PutValue {
             key,

@@ -184,6 +184,8 @@ pub(super) struct Stats {
 #[derive(Default)]
 pub(super) struct Retiring {
     members: parking_lot::Mutex<std::collections::HashMap<u32, Vec<Vec<u8>>>>,
+    /// Ended messages whose log expires: `(tenant, message id, retention ms)`.
+    expiring: parking_lot::Mutex<Vec<(String, String, u64)>>,
 }
 
 /// How often buffered retirements are applied.
@@ -198,10 +200,20 @@ impl Retiring {
                 tenant,
                 message_id,
                 terminal: true,
+                retention,
                 ..
             } = &op.op
                 && *outcome == WriteOutcome::Done
             {
+                if !retention.is_zero() {
+                    self.expiring.lock().push((
+                        tenant.0.clone(),
+                        message_id.0.clone(),
+                        u64::try_from(retention.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    ));
+                }
                 let mut member = Vec::with_capacity(tenant.0.len() + 1 + message_id.0.len());
                 member.extend_from_slice(tenant.0.as_bytes());
                 member.extend_from_slice(SEP_BYTES);
@@ -215,10 +227,13 @@ impl Retiring {
         }
     }
 
-    /// Applies what is buffered: one `SREM` per partition, pipelined.
+    /// Applies what is buffered: one `SREM` per partition and one `PEXPIRE … NX` per ended
+    /// message (`NX`: the first retention holds; a resumed message retired again does not
+    /// extend it), pipelined.
     pub(super) async fn flush(&self, conn: &ConnectionManager, keys: &RedisKeys) -> Result<()> {
         let batch = std::mem::take(&mut *self.members.lock());
-        if batch.is_empty() {
+        let expiring = std::mem::take(&mut *self.expiring.lock());
+        if batch.is_empty() && expiring.is_empty() {
             return Ok(());
         }
         let mut pipe = ::redis::pipe();
@@ -226,6 +241,13 @@ impl Retiring {
             pipe.cmd("SREM")
                 .arg(keys.active(PartitionId(*partition)))
                 .arg(members)
+                .ignore();
+        }
+        for (tenant, message_id, retention_ms) in &expiring {
+            pipe.cmd("PEXPIRE")
+                .arg(keys.events(tenant, message_id))
+                .arg(*retention_ms)
+                .arg("NX")
                 .ignore();
         }
         let mut conn = conn.clone();

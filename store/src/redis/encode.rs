@@ -226,7 +226,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                         tenant,
                         message_id,
                         events,
-                        terminal: _,
+                        ..
                     },
             }),
         ) = (op, ops.get(index))
@@ -260,6 +260,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                             message_id,
                             events,
                             terminal,
+                            ..
                         },
                 }) if next_fence == fence
                     && index < guarded_end
@@ -355,7 +356,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                 tenant,
                 message_id,
                 events,
-                terminal: _,
+                ..
             } => {
                 push_append(&mut args, keys, tenant, message_id, events);
                 expect.push(Expect::Done);

@@ -12,8 +12,8 @@ use herald_proto::v1::{Event, EventKind};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId};
 
 use super::{
-    LONG, PAST_SHORT, SHORT, accept, accepted, active_ids, append, event, event_kinds, fence,
-    guarded_accept, incr, message, node, put_value, tenant, write,
+    LONG, PAST_SHORT, SHORT, accept, accepted, active_ids, append, append_ending, event,
+    event_kinds, fence, guarded_accept, incr, message, node, put_value, tenant, write,
 };
 use crate::{Store, WriteOutcome};
 
@@ -454,4 +454,64 @@ pub async fn accept_with_guarded_ops(store: Arc<dyn Store>) {
             .expect("get"),
         None
     );
+}
+
+/// An ended message and its log expire their retention after the terminal append (late
+/// appends do not extend it); a message without retention and an active one stay.
+pub async fn ended_messages_expire_after_their_retention(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    let f = fence(8, 1);
+    write(
+        store,
+        vec![
+            accept(f, message("r1", "kr1", 1, 8), LONG),
+            accept(f, message("r2", "kr2", 2, 8), LONG),
+            accept(f, message("r3", "kr3", 3, 8), LONG),
+        ],
+    )
+    .await;
+    write(
+        store,
+        vec![
+            append_ending(
+                f,
+                "r1",
+                vec![event("r1", EventKind::EventDelivered, 2)],
+                SHORT,
+            ),
+            append(
+                f,
+                "r2",
+                vec![event("r2", EventKind::EventDelivered, 2)],
+                true,
+            ),
+        ],
+    )
+    .await;
+    store.retire_pending().await.expect("retire pending");
+    let get = |id: &'static str| async move {
+        store
+            .get_message(&tenant(), &MessageId(id.into()))
+            .await
+            .expect("get")
+    };
+    assert!(get("r1").await.is_some(), "kept until its retention ends");
+    // A late receipt's append: the first retention holds.
+    write(
+        store,
+        vec![append(
+            f,
+            "r1",
+            vec![event("r1", EventKind::EventDelivered, 3)],
+            false,
+        )],
+    )
+    .await;
+    tokio::time::sleep(PAST_SHORT).await;
+    // Sweeps of the embedded store run with writes.
+    write(store, vec![put_value(f, "nudge", b"x", LONG)]).await;
+    assert!(get("r1").await.is_none(), "gone after its retention");
+    assert!(get("r2").await.is_some(), "no retention: kept");
+    assert!(get("r3").await.is_some(), "active: kept");
+    assert_eq!(active_ids(store, 8).await, HashSet::from(["r3".into()]));
 }

@@ -35,7 +35,7 @@ mod writes;
 pub use leases::{lease_ttl_expiry, renew_returns_only_held, singleton_lease};
 pub use messages::{
     accept_with_guarded_ops, appends_expect_the_next_seq, counter_then_append,
-    events_and_active_set, idempotency,
+    ended_messages_expire_after_their_retention, events_and_active_set, idempotency,
 };
 pub use redis_server::{REDIS_SERVER_ENV, RedisServer};
 pub use values::{blobs_and_api_keys, counters, expiring_values};
@@ -135,8 +135,23 @@ fn append(fence: Fence, message_id: &str, events: Vec<Event>, terminal: bool) ->
             message_id: MessageId(message_id.to_owned()),
             events,
             terminal,
+            retention: Duration::ZERO,
         },
     }
+}
+
+/// A terminal append whose message expires `retention` after it.
+fn append_ending(
+    fence: Fence,
+    message_id: &str,
+    events: Vec<Event>,
+    retention: Duration,
+) -> FencedOp {
+    let mut op = append(fence, message_id, events, true);
+    if let WriteOp::AppendEvents { retention: r, .. } = &mut op.op {
+        *r = retention;
+    }
+    op
 }
 
 fn recipient(id: &str, email: &str) -> Recipient {
@@ -236,6 +251,7 @@ macro_rules! backend_suite {
             counter_then_append,
             appends_expect_the_next_seq,
             accept_with_guarded_ops,
+            ended_messages_expire_after_their_retention,
             // leases: partition leases and singleton leases.
             lease_ttl_expiry,
             renew_returns_only_held,

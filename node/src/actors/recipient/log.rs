@@ -195,6 +195,7 @@ impl Log {
                 message_id: MessageId(job.message.message_id.clone()),
                 events,
                 terminal,
+                retention: job.tenant.retention,
             },
         };
         let mut writes = std::mem::take(&mut self.writes);
