@@ -121,6 +121,8 @@ impl LocalCluster {
         let control_addr = control.local_addr().to_string();
         let mut nodes = Vec::with_capacity(options.nodes);
         let mut node_threads = Vec::with_capacity(options.nodes);
+        // One throwaway index key for this run's nodes (its store is throwaway too).
+        let contact_index_secret = format!("{:032x}", rand::random::<u128>());
         for index in 0..options.nodes {
             let node_id = format!("node-{}", index + 1);
             let config = NodeConfig {
@@ -132,6 +134,7 @@ impl LocalCluster {
                 store: store_config.clone(),
                 tenants: vec![TenantConfig::new(DEMO_TENANT, vec![DEMO_API_KEY.into()])],
                 sandbox: options.sandbox.clone(),
+                contact_index_secret: Some(contact_index_secret.clone()),
                 ..NodeConfig::default()
             };
             let node = if options.redis_url.is_some() {

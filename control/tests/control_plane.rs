@@ -974,6 +974,14 @@ impl Store for Flaky {
         self.check()?;
         self.inner.api_keys().await
     }
+    async fn delete_values(&self, keys: &[String]) -> store::Result<()> {
+        self.check()?;
+        self.inner.delete_values(keys).await
+    }
+    async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> store::Result<u64> {
+        self.check()?;
+        self.inner.redact_messages(tenant, recipient_id).await
+    }
 }
 
 /// With mutual TLS, the control plane takes a node's name from its certificate: no

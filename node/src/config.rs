@@ -348,6 +348,10 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     /// Key of the HMAC that signs unsubscribe links (the same on every node; keep it secret).
     pub link_secret: Option<String>,
+    /// Key of the HMAC under which contact points become index key names (the phone index of
+    /// inbound SMS): the same on every node; keep it secret. Unset = a well-known key (start-up
+    /// warns). Changing it orphans the index until each recipient is upserted again.
+    pub contact_index_secret: Option<String>,
     /// Cluster-wide send rates per provider account, per second (`[rate_limits] smpp-main = 30`),
     /// and per tenant on an account (`"smpp-main@acme" = 10`: acme's own quota, on top of the
     /// account's). One node (the owner of the key's partition) schedules every send of a key.
@@ -409,6 +413,7 @@ impl Default for NodeConfig {
             http_listen_addr: None,
             public_url: None,
             link_secret: None,
+            contact_index_secret: None,
             policy_clock_offset_ms: 0,
             rate_limits: BTreeMap::new(),
             rate_limit_margin: 0.04,
@@ -522,6 +527,9 @@ impl NodeConfig {
                     "public_url must be https:// (RFC 8058 unsubscribe links); http only to a loopback host",
                 ));
             }
+        }
+        if self.contact_index_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(invalid("contact_index_secret must be at least 16 characters"));
         }
         if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(invalid("link_secret must be at least 16 characters"));

@@ -74,6 +74,7 @@ pub mod api;
 pub mod auth;
 pub mod channels;
 pub mod config;
+pub mod contact_index;
 pub mod content;
 
 pub mod events;

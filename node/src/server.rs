@@ -45,6 +45,7 @@ use crate::api::{
 use crate::auth::Authenticator;
 use crate::channels::{Channels, ChannelsContext};
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
+use crate::contact_index::ContactIndex;
 use crate::events::{EventBus, TenantEvent};
 use crate::intake::{Intake, IntakeSettings};
 use crate::links::LinkSigner;
@@ -375,7 +376,14 @@ impl Node {
             },
         );
         let lease_wait = Duration::from_millis(2 * config.lease_ttl_ms);
+        let contact_index = ContactIndex::new(config.contact_index_secret.as_deref());
+        if !contact_index.is_keyed() {
+            warn!(
+                "contact_index_secret is not set: the phone index is keyed with a well-known key (set the same secret on every node)"
+            );
+        }
         let intake = Arc::new(Intake {
+            contact_index: contact_index.clone(),
             node_id: node_id.clone(),
             store: store.clone(),
             ownership: ownership.clone(),
@@ -406,6 +414,7 @@ impl Node {
             channels: channels.clone(),
             stats: receipt_stats.clone(),
             help_reply: config.sms_keywords.help_reply.clone(),
+            contact_index: contact_index.clone(),
         });
 
         // The gRPC server.

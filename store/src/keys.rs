@@ -11,9 +11,8 @@
 //!   (`:lease:`, `:a:`, `:fences`) with the same spelling.
 //!
 //! Must never parse keys back (except active-set members, split at their last `\x1f`, since
-//! message ids are ULIDs), and never put a contact point or a message body into a key name that
-//! is not listed here (the phone index is the one exception today, kept for inbound keyword
-//! lookups; its replacement by a keyed hash is tracked with the trust-boundary work).
+//! message ids are ULIDs), and never put a contact point or a message body into a key name (the
+//! phone index names a keyed hash of the number, never the number).
 //!
 //! ## The Redis layout
 //! `{p}` is the key prefix (`RedisOptions::key_prefix` of the Redis backend, default `herald`);
@@ -47,9 +46,10 @@ pub mod value {
         format!("inbound:{}:{recipient_id}", tenant.0)
     }
 
-    /// The tenant's recipient with this phone number (inbound SMS name only the number).
-    pub fn phone_index(tenant: &TenantId, phone: &str) -> String {
-        format!("phone:{}:{phone}", tenant.0)
+    /// The tenant's recipient with a phone number (inbound SMS name only the number), by a
+    /// keyed hash of the number (`digest`, from the node's contact index): never the number.
+    pub fn phone_index(tenant: &TenantId, digest: &str) -> String {
+        format!("phone:{}:{digest}", tenant.0)
     }
 
     /// The attempt a provider's message id belongs to (receipts name only that id).

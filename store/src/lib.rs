@@ -322,6 +322,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every API key record (revoked ones included), by id.
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Deletes expiring values (indexes that name a person: on erasure, or when a recipient's
+    /// phone number changes). Not fenced: deleting twice is harmless.
+    async fn delete_values(&self, keys: &[String]) -> Result<()>;
+
+    /// Redacts every stored message of `recipient_id` in `tenant` ([`redact_message`],
+    /// [`redact_event`]); returns how many it redacted. Scans the tenant's messages (erasure is
+    /// rare; retention bounds how many there are). Not fenced: redacting twice changes nothing.
+    async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> Result<u64>;
+}
+
+/// What a redacted event's reason says.
+pub const REDACTED: &str = "redacted";
+
+/// Clears what a message holds of a person: its content (bodies, subjects, push data) and its
+/// template variables. Ids, class, campaign, waterfall and times stay (they prove what was
+/// sent when, not to whom or what). Returns whether anything changed.
+pub fn redact_message(message: &mut StoredMessage) -> bool {
+    let Some(request) = message.request.as_mut() else {
+        return false;
+    };
+    let changed = request.content.is_some() || !request.variables.is_empty();
+    request.content = None;
+    request.variables.clear();
+    changed
+}
+
+/// Clears an event's free text (a reason may quote a provider's answer or a reply): it says
+/// [`REDACTED`]. Kind, status, channel, provider, times and costs stay. Returns whether
+/// anything changed.
+pub fn redact_event(event: &mut Event) -> bool {
+    if event.reason == REDACTED || event.reason.is_empty() {
+        return false;
+    }
+    event.reason = REDACTED.to_owned();
+    true
 }
 
 /// An API key as the store holds it: never the key itself, only its SHA-256.

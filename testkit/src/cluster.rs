@@ -383,6 +383,7 @@ impl Cluster {
 listen_addr = "{addr}"
 internal_listen_addr = "{internal}"
 control_addrs = ["{control}"]
+contact_index_secret = "test-contact-index-secret"
 {http_line}
 {top}
 

@@ -34,7 +34,7 @@ use herald_proto::v1::{
     SendResponse, StoredMessage,
 };
 use herald_proto::{MessageId, NodeId, PartitionId, TenantId};
-use herald_store::{Fence, FencedOp, MessageRecord, Store, WriteOp, WriteOutcome, keys};
+use herald_store::{Fence, FencedOp, MessageRecord, Store, WriteOp, WriteOutcome};
 use ractor::RpcReplyPort;
 use tracing::debug;
 
@@ -64,6 +64,8 @@ pub struct IntakeSettings {
 }
 
 pub struct Intake {
+    /// Where the phone index keeps a number (a keyed hash).
+    pub contact_index: crate::contact_index::ContactIndex,
     pub node_id: NodeId,
     pub store: Arc<dyn Store>,
     pub ownership: Arc<Ownership>,
@@ -216,6 +218,8 @@ impl Intake {
         let mut pending: Vec<(usize, PartitionId, Fence, Pending)> =
             Vec::with_capacity(items.len());
         let mut signals = Vec::new();
+        // Phone index entries of numbers recipients no longer have: (key, recipient id).
+        let mut stale_index: Vec<(String, String)> = Vec::new();
         let prior = self.prior_recipients(tenant, &items).await;
         // How many messages each recipient has in this call decides whether the first can
         // travel with its acceptance; the actors need the recipients, and one batched read here
@@ -321,6 +325,12 @@ impl Intake {
                     );
                     if let Some(prior) = prior {
                         keep_suppressions(prior, &mut recipient);
+                        if !prior.phone.is_empty() && prior.phone != recipient.phone {
+                            stale_index.push((
+                                self.contact_index.phone_key(&tenant.id, &prior.phone),
+                                recipient.id.clone(),
+                            ));
+                        }
                     }
                     ops.push(FencedOp {
                         fence,
@@ -337,6 +347,15 @@ impl Intake {
                     ));
                 }
                 Item::Erase(recipient_id) => {
+                    // The person's traces first, then the record: a failure leaves the record,
+                    // so the client's retry finds the phone number again.
+                    if let Err(error) = self
+                        .erase_traces(tenant, &recipient_id, prior.get(&recipient_id))
+                        .await
+                    {
+                        out.push((index, Err(error)));
+                        continue;
+                    }
                     ops.push(FencedOp {
                         fence,
                         op: WriteOp::EraseRecipient {
@@ -354,6 +373,12 @@ impl Intake {
         }
         if !ops.is_empty() {
             out.extend(self.write_batch(tenant, ops, pending, recipients).await);
+        }
+        for (key, recipient_id) in stale_index {
+            if let Err(error) = self.delete_index_entry(&key, &recipient_id).await {
+                // Harmless but for privacy: the entry names a keyed hash and expires in 400 days.
+                debug!(%error, "deleting a stale phone index entry failed");
+            }
         }
         out.extend(accepted_by_actors(with_actor).await);
         out
@@ -497,7 +522,7 @@ impl Intake {
                         phone_index.push(FencedOp {
                             fence,
                             op: WriteOp::PutValue {
-                                key: keys::value::phone_index(&tenant.id, &recipient.phone),
+                                key: self.contact_index.phone_key(&tenant.id, &recipient.phone),
                                 value: recipient.id.clone().into_bytes(),
                                 ttl: PHONE_INDEX_TTL,
                             },
@@ -546,6 +571,48 @@ enum HandOver {
 impl Intake {
     /// The stored records of the recipients `items` upsert (their suppressions and consent
     /// ledger carry over).
+    /// Erases what a recipient left outside its record: the phone index entry of its number,
+    /// and the bodies, variables and free text of its messages (their events stay, `redacted`).
+    async fn erase_traces(
+        &self,
+        tenant: &Arc<Tenant>,
+        recipient_id: &str,
+        prior: Option<&Recipient>,
+    ) -> Result<(), Error> {
+        let unavailable =
+            |error: herald_store::Error| Error::Unavailable(format!("erasure: {error}"));
+        if let Some(prior) = prior
+            && !prior.phone.is_empty()
+        {
+            self.delete_index_entry(
+                &self.contact_index.phone_key(&tenant.id, &prior.phone),
+                recipient_id,
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        let redacted = self
+            .store
+            .redact_messages(&tenant.id, recipient_id)
+            .await
+            .map_err(unavailable)?;
+        debug!(redacted, "recipient's messages redacted");
+        Ok(())
+    }
+
+    /// Deletes index entry `key` if it still points at `recipient_id` (another recipient may
+    /// have taken the number since).
+    async fn delete_index_entry(
+        &self,
+        key: &str,
+        recipient_id: &str,
+    ) -> Result<(), herald_store::Error> {
+        if self.store.get_value(key).await?.as_deref() == Some(recipient_id.as_bytes()) {
+            self.store.delete_values(&[key.to_owned()]).await?;
+        }
+        Ok(())
+    }
+
     async fn prior_recipients(
         &self,
         tenant: &Arc<Tenant>,
@@ -555,6 +622,7 @@ impl Intake {
             .iter()
             .filter_map(|(_, item)| match item {
                 Item::Upsert(r) => Some(r.id.clone()),
+                Item::Erase(id) => Some(id.clone()),
                 _ => None,
             })
             .collect();

@@ -39,6 +39,8 @@ pub struct Receipts {
     pub stats: Arc<ReceiptStats>,
     /// The reply to HELP (empty = none).
     pub help_reply: String,
+    /// Where the phone index keeps a number (a keyed hash).
+    pub contact_index: crate::contact_index::ContactIndex,
 }
 
 impl Receipts {
@@ -146,7 +148,7 @@ impl Receipts {
         if keyword.is_none() {
             // A reply: it opens messenger-style session windows for the person.
             for tenant in self.tenants.tenants() {
-                let key = herald_store::keys::value::phone_index(&tenant.id, &inbound.from);
+                let key = self.contact_index.phone_key(&tenant.id, &inbound.from);
                 if let Ok(Some(id)) = self.store.get_value(&key).await {
                     let signal = ForwardSignal {
                         recipient_id: String::from_utf8_lossy(&id).into_owned(),
@@ -188,7 +190,7 @@ impl Receipts {
             Keyword::Start => (EngagementKind::EngagementOptedIn, "start"),
         };
         for tenant in self.tenants.tenants() {
-            let key = herald_store::keys::value::phone_index(&tenant.id, &inbound.from);
+            let key = self.contact_index.phone_key(&tenant.id, &inbound.from);
             let recipient_id = match self.store.get_value(&key).await {
                 Ok(Some(id)) => String::from_utf8_lossy(&id).into_owned(),
                 Ok(None) => continue,

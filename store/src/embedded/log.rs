@@ -80,6 +80,26 @@ pub mod log_format {
         PutIdempotency(PutIdempotency),
         #[prost(message, tag = "11")]
         PutValue(PutValue),
+        /// Redacts a recipient's messages (erasure).
+        #[prost(message, tag = "12")]
+        Redact(Redact),
+        /// Deletes expiring values.
+        #[prost(message, tag = "13")]
+        DeleteValues(DeleteValues),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Redact {
+        #[prost(string, tag = "1")]
+        pub tenant: String,
+        #[prost(string, tag = "2")]
+        pub recipient_id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeleteValues {
+        #[prost(string, repeated, tag = "1")]
+        pub keys: Vec<String>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -418,6 +418,39 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn delete_values(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.commit_entries(vec![Entry::DeleteValues(log_format::DeleteValues {
+            keys: keys.to_vec(),
+        })])
+        .await
+    }
+
+    async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> Result<u64> {
+        let count = {
+            let state = self.inner.state.lock();
+            state.messages.get(tenant.as_str()).map_or(0, |messages| {
+                messages
+                    .values()
+                    .filter(|m| {
+                        m.request
+                            .as_ref()
+                            .is_some_and(|r| r.recipient_id == recipient_id)
+                    })
+                    .count() as u64
+            })
+        };
+        // Applying the entry redacts (in memory now, and again on replay).
+        self.commit_entries(vec![Entry::Redact(log_format::Redact {
+            tenant: tenant.0.clone(),
+            recipient_id: recipient_id.to_owned(),
+        })])
+        .await?;
+        Ok(count)
+    }
+
     async fn api_keys(&self) -> Result<Vec<crate::ApiKeyRecord>> {
         Ok(self
             .inner

@@ -19,8 +19,8 @@ use herald_proto::{Epoch, MessageId, PartitionId};
 
 use super::log::encode_entry;
 use super::log::log_format::{
-    Accept, Append, Entry, EraseRecipient, PutApiKey, PutBlob, PutIdempotency, PutMessage,
-    PutRecipient, PutValue, SetCounter, SetFence,
+    Accept, Append, DeleteValues, Entry, EraseRecipient, PutApiKey, PutBlob, PutIdempotency,
+    PutMessage, PutRecipient, PutValue, Redact, SetCounter, SetFence,
 };
 use crate::{Error, Fence, FencedOp, Result, WriteOp, WriteOutcome};
 
@@ -204,6 +204,31 @@ impl State {
         }
     }
 
+    /// Redacts `recipient_id`'s messages in `tenant`; returns how many.
+    pub(super) fn redact(&mut self, tenant: &str, recipient_id: &str) -> u64 {
+        let Some(messages) = self.messages.get_mut(tenant) else {
+            return 0;
+        };
+        let mut redacted = 0;
+        for (id, message) in messages.iter_mut() {
+            if message
+                .request
+                .as_ref()
+                .is_none_or(|r| r.recipient_id != recipient_id)
+            {
+                continue;
+            }
+            crate::redact_message(message);
+            if let Some(log) = self.events.get_mut(tenant).and_then(|m| m.get_mut(id)) {
+                for event in log {
+                    crate::redact_event(event);
+                }
+            }
+            redacted += 1;
+        }
+        redacted
+    }
+
     /// Whether an ended message is past its retention at `now_ms`.
     pub(super) fn message_expired(&self, tenant: &str, id: &str, now_ms: u64) -> bool {
         self.message_expiry
@@ -360,6 +385,17 @@ impl State {
                 }
                 self.track_expiry(expires_unix_ms, Expiring::Value(key.clone()));
                 self.values.insert(key, (value, expires_unix_ms));
+            }
+            Entry::Redact(Redact {
+                tenant,
+                recipient_id,
+            }) => {
+                self.redact(&tenant, &recipient_id);
+            }
+            Entry::DeleteValues(DeleteValues { keys }) => {
+                for key in keys {
+                    self.values.remove(&key);
+                }
             }
             Entry::SetFence(SetFence { partition, epoch }) => {
                 let stored = self.fences.entry(partition).or_default();

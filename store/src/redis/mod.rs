@@ -590,6 +590,43 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn delete_values(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let names: Vec<String> = keys.iter().map(|k| self.keys.value(k)).collect();
+        ::redis::cmd("DEL")
+            .arg(&names)
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> Result<u64> {
+        let pattern = format!("{}*", glob_escape(&self.keys.events(tenant.as_str(), "")));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut redacted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            redacted += self
+                .redact_logs(&mut conn, tenant, recipient_id, &keys)
+                .await?;
+            if next == 0 {
+                return Ok(redacted);
+            }
+            cursor = next;
+        }
+    }
+
     async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         let key = self.keys.api_key_records();
         let mut conn = self.conn.clone();
@@ -611,6 +648,87 @@ impl Store for RedisStore {
         records.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(records)
     }
+}
+
+impl RedisStore {
+    /// Redacts those of `keys` (message logs) whose message belongs to `recipient_id`: each
+    /// changed entry is rewritten in place with `LSET` (appends only add at the end, so indexes
+    /// stay valid while the message runs).
+    async fn redact_logs(
+        &self,
+        conn: &mut ConnectionManager,
+        tenant: &TenantId,
+        recipient_id: &str,
+        keys: &[String],
+    ) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut heads = ::redis::pipe();
+        for key in keys {
+            heads.cmd("LINDEX").arg(key).arg(0);
+        }
+        let heads: Vec<Option<Vec<u8>>> = heads.query_async(conn).await?;
+        let mut redacted = 0;
+        for (key, head) in keys.iter().zip(heads) {
+            let Some(head) = head else { continue };
+            let mut message = decode::<StoredMessage>(key, &head)?;
+            let mine = message.tenant == tenant.as_str()
+                && message
+                    .request
+                    .as_ref()
+                    .is_some_and(|r| r.recipient_id == recipient_id);
+            if !mine {
+                continue;
+            }
+            let entries: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
+                .arg(key)
+                .arg(1)
+                .arg(-1)
+                .query_async(conn)
+                .await?;
+            let mut rewrite = ::redis::pipe();
+            let mut changed = false;
+            if crate::redact_message(&mut message) {
+                changed = true;
+                rewrite
+                    .cmd("LSET")
+                    .arg(key)
+                    .arg(0)
+                    .arg(prost::Message::encode_to_vec(&message))
+                    .ignore();
+            }
+            for (index, bytes) in entries.iter().enumerate() {
+                let mut event = decode::<Event>(key, bytes)?;
+                if crate::redact_event(&mut event) {
+                    changed = true;
+                    rewrite
+                        .cmd("LSET")
+                        .arg(key)
+                        .arg(index + 1)
+                        .arg(prost::Message::encode_to_vec(&event))
+                        .ignore();
+                }
+            }
+            if changed {
+                rewrite.exec_async(conn).await?;
+            }
+            redacted += 1;
+        }
+        Ok(redacted)
+    }
+}
+
+/// `text` with Redis glob metacharacters escaped, for `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -515,3 +515,97 @@ pub async fn ended_messages_expire_after_their_retention(store: Arc<dyn Store>) 
     assert!(get("r3").await.is_some(), "active: kept");
     assert_eq!(active_ids(store, 8).await, HashSet::from(["r3".into()]));
 }
+
+/// Erasure: a recipient's messages lose their content, variables and events' free text (the
+/// events themselves stay, saying `redacted`); other recipients' messages are untouched;
+/// deleted values are gone. Redacting twice changes nothing.
+pub async fn erasure_redacts_messages_and_deletes_values(store: Arc<dyn Store>) {
+    use herald_proto::v1::{Content, SmsContent};
+    let store = store.as_ref();
+    let f = fence(9, 1);
+    let with_body = |id: &str, key: &str, hash: u64| {
+        let mut m = message(id, key, hash, 9);
+        let request = m.request.as_mut().expect("request");
+        request.content = Some(Content {
+            sms: Some(SmsContent {
+                text: "Hi Ada, your code is 1234".into(),
+            }),
+            ..Default::default()
+        });
+        request.variables.insert("name".into(), "Ada".into());
+        m
+    };
+    // "e1" and "e2" belong to recipient r-e1 (the helper names recipients after messages).
+    let mut second = with_body("e2", "ke2", 2);
+    second.request.as_mut().expect("request").recipient_id = "r-e1".into();
+    write(
+        store,
+        vec![
+            accept(f, with_body("e1", "ke1", 1), LONG),
+            accept(f, second, LONG),
+            accept(f, with_body("other", "kother", 3), LONG),
+            put_value(f, "phone:acme:digest", b"r-e1", LONG),
+        ],
+    )
+    .await;
+    let mut replied = event("e1", EventKind::EventReplied, 2);
+    replied.reason = "reply: Ada here".into();
+    write(store, vec![append(f, "e1", vec![replied], false)]).await;
+
+    assert_eq!(
+        store
+            .redact_messages(&tenant(), "r-e1")
+            .await
+            .expect("redact"),
+        2
+    );
+    let get = |id: &'static str| async move {
+        store
+            .get_message(&tenant(), &MessageId(id.into()))
+            .await
+            .expect("get")
+            .expect("kept")
+    };
+    for id in ["e1", "e2"] {
+        let record = get(id).await;
+        let request = record.message.request.expect("request");
+        assert!(request.content.is_none(), "{id}: content cleared");
+        assert!(request.variables.is_empty(), "{id}: variables cleared");
+        assert!(
+            record
+                .events
+                .iter()
+                .all(|e| e.reason.is_empty() || e.reason == crate::REDACTED),
+            "{id}: {:?}",
+            record.events
+        );
+    }
+    assert_eq!(get("e1").await.events.len(), 2, "events stay");
+    assert_eq!(get("e1").await.events[1].reason, crate::REDACTED);
+    let untouched = get("other").await.message.request.expect("request");
+    assert!(untouched.content.is_some() && !untouched.variables.is_empty());
+    // Twice: nothing more to change, the count is still of the recipient's messages.
+    assert_eq!(
+        store
+            .redact_messages(&tenant(), "r-e1")
+            .await
+            .expect("again"),
+        2
+    );
+    assert_eq!(
+        store
+            .redact_messages(&tenant(), "r-nobody")
+            .await
+            .expect("none"),
+        0
+    );
+
+    store
+        .delete_values(&["phone:acme:digest".to_owned()])
+        .await
+        .expect("delete");
+    assert_eq!(
+        store.get_value("phone:acme:digest").await.expect("get"),
+        None
+    );
+}

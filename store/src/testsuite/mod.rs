@@ -35,7 +35,8 @@ mod writes;
 pub use leases::{lease_ttl_expiry, renew_returns_only_held, singleton_lease};
 pub use messages::{
     accept_with_guarded_ops, appends_expect_the_next_seq, counter_then_append,
-    ended_messages_expire_after_their_retention, events_and_active_set, idempotency,
+    ended_messages_expire_after_their_retention, erasure_redacts_messages_and_deletes_values,
+    events_and_active_set, idempotency,
 };
 pub use redis_server::{REDIS_SERVER_ENV, RedisServer};
 pub use values::{blobs_and_api_keys, counters, expiring_values};
@@ -252,6 +253,7 @@ macro_rules! backend_suite {
             appends_expect_the_next_seq,
             accept_with_guarded_ops,
             ended_messages_expire_after_their_retention,
+            erasure_redacts_messages_and_deletes_values,
             // leases: partition leases and singleton leases.
             lease_ttl_expiry,
             renew_returns_only_held,
