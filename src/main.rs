@@ -519,7 +519,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
         message,
     };
     let mut keys = herald_node::config::top_level_keys::<herald_control::ControlConfig>();
-    keys.extend(["redis_url".to_string(), "key_prefix".to_string()]);
+    keys.extend(["redis_url", "key_prefix", "redis_ca"].map(str::to_string));
     let env = herald_node::config::relevant_env(&keys, std::env::vars());
     let mut table: toml::Table = herald_node::config::load(config.as_deref(), env)?;
     let mut take_string = |key: &str| -> Result<Option<String>, herald_node::config::Error> {
@@ -535,6 +535,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
     // Where the leader lease and the table live; must match the nodes' `[store]`.
     let redis_url = take_string("redis_url")?;
     let key_prefix = take_string("key_prefix")?;
+    let redis_ca = take_string("redis_ca")?.map(PathBuf::from);
     let control: herald_control::ControlConfig =
         toml::Value::Table(table)
             .try_into()
@@ -543,7 +544,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
                 // "invalid type: …\nin `x`".
                 let mut message = error.to_string().trim_end().to_owned();
                 if message.starts_with("unknown field") {
-                    message.push_str(", or the store keys `redis_url`, `key_prefix`");
+                    message.push_str(", or the store keys `redis_url`, `key_prefix`, `redis_ca`");
                 }
                 invalid(message)
             })?;
@@ -553,6 +554,7 @@ async fn run_control(config: Option<PathBuf>) -> Result<()> {
         redis_url: redis_url.clone(),
         data_dir: None,
         key_prefix,
+        redis_ca,
         ..Default::default()
     })
     .await?;

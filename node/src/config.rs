@@ -528,8 +528,14 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.contact_index_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(invalid("contact_index_secret must be at least 16 characters"));
+        if self
+            .contact_index_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return Err(invalid(
+                "contact_index_secret must be at least 16 characters",
+            ));
         }
         if self.link_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(invalid("link_secret must be at least 16 characters"));
@@ -614,6 +620,7 @@ mod tests {
             options,
             herald_store::redis::RedisOptions {
                 key_prefix: "blue".into(),
+                tls_ca: None,
                 tuning: RedisTuning {
                     max_batch_ops: 256,
                     max_batch_bytes: 1 << 20,

@@ -92,6 +92,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("store is shutting down")]
     Closed,
+    /// A setting of the store cannot be used (names the config key).
+    #[error("{field} {reason}")]
+    Config { field: &'static str, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -398,6 +401,9 @@ pub struct StoreConfig {
     pub data_dir: Option<PathBuf>,
     /// Key prefix in Redis, so several clusters can share one Redis.
     pub key_prefix: Option<String>,
+    /// With a `rediss://` URL: the CA certificate (PEM) the server's certificate must chain
+    /// to. Unset = the system's roots.
+    pub redis_ca: Option<PathBuf>,
     /// Tuning of the Redis store's group commit (`[store.redis]`). Ignored on the embedded
     /// store.
     pub redis: redis::RedisTuning,
@@ -408,6 +414,7 @@ impl StoreConfig {
     pub fn redis_options(&self) -> redis::RedisOptions {
         let mut options = redis::RedisOptions {
             tuning: self.redis.clone(),
+            tls_ca: self.redis_ca.clone(),
             ..Default::default()
         };
         if let Some(prefix) = &self.key_prefix {

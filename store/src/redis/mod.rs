@@ -99,6 +99,9 @@ pub const SINGLETON_SCRIPT: &str = include_str!("../scripts/singleton_lease.lua"
 pub struct RedisOptions {
     /// Prefix of every key, so several clusters (or tests) can share one Redis.
     pub key_prefix: String,
+    /// For `rediss://`: the CA certificate (PEM) that must have signed the server's
+    /// certificate. Unset = the system's roots.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// How writes are grouped into commit scripts.
     pub tuning: RedisTuning,
 }
@@ -107,6 +110,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             key_prefix: "herald".to_owned(),
+            tls_ca: None,
             tuning: RedisTuning::default(),
         }
     }
@@ -215,7 +219,7 @@ impl RedisStore {
     /// Connects (one multiplexed connection that reconnects by itself), loads the scripts and
     /// starts the committer task. Must be called inside a Tokio runtime.
     pub async fn connect(url: &str, options: RedisOptions) -> Result<RedisStore> {
-        let client = ::redis::Client::open(url)?;
+        let client = client(url, &options)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_millis(
                 options.tuning.response_timeout_ms.max(1),
@@ -716,6 +720,32 @@ impl RedisStore {
             redacted += 1;
         }
         Ok(redacted)
+    }
+}
+
+/// A client for `url`: `rediss://` verifies the server's certificate against `tls_ca` (or the
+/// system's roots); `tls_ca` with a plaintext URL is a mistake worth stopping for.
+fn client(url: &str, options: &RedisOptions) -> Result<::redis::Client> {
+    let tls = url.starts_with("rediss://");
+    match (&options.tls_ca, tls) {
+        (Some(ca), true) => {
+            let root_cert = std::fs::read(ca).map_err(|e| Error::Config {
+                field: "store.redis_ca",
+                reason: format!("{}: {e}", ca.display()),
+            })?;
+            Ok(::redis::Client::build_with_tls(
+                url,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?)
+        }
+        (Some(_), false) => Err(Error::Config {
+            field: "store.redis_ca",
+            reason: "is set but store.redis_url is not rediss:// (TLS)".to_owned(),
+        }),
+        (None, _) => Ok(::redis::Client::open(url)?),
     }
 }
 

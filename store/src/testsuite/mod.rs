@@ -38,7 +38,7 @@ pub use messages::{
     ended_messages_expire_after_their_retention, erasure_redacts_messages_and_deletes_values,
     events_and_active_set, idempotency,
 };
-pub use redis_server::{REDIS_SERVER_ENV, RedisServer};
+pub use redis_server::{REDIS_SERVER_ENV, RedisServer, RedisTls};
 pub use values::{blobs_and_api_keys, counters, expiring_values};
 pub use writes::{concurrent_writers, fencing, recipients};
 
@@ -605,6 +605,88 @@ mod specific {
                 .await
                 .expect("acq"),
             vec![PartitionId(1)]
+        );
+    }
+
+    /// A CA and a server certificate for 127.0.0.1, written into `dir`.
+    fn tls_files(dir: &std::path::Path, name: &str) -> crate::testsuite::RedisTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let files = crate::testsuite::RedisTls {
+            cert: dir.join(format!("{name}-server.pem")),
+            key: dir.join(format!("{name}-server.key")),
+            ca: dir.join(format!("{name}-ca.pem")),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        std::fs::write(&files.ca, ca.pem()).expect("write");
+        files
+    }
+
+    /// `rediss://` to a `redis-server --tls-port`: verified against the configured CA, refused
+    /// with another CA, and a CA with a plaintext URL is a config error naming the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rediss_verifies_the_server_against_the_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tls = tls_files(dir.path(), "real");
+        let other = tls_files(dir.path(), "other");
+        let server = RedisServer::start_tls(&tls);
+        let url = server.tls_url().expect("tls port");
+        let store = RedisStore::connect(
+            &url,
+            RedisOptions {
+                tls_ca: Some(tls.ca.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rediss with the server's CA");
+        assert_eq!(
+            write(&store, vec![incr(fence(1, 1), "c", 1, LONG)]).await,
+            vec![WriteOutcome::Counter(1)]
+        );
+
+        let wrong = RedisStore::connect(
+            &url,
+            RedisOptions {
+                tls_ca: Some(other.ca.clone()),
+                tuning: crate::redis::RedisTuning {
+                    connect_timeout_ms: 2000,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .err()
+        .expect("a server certificate of another CA is refused");
+        assert!(
+            wrong.to_string().to_lowercase().contains("certificate"),
+            "{wrong}"
+        );
+
+        let plaintext_with_ca = RedisStore::connect(
+            &server.url(),
+            RedisOptions {
+                tls_ca: Some(tls.ca.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .err()
+        .expect("a CA with redis:// is a mistake");
+        assert!(
+            plaintext_with_ca.to_string().contains("store.redis_ca"),
+            "{plaintext_with_ca}"
         );
     }
 

@@ -30,6 +30,17 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    /// The TLS port, when started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
+}
+
+/// The server side of a TLS Redis: its certificate and key, and the CA that checks clients'
+/// certificates (PEM files).
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl RedisServer {
@@ -39,10 +50,27 @@ impl RedisServer {
     /// When `redis-server` is not installed, or does not come up within a bounded time (the
     /// panic message includes the server's log).
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// [`RedisServer::start`] with a TLS port too (`rediss://`, [`RedisServer::tls_url`]);
+    /// clients need no certificate of their own (`--tls-auth-clients no`). The plain port
+    /// stays, for the readiness check.
+    pub fn start_tls(tls: &RedisTls) -> RedisServer {
+        Self::start_with(Some(tls))
+    }
+
+    /// The `rediss://` URL of the TLS port (started with [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}/"))
+    }
+
+    fn start_with(tls: Option<&RedisTls>) -> RedisServer {
         let binary = std::env::var(REDIS_SERVER_ENV).unwrap_or_else(|_| "redis-server".to_owned());
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&binary) {
+            match Self::try_start(&binary, tls) {
                 Ok(server) => return server,
                 Err(failure) => last_failure = failure,
             }
@@ -61,13 +89,15 @@ impl RedisServer {
 
     /// One start attempt; `Err` (with the reason) when the server exited at start, e.g. because
     /// its port was taken meanwhile.
-    fn try_start(binary: &str) -> Result<RedisServer, String> {
+    fn try_start(binary: &str, tls: Option<&RedisTls>) -> Result<RedisServer, String> {
         let port = free_port();
+        let tls_port = tls.map(|_| free_port());
         let dir = unique_dir(port);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let log = dir.join("redis.log");
-        let spawned = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--port")
             .arg(port.to_string())
             .args(["--bind", "127.0.0.1"])
@@ -80,8 +110,20 @@ impl RedisServer {
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+            .stderr(Stdio::null());
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let spawned = command.spawn();
         let child = match spawned {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -94,7 +136,12 @@ impl RedisServer {
             }
         };
         // From here on, Drop cleans up the process and the directory on every path.
-        let mut server = RedisServer { child, port, dir };
+        let mut server = RedisServer {
+            child,
+            port,
+            dir,
+            tls_port,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if ping(port) {
