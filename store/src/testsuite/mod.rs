@@ -667,8 +667,7 @@ mod specific {
             },
         )
         .await
-        .err()
-        .expect("a server certificate of another CA is refused");
+        .expect_err("a server certificate of another CA is refused");
         assert!(
             wrong.to_string().to_lowercase().contains("certificate"),
             "{wrong}"
@@ -682,8 +681,7 @@ mod specific {
             },
         )
         .await
-        .err()
-        .expect("a CA with redis:// is a mistake");
+        .expect_err("a CA with redis:// is a mistake");
         assert!(
             plaintext_with_ca.to_string().contains("store.redis_ca"),
             "{plaintext_with_ca}"
