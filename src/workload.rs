@@ -36,8 +36,30 @@ pub fn authed<T>(message: T, api_key: &str) -> Result<tonic::Request<T>> {
     Ok(request)
 }
 
+/// A channel to a node's public API: plaintext, or TLS when `HERALD_API_CA` names the CA of
+/// the API's certificate (`[api_tls]`), presenting `HERALD_API_CERT`/`HERALD_API_KEY` when the
+/// API requires client certificates.
 pub async fn connect(address: &str) -> Result<GrpcChannel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |var: &str| -> Result<Option<Vec<u8>>> {
+        match std::env::var_os(var) {
+            Some(path) => std::fs::read(&path)
+                .with_context(|| format!("{var}={}", path.to_string_lossy()))
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let endpoint = match read("HERALD_API_CA")? {
+        Some(ca) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            if let (Some(cert), Some(key)) = (read("HERALD_API_CERT")?, read("HERALD_API_KEY")?) {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            Endpoint::from_shared(format!("https://{address}"))?.tls_config(tls)?
+        }
+        None => Endpoint::from_shared(format!("http://{address}"))?,
+    };
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect()

@@ -290,6 +290,9 @@ pub struct NodeConfig {
     /// Mutual TLS of the internal planes: `[tls] ca, cert, key` (the default mode, `mtls`,
     /// requires them), or `mode = "off"` on a test machine.
     pub tls: herald_tls::ClusterTls,
+    /// TLS of the public API (`[api_tls] cert, key`, optional `client_ca`). Unset = plaintext
+    /// (behind a TLS-terminating proxy, or on a private network).
+    pub api_tls: herald_tls::public::ApiTls,
     /// Control plane replicas (`host:port`); the node follows whichever leads.
     pub control_addrs: Vec<String>,
     /// Relative capacity: a node of weight 2 owns twice the partitions of weight 1.
@@ -387,6 +390,7 @@ impl Default for NodeConfig {
             internal_listen_addr: SocketAddr::from(([127, 0, 0, 1], 7501)),
             internal_advertise_addr: None,
             tls: herald_tls::ClusterTls::default(),
+            api_tls: herald_tls::public::ApiTls::default(),
             control_addrs: vec!["127.0.0.1:7400".into()],
             weight: 1,
             store: StoreConfig::default(),
@@ -551,6 +555,9 @@ impl NodeConfig {
             ));
         }
         self.tls.files().map_err(|e| invalid(&e.to_string()))?;
+        self.api_tls
+            .enabled()
+            .map_err(|e| invalid(&e.to_string()))?;
         Ok(())
     }
 }

@@ -472,8 +472,17 @@ impl Node {
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
         let (server_stop, server_stopped) = watch::channel(false);
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let api_tls = herald_tls::public::PublicTls::load(&config.api_tls)?;
+        match &api_tls {
+            Some(api_tls) => {
+                api_tls.watch();
+                info!(
+                    client_certificates = api_tls.requires_client_certificates(),
+                    "public API over TLS"
+                );
+            }
+            None => info!("public API in plaintext (no [api_tls]): put it behind a TLS proxy"),
+        }
         let delivery = DeliveryApi {
             router: router.clone(),
             tenants: tenants.clone(),
@@ -510,7 +519,7 @@ impl Node {
             channels: channels.clone(),
             lease_wait,
         });
-        let server = tonic::transport::Server::builder()
+        let public = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -529,13 +538,34 @@ impl Node {
                 EngagementServer::new(engagement)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, stopped(server_stopped.clone()));
-        let mut servers = vec![tokio::spawn(async move {
-            if let Err(error) = server.await {
-                warn!(%error, "public API server stopped with an error");
+            );
+        let public_stopped = stopped(server_stopped.clone());
+        let mut servers = vec![match &api_tls {
+            Some(api_tls) => {
+                let incoming =
+                    herald_tls::transport::incoming(listener, ServerTls::Public(api_tls.clone()));
+                tokio::spawn(async move {
+                    if let Err(error) = public
+                        .serve_with_incoming_shutdown(incoming, public_stopped)
+                        .await
+                    {
+                        warn!(%error, "public API server stopped with an error");
+                    }
+                })
             }
-        })];
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    if let Err(error) = public
+                        .serve_with_incoming_shutdown(incoming, public_stopped)
+                        .await
+                    {
+                        warn!(%error, "public API server stopped with an error");
+                    }
+                })
+            }
+        }];
         // The internal plane: only Forward (and health), behind the node-certificate check.
         let internal = tonic::transport::Server::builder()
             .add_service(internal_health)

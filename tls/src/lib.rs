@@ -22,6 +22,7 @@ pub mod authority;
 pub mod config;
 pub mod identity;
 pub mod material;
+pub mod public;
 pub mod transport;
 
 pub use authority::{Authority, Issued};

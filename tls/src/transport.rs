@@ -37,8 +37,10 @@ const ACCEPTED_BACKLOG: usize = 256;
 pub enum ServerTls {
     /// Mutual TLS with the cluster's certificates (re-loaded on change).
     Cluster(Arc<TlsMaterial>),
-    /// A fixed config (the public API's server certificate).
+    /// A fixed config.
     Fixed(Arc<ServerConfig>),
+    /// The public API's own certificate (re-loaded on change).
+    Public(Arc<crate::public::PublicTls>),
 }
 
 impl ServerTls {
@@ -46,6 +48,7 @@ impl ServerTls {
         match self {
             ServerTls::Cluster(material) => material.server_config(),
             ServerTls::Fixed(config) => config.clone(),
+            ServerTls::Public(public) => public.server_config(),
         }
     }
 }
