@@ -164,7 +164,28 @@ fn parse_callback(
                 .into_iter()
                 .collect())
         }
-        (Some(ProviderAccountConfig::Smtp(_)), "events") => {
+        (Some(ProviderAccountConfig::Smtp(smtp)), "events") => {
+            if let Some(key) = &smtp.event_webhook_key {
+                // Checked at start-up; a key that does not parse verifies nothing.
+                let verified = email_webhook::EventWebhookKey::from_base64(key).is_ok_and(|key| {
+                    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                    match (
+                        header(email_webhook::TIMESTAMP_HEADER),
+                        header(email_webhook::SIGNATURE_HEADER),
+                    ) {
+                        (Some(timestamp), Some(signature)) => {
+                            key.verify(timestamp, body, signature)
+                        }
+                        _ => false,
+                    }
+                });
+                if !verified {
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        "event webhook signature missing or wrong".into(),
+                    ));
+                }
+            }
             email_webhook::parse_sendgrid_events(account, body).map_err(bad)
         }
         (Some(_), _) => Err((
@@ -270,5 +291,59 @@ async fn metrics(State(http): State<State_>) -> axum::response::Response {
             "metrics could not be encoded",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use herald_providers::smtp::SmtpConfig;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+
+    /// DER prefix of a P-256 SubjectPublicKeyInfo.
+    const SPKI_PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+
+    #[test]
+    fn signed_sendgrid_events_pass_and_unsigned_ones_are_403() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("pair");
+        let mut spki = SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let mut smtp = SmtpConfig::new("smtp.example.com", "noreply@example.com");
+        smtp.event_webhook_key = Some(base64::engine::general_purpose::STANDARD.encode(spki));
+        let config = ProviderAccountConfig::Smtp(smtp);
+        let body = br#"[{"event":"delivered","smtp-id":"<a1.0@herald>"}]"#;
+        let mut signed = b"1700000000".to_vec();
+        signed.extend_from_slice(body);
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(pair.sign(&rng, &signed).expect("sign").as_ref());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "X-Twilio-Email-Event-Webhook-Timestamp",
+            "1700000000".parse().expect("header"),
+        );
+        headers.insert(
+            "X-Twilio-Email-Event-Webhook-Signature",
+            signature.parse().expect("header"),
+        );
+        let events = parse_callback(Some(&config), "mail", "events", &headers, body)
+            .expect("a signed batch is parsed");
+        assert_eq!(events.len(), 1);
+
+        let tampered = br#"[{"event":"bounce","smtp-id":"<a1.0@herald>"}]"#;
+        let refused = parse_callback(Some(&config), "mail", "events", &headers, tampered)
+            .expect_err("tampered");
+        assert_eq!(refused.0, StatusCode::FORBIDDEN);
+        let unsigned = parse_callback(Some(&config), "mail", "events", &HeaderMap::new(), body)
+            .expect_err("unsigned");
+        assert_eq!(unsigned.0, StatusCode::FORBIDDEN);
     }
 }

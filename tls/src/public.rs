@@ -241,6 +241,9 @@ mod tests {
             ..Default::default()
         })
         .expect_err("files that do not exist stop the start");
-        assert!(missing.to_string().contains("/nonexistent/c.pem"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/c.pem"),
+            "{missing}"
+        );
     }
 }

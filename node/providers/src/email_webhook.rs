@@ -11,8 +11,9 @@
 //! the whole batch): unknown kinds, entries without an `smtp-id` and non-object entries are
 //! skipped and counted in [`WebhookStats`]. Only a body that is not a JSON array is an error.
 //!
-//! Not covered here: SendGrid's signed-webhook ECDSA verification (the node's callback listener
-//! must authenticate the request before calling this).
+//! SendGrid's Signed Event Webhook ([`EventWebhookKey`]): with the account's verification key
+//! configured, a body is parsed only when its ECDSA P-256 signature (over the timestamp header
+//! followed by the raw body) verifies; the listener answers 403 otherwise.
 //!
 //! Mapping (`event` → [`ReceiptKind`]): `delivered` → Delivered; `open` → Read; `click` →
 //! Clicked; `bounce` with `type` `bounce` → BouncedHard when `status` is `5.x.x` (or absent:
@@ -24,9 +25,80 @@
 //! Limit: SendGrid's `open`/`click` events may lack `smtp-id` (they carry only
 //! `sg_message_id`, SendGrid's own id); those cannot be matched and count as `unmatched`.
 
+use base64::Engine as _;
 use serde_json::Value;
 
 use crate::{CallbackError, ProviderEvent, Receipt, ReceiptKind};
+
+/// The header carrying the signature (base64 of an ASN.1 DER ECDSA signature).
+pub const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
+/// The header carrying the timestamp that is signed with the body.
+pub const TIMESTAMP_HEADER: &str = "x-twilio-email-event-webhook-timestamp";
+
+/// DER prefix of a P-256 SubjectPublicKeyInfo (the form SendGrid shows the key in), before
+/// the 65-byte uncompressed point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// A SendGrid event webhook verification key (ECDSA P-256).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventWebhookKey {
+    /// The uncompressed point (`04 || X || Y`).
+    point: Vec<u8>,
+}
+
+impl std::fmt::Debug for EventWebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventWebhookKey(P-256)")
+    }
+}
+
+impl EventWebhookKey {
+    /// The key as SendGrid shows it: base64 of its SubjectPublicKeyInfo (`MFkwEwYHKoZIzj0C…`),
+    /// with or without PEM armour.
+    pub fn from_base64(text: &str) -> Result<Self, String> {
+        let body: String = text
+            .lines()
+            .filter(|line| !line.starts_with("-----"))
+            .collect::<String>()
+            .split_whitespace()
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body.as_bytes())
+            .map_err(|e| format!("not base64: {e}"))?;
+        let point = match der.strip_prefix(&P256_SPKI_PREFIX[..]) {
+            Some(point) => point,
+            None if der.len() == 65 => &der[..],
+            None => return Err("not an ECDSA P-256 public key".to_owned()),
+        };
+        if point.len() != 65 || point[0] != 0x04 {
+            return Err("not an uncompressed P-256 point".to_owned());
+        }
+        Ok(Self {
+            point: point.to_vec(),
+        })
+    }
+
+    /// Whether `signature_base64` signs `timestamp` followed by `body` under this key.
+    pub fn verify(&self, timestamp: &str, body: &[u8], signature_base64: &str) -> bool {
+        let Ok(signature) =
+            base64::engine::general_purpose::STANDARD.decode(signature_base64.trim().as_bytes())
+        else {
+            return false;
+        };
+        let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+        signed.extend_from_slice(timestamp.as_bytes());
+        signed.extend_from_slice(body);
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.point,
+        )
+        .verify(&signed, &signature)
+        .is_ok()
+    }
+}
 
 /// What a batch held besides the receipts returned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,6 +232,59 @@ fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A P-256 key pair as SendGrid would hold it, and its public key as SendGrid shows it.
+    fn signing_key() -> (ring::signature::EcdsaKeyPair, String) {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("generate");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("pair");
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(pair.public_key().as_ref());
+        let shown = base64::engine::general_purpose::STANDARD.encode(spki);
+        (pair, shown)
+    }
+
+    fn sign(pair: &ring::signature::EcdsaKeyPair, timestamp: &str, body: &[u8]) -> String {
+        let rng = ring::rand::SystemRandom::new();
+        let mut signed = timestamp.as_bytes().to_vec();
+        signed.extend_from_slice(body);
+        let signature = pair.sign(&rng, &signed).expect("sign");
+        base64::engine::general_purpose::STANDARD.encode(signature.as_ref())
+    }
+
+    #[test]
+    fn signed_event_webhooks_verify_and_tampering_does_not() {
+        let (pair, shown) = signing_key();
+        let key = EventWebhookKey::from_base64(&shown).expect("key");
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{shown}\n-----END PUBLIC KEY-----\n");
+        assert_eq!(EventWebhookKey::from_base64(&pem).expect("pem"), key);
+        let body = br#"[{"event":"delivered","smtp-id":"<m1@herald>"}]"#;
+        let signature = sign(&pair, "1700000000", body);
+        assert!(key.verify("1700000000", body, &signature));
+        assert!(
+            !key.verify("1700000001", body, &signature),
+            "timestamp is signed"
+        );
+        assert!(
+            !key.verify(
+                "1700000000",
+                br#"[{"event":"bounce","smtp-id":"<m1@herald>"}]"#,
+                &signature
+            ),
+            "body is signed"
+        );
+        assert!(!key.verify("1700000000", body, "not base64 !"));
+        assert!(!key.verify("1700000000", body, ""));
+        let (_, other) = signing_key();
+        let other = EventWebhookKey::from_base64(&other).expect("other key");
+        assert!(!other.verify("1700000000", body, &signature), "another key");
+        for bad in ["", "!!!", "AAAA", &shown[..40]] {
+            assert!(EventWebhookKey::from_base64(bad).is_err(), "{bad:?}");
+        }
+    }
 
     /// A batch shaped like SendGrid's documented Event Webhook example.
     const BATCH: &str = r#"[

@@ -131,6 +131,10 @@ pub struct SmtpConfig {
     /// `Ambiguous` (the body may have gone out).
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// SendGrid's event webhook verification key (base64, as SendGrid shows it). Set = event
+    /// callbacks (`/callbacks/<account>/events`) must carry a valid signature, else 403.
+    #[serde(default)]
+    pub event_webhook_key: Option<String>,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -147,6 +151,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("pool_max_size", &self.pool_max_size)
             .field("pool_idle_timeout_ms", &self.pool_idle_timeout_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("event_webhook_key", &self.event_webhook_key.is_some())
             .finish()
     }
 }
@@ -166,6 +171,7 @@ impl SmtpConfig {
             pool_max_size: default_pool_max_size(),
             pool_idle_timeout_ms: default_pool_idle_timeout_ms(),
             command_timeout_ms: default_command_timeout_ms(),
+            event_webhook_key: None,
         }
     }
 }
@@ -201,6 +207,10 @@ impl SmtpProvider {
         let name = name.into();
         if config.host.trim().is_empty() {
             return Err(invalid(&name, "host", "empty"));
+        }
+        if let Some(key) = &config.event_webhook_key {
+            crate::email_webhook::EventWebhookKey::from_base64(key)
+                .map_err(|problem| invalid(&name, "event_webhook_key", problem))?;
         }
         let from_address: Address = config
             .from_address
