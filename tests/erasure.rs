@@ -41,10 +41,19 @@ fn person() -> Recipient {
                 state: ConsentState::OptedIn as i32,
                 ..Default::default()
             })
+            // An opt-out of one sender's SMS: it must outlive the erasure (as a keyed hash).
+            .chain(std::iter::once(ChannelConsent {
+                channel: Channel::Sms as i32,
+                state: ConsentState::OptedOut as i32,
+                sender: PROMO_SENDER.into(),
+                ..Default::default()
+            }))
             .collect(),
         ..Default::default()
     }
 }
+
+const PROMO_SENDER: &str = "promo-sender";
 
 fn message(key: &str, channel: Channel) -> MessageRequest {
     MessageRequest {
@@ -204,6 +213,34 @@ async fn after_erasure_no_key_or_value_in_redis_names_the_person() {
 
     let after = findings(&dump(&cluster.redis.url()).await);
     assert!(after.is_empty(), "left after erasure: {after:#?}");
+
+    // The opt-out outlives the person: a new record with the same number, whose upsert does
+    // not mention that sender, inherits it.
+    let again = cluster
+        .recipients(0)
+        .await
+        .upsert_recipient(authed(
+            UpsertRecipientRequest {
+                recipient: Some(Recipient {
+                    id: "r-again".into(),
+                    phone: PHONE.into(),
+                    ..Default::default()
+                }),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert again")
+        .into_inner()
+        .recipient
+        .expect("recipient");
+    let kept = again
+        .consent
+        .iter()
+        .find(|c| c.channel() == Channel::Sms && c.sender == PROMO_SENDER)
+        .unwrap_or_else(|| panic!("the opt-out is remembered: {:?}", again.consent));
+    assert_eq!(kept.state(), ConsentState::OptedOut);
+    assert_eq!(kept.source, "erasure(api)");
 
     // The messages stay, without content; their events stay and say `redacted`.
     for id in &ids {

@@ -9,6 +9,7 @@
 //! Must never put a contact point into a key name itself, and never log the secret.
 
 use herald_proto::TenantId;
+use herald_proto::v1::{Channel, Recipient};
 use herald_store::keys;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -54,6 +55,27 @@ impl ContactIndex {
     /// The value key of the phone index entry of `e164` in `tenant`.
     pub fn phone_key(&self, tenant: &TenantId, e164: &str) -> String {
         keys::value::phone_index(tenant, &self.digest(tenant, "phone", e164))
+    }
+
+    /// The value key of the opt-out proof of `contact` (a number, an address or a push token)
+    /// on `channel` in `tenant`.
+    pub fn opt_out_key(&self, tenant: &TenantId, channel: Channel, contact: &str) -> String {
+        keys::value::opt_out_proof(tenant, &self.digest(tenant, channel.as_str_name(), contact))
+    }
+
+    /// The contact points of `recipient` that an opt-out on `channel` names.
+    pub fn contacts(recipient: &Recipient, channel: Channel) -> Vec<&str> {
+        match channel {
+            Channel::Sms if !recipient.phone.is_empty() => vec![recipient.phone.as_str()],
+            Channel::Email if !recipient.email.is_empty() => vec![recipient.email.as_str()],
+            Channel::Push => recipient
+                .push_tokens
+                .iter()
+                .map(|t| t.token.as_str())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

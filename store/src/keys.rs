@@ -52,6 +52,12 @@ pub mod value {
         format!("phone:{}:{digest}", tenant.0)
     }
 
+    /// What proves an erased person's opt-out on one contact point, by a keyed hash of it
+    /// (`digest`, from the node's contact index): never the contact point.
+    pub fn opt_out_proof(tenant: &TenantId, digest: &str) -> String {
+        format!("optout:{}:{digest}", tenant.0)
+    }
+
     /// The attempt a provider's message id belongs to (receipts name only that id).
     pub fn receipt_index(account: &str, provider_message_id: &str) -> String {
         format!("rcpt:{account}:{provider_message_id}")

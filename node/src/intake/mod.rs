@@ -35,6 +35,8 @@ use herald_proto::v1::{
 };
 use herald_proto::{MessageId, NodeId, PartitionId, TenantId};
 use herald_store::{Fence, FencedOp, MessageRecord, Store, WriteOp, WriteOutcome};
+
+use crate::contact_index::ContactIndex;
 use ractor::RpcReplyPort;
 use tracing::debug;
 
@@ -51,6 +53,15 @@ mod signals;
 
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
 const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
+
+/// How long an erased person's opt-out is remembered (by keyed hash of the contact point).
+const OPT_OUT_PROOF_TTL: Duration = Duration::from_secs(5 * 365 * 86_400);
+
+/// What an opt-out kept past an erasure says it came from (`erasure(<original source>)`): not
+/// `api`, so a client's re-import that does not name the channel keeps it.
+fn erased_source(source: &str) -> String {
+    format!("erasure({source})")
+}
 
 /// The intake's knobs (from the node config).
 #[derive(Clone, Debug)]
@@ -221,6 +232,7 @@ impl Intake {
         // Phone index entries of numbers recipients no longer have: (key, recipient id).
         let mut stale_index: Vec<(String, String)> = Vec::new();
         let prior = self.prior_recipients(tenant, &items).await;
+        let remembered = self.remembered_opt_outs(tenant, &items, &prior).await;
         // How many messages each recipient has in this call decides whether the first can
         // travel with its acceptance; the actors need the recipients, and one batched read here
         // saves one read per message there.
@@ -317,7 +329,11 @@ impl Intake {
                     ));
                 }
                 Item::Upsert(mut recipient) => {
-                    let prior = prior.get(&recipient.id);
+                    // A new record inherits the opt-outs an erased person left on its contact
+                    // points.
+                    let prior = prior
+                        .get(&recipient.id)
+                        .or_else(|| remembered.get(&recipient.id));
                     crate::policy::consent::merge_upsert(
                         prior,
                         &mut recipient,
@@ -350,7 +366,7 @@ impl Intake {
                     // The person's traces first, then the record: a failure leaves the record,
                     // so the client's retry finds the phone number again.
                     if let Err(error) = self
-                        .erase_traces(tenant, &recipient_id, prior.get(&recipient_id))
+                        .erase_traces(tenant, &recipient_id, prior.get(&recipient_id), fence)
                         .await
                     {
                         out.push((index, Err(error)));
@@ -578,9 +594,16 @@ impl Intake {
         tenant: &Arc<Tenant>,
         recipient_id: &str,
         prior: Option<&Recipient>,
+        fence: Fence,
     ) -> Result<(), Error> {
         let unavailable =
             |error: herald_store::Error| Error::Unavailable(format!("erasure: {error}"));
+        if let Some(prior) = prior {
+            let proofs = self.opt_out_proofs(tenant, prior, fence);
+            if !proofs.is_empty() {
+                self.store.write(proofs).await.map_err(unavailable)?;
+            }
+        }
         if let Some(prior) = prior
             && !prior.phone.is_empty()
         {
@@ -598,6 +621,101 @@ impl Intake {
             .map_err(unavailable)?;
         debug!(redacted, "recipient's messages redacted");
         Ok(())
+    }
+
+    /// The writes that keep `prior`'s opt-outs past its erasure: per channel with an opt-out,
+    /// one proof per contact point of that channel, under a keyed hash of the contact point.
+    fn opt_out_proofs(
+        &self,
+        tenant: &Arc<Tenant>,
+        prior: &Recipient,
+        fence: Fence,
+    ) -> Vec<FencedOp> {
+        use herald_proto::v1::{Channel, ConsentState, OptOutProof};
+        let mut ops = Vec::new();
+        for channel in [Channel::Push, Channel::Email, Channel::Sms] {
+            let consent: Vec<_> = prior
+                .consent
+                .iter()
+                .filter(|c| c.channel() == channel && c.state() == ConsentState::OptedOut)
+                .map(|c| {
+                    let mut kept = c.clone();
+                    if !kept.source.starts_with("erasure(") {
+                        kept.source = erased_source(&kept.source);
+                    }
+                    kept
+                })
+                .collect();
+            if consent.is_empty() {
+                continue;
+            }
+            let proof = prost::Message::encode_to_vec(&OptOutProof { consent });
+            for contact in ContactIndex::contacts(prior, channel) {
+                ops.push(FencedOp {
+                    fence,
+                    op: WriteOp::PutValue {
+                        key: self.contact_index.opt_out_key(&tenant.id, channel, contact),
+                        value: proof.clone(),
+                        ttl: OPT_OUT_PROOF_TTL,
+                    },
+                });
+            }
+        }
+        ops
+    }
+
+    /// For upserts of recipients without a record: the opt-outs erased people left on their
+    /// contact points, as a prior ledger to merge (looked up concurrently; a lookup that fails
+    /// is skipped, as a missing prior record is).
+    async fn remembered_opt_outs(
+        &self,
+        tenant: &Arc<Tenant>,
+        items: &[(usize, Item)],
+        prior: &HashMap<String, Recipient>,
+    ) -> HashMap<String, Recipient> {
+        use futures::StreamExt;
+        use herald_proto::v1::{Channel, OptOutProof};
+        let mut lookups = Vec::new();
+        for (_, item) in items {
+            let Item::Upsert(recipient) = item else {
+                continue;
+            };
+            if prior.contains_key(&recipient.id) {
+                continue;
+            }
+            for channel in [Channel::Push, Channel::Email, Channel::Sms] {
+                for contact in ContactIndex::contacts(recipient, channel) {
+                    lookups.push((
+                        recipient.id.clone(),
+                        self.contact_index.opt_out_key(&tenant.id, channel, contact),
+                    ));
+                }
+            }
+        }
+        let store = &self.store;
+        let found: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(lookups)
+            .map(|(id, key)| async move { (id, store.get_value(&key).await.ok().flatten()) })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let mut remembered: HashMap<String, Recipient> = HashMap::new();
+        for (id, bytes) in found {
+            let Some(proof) =
+                bytes.and_then(|b| <OptOutProof as prost::Message>::decode(b.as_slice()).ok())
+            else {
+                continue;
+            };
+            let ledger = remembered.entry(id).or_default();
+            for entry in proof.consent {
+                let known = ledger.consent.iter().any(|c| {
+                    c.channel == entry.channel && c.topic == entry.topic && c.sender == entry.sender
+                });
+                if !known {
+                    ledger.consent.push(entry);
+                }
+            }
+        }
+        remembered
     }
 
     /// Deletes index entry `key` if it still points at `recipient_id` (another recipient may
