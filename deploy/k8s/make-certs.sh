@@ -22,4 +22,7 @@ done
   "$herald" certs issue --dir "$dir" --control control-plane --san herald-control.herald.svc
 [ -f "$dir/operator-${USER:-admin}.pem" ] ||
   "$herald" certs issue --dir "$dir" --operator "${USER:-admin}"
+# The HMAC key of the contact-point indexes (the same on every node; docs/security.md).
+[ -f "$dir/contact-index-secret" ] ||
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/contact-index-secret")
 echo "certificates in $(pwd)/$dir; now: kubectl apply -k $(pwd)"
