@@ -159,3 +159,69 @@ async fn the_internal_plane_takes_only_cluster_nodes() {
         .into_inner();
     assert_eq!(status.nodes.len(), 2, "nobody was evicted: {status:?}");
 }
+
+/// The cluster's certificates re-load without a restart: a node certificate of a second CA is
+/// refused on a node's internal port until that CA joins `ca.pem` (the documented rotation:
+/// both CAs in `tls.ca`, re-issue, drop the old one); then, with no process restarted, it is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ca_in_the_bundle_is_trusted_without_a_restart() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let cluster = Cluster::start(1, NodeSpec::default()).await;
+    let next_ca = herald_tls::Authority::generate("next").expect("second CA");
+    let dir = tempfile::tempdir().expect("dir");
+    let issued = next_ca
+        .issue(
+            &herald_tls::Identity::new(Role::Node, "node-7").expect("identity"),
+            &[],
+            30,
+        )
+        .expect("issue");
+    let files = herald_tls::Authority::write_issued(dir.path(), &issued, false).expect("write");
+    // The client trusts both CAs (it must verify the node's certificate of the first).
+    let cluster_ca = std::fs::read_to_string(cluster.certs.join("ca.pem")).expect("ca");
+    let both = dir.path().join("both.pem");
+    std::fs::write(&both, format!("{cluster_ca}{}", next_ca.cert_pem())).expect("bundle");
+    let client = TlsMaterial::load(herald_tls::config::TlsFiles {
+        ca: both,
+        cert: files.cert,
+        key: files.key,
+    })
+    .expect("client identity");
+    let internal = cluster.internal_addrs[0].clone();
+    let check = || {
+        let client = client.clone();
+        let internal = internal.clone();
+        async move {
+            let channel = Dialer::Tls(client)
+                .channel(&internal, Role::Node, |e| {
+                    e.connect_timeout(Duration::from_secs(2))
+                        .timeout(Duration::from_secs(2))
+                })
+                .ok()?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()
+        }
+    };
+    assert!(
+        check().await.is_none(),
+        "a certificate of an untrusted CA is refused"
+    );
+
+    // Rotation step one: the new CA joins the bundle every process reads.
+    let bundle = cluster.certs.join("ca.pem");
+    std::fs::write(&bundle, format!("{cluster_ca}{}", next_ca.cert_pem())).expect("rotate");
+    herald_testkit::eventually::eventually(
+        "the node trusts the new CA",
+        Duration::from_secs(15),
+        check,
+    )
+    .await;
+    let status = cluster.status().await.expect("status");
+    assert_eq!(status.nodes.len(), 1, "the node stayed in the cluster");
+}
