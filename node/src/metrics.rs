@@ -100,19 +100,30 @@ struct Family<'a, 'e> {
 }
 
 impl<'e> Family<'_, 'e> {
+    fn samples<S: EncodeLabelSet, M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric_type: MetricType,
+        samples: impl IntoIterator<Item = (S, M)>,
+    ) -> fmt::Result {
+        let mut family = self
+            .encoder
+            .encode_descriptor(name, help, None, metric_type)?;
+        for (labels, metric) in samples {
+            metric.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     fn gauges<S: EncodeLabelSet, N: EncodeGaugeValue>(
         &mut self,
         name: &str,
         help: &str,
         samples: impl IntoIterator<Item = (S, N)>,
     ) -> fmt::Result {
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, value) in samples {
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        let samples = samples.into_iter().map(|(s, n)| (s, ConstGauge::new(n)));
+        self.samples(name, help, MetricType::Gauge, samples)
     }
 
     fn counters<S: EncodeLabelSet, N: EncodeCounterValue>(
@@ -121,13 +132,8 @@ impl<'e> Family<'_, 'e> {
         help: &str,
         samples: impl IntoIterator<Item = (S, N)>,
     ) -> fmt::Result {
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, value) in samples {
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        let samples = samples.into_iter().map(|(s, n)| (s, ConstCounter::new(n)));
+        self.samples(name, help, MetricType::Counter, samples)
     }
 }
 

@@ -128,6 +128,34 @@ fn cluster_tls(config: &NodeConfig) -> Result<(Option<Arc<TlsMaterial>>, Option<
     Ok((Some(material), Some(identity.name)))
 }
 
+/// Spawns `router` on `listener` until `stop`: over TLS with `tls`, else plaintext (one body
+/// for both: their connection streams have different types). Logs how it ended.
+macro_rules! spawn_server {
+    ($router:expr, $listener:expr, $tls:expr, $stop:expr, $what:literal) => {{
+        let router = $router;
+        let stop = $stop;
+        match $tls {
+            Some(tls) => {
+                let incoming = herald_tls::transport::incoming($listener, tls);
+                tokio::spawn(async move {
+                    if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                        warn!(%error, server = $what, "gRPC server stopped with an error");
+                    }
+                })
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from($listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                        warn!(%error, server = $what, "gRPC server stopped with an error");
+                    }
+                })
+            }
+        }
+    }};
+}
+
 /// Opens the store the config names: Redis when `redis_url` is set, else embedded.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Error> {
     Ok(herald_store::open(config).await?)
@@ -539,33 +567,13 @@ impl Node {
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             );
-        let public_stopped = stopped(server_stopped.clone());
-        let mut servers = vec![match &api_tls {
-            Some(api_tls) => {
-                let incoming =
-                    herald_tls::transport::incoming(listener, ServerTls::Public(api_tls.clone()));
-                tokio::spawn(async move {
-                    if let Err(error) = public
-                        .serve_with_incoming_shutdown(incoming, public_stopped)
-                        .await
-                    {
-                        warn!(%error, "public API server stopped with an error");
-                    }
-                })
-            }
-            None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tokio::spawn(async move {
-                    if let Err(error) = public
-                        .serve_with_incoming_shutdown(incoming, public_stopped)
-                        .await
-                    {
-                        warn!(%error, "public API server stopped with an error");
-                    }
-                })
-            }
-        }];
+        let mut servers = vec![spawn_server!(
+            public,
+            listener,
+            api_tls.clone().map(ServerTls::Public),
+            stopped(server_stopped.clone()),
+            "public API"
+        )];
         // The internal plane: only Forward (and health), behind the node-certificate check.
         let internal = tonic::transport::Server::builder()
             .add_service(internal_health)
@@ -575,35 +583,13 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
                 NodesOnly { tls: tls.is_some() },
             ));
-        let internal_stopped = stopped(server_stopped);
-        servers.push(match &tls {
-            Some(material) => {
-                let incoming = herald_tls::transport::incoming(
-                    internal_listener,
-                    ServerTls::Cluster(material.clone()),
-                );
-                tokio::spawn(async move {
-                    if let Err(error) = internal
-                        .serve_with_incoming_shutdown(incoming, internal_stopped)
-                        .await
-                    {
-                        warn!(%error, "internal server stopped with an error");
-                    }
-                })
-            }
-            None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(internal_listener)
-                    .with_nodelay(Some(true));
-                tokio::spawn(async move {
-                    if let Err(error) = internal
-                        .serve_with_incoming_shutdown(incoming, internal_stopped)
-                        .await
-                    {
-                        warn!(%error, "internal server stopped with an error");
-                    }
-                })
-            }
-        });
+        servers.push(spawn_server!(
+            internal,
+            internal_listener,
+            tls.clone().map(ServerTls::Cluster),
+            stopped(server_stopped),
+            "internal"
+        ));
 
         // The loops.
         let lifecycle = Arc::new(Lifecycle {

@@ -119,21 +119,39 @@ impl TlsMaterial {
 
     /// Checks the files every `interval` for as long as the material is in use.
     pub fn watch(self: &Arc<Self>, interval: Duration) {
-        let weak: Weak<TlsMaterial> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(material) = weak.upgrade() else {
-                    return;
-                };
-                // File system calls block: off the runtime's workers.
-                let _ = tokio::task::spawn_blocking(move || material.reload_if_changed()).await;
-            }
-        });
+        watch_files(self, interval);
     }
+}
+
+impl Reload for TlsMaterial {
+    fn reload_if_changed(&self) -> bool {
+        TlsMaterial::reload_if_changed(self)
+    }
+}
+
+/// Files that are looked at now and then and re-loaded when they changed.
+pub(crate) trait Reload: Send + Sync + 'static {
+    /// Looks at the files once; re-loads them when they changed. Returns whether it did.
+    fn reload_if_changed(&self) -> bool;
+}
+
+/// Calls `files.reload_if_changed()` every `interval` for as long as `files` is in use (the
+/// task holds only a weak reference).
+pub(crate) fn watch_files<T: Reload>(files: &Arc<T>, interval: Duration) {
+    let weak: Weak<T> = Arc::downgrade(files);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(files) = weak.upgrade() else {
+                return;
+            };
+            // File system calls block: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || files.reload_if_changed()).await;
+        }
+    });
 }
 
 fn stamp(files: &TlsFiles) -> Result<Stamp, Error> {

@@ -15,7 +15,7 @@
 //! the node does not start, and a later broken change keeps the previous files.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::material::{chain_and_key, provider, roots};
+use crate::material::{Reload, chain_and_key, provider, roots, watch_files};
 
 /// The `[api_tls]` section: unset `cert` and `key` = the public API speaks plaintext.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,20 +143,14 @@ impl PublicTls {
 
     /// Checks the files every `reload_interval_ms` for as long as the config is in use.
     pub fn watch(self: &Arc<Self>) {
-        let weak: Weak<PublicTls> = Arc::downgrade(self);
         let interval = Duration::from_millis(self.config.reload_interval_ms.max(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(tls) = weak.upgrade() else {
-                    return;
-                };
-                let _ = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
-            }
-        });
+        watch_files(self, interval);
+    }
+}
+
+impl Reload for PublicTls {
+    fn reload_if_changed(&self) -> bool {
+        PublicTls::reload_if_changed(self)
     }
 }
 
