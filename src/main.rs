@@ -32,6 +32,9 @@ use crate::workload::{authed, connect};
 #[command(
     name = "herald",
     version,
+    // Help fits an 80-column terminal, whatever the terminal says it is.
+    term_width = 80,
+    max_term_width = 80,
     about = "Herald: a distributed, actor-based delivery cluster"
 )]
 struct Cli {

@@ -263,7 +263,7 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key by id: every node refuses it within api_key_recheck_ms (2 s).
+    /// Revoke a key by id: every node refuses it within api_key_recheck_ms.
     Revoke {
         /// The key's id (`list` shows it; it is also the part after `hk_` in the key).
         id: String,
