@@ -85,6 +85,9 @@ impl Tenant {
     }
 }
 
+/// Most unknown keys remembered (see `Authenticator::unknown`).
+const UNKNOWN_KEYS_MAX: usize = 10_000;
+
 /// A store key this node looked up: its tenant, and when the store last confirmed it.
 struct Remembered {
     tenant: Arc<Tenant>,
@@ -99,6 +102,9 @@ pub struct Authenticator {
     settings: Arc<HashMap<String, Arc<Tenant>>>,
     /// Store keys seen, by digest.
     remembered: Arc<RwLock<HashMap<String, Remembered>>>,
+    /// Keys the store did not know, by digest, with when it said so: asked again only after
+    /// `recheck_ms`, so a flood of made-up keys costs the store one read per key, not per call.
+    unknown: Arc<parking_lot::Mutex<HashMap<String, i64>>>,
     store: Option<Arc<dyn Store>>,
     clock: SharedClock,
     recheck_ms: i64,
@@ -131,6 +137,7 @@ impl Authenticator {
             configured: Arc::new(configured),
             settings: Arc::new(settings),
             remembered: Arc::new(RwLock::new(HashMap::new())),
+            unknown: Arc::new(parking_lot::Mutex::new(HashMap::new())),
             store,
             admission: Arc::new(Admission::new(clock.clone())),
             clock,
@@ -191,6 +198,14 @@ impl Authenticator {
         {
             return Ok(seen.tenant.clone());
         }
+        if self
+            .unknown
+            .lock()
+            .get(&digest)
+            .is_some_and(|at| now_ms - at < self.recheck_ms)
+        {
+            return Err(Error::Unauthenticated("unknown api key".into()));
+        }
         let found = store
             .tenant_for_api_key(&digest)
             .await
@@ -198,8 +213,15 @@ impl Authenticator {
         let Some(tenant_id) = found else {
             // Unknown, or revoked since it was last checked.
             self.remembered.write().remove(&digest);
+            let mut unknown = self.unknown.lock();
+            if unknown.len() >= UNKNOWN_KEYS_MAX {
+                // Bounded: a flood of distinct made-up keys starts over rather than grow.
+                unknown.clear();
+            }
+            unknown.insert(digest, now_ms);
             return Err(Error::Unauthenticated("unknown api key".into()));
         };
+        self.unknown.lock().remove(&digest);
         let tenant = self.tenant(&tenant_id.0);
         self.remembered.write().insert(
             digest,
@@ -293,6 +315,31 @@ mod tests {
         auth.authenticate(&bearer("config-key"))
             .await
             .expect("config keys are untouched");
+
+        // A key the store did not know is not asked for again within the recheck time: a key
+        // created meanwhile works once that time is up.
+        auth.authenticate(&bearer("hk_02_secret"))
+            .await
+            .expect_err("unknown");
+        store
+            .put_api_key(&ApiKeyRecord {
+                id: "02".into(),
+                tenant: "acme".into(),
+                key_sha256_hex: key_digest("hk_02_secret"),
+                label: String::new(),
+                created_unix_ms: 3,
+                revoked_unix_ms: 0,
+            })
+            .await
+            .expect("create");
+        clock.advance(Duration::from_millis(1999));
+        auth.authenticate(&bearer("hk_02_secret"))
+            .await
+            .expect_err("still remembered as unknown");
+        clock.advance(Duration::from_millis(1));
+        auth.authenticate(&bearer("hk_02_secret"))
+            .await
+            .expect("known after the recheck time");
     }
 
     #[tokio::test]
