@@ -33,6 +33,10 @@ pub enum Error {
     /// The caller is over a limit (per-tenant admission); retrying later may pass.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// The request is valid but the state it acts on does not allow it (a cancelled
+    /// campaign); the message names the field, e.g. `campaign_id: the campaign is cancelled`.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -51,7 +55,9 @@ impl Error {
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::NotFound { .. } => tonic::Code::NotFound,
             Error::IdempotencyConflict { .. } => tonic::Code::AlreadyExists,
-            Error::WrongOwner { .. } | Error::Fenced { .. } => tonic::Code::FailedPrecondition,
+            Error::WrongOwner { .. } | Error::Fenced { .. } | Error::FailedPrecondition(_) => {
+                tonic::Code::FailedPrecondition
+            }
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Error::Internal(_) => tonic::Code::Internal,
