@@ -31,6 +31,9 @@
 //! | `{p}:singleton:{name}` | string, PX ttl | holder of a singleton lease (control leader) |
 //! | `{p}:blob:{name}` | string | opaque bytes |
 //! | `{p}:apikeys` | hash | SHA-256 hex of an API key → tenant id |
+//! | `{p}:h:{name}` | hash | [`crate::WriteOp::AddFields`]/[`crate::WriteOp::SetFields`] and tallies; `{name}` is a [`campaign`] key |
+//! | `{p}:l:{name}` | list | [`crate::WriteOp::PushRecord`] records in order (a credit ledger) |
+//! | `{p}:z:{name}` | sorted set, all scores 0 | [`crate::WriteOp::AddMembers`]; the recipient index of a partition ([`value::partition_recipients`]), campaign audiences and schedules |
 //!
 //! Keys are only ever built, so tenant ids, recipient ids and idempotency keys may contain `:`.
 
@@ -72,6 +75,71 @@ pub mod value {
     pub fn marketing_sends(tenant: &TenantId, recipient_id: &str) -> String {
         format!("sends:{}:{recipient_id}", tenant.0)
     }
+
+    /// When the person last engaged (read, clicked, converted, replied; ms since the Unix
+    /// epoch, as text): segments filter on it.
+    pub fn last_engaged(tenant: &TenantId, recipient_id: &str) -> String {
+        format!("engaged:{}:{recipient_id}", tenant.0)
+    }
+
+    /// Sorted set: the ids of a tenant's recipients in one partition (kept by
+    /// `PutRecipient` and `EraseRecipient`); segments are evaluated over it.
+    pub fn partition_recipients(tenant: &TenantId, partition: u32) -> String {
+        format!("precip:{}:{partition}", tenant.0)
+    }
+}
+
+/// The names of a campaign's records (hashes, sorted sets, lists), and of a tenant's credits.
+/// A campaign id is a ULID, so it never contains `:`.
+pub mod campaign {
+    use herald_proto::TenantId;
+
+    /// Hash: the campaign's definition (`def`), run state (`run`), lifecycle (`life`), its
+    /// funnel counters and its credit fields. One hash, so one read is a consistent snapshot
+    /// and one write keeps the funnel identity.
+    pub fn record(tenant: &TenantId, campaign: &str) -> String {
+        format!("cmp:{}:{campaign}", tenant.0)
+    }
+
+    /// Hash: per-slice progress (`size:<p>`, `done:<p>`, `cursor:<p>`, `planned:<p>`).
+    pub fn slices(tenant: &TenantId, campaign: &str) -> String {
+        format!("cmps:{}:{campaign}", tenant.0)
+    }
+
+    /// Sorted set: the uploaded recipient ids of one partition.
+    pub fn audience(tenant: &TenantId, campaign: &str, partition: u32) -> String {
+        format!("cmpa:{}:{campaign}:{partition}", tenant.0)
+    }
+
+    /// Sorted set: one partition's planned members, each `due (16 hex digits) id`, so byte
+    /// order is due order.
+    pub fn schedule(tenant: &TenantId, campaign: &str, partition: u32) -> String {
+        format!("cmpq:{}:{campaign}:{partition}", tenant.0)
+    }
+
+    /// Hash: recipient id → what the campaign did for that person (one partition).
+    pub fn outcomes(tenant: &TenantId, campaign: &str, partition: u32) -> String {
+        format!("cmpo:{}:{campaign}:{partition}", tenant.0)
+    }
+
+    /// Sorted set: a tenant's campaigns, `created (13 digits ms) ":" id`.
+    pub fn index(tenant: &TenantId) -> String {
+        format!("cmpidx:{}", tenant.0)
+    }
+
+    /// Sorted set: the campaigns the control plane looks after (not ended, or ended with
+    /// credits still to release), `tenant \x1f id`.
+    pub const LIVE: &str = "cmplive";
+
+    /// Hash: a tenant's credit balance (`available`, in micro-units).
+    pub fn credits(tenant: &TenantId) -> String {
+        format!("credits:{}", tenant.0)
+    }
+
+    /// List: a tenant's credit ledger, oldest first.
+    pub fn ledger(tenant: &TenantId) -> String {
+        format!("ledger:{}", tenant.0)
+    }
 }
 
 /// Segments the Redis backend writes straight into its argument buffer (no `String` per op).
@@ -79,6 +147,9 @@ pub(crate) const COUNTER_SEGMENT: &[u8] = b":c:";
 pub(crate) const VALUE_SEGMENT: &[u8] = b":v:";
 pub(crate) const IDEMPOTENCY_SEGMENT: &[u8] = b":i:";
 pub(crate) const EVENTS_SEGMENT: &[u8] = b":e:";
+pub(crate) const HASH_SEGMENT: &[u8] = b":h:";
+pub(crate) const LIST_SEGMENT: &[u8] = b":l:";
+pub(crate) const SET_SEGMENT: &[u8] = b":z:";
 
 /// Builds the Redis backend's keys (see the table in the module docs).
 pub(crate) struct RedisKeys {
@@ -118,6 +189,18 @@ impl RedisKeys {
     pub(crate) fn value(&self, key: &str) -> String {
         format!("{}:v:{key}", self.prefix)
     }
+    /// The hash named `name` ([`crate::WriteOp::AddFields`], [`crate::WriteOp::SetFields`]).
+    pub(crate) fn hash(&self, name: &str) -> String {
+        format!("{}:h:{name}", self.prefix)
+    }
+    /// The list named `name` ([`crate::WriteOp::PushRecord`]).
+    pub(crate) fn list(&self, name: &str) -> String {
+        format!("{}:l:{name}", self.prefix)
+    }
+    /// The sorted set named `name` ([`crate::WriteOp::AddMembers`], recipient indexes).
+    pub(crate) fn set(&self, name: &str) -> String {
+        format!("{}:z:{name}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -136,5 +219,9 @@ mod tests {
         assert_eq!(keys.events("acme", "m"), "h:e:acme:m");
         assert_eq!(keys.value("rcpt:x:y"), "h:v:rcpt:x:y");
         assert_eq!(keys.active(PartitionId(7)), "h:a:7");
+        assert_eq!(value::partition_recipients(&acme, 7), "precip:acme:7");
+        assert_eq!(keys.hash("credits:acme"), "h:h:credits:acme");
+        assert_eq!(keys.list("ledger:acme"), "h:l:ledger:acme");
+        assert_eq!(keys.set("precip:acme:7"), "h:z:precip:acme:7");
     }
 }

@@ -1,8 +1,10 @@
 //! # herald-store: Herald's state of record
 //!
 //! Owns durable state: recipients, accepted messages and their event logs, idempotency keys,
-//! counters, expiring values (receipt indexes), partition leases and fencing epochs, and the
-//! control plane's leader lease and table.
+//! counters, expiring values (receipt indexes), partition leases and fencing epochs, the
+//! control plane's leader lease and table, and named hashes, lists and sorted sets (a
+//! campaign's records and funnel, a tenant's credits and ledger, the partitions' recipient
+//! indexes).
 //!
 //! One trait, [`Store`], two backends: [`redis::RedisStore`] (clusters) and
 //! [`embedded::EmbeddedStore`] (a single process). Both pass the same test suite
@@ -14,7 +16,21 @@
 //!   at which the writer *acquired its lease* (not its latest table epoch). The write is
 //!   rejected with [`WriteOutcome::Fenced`] when the stored epoch of that partition is newer.
 //!   The check and the write are one atomic step (a Lua script in Redis).
+//!   [`Fence::NONE`] is never rejected: for state that is no partition's (written by the
+//!   control plane's leader).
 //! - **Atomic acceptance**: the idempotency check and the message insert are one atomic step.
+//! - **Guards**: an accept ([`WriteOp::AcceptMessage`]) and a [`WriteOp::Require`] guard the
+//!   next `guards` ops of their call: checked and applied in one atomic step with them; when
+//!   the guard does not apply (a duplicate, an unmet check, a fence) each guarded op answers
+//!   [`WriteOutcome::Skipped`] and changes nothing. Guards nest (an inner guard's range ends
+//!   at the latest with the outer one's), and a guard is never split from its ops.
+//! - **Tallies**: an append's [`Tally`]s apply in the same step as the append and only when
+//!   it applies (never when fenced or on a `SeqConflict`), so a retried append never counts
+//!   twice.
+//! - **Records**: hash fields that ops add to are integers kept as decimal text (what
+//!   [`Store::fields`] returns on every backend); sorted sets are read in byte order with a
+//!   cursor; [`Store::expire`] gives a name's hash, list and sorted set a ttl, and a write
+//!   after it expired starts a new record.
 //! - **Group commit**: [`Store::write`] may be called by thousands of actors at once; backends
 //!   coalesce concurrent calls into few round trips. A call returns only when its ops are
 //!   durable (acked means durable).
@@ -38,8 +54,8 @@
 //! - `store::after_commit` ([`failpoint::AFTER_COMMIT`]): once the commit ran (Redis: the
 //!   script's reply arrived; embedded: the ops are applied and durable). `return`: the same
 //!   `Err`, although the ops WERE applied: the write whose outcome its caller cannot know. A
-//!   retry then meets its own write: an append answers [`WriteOutcome::SeqConflict`], an
-//!   accept a duplicate, and an increment counts again. (Redis also leaves that batch's
+//!   retry then meets its own write: an append answers [`WriteOutcome::SeqConflict`] (its
+//!   tallies do not apply again), an accept a duplicate, and an increment counts again. (Redis also leaves that batch's
 //!   terminal messages in their active sets until a resume retires them.)
 //!
 //! The cases in `testsuite::failpoints` show each point on every backend; `cargo test -p
@@ -51,20 +67,27 @@
 //!   [`open`].
 //! - [`keys`]: every key name and the Redis layout.
 //! - [`failpoint`]: the failpoint names, the injected error, running a point from async code.
-//! - [`redis`]: the Redis backend. `redis/mod.rs`: the store, its options and tuning, the
-//!   scripts, the `Store` impl; `redis/encode.rs`: ops into the write script's arguments and
-//!   its replies into outcomes (pure); `redis/commit.rs`: the group committer and the bulk
-//!   retirement of terminal messages. The Lua scripts are the files in `src/scripts/`.
+//! - [`redis`]: the Redis backend. `redis/mod.rs`: the store, the scripts, the `Store` impl;
+//!   `redis/options.rs`: its options and tuning; `redis/encode.rs`: ops into the write
+//!   script's arguments and its replies into outcomes (pure; unit tests in
+//!   `redis/encode/unit.rs`); `redis/commit.rs`: the group committer and the bulk retirement
+//!   of terminal messages. The Lua scripts are the files in `src/scripts/`.
 //! - [`embedded`]: the in-process backend. `embedded/mod.rs`: the store and its `Store` impl;
-//!   `embedded/state.rs`: the in-memory state and how ops change it; `embedded/log.rs`: the
-//!   append-only log (format, framing, replay, compaction, the flusher).
+//!   `embedded/state.rs`: the in-memory state, how entries change it, the sweep;
+//!   `embedded/state/write.rs`: the checks of a write call (fences, seqs, guards);
+//!   `embedded/state/records.rs`: hashes, lists and sorted sets; `embedded/state/snapshot.rs`:
+//!   the state as log records (compaction); `embedded/log.rs`: the append-only log (format,
+//!   framing, replay, compaction, the flusher).
 //! - [`testsuite`] (feature `testsuite`): the suite every backend passes, one file per topic
-//!   (`writes`, `messages`, `leases`, `values`; `failpoints` with that feature), and
-//!   [`testsuite::RedisServer`], a throwaway `redis-server` for tests.
+//!   (`writes`, `messages`, `leases`, `values`, `records`, `guards`; `failpoints` with that
+//!   feature), and [`testsuite::RedisServer`], a throwaway `redis-server` for tests;
+//!   `specific`: this crate's backend-specific tests.
 //!
 //! Siblings depend one way only (`redis::commit` uses `redis::encode`, `embedded::state` uses
-//! `embedded::log`, never the other way), so no two modules import each other.
+//! `embedded::log`, its `write`, `records` and `snapshot` use `state`, never the other way),
+//! so no two modules import each other.
 
+pub mod campaign;
 pub mod embedded;
 pub mod failpoint;
 pub mod keys;
@@ -107,6 +130,16 @@ pub struct Fence {
     pub epoch: Epoch,
 }
 
+impl Fence {
+    /// The fence of a write that is not partition state (a campaign's definition and run
+    /// state, a tenant's credit balance, written by the control plane's leader): it is never
+    /// rejected. Partition state must never be written with it.
+    pub const NONE: Fence = Fence {
+        partition: PartitionId(0),
+        epoch: Epoch(u64::MAX),
+    };
+}
+
 /// One fenced write.
 #[derive(Clone, Debug)]
 pub struct FencedOp {
@@ -116,12 +149,15 @@ pub struct FencedOp {
 
 #[derive(Clone, Debug)]
 pub enum WriteOp {
-    /// Insert or replace a recipient.
+    /// Insert or replace a recipient. The recipient joins its partition's recipient index
+    /// ([`keys::value::partition_recipients`] of the op's fence partition, a sorted set read
+    /// with [`Store::members_after`]): what segments are evaluated over.
     PutRecipient {
         tenant: TenantId,
         recipient: Recipient,
     },
-    /// Delete a recipient's record (personal data). Messages and events stay (they hold ids only).
+    /// Delete a recipient's record (personal data) and its entry in its partition's recipient
+    /// index. Messages and events stay (they hold ids only).
     EraseRecipient {
         tenant: TenantId,
         recipient_id: String,
@@ -162,6 +198,11 @@ pub enum WriteOp {
         /// tenant's `retention_days`); zero = kept until deleted. Later appends (late receipts)
         /// do not extend it.
         retention: Duration,
+        /// Applied in the same atomic step as the append, and only when the append applies
+        /// (not when it is fenced or answers `SeqConflict`): counters and audit records that
+        /// must agree with the log exactly (a campaign's funnel, a credit ledger). Usually
+        /// empty.
+        tallies: Vec<Tally>,
     },
     /// Set `key` to `value`, expiring `ttl` after this write (replaces an earlier value and
     /// its expiry). Indexes that must be found without the partition, e.g. a provider's
@@ -180,6 +221,66 @@ pub enum WriteOp {
         delta: i64,
         ttl: Duration,
     },
+    /// Guards the next `guards` ops of the same call: they apply only when `check` holds, in
+    /// the same atomic step as the check. Answers `Done` when it holds (a [`Check::Take`] has
+    /// then taken its amount), else [`WriteOutcome::Unmet`], and each guarded op answers
+    /// [`WriteOutcome::Skipped`]. A fenced `Require` answers `Fenced` and skips its guarded
+    /// ops too. Guards nest: a guarded `Require` (or accept) guards its own ops, which count
+    /// among the outer guard's. Like an accept's guarded ops, a `Require` and what it guards
+    /// are never split across round trips.
+    Require { check: Check, guards: usize },
+    /// Adds each delta to its integer field of the hash `key` (a missing hash or field
+    /// counts as 0). Answers `Done`. Kept until the hash is expired ([`Store::expire`]).
+    AddFields {
+        key: String,
+        deltas: Vec<(String, i64)>,
+    },
+    /// Sets fields of the hash `key` (replacing their values). Answers `Done`.
+    SetFields {
+        key: String,
+        fields: Vec<(String, Vec<u8>)>,
+    },
+    /// Appends one record to the list `key` (an audit trail, read with
+    /// [`Store::records`]). Answers `Done`.
+    PushRecord { key: String, record: Vec<u8> },
+    /// Adds members to the sorted set `key`, whose members are ordered by their bytes (read
+    /// with [`Store::members_after`]); members already there are left alone. Answers
+    /// `Counter(n)` with the number of members that were new.
+    AddMembers { key: String, members: Vec<String> },
+}
+
+/// A condition a [`WriteOp::Require`] checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Field `field` of the hash `key` holds exactly `value` (a missing field holds nothing,
+    /// so it never equals a value, not even an empty one).
+    FieldIs {
+        key: String,
+        field: String,
+        value: Vec<u8>,
+    },
+    /// The integer field `field` of the hash `key` (missing = 0) is at least `amount`; when it
+    /// is, `amount` is subtracted from it (a hold on a balance that never goes negative).
+    Take {
+        key: String,
+        field: String,
+        amount: i64,
+    },
+    /// Field `field` of the hash `key` does not exist (what is written once, e.g. a slice's
+    /// plan, is written by one writer only).
+    Missing { key: String, field: String },
+}
+
+/// What an append applies with itself (see [`WriteOp::AppendEvents::tallies`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// As [`WriteOp::AddFields`].
+    AddFields {
+        key: String,
+        deltas: Vec<(String, i64)>,
+    },
+    /// As [`WriteOp::PushRecord`].
+    PushRecord { key: String, record: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +306,8 @@ pub enum WriteOutcome {
     SeqConflict {
         last_seq: u32,
     },
+    /// A [`WriteOp::Require`] whose check did not hold (its guarded ops were skipped).
+    Unmet,
 }
 
 /// A message as stored, with its event log in order.
@@ -329,6 +432,36 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes expiring values (indexes that name a person: on erasure, or when a recipient's
     /// phone number changes). Not fenced: deleting twice is harmless.
     async fn delete_values(&self, keys: &[String]) -> Result<()>;
+
+    /// Every field of the hash `key` (none when it does not exist), in no particular order.
+    /// One atomic read: a snapshot of fields that writes change together.
+    async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Some fields of the hash `key`, in the order of `fields` (`None` = missing).
+    async fn some_fields(&self, key: &str, fields: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// Up to `count` records of the list `key` from index `start` (0 = the oldest), in order.
+    async fn records(&self, key: &str, start: u64, count: u64) -> Result<Vec<Vec<u8>>>;
+
+    /// How many records the list `key` holds.
+    async fn record_count(&self, key: &str) -> Result<u64>;
+
+    /// Up to `count` members of the sorted set `key` in byte order, starting after `after`
+    /// (`None` = from the first). A cursor: pass the last member of one page to get the next.
+    async fn members_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>>;
+
+    /// How many members the sorted set `key` holds.
+    async fn member_count(&self, key: &str) -> Result<u64>;
+
+    /// Makes hashes, lists and sorted sets (by the names their ops gave them) expire `ttl`
+    /// from now; a key that does not exist is ignored. Not fenced. Retention of what a
+    /// campaign leaves (audiences, schedules, outcomes) once it ended.
+    async fn expire(&self, keys: &[String], ttl: Duration) -> Result<()>;
 
     /// Redacts every stored message of `recipient_id` in `tenant` ([`redact_message`],
     /// [`redact_event`]); returns how many it redacted. Scans the tenant's messages (erasure is

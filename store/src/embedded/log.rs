@@ -46,7 +46,12 @@ pub mod log_format {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct LogEntry {
-        #[prost(oneof = "Entry", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+        // Every tag of `Entry`: prost decodes only the listed ones (an unlisted tag would be
+        // skipped on replay as an unknown field).
+        #[prost(
+            oneof = "Entry",
+            tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        )]
         pub entry: Option<Entry>,
     }
 
@@ -86,6 +91,90 @@ pub mod log_format {
         /// Deletes expiring values.
         #[prost(message, tag = "13")]
         DeleteValues(DeleteValues),
+        /// Sets fields of a hash (an increment or a take is logged as the resulting value).
+        #[prost(message, tag = "14")]
+        SetFields(SetFields),
+        /// Appends records to a list.
+        #[prost(message, tag = "15")]
+        PushRecords(PushRecords),
+        /// Adds members to a sorted set.
+        #[prost(message, tag = "16")]
+        AddMembers(AddMembers),
+        /// Removes members from a sorted set.
+        #[prost(message, tag = "17")]
+        RemoveMembers(RemoveMembers),
+        /// Gives hashes, lists and sorted sets an expiry.
+        #[prost(message, tag = "18")]
+        ExpireRecords(ExpireRecords),
+        /// Deletes hashes, lists and sorted sets that expired (before a write recreates one,
+        /// or when the sweep removes it).
+        #[prost(message, tag = "19")]
+        DropRecords(DropRecords),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Field {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct SetFields {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, repeated, tag = "2")]
+        pub fields: Vec<Field>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRecords {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub records: Vec<Vec<u8>>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AddMembers {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, repeated, tag = "2")]
+        pub members: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RemoveMembers {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, repeated, tag = "2")]
+        pub members: Vec<String>,
+    }
+
+    /// Records by kind (the names their ops gave them): a name may be a hash, a list and a
+    /// sorted set at once, each its own record.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExpireRecords {
+        #[prost(string, repeated, tag = "1")]
+        pub hashes: Vec<String>,
+        #[prost(string, repeated, tag = "2")]
+        pub lists: Vec<String>,
+        #[prost(string, repeated, tag = "3")]
+        pub sets: Vec<String>,
+        /// ms since the Unix epoch.
+        #[prost(uint64, tag = "4")]
+        pub expires_unix_ms: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DropRecords {
+        #[prost(string, repeated, tag = "1")]
+        pub hashes: Vec<String>,
+        #[prost(string, repeated, tag = "2")]
+        pub lists: Vec<String>,
+        #[prost(string, repeated, tag = "3")]
+        pub sets: Vec<String>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -108,6 +197,10 @@ pub mod log_format {
         pub tenant: String,
         #[prost(message, optional, tag = "2")]
         pub recipient: Option<Recipient>,
+        /// The partition whose recipient index the recipient joins (none: in a snapshot,
+        /// whose sorted sets hold the indexes, and in logs written before there were any).
+        #[prost(uint32, optional, tag = "3")]
+        pub index_partition: Option<u32>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -116,6 +209,9 @@ pub mod log_format {
         pub tenant: String,
         #[prost(string, tag = "2")]
         pub recipient_id: String,
+        /// The partition whose recipient index the recipient leaves.
+        #[prost(uint32, optional, tag = "3")]
+        pub index_partition: Option<u32>,
     }
 
     /// An accepted message: its idempotency key (from the request) until the expiry, the

@@ -3,10 +3,12 @@
 //! Owns [`EmbeddedStore`]: an in-memory copy of the whole state (maps behind one `parking_lot`
 //! mutex whose critical sections only move already-built values in and out) and, with a data
 //! directory, an append-only log that makes it durable. Same semantics as the Redis backend
-//! (the backend suite, `testsuite`, checks both), including fencing, idempotency and TTLs.
-//! TTLs are checked lazily against the clock when a key is read, and expired idempotency keys
-//! and counters are swept a few at a time on every write, so memory does not grow with expired
-//! keys.
+//! (the backend suite, `testsuite`, checks both), including fencing, idempotency, guards
+//! (accepts and `Require`s, nested), tallies and TTLs. Hash fields are kept as Redis keeps
+//! them (integers as decimal text), sorted sets in byte order. TTLs are checked lazily against
+//! the clock when a key is read, and expired keys (idempotency keys, counters, values, ended
+//! messages, hashes, lists and sorted sets) are swept a few at a time on every write, so
+//! memory does not grow with expired keys.
 //!
 //! It must never be opened by two processes on one data directory (nothing enforces this:
 //! the second would corrupt the log), and never serve a cluster: leases here are only in this
@@ -14,14 +16,17 @@
 //!
 //! ## Layout
 //! - this file: the store (open, the [`Store`] impl: locking, leases, waiting for durability).
-//! - `state`: the in-memory state and how ops change it (checks, apply, sweep, snapshot).
+//! - `state`: the in-memory state and how ops change it (`state/write.rs`: the checks of a
+//!   call; `state/records.rs`: hashes, lists and sorted sets; `state/snapshot.rs`:
+//!   compaction; apply and the sweep in `state.rs`).
 //! - `log`: the log on disk ([`log_format`], framing, replay, compaction, the flusher).
 //!
 //! ## What survives a restart (with a data directory)
 //! Kept: recipients (and erasures), messages, their event logs, the active (non-terminal) sets
 //! of partitions, idempotency keys and counters until their expiry (expiries are wall-clock
 //! times, so they keep running while the process is down), partition fencing epochs, blobs
-//! and API keys. Dropped: partition leases and singleton leases; a restarted process
+//! and API keys, hashes, lists and sorted sets (the recipient indexes among them) until
+//! their expiry. Dropped: partition leases and singleton leases; a restarted process
 //! re-acquires them, and the kept fencing epochs still reject writers at older epochs.
 //! Without a data directory nothing survives.
 //!
@@ -29,11 +34,15 @@
 //! File `herald-store.log` in the data directory. Each record is
 //! `[u32 LE payload length][u32 LE FNV-1a-32 of the payload][payload]`, the payload a
 //! [`log_format::LogRecord`] (prost) of the *effects* of one call (ops that were fenced or were
-//! duplicates leave no trace; a counter increment is logged as its resulting value). Records
-//! are appended in the order the calls changed memory. Group commit: calls queue their records
-//! and one blocking flusher writes everything queued with one `write` + `fdatasync`; a call
-//! returns once the flusher has synced its record (and every record before it, so a duplicate's
-//! ack never gets ahead of the original's). On open the log is replayed; a torn final record
+//! duplicates leave no trace; a counter increment, a hash field increment and a take are
+//! logged as their resulting values; a hash, list or sorted set that expired is logged as
+//! dropped when the sweep removes it or a write starts it anew, so replay never writes into
+//! what had expired). Records are appended in the order the calls changed memory. Group
+//! commit: calls queue their records and one blocking flusher writes everything queued with
+//! one `write` + `fdatasync`; a call returns once the flusher has synced its record (and every
+//! record before it, so a duplicate's ack never gets ahead of the original's). An op that
+//! fails (a hash field that must be an integer and is not) stops its call with an error; the
+//! ops before it stay applied and are made durable first, as in the Redis script. On open the log is replayed; a torn final record
 //! (short, bad checksum at the end, or a zero-filled tail) is cut off; a bad record followed by
 //! good data is an error ([`crate::Error::Corrupt`]) rather than silent loss. When the log is
 //! more than twice the size of a snapshot of the state (and at least 8 MiB), it is rewritten
@@ -54,7 +63,8 @@ use parking_lot::Mutex;
 
 use self::log::{Log, check_record_len, encode_entry};
 use self::log_format::{Entry, PutApiKey, PutBlob, SetFence};
-use self::state::{Lease, Prepared, SWEEP_BUDGET, State, deadline, get2, prepare, unix_ms};
+use self::state::write::{Prepared, prepare};
+use self::state::{Lease, SWEEP_BUDGET, State, deadline, get2, ttl_ms, unix_ms};
 #[cfg(feature = "failpoints")]
 use crate::failpoint::{self, Call};
 use crate::{FencedOp, MessageRecord, Result, Store, WriteOutcome};
@@ -188,12 +198,16 @@ impl Store for EmbeddedStore {
         let (outcomes, seq, start_flusher) = {
             let mut state = self.inner.state.lock();
             state.check_poisoned()?;
-            state.sweep(now_ms, SWEEP_BUDGET);
-            let (outcomes, record) = state.write_ops(prepared, now_ms, durable);
+            let mut record = Vec::new();
+            state.sweep(now_ms, SWEEP_BUDGET, durable, &mut record);
+            let outcomes = state.write_ops(prepared, now_ms, durable, &mut record);
             let (seq, start_flusher) = state.append(record);
             (outcomes, seq, start_flusher)
         };
         self.after_append(seq, start_flusher).await?;
+        // An op that failed (a hash field that is not an integer) stopped the call; what
+        // applied before it is durable now, as in Redis.
+        let outcomes = outcomes?;
         // Applied and durable: from here on an error leaves the caller not knowing that.
         #[cfg(feature = "failpoints")]
         failpoint::inject(failpoint::AFTER_COMMIT, Call::Write).await?;
@@ -426,6 +440,70 @@ impl Store for EmbeddedStore {
             keys: keys.to_vec(),
         })])
         .await
+    }
+
+    async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self.inner.state.lock().records.fields(key, unix_ms()))
+    }
+
+    async fn some_fields(&self, key: &str, fields: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .records
+            .some_fields(key, fields, unix_ms()))
+    }
+
+    async fn records(&self, key: &str, start: u64, count: u64) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .records
+            .records(key, start, count, unix_ms()))
+    }
+
+    async fn record_count(&self, key: &str) -> Result<u64> {
+        Ok(self.inner.state.lock().records.record_count(key, unix_ms()))
+    }
+
+    async fn members_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .state
+            .lock()
+            .records
+            .members_after(key, after, count, unix_ms()))
+    }
+
+    async fn member_count(&self, key: &str) -> Result<u64> {
+        Ok(self.inner.state.lock().records.member_count(key, unix_ms()))
+    }
+
+    async fn expire(&self, keys: &[String], ttl: Duration) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let durable = self.durable();
+        if durable {
+            // Each name at most three times in one ExpireRecords entry, with its framing.
+            check_record_len(keys.iter().map(|k| 3 * (k.len() + 8)).sum::<usize>() + 32)?;
+        }
+        let now_ms = unix_ms();
+        let expires_ms = now_ms.saturating_add(ttl_ms(ttl));
+        let (seq, start_flusher) = {
+            let mut state = self.inner.state.lock();
+            state.check_poisoned()?;
+            let record = state.expire_records(keys, expires_ms, now_ms, durable);
+            state.append(record)
+        };
+        self.after_append(seq, start_flusher).await
     }
 
     async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> Result<u64> {

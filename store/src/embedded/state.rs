@@ -1,11 +1,18 @@
 //! # store::embedded::state: the embedded store's memory
 //!
-//! Owns [`State`], the whole state in maps, and every rule of how ops change it: [`prepare`]
-//! (an op into its effect and that effect's log encoding, outside the lock),
-//! [`State::write_ops`] (the checks: fences, expected seqs, idempotency, guarded ops; then
-//! [`State::apply`]), the bounded sweep of expired keys, the queue of records for the flusher,
-//! and [`State::snapshot`] (the durable state as log records, for compaction). Replay applies
-//! entries through the same [`State::apply`], so memory after a restart equals memory before it.
+//! Owns [`State`], the whole state in maps, and every rule of how ops change it:
+//! [`prepare`](write::prepare) (an op into its effect and that effect's log encoding, outside
+//! the lock), [`State::write_ops`] (the checks: fences, expected seqs, idempotency,
+//! `Require`s, guarded ops; then [`State::apply`]), the bounded sweep of expired keys, the
+//! queue of records for the flusher, and [`State::snapshot`] (the durable state as log
+//! records, for compaction). Replay applies entries through the same [`State::apply`], so
+//! memory after a restart equals memory before it.
+//!
+//! ## Layout
+//! - this file: the maps, [`State::apply`], the sweep, the flusher's queue.
+//! - `write`: [`prepare`](write::prepare) and [`State::write_ops`] (the checks of a call).
+//! - `records`: hashes, lists and sorted sets (reads, checks, their effects and expiry).
+//! - `snapshot`: the durable state as log records (compaction).
 //!
 //! It must never do I/O, wait or take a lock: the store holds the state's mutex around these
 //! calls, so each must be a short, bounded step over values already built.
@@ -19,10 +26,12 @@ use herald_proto::{Epoch, MessageId, PartitionId};
 
 use super::log::encode_entry;
 use super::log::log_format::{
-    Accept, Append, DeleteValues, Entry, EraseRecipient, PutApiKey, PutBlob, PutIdempotency,
-    PutMessage, PutRecipient, PutValue, Redact, SetCounter, SetFence,
+    Accept, AddMembers, Append, DeleteValues, DropRecords, Entry, EraseRecipient, ExpireRecords,
+    Field, PushRecords, PutApiKey, PutBlob, PutIdempotency, PutMessage, PutRecipient, PutValue,
+    Redact, SetCounter, SetFence, SetFields,
 };
 use crate::{Error, Fence, FencedOp, Result, WriteOp, WriteOutcome};
+use records::{Kind, Records};
 
 /// Snapshot records are cut at about this size.
 const SNAPSHOT_RECORD_BYTES: usize = 1 << 20;
@@ -33,7 +42,9 @@ const MAX_TTL_MS: u64 = 1 << 40;
 
 pub(super) type ByTenant<V> = HashMap<String, HashMap<String, V>>;
 
+mod records;
 mod snapshot;
+pub(super) mod write;
 
 pub(super) fn get2<'a, V>(map: &'a ByTenant<V>, tenant: &str, id: &str) -> Option<&'a V> {
     map.get(tenant)?.get(id)
@@ -89,6 +100,11 @@ enum Expiring {
     },
     Counter(String),
     Value(String),
+    /// A hash, a list or a sorted set ([`crate::Store::expire`]).
+    Record {
+        kind: Kind,
+        name: String,
+    },
 }
 
 /// Everything the embedded store holds. The durable part is rebuilt from the log on open.
@@ -112,6 +128,8 @@ pub(super) struct State {
     message_expiry: HashMap<(String, String), u64>,
     /// id → record, revoked ones included.
     pub(super) api_key_records: BTreeMap<String, crate::ApiKeyRecord>,
+    /// Hashes, lists and sorted sets, with their expiries.
+    pub(super) records: Records,
     /// `(expiry unix ms, tiebreak)` → key, for the bounded sweep.
     expiries: BTreeMap<(u64, u64), Expiring>,
     next_expiry: u64,
@@ -136,7 +154,7 @@ pub(super) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn ttl_ms(ttl: Duration) -> u64 {
+pub(super) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis())
         .unwrap_or(MAX_TTL_MS)
         .clamp(1, MAX_TTL_MS)
@@ -162,14 +180,23 @@ impl State {
     }
 
     /// Removes up to `budget` expired idempotency keys and counters.
-    pub(super) fn sweep(&mut self, now_ms: u64, budget: usize) {
+    /// Hashes, lists and sorted sets it removes are logged (in `record`, when `durable`): a
+    /// replay must not merge a later write into one of them (see `records`).
+    pub(super) fn sweep(
+        &mut self,
+        now_ms: u64,
+        budget: usize,
+        durable: bool,
+        record: &mut Vec<u8>,
+    ) {
+        let mut dropped = DropRecords::default();
         for _ in 0..budget {
             let Some(entry) = self.expiries.first_entry() else {
-                return;
+                break;
             };
             let expires_ms = entry.key().0;
             if expires_ms > now_ms {
-                return;
+                break;
             }
             // The key may have been replaced since (a new counter after expiry): only remove
             // the value this index entry was made for.
@@ -202,7 +229,21 @@ impl State {
                         self.forget_message(&key.0, &key.1);
                     }
                 }
+                Expiring::Record { kind, name } => {
+                    if self.records.expires_ms(kind, &name) == Some(expires_ms) {
+                        self.records.remove(kind, &name);
+                        match kind {
+                            Kind::Hash => dropped.hashes.push(name),
+                            Kind::List => dropped.lists.push(name),
+                            Kind::Set => dropped.sets.push(name),
+                        }
+                    }
+                }
             }
+        }
+        if durable && dropped != DropRecords::default() {
+            let (_, encoded) = encode_entry(Entry::DropRecords(dropped));
+            record.extend_from_slice(&encoded);
         }
     }
 
@@ -258,18 +299,52 @@ impl State {
     /// Replay goes through here too, so memory after a restart equals memory before it.
     pub(super) fn apply(&mut self, entry: Entry, now_ms: u64) {
         match entry {
-            Entry::PutRecipient(PutRecipient { tenant, recipient }) => {
+            Entry::PutRecipient(PutRecipient {
+                tenant,
+                recipient,
+                index_partition,
+            }) => {
                 if let Some(recipient) = recipient {
                     let id = recipient.id.clone();
+                    if let Some(partition) = index_partition {
+                        self.records.index_recipient(&tenant, partition, id.clone());
+                    }
                     insert2(&mut self.recipients, &tenant, &id, recipient);
                 }
             }
             Entry::EraseRecipient(EraseRecipient {
                 tenant,
                 recipient_id,
+                index_partition,
             }) => {
+                if let Some(partition) = index_partition {
+                    self.records
+                        .unindex_recipient(&tenant, partition, &recipient_id);
+                }
                 remove2(&mut self.recipients, &tenant, &recipient_id);
             }
+            Entry::ExpireRecords(ExpireRecords {
+                hashes,
+                lists,
+                sets,
+                expires_unix_ms,
+            }) => {
+                // Kept even when already past (on replay): a later entry of the log may still
+                // write into it, as that write did before it expired; the sweep drops it.
+                let named = [(Kind::Hash, hashes), (Kind::List, lists), (Kind::Set, sets)];
+                for (kind, names) in named {
+                    for name in names {
+                        if self.records.set_expiry(kind, &name, expires_unix_ms) {
+                            self.track_expiry(expires_unix_ms, Expiring::Record { kind, name });
+                        }
+                    }
+                }
+            }
+            entry @ (Entry::SetFields(_)
+            | Entry::PushRecords(_)
+            | Entry::AddMembers(_)
+            | Entry::RemoveMembers(_)
+            | Entry::DropRecords(_)) => self.records.apply(entry),
             Entry::Accept(Accept {
                 message,
                 accepted,
@@ -462,159 +537,6 @@ impl State {
         self.fences.get(&partition.0).copied().unwrap_or(0)
     }
 
-    /// The outcome of an acceptance whose idempotency key is already live, if it is.
-    fn prior_acceptance(&self, accept: &Accept, now_ms: u64) -> Option<WriteOutcome> {
-        let message = accept.message.as_ref()?;
-        let key = idempotency_key(message);
-        if key.is_empty() {
-            return None;
-        }
-        let prior = get2(&self.idempotency, &message.tenant, key)?;
-        if prior.expires_ms <= now_ms {
-            return None;
-        }
-        let message_id = MessageId(prior.message_id.clone());
-        Some(if prior.payload_hash == message.payload_hash {
-            WriteOutcome::Accepted {
-                message_id,
-                duplicate: true,
-            }
-        } else {
-            WriteOutcome::Conflict { message_id }
-        })
-    }
-
-    /// The outcome of an append whose first event is not the next of its log (see
-    /// [`WriteOp::AppendEvents`]), `None` when it is.
-    fn seq_conflict(&self, append: &Append) -> Option<WriteOutcome> {
-        let first = append.events.first()?;
-        let last_seq = get2(&self.events, &append.tenant, &append.message_id)
-            .map_or(0, |log| u32::try_from(log.len()).unwrap_or(u32::MAX));
-        (first.seq != last_seq.saturating_add(1)).then_some(WriteOutcome::SeqConflict { last_seq })
-    }
-
-    /// Checks and applies one op; appends its effect to `record` (when durable).
-    fn write_op(
-        &mut self,
-        op: Prepared,
-        now_ms: u64,
-        durable: bool,
-        record: &mut Vec<u8>,
-    ) -> WriteOutcome {
-        let stored = self.stored_epoch(op.fence.partition);
-        if stored > op.fence.epoch.0 {
-            return WriteOutcome::Fenced {
-                stored: Epoch(stored),
-            };
-        }
-        if let PreparedKind::Effect {
-            entry: Entry::Append(append),
-            ..
-        } = &op.kind
-            && let Some(conflict) = self.seq_conflict(append)
-        {
-            return conflict;
-        }
-        match op.kind {
-            PreparedKind::Effect { entry, encoded } => {
-                let outcome = match &entry {
-                    Entry::Accept(accept) => {
-                        if let Some(outcome) = self.prior_acceptance(accept, now_ms) {
-                            return outcome;
-                        }
-                        WriteOutcome::Accepted {
-                            message_id: MessageId(
-                                accept
-                                    .message
-                                    .as_ref()
-                                    .map(|m| m.message_id.clone())
-                                    .unwrap_or_default(),
-                            ),
-                            duplicate: false,
-                        }
-                    }
-                    _ => WriteOutcome::Done,
-                };
-                record.extend_from_slice(&encoded);
-                self.apply(entry, now_ms);
-                outcome
-            }
-            PreparedKind::Counter { key, delta, ttl_ms } => {
-                let (value, expires_unix_ms) = match self.counters.get(&key) {
-                    Some(c) if c.expires_ms > now_ms => {
-                        (c.value.saturating_add(delta), c.expires_ms)
-                    }
-                    _ => (delta, now_ms.saturating_add(ttl_ms)),
-                };
-                let entry = SetCounter {
-                    key,
-                    value,
-                    expires_unix_ms,
-                };
-                let entry = Entry::SetCounter(entry);
-                let entry = if durable {
-                    let (entry, encoded) = encode_entry(entry);
-                    record.extend_from_slice(&encoded);
-                    entry
-                } else {
-                    entry
-                };
-                self.apply(entry, now_ms);
-                WriteOutcome::Counter(value)
-            }
-        }
-    }
-
-    /// Checks and applies the ops of one `write` call, in order; returns one outcome per op
-    /// and the call's log record (the effects of the applied ops; empty when none applied or
-    /// not `durable`).
-    pub(super) fn write_ops(
-        &mut self,
-        prepared: Vec<Prepared>,
-        now_ms: u64,
-        durable: bool,
-    ) -> (Vec<WriteOutcome>, Vec<u8>) {
-        let mut record = Vec::new();
-        let mut skipping = 0;
-        let mut outcomes: Vec<WriteOutcome> = Vec::with_capacity(prepared.len());
-        let mut ops = prepared.into_iter().peekable();
-        while let Some(op) = ops.next() {
-            if skipping > 0 {
-                skipping -= 1;
-                outcomes.push(WriteOutcome::Skipped);
-                continue;
-            }
-            // A counter directly before an append under its fence counts only with it.
-            if matches!(op.kind, PreparedKind::Counter { .. })
-                && let Some(next) = ops.peek()
-                && next.fence == op.fence
-                && let PreparedKind::Effect {
-                    entry: Entry::Append(append),
-                    ..
-                } = &next.kind
-                && let Some(conflict) = self.seq_conflict(append)
-            {
-                outcomes.push(conflict.clone());
-                outcomes.push(conflict);
-                ops.next();
-                continue;
-            }
-            let guards = op.guards;
-            let outcome = self.write_op(op, now_ms, durable, &mut record);
-            if !matches!(
-                outcome,
-                WriteOutcome::Accepted {
-                    duplicate: false,
-                    ..
-                }
-            ) {
-                skipping = guards;
-            }
-            outcomes.push(outcome);
-        }
-        (outcomes, record)
-    }
-
     /// Refuses writes once a flush failed (memory and disk have diverged).
     pub(super) fn check_poisoned(&self) -> Result<()> {
         match &self.poisoned {
@@ -653,116 +575,5 @@ impl State {
         let start_flusher = !self.flushing;
         self.flushing = true;
         (self.appended, start_flusher)
-    }
-}
-
-#[expect(
-    clippy::large_enum_variant,
-    reason = "short-lived, and nearly every op is an Effect: boxing would only add an allocation"
-)]
-pub(super) enum PreparedKind {
-    /// An op whose effect is known before the lock (`encoded` is empty without a log).
-    Effect { entry: Entry, encoded: Vec<u8> },
-    /// A counter's effect depends on the stored value.
-    Counter {
-        key: String,
-        delta: i64,
-        ttl_ms: u64,
-    },
-}
-
-/// One op, ready to be checked and applied under the lock.
-pub(super) struct Prepared {
-    fence: Fence,
-    kind: PreparedKind,
-    /// An accept's guarded ops (see [`WriteOp::AcceptMessage`]); 0 for every other op.
-    guards: usize,
-}
-
-impl Prepared {
-    /// The most this op can add to its call's log record.
-    pub(super) fn record_len_bound(&self) -> usize {
-        match &self.kind {
-            PreparedKind::Effect { encoded, .. } => encoded.len(),
-            // A SetCounter entry: the key plus a few varints and tags.
-            PreparedKind::Counter { key, .. } => key.len() + 48,
-        }
-    }
-}
-
-/// Turns an op into its effect (and its log encoding) outside the lock.
-pub(super) fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> Prepared {
-    let FencedOp { fence, op } = op;
-    let mut guards = 0;
-    let entry = match op {
-        WriteOp::PutRecipient { tenant, recipient } => Entry::PutRecipient(PutRecipient {
-            tenant: tenant.0,
-            recipient: Some(recipient),
-        }),
-        WriteOp::EraseRecipient {
-            tenant,
-            recipient_id,
-        } => Entry::EraseRecipient(EraseRecipient {
-            tenant: tenant.0,
-            recipient_id,
-        }),
-        WriteOp::AcceptMessage {
-            message,
-            accepted,
-            idempotency_ttl,
-            guards: guarded,
-        } => {
-            guards = guarded;
-            Entry::Accept(Accept {
-                message: Some(Arc::unwrap_or_clone(message)),
-                accepted: Some(accepted),
-                partition: fence.partition.0,
-                idempotency_expires_unix_ms: now_ms.saturating_add(ttl_ms(idempotency_ttl)),
-            })
-        }
-        WriteOp::AppendEvents {
-            tenant,
-            message_id,
-            events,
-            terminal,
-            retention,
-        } => Entry::Append(Append {
-            tenant: tenant.0,
-            message_id: message_id.0,
-            events,
-            terminal,
-            partition: fence.partition.0,
-            expires_unix_ms: if terminal && !retention.is_zero() {
-                now_ms.saturating_add(ttl_ms(retention)).max(1)
-            } else {
-                0
-            },
-        }),
-        WriteOp::PutValue { key, value, ttl } => Entry::PutValue(PutValue {
-            key,
-            value,
-            expires_unix_ms: now_ms.saturating_add(ttl_ms(ttl)),
-        }),
-        WriteOp::IncrCounter { key, delta, ttl } => {
-            return Prepared {
-                fence,
-                kind: PreparedKind::Counter {
-                    key,
-                    delta,
-                    ttl_ms: ttl_ms(ttl),
-                },
-                guards: 0,
-            };
-        }
-    };
-    let (entry, encoded) = if durable {
-        encode_entry(entry)
-    } else {
-        (entry, Vec::new())
-    };
-    Prepared {
-        fence,
-        kind: PreparedKind::Effect { entry, encoded },
-        guards,
     }
 }

@@ -3,9 +3,10 @@
 //! Owns the Rust side of the write script's wire format: [`Args`] (flat `ARGV` entries in one
 //! buffer), the encoding of every [`WriteOp`] ([`encode_ops`], with its folds: a counter and
 //! the append after it travel as one `F` op, an accept with its message's first append and
-//! counter as one `B` op), the decoding of the script's per-op replies ([`decode_outcome`]), of
-//! the lease scripts' partition lists and of stored records, and [`chunks`], which cuts a very
-//! large call without separating an accept from the ops it guards.
+//! counter as one `B` op; an append's tallies travel after its events), the decoding of the
+//! script's per-op replies ([`decode_outcome`]), of the lease scripts' partition lists and of
+//! stored records, and [`chunks`], which cuts a very large call without separating a guard (an
+//! accept or a `Require`) from the ops it guards.
 //!
 //! It must never do I/O or hold a connection: everything here is a pure function of its input
 //! (unit-tested without Redis). The encoding must stay in step with `scripts/write.lua`.
@@ -17,8 +18,11 @@ use herald_proto::v1::{Event, StoredMessage};
 use herald_proto::{Epoch, MessageId, PartitionId, TenantId};
 use prost::Message;
 
-use crate::keys::{COUNTER_SEGMENT, EVENTS_SEGMENT, IDEMPOTENCY_SEGMENT, RedisKeys, VALUE_SEGMENT};
-use crate::{Error, FencedOp, Result, WriteOp, WriteOutcome};
+use crate::keys::{
+    COUNTER_SEGMENT, EVENTS_SEGMENT, HASH_SEGMENT, IDEMPOTENCY_SEGMENT, LIST_SEGMENT, RedisKeys,
+    SET_SEGMENT, VALUE_SEGMENT,
+};
+use crate::{Check, Error, Fence, FencedOp, Result, Tally, WriteOp, WriteOutcome};
 
 /// Largest ttl passed to Redis (~35 years): `PX` rejects values that overflow its clock.
 const MAX_TTL_MS: u64 = 1 << 40;
@@ -160,14 +164,56 @@ fn push_active_member(args: &mut Args, tenant: &str, message_id: &str) {
     args.push_parts(&[tenant.as_bytes(), SEP_BYTES, message_id.as_bytes()]);
 }
 
+/// A record's key: the prefix, its segment (`:h:`, `:l:`, `:z:`) and its name.
+fn push_record_key(args: &mut Args, keys: &RedisKeys, segment: &[u8], name: &str) {
+    args.push_parts(&[keys.prefix.as_bytes(), segment, name.as_bytes()]);
+}
+
+/// `hash key, pair count, (field, delta)...` of `AddFields` and of an `A` tally.
+fn push_deltas(args: &mut Args, keys: &RedisKeys, key: &str, deltas: &[(String, i64)]) {
+    push_record_key(args, keys, HASH_SEGMENT, key);
+    args.push_u64(deltas.len() as u64);
+    for (field, delta) in deltas {
+        args.push(field.as_bytes());
+        args.push_i64(*delta);
+    }
+}
+
+/// `tally entries, tallies...` after an append's events: the common case (none) is one `0`.
+fn push_tallies(args: &mut Args, keys: &RedisKeys, tallies: &[Tally]) {
+    // Entries of each tally: its kind and key, then a pair count and the pairs, or a record.
+    let entries: usize = tallies
+        .iter()
+        .map(|tally| match tally {
+            Tally::AddFields { deltas, .. } => 3 + 2 * deltas.len(),
+            Tally::PushRecord { .. } => 3,
+        })
+        .sum();
+    args.push_u64(entries as u64);
+    for tally in tallies {
+        match tally {
+            Tally::AddFields { key, deltas } => {
+                args.push(b"A");
+                push_deltas(args, keys, key, deltas);
+            }
+            Tally::PushRecord { key, record } => {
+                args.push(b"P");
+                push_record_key(args, keys, LIST_SEGMENT, key);
+                args.push(record);
+            }
+        }
+    }
+}
+
 /// `events key, '' (the active member: retired in bulk instead), expected seq ('' = none),
-/// count, events...` of an append op.
+/// count, events..., tally entries, tallies...` of an append op.
 fn push_append(
     args: &mut Args,
     keys: &RedisKeys,
     tenant: &TenantId,
     message_id: &MessageId,
     events: &[Event],
+    tallies: &[Tally],
 ) {
     push_events_key(args, keys, tenant.as_str(), message_id.as_str());
     // A terminal message leaves its active set in bulk, after the write (`Retiring`): one
@@ -181,6 +227,20 @@ fn push_append(
     for event in events {
         args.push_message(event);
     }
+    push_tallies(args, keys, tallies);
+}
+
+/// `recipient index key, recipient id` of a put or an erase: the partition's sorted set.
+fn push_recipient_index(
+    args: &mut Args,
+    keys: &RedisKeys,
+    fence: &Fence,
+    tenant: &TenantId,
+    id: &str,
+) {
+    let name = crate::keys::value::partition_recipients(tenant, fence.partition.0);
+    push_record_key(args, keys, SET_SEGMENT, &name);
+    args.push(id.as_bytes());
 }
 
 /// Roughly the argument bytes and entries of `ops`, so their buffers are sized once.
@@ -193,16 +253,57 @@ fn size_hint(ops: &[FencedOp]) -> (usize, usize) {
         entries += 16;
         match &op.op {
             WriteOp::AcceptMessage { message, .. } => bytes += message.encoded_len() + 128,
-            WriteOp::AppendEvents { events, .. } => {
+            WriteOp::AppendEvents {
+                events, tallies, ..
+            } => {
                 bytes += events.iter().map(Message::encoded_len).sum::<usize>();
                 entries += events.len();
+                for tally in tallies {
+                    match tally {
+                        Tally::AddFields { deltas, .. } => {
+                            bytes += 64 + deltas.iter().map(|(f, _)| f.len() + 20).sum::<usize>();
+                            entries += 3 + 2 * deltas.len();
+                        }
+                        Tally::PushRecord { record, .. } => {
+                            bytes += 64 + record.len();
+                            entries += 3;
+                        }
+                    }
+                }
             }
             WriteOp::PutRecipient { recipient, .. } => bytes += recipient.encoded_len(),
             WriteOp::PutValue { value, .. } => bytes += value.len(),
+            WriteOp::Require { check, .. } => {
+                bytes += match check {
+                    Check::FieldIs { field, value, .. } => field.len() + value.len(),
+                    Check::Take { field, .. } => field.len() + 20,
+                    Check::Missing { field, .. } => field.len(),
+                }
+            }
+            WriteOp::AddFields { deltas, .. } => {
+                bytes += deltas.iter().map(|(f, _)| f.len() + 20).sum::<usize>();
+                entries += 2 * deltas.len();
+            }
+            WriteOp::SetFields { fields, .. } => {
+                bytes += fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+                entries += 2 * fields.len();
+            }
+            WriteOp::PushRecord { record, .. } => bytes += record.len(),
+            WriteOp::AddMembers { members, .. } => {
+                bytes += members.iter().map(String::len).sum::<usize>();
+                entries += members.len();
+            }
             WriteOp::EraseRecipient { .. } | WriteOp::IncrCounter { .. } => {}
         }
     }
     (bytes, entries)
+}
+
+/// The ops a guard at `ops[index - 1]` guards: up to `guards` of them, never past the end of
+/// `ops` (which is the end of an enclosing guard's range when this runs for one). Returns the
+/// end of the range.
+fn guarded_end(ops: &[FencedOp], index: usize, guards: usize) -> usize {
+    index.saturating_add(guards).min(ops.len())
 }
 
 pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expect>) {
@@ -226,6 +327,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                         tenant,
                         message_id,
                         events,
+                        tallies,
                         ..
                     },
             }),
@@ -237,7 +339,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
             args.push_u64(u64::from(fence.partition.0));
             args.push_u64(fence.epoch.0);
             push_counter(&mut args, keys, key, *delta, *ttl);
-            push_append(&mut args, keys, tenant, message_id, events);
+            push_append(&mut args, keys, tenant, message_id, events, tallies);
             expect.push(Expect::Counter);
             expect.push(Expect::Done);
             continue;
@@ -249,8 +351,9 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
             guards,
         } = op
         {
-            let guarded_end = index.saturating_add(*guards).min(ops.len());
-            // The message's own append right after its accept joins the accept's RPUSH.
+            let guarded_end = guarded_end(ops, index, *guards);
+            // The message's own append right after its accept joins the accept's RPUSH (not
+            // one with tallies: the script applies those only in an 'E' or 'F' op).
             let folded = match ops.get(index) {
                 Some(FencedOp {
                     fence: next_fence,
@@ -260,10 +363,12 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                             message_id,
                             events,
                             terminal,
+                            tallies,
                             ..
                         },
                 }) if next_fence == fence
                     && index < guarded_end
+                    && tallies.is_empty()
                     && tenant.as_str() == message.tenant
                     && message_id.as_str() == message.message_id =>
                 {
@@ -326,14 +431,53 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
             index = guarded_end;
             continue;
         }
+        if let WriteOp::Require { check, guards } = op {
+            let guarded_end = guarded_end(ops, index, *guards);
+            // Encoded like the whole call, so guards inside the range nest.
+            let (guarded_args, guarded_expect) = encode_ops(keys, &ops[index..guarded_end]);
+            args.push(b"G");
+            args.push_u64(u64::from(fence.partition.0));
+            args.push_u64(fence.epoch.0);
+            match check {
+                Check::FieldIs { key, field, value } => {
+                    args.push(b"=");
+                    push_record_key(&mut args, keys, HASH_SEGMENT, key);
+                    args.push(field.as_bytes());
+                    args.push(value);
+                }
+                Check::Take { key, field, amount } => {
+                    args.push(b"T");
+                    push_record_key(&mut args, keys, HASH_SEGMENT, key);
+                    args.push(field.as_bytes());
+                    args.push_i64(*amount);
+                }
+                Check::Missing { key, field } => {
+                    args.push(b"!");
+                    push_record_key(&mut args, keys, HASH_SEGMENT, key);
+                    args.push(field.as_bytes());
+                    args.push(b"");
+                }
+            }
+            args.push_u64(guarded_args.ends.len() as u64);
+            args.push_u64(guarded_expect.len() as u64);
+            expect.push(Expect::Done);
+            args.extend(guarded_args);
+            expect.extend(guarded_expect);
+            index = guarded_end;
+            continue;
+        }
         let code: &[u8] = match op {
             WriteOp::PutRecipient { .. } => b"R",
             WriteOp::EraseRecipient { .. } => b"X",
-            // Encoded above (a `B` op, with what it guards); never reaches here.
-            WriteOp::AcceptMessage { .. } => continue,
+            // Encoded above (a `B` or a `G` op, with what it guards); never reaches here.
+            WriteOp::AcceptMessage { .. } | WriteOp::Require { .. } => continue,
             WriteOp::AppendEvents { .. } => b"E",
             WriteOp::IncrCounter { .. } => b"C",
             WriteOp::PutValue { .. } => b"S",
+            WriteOp::AddFields { .. } => b"H",
+            WriteOp::SetFields { .. } => b"W",
+            WriteOp::PushRecord { .. } => b"L",
+            WriteOp::AddMembers { .. } => b"Z",
         };
         args.push(code);
         args.push_u64(u64::from(fence.partition.0));
@@ -342,6 +486,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
             WriteOp::PutRecipient { tenant, recipient } => {
                 args.push(keys.recipient(tenant, &recipient.id).as_bytes());
                 args.push_message(recipient);
+                push_recipient_index(&mut args, keys, fence, tenant, &recipient.id);
                 expect.push(Expect::Done);
             }
             WriteOp::EraseRecipient {
@@ -349,16 +494,18 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                 recipient_id,
             } => {
                 args.push(keys.recipient(tenant, recipient_id).as_bytes());
+                push_recipient_index(&mut args, keys, fence, tenant, recipient_id);
                 expect.push(Expect::Done);
             }
-            WriteOp::AcceptMessage { .. } => {}
+            WriteOp::AcceptMessage { .. } | WriteOp::Require { .. } => {}
             WriteOp::AppendEvents {
                 tenant,
                 message_id,
                 events,
+                tallies,
                 ..
             } => {
-                push_append(&mut args, keys, tenant, message_id, events);
+                push_append(&mut args, keys, tenant, message_id, events, tallies);
                 expect.push(Expect::Done);
             }
             WriteOp::IncrCounter { key, delta, ttl } => {
@@ -370,6 +517,32 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                 args.push(value);
                 args.push_u64(ttl_ms(*ttl));
                 expect.push(Expect::Done);
+            }
+            WriteOp::AddFields { key, deltas } => {
+                push_deltas(&mut args, keys, key, deltas);
+                expect.push(Expect::Done);
+            }
+            WriteOp::SetFields { key, fields } => {
+                push_record_key(&mut args, keys, HASH_SEGMENT, key);
+                args.push_u64(fields.len() as u64);
+                for (field, value) in fields {
+                    args.push(field.as_bytes());
+                    args.push(value);
+                }
+                expect.push(Expect::Done);
+            }
+            WriteOp::PushRecord { key, record } => {
+                push_record_key(&mut args, keys, LIST_SEGMENT, key);
+                args.push(record);
+                expect.push(Expect::Done);
+            }
+            WriteOp::AddMembers { key, members } => {
+                push_record_key(&mut args, keys, SET_SEGMENT, key);
+                args.push_u64(members.len() as u64);
+                for member in members {
+                    args.push(member.as_bytes());
+                }
+                expect.push(Expect::Counter);
             }
         }
     }
@@ -388,6 +561,7 @@ pub(super) fn decode_outcome(expect: &Expect, value: Value) -> Result<WriteOutco
                 stored: Epoch(u64::try_from(*stored).map_err(|_| bad(&value))?),
             }),
             [Value::BulkString(word)] if word.as_slice() == b"skipped" => Ok(WriteOutcome::Skipped),
+            [Value::BulkString(word)] if word.as_slice() == b"unmet" => Ok(WriteOutcome::Unmet),
             [Value::BulkString(word), Value::Int(last)] if word.as_slice() == b"seq" => {
                 Ok(WriteOutcome::SeqConflict {
                     last_seq: u32::try_from(*last).map_err(|_| bad(&value))?,
@@ -461,15 +635,18 @@ pub(super) fn utf8(key: &str, bytes: Vec<u8>) -> Result<String> {
     })
 }
 
-/// `ops` in chunks of at most `max` ops, never separating an accept from the ops it guards
-/// (such a group is one chunk, however long).
+/// `ops` in chunks of at most `max` ops, never separating a guard (an accept or a `Require`)
+/// from the ops it guards (such a group, with the guards nested in it, is one chunk, however
+/// long).
 pub(super) fn chunks(ops: &[FencedOp], max: usize) -> Vec<&[FencedOp]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut index = 0;
     while index < ops.len() {
         let group = match &ops[index].op {
-            WriteOp::AcceptMessage { guards, .. } => 1 + (*guards).min(ops.len() - index - 1),
+            WriteOp::AcceptMessage { guards, .. } | WriteOp::Require { guards, .. } => {
+                1 + (*guards).min(ops.len() - index - 1)
+            }
             _ => 1,
         };
         if index > start && index + group - start > max {
@@ -485,73 +662,4 @@ pub(super) fn chunks(ops: &[FencedOp], max: usize) -> Vec<&[FencedOp]> {
 }
 
 #[cfg(test)]
-mod unit {
-    use std::sync::Arc;
-
-    use super::*;
-
-    #[test]
-    fn chunks_never_separate_an_accept_from_its_guarded_ops() {
-        let fence = crate::Fence {
-            partition: PartitionId(1),
-            epoch: Epoch(1),
-        };
-        let counter = || FencedOp {
-            fence,
-            op: WriteOp::IncrCounter {
-                key: "k".into(),
-                delta: 1,
-                ttl: Duration::from_secs(1),
-            },
-        };
-        let accept = |guards| FencedOp {
-            fence,
-            op: WriteOp::AcceptMessage {
-                message: Arc::new(StoredMessage::default()),
-                accepted: Event::default(),
-                idempotency_ttl: Duration::from_secs(1),
-                guards,
-            },
-        };
-        let lengths = |ops: &[FencedOp], max| {
-            chunks(ops, max)
-                .iter()
-                .map(|chunk| chunk.len())
-                .collect::<Vec<_>>()
-        };
-        let plain: Vec<FencedOp> = (0..5).map(|_| counter()).collect();
-        assert_eq!(lengths(&plain, 2), vec![2, 2, 1]);
-        // [c, accept+2, c, c] in chunks of 2: the guarded group of 3 stays whole.
-        let ops = vec![
-            counter(),
-            accept(2),
-            counter(),
-            counter(),
-            counter(),
-            counter(),
-        ];
-        assert_eq!(lengths(&ops, 2), vec![1, 3, 2]);
-        // Guards past the end of the call cover what is there.
-        let ops = vec![counter(), accept(9), counter()];
-        assert_eq!(lengths(&ops, 2), vec![1, 2]);
-        assert_eq!(lengths(&[], 2), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn skipped_reply_decodes() {
-        let outcome = decode_outcome(
-            &Expect::Counter,
-            Value::Array(vec![Value::BulkString(b"skipped".to_vec())]),
-        );
-        assert_eq!(outcome.expect("decodes"), WriteOutcome::Skipped);
-    }
-
-    #[test]
-    fn fenced_reply_decodes() {
-        let outcome = decode_outcome(&Expect::Done, Value::Array(vec![Value::Int(6)]));
-        assert_eq!(
-            outcome.expect("decodes"),
-            WriteOutcome::Fenced { stored: Epoch(6) }
-        );
-    }
-}
+mod unit;

@@ -8,7 +8,9 @@
 //! outcome is unknown (a timed-out script may have run; the caller decides).
 //!
 //! ## Layout
-//! - this file: the store, its options and tuning, the scripts, the [`Store`] impl.
+//! - this file: the store, the scripts, the [`Store`] impl.
+//! - `options`: its settings ([`RedisOptions`], [`RedisTuning`]), [`CommitStats`], the client
+//!   a URL and the options make (TLS).
 //! - `encode`: ops into the write script's flat `ARGV`, its replies back into outcomes, and the
 //!   cutting of very large calls into chunks; pure functions, no I/O.
 //! - `commit`: the group committer (one `EVALSHA` per batch, the `store::before_commit` and
@@ -34,7 +36,17 @@
 //! writes never change fences) and rejects the op with `{stored}` when the stored epoch is newer
 //! than the op's, else applies it. Replies per op: `0` done, `1` accepted, a bulk string (the
 //! idempotency record already there: duplicate or conflict, decided here by its hash), an
-//! integer (counter value) or `{stored}` (fenced).
+//! integer (counter value, members added), `{stored}` (fenced), `{'seq', last}` (an append
+//! that is not the log's next), `{'unmet'}` (a `Require` that did not hold) or `{'skipped'}`
+//! (guarded by an accept or a `Require` that did not apply). A guard's ops follow it in
+//! `ARGV` with the number of entries and replies they take, so a failed guard skips them in
+//! one step, nested guards included.
+//!
+//! Hashes, lists and sorted sets (`AddFields`, `SetFields`, `PushRecord`, `AddMembers`,
+//! tallies, the partitions' recipient indexes) are plain Redis types under `:h:`, `:l:` and
+//! `:z:` ([`crate::keys`]); their reads (`fields`, `records`, `members_after`, ...) are single
+//! commands, and [`Store::expire`] one pipelined `PEXPIRE` per key. A hash field that must be
+//! an integer (`AddFields`, a take) and is not fails the script (Redis's own `HINCRBY` error).
 //!
 //! Redis does not roll a script back: if one op fails with a Redis error (only possible when
 //! something else wrote our keys with the wrong type), the ops before it stay applied and every
@@ -46,6 +58,7 @@
 
 mod commit;
 mod encode;
+mod options;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -56,27 +69,47 @@ use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use async_trait::async_trait;
 use herald_proto::v1::{Event, Recipient, StoredMessage};
 use herald_proto::{Epoch, MessageId, NodeId, PartitionId, TenantId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::keys::RedisKeys;
 use crate::{ApiKeyRecord, Error, FencedOp, MessageRecord, Result, Store, WriteOutcome};
 use commit::{Committer, Request, Retiring, Stats};
 use encode::{SEP, chunks, decode, encode_ops, partitions_from, ttl_ms, utf8};
+use options::client;
+pub use options::{CommitStats, RedisOptions, RedisTuning};
 
-/// Applies a batch of fenced ops. `ARGV[1]` is the key prefix; then each op is
+/// Largest index `LRANGE` takes.
+const MAX_LIST_INDEX: u64 = i64::MAX as u64;
+
+/// Applies a batch of fenced ops. `ARGV[1]` is the key prefix, `ARGV[2]` the number of
+/// distinct partitions and then those partitions; then each op is
 /// `code, partition, epoch, fields...`:
-/// - `R` put recipient: key, bytes
-/// - `X` erase recipient: key
+/// - `R` put recipient: key, bytes, the partition's recipient index (sorted set key),
+///   recipient id (`ZADD NX` score 0)
+/// - `X` erase recipient: key, the partition's recipient index, recipient id (`ZREM`)
 /// - `B` accept message (the idempotency check, the message and its `accepted` event, the
-///   active set), guarding the ops after it, with the message's first append and counter
-///   folded in when they follow it (fields in the script)
+///   active set), guarding the ops after it, with the message's first append (one without
+///   tallies) and counter folded in when they follow it (fields in the script)
 /// - `E` append events: events key, active member to remove (empty = none; the encoder always
 ///   sends none: terminal messages are retired in bulk, see `Retiring`), expected seq of the
-///   first event ('' = no check; a mismatch answers `{'seq', last seq}`), count, event bytes...
-/// - `F` a counter and the append after it (the counter applies only with the append)
+///   first event ('' = no check; a mismatch answers `{'seq', last seq}`), count, event
+///   bytes..., then `t`, the number of entries of its tallies (`0` = none), and those `t`
+///   entries: `A`, hash key, pair count, (field, delta)... or `P`, list key, record. The
+///   tallies apply only when the append does.
+/// - `F` a counter and the append after it (the counter applies only with the append):
+///   counter key, delta, ttl ms, then the fields of an `E`
 /// - `C` counter: key, delta, ttl ms
 /// - `S` expiring value: key, bytes, ttl ms
+/// - `G` require (see [`crate::WriteOp::Require`]): check (`=` field is, `T` take, `!`
+///   missing), hash key, field, value (`=`), amount (`T`, decimal) or '' (`!`), skip_args,
+///   skip_replies. Unmet answers
+///   `{'unmet'}`; unmet or fenced, the next `skip_args` entries (the guarded ops, nested
+///   guards included) are skipped, each of their `skip_replies` replies `{'skipped'}`
+/// - `H` add fields: hash key, pair count, (field, delta)... (`HINCRBY` each)
+/// - `W` set fields: hash key, pair count, (field, value)... (`HSET`)
+/// - `L` push record: list key, record (`RPUSH`)
+/// - `Z` add members: sorted set key, count, members... (`ZADD NX`, score 0); replies how many
+///   were new
 pub const WRITE_SCRIPT: &str = include_str!("../scripts/write.lua");
 
 /// `ARGV`: prefix, node, epoch, ttl ms, partitions... Returns the acquired partitions.
@@ -90,107 +123,6 @@ pub const RELEASE_SCRIPT: &str = include_str!("../scripts/release_leases.lua");
 
 /// `KEYS[1]`: the singleton key; `ARGV`: holder, ttl ms. Returns the holder after the call.
 pub const SINGLETON_SCRIPT: &str = include_str!("../scripts/singleton_lease.lua");
-
-/// Settings of the Redis backend. A node's config sets `key_prefix` as `store.key_prefix` and
-/// `tuning` as `[store.redis]`; the control plane, whose store traffic is a few ops per second,
-/// uses the default tuning with its own `key_prefix`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisOptions {
-    /// Prefix of every key, so several clusters (or tests) can share one Redis.
-    pub key_prefix: String,
-    /// For `rediss://`: the CA certificate (PEM) that must have signed the server's
-    /// certificate. Unset = the system's roots.
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// How writes are grouped into commit scripts.
-    pub tuning: RedisTuning,
-}
-
-impl Default for RedisOptions {
-    fn default() -> Self {
-        RedisOptions {
-            key_prefix: "herald".to_owned(),
-            tls_ca: None,
-            tuning: RedisTuning::default(),
-        }
-    }
-}
-
-/// How the store groups writes into commit scripts: a node's `[store.redis]`. The defaults are
-/// the measured ones (docs/configuration.md has the figures). [`RedisTuning::validate`] bounds
-/// each knob so that a config typo cannot stall Redis (which runs one script at a time) or the
-/// node; tests may go below the bounds.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisTuning {
-    /// Most ops in one commit script (bounds the script's run time: Redis is single-threaded).
-    pub max_batch_ops: usize,
-    /// Most argument bytes in one commit script. An op larger than this is committed alone.
-    pub max_batch_bytes: usize,
-    /// Commit scripts pipelined at once on the connection.
-    pub commits_in_flight: usize,
-    /// `write` calls waiting for the committer before callers wait for room (backpressure).
-    pub queue_capacity: usize,
-    /// Time limit of one Redis command, ms; a timed-out write has an unknown outcome (the
-    /// message is retried from its log).
-    pub response_timeout_ms: u64,
-    /// Time limit of one connection attempt, ms.
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for RedisTuning {
-    fn default() -> Self {
-        RedisTuning {
-            max_batch_ops: 1024,
-            max_batch_bytes: 4 << 20,
-            commits_in_flight: 4,
-            queue_capacity: 8192,
-            response_timeout_ms: 5_000,
-            connect_timeout_ms: 2_000,
-        }
-    }
-}
-
-impl RedisTuning {
-    /// The first knob out of its range, as `store.redis.<key> must be in <range>`.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let checks: [(&str, u64, std::ops::RangeInclusive<u64>); 6] = [
-            ("max_batch_ops", self.max_batch_ops as u64, 1..=65_536),
-            (
-                "max_batch_bytes",
-                self.max_batch_bytes as u64,
-                (64 << 10)..=(64 << 20),
-            ),
-            ("commits_in_flight", self.commits_in_flight as u64, 1..=64),
-            ("queue_capacity", self.queue_capacity as u64, 1..=1_000_000),
-            (
-                "response_timeout_ms",
-                self.response_timeout_ms,
-                100..=600_000,
-            ),
-            ("connect_timeout_ms", self.connect_timeout_ms, 100..=600_000),
-        ];
-        for (key, value, range) in checks {
-            if !range.contains(&value) {
-                return Err(format!(
-                    "store.redis.{key} must be in {}..={} (got {value})",
-                    range.start(),
-                    range.end()
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Group-commit figures since the store was connected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// Commit scripts run.
-    pub batches: u64,
-    /// Ops they carried.
-    pub ops: u64,
-}
 
 /// The Redis [`Store`]. Cheap to share behind an `Arc`; dropping it stops its committer once
 /// the queued writes are done.
@@ -607,6 +539,114 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn fields(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let key = self.keys.hash(key);
+        let mut conn = self.conn.clone();
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = ::redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        stored
+            .into_iter()
+            .map(|(field, value)| Ok((utf8(&key, field)?, value)))
+            .collect()
+    }
+
+    async fn some_fields(&self, key: &str, fields: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        Ok(::redis::cmd("HMGET")
+            .arg(self.keys.hash(key))
+            .arg(fields)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn records(&self, key: &str, start: u64, count: u64) -> Result<Vec<Vec<u8>>> {
+        // LRANGE's stop is inclusive, and negative indexes count from the end: never pass one.
+        if count == 0 || start > MAX_LIST_INDEX {
+            return Ok(Vec::new());
+        }
+        let stop = start.saturating_add(count - 1).min(MAX_LIST_INDEX);
+        let mut conn = self.conn.clone();
+        Ok(::redis::cmd("LRANGE")
+            .arg(self.keys.list(key))
+            .arg(start)
+            .arg(stop)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn record_count(&self, key: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(::redis::cmd("LLEN")
+            .arg(self.keys.list(key))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn members_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.set(key);
+        // `(member` is exclusive; `-` is before every member.
+        let min = match after {
+            Some(after) => format!("({after}"),
+            None => "-".to_owned(),
+        };
+        let mut conn = self.conn.clone();
+        let members: Vec<Vec<u8>> = ::redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(min)
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        members
+            .into_iter()
+            .map(|member| utf8(&key, member))
+            .collect()
+    }
+
+    async fn member_count(&self, key: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        Ok(::redis::cmd("ZCARD")
+            .arg(self.keys.set(key))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn expire(&self, keys: &[String], ttl: Duration) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = ttl_ms(ttl);
+        let mut pipe = ::redis::pipe();
+        for name in keys {
+            for key in [
+                self.keys.hash(name),
+                self.keys.list(name),
+                self.keys.set(name),
+            ] {
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        pipe.exec_async(&mut conn).await?;
+        Ok(())
+    }
+
     async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> Result<u64> {
         let pattern = format!("{}*", glob_escape(&self.keys.events(tenant.as_str(), "")));
         let mut conn = self.conn.clone();
@@ -723,32 +763,6 @@ impl RedisStore {
     }
 }
 
-/// A client for `url`: `rediss://` verifies the server's certificate against `tls_ca` (or the
-/// system's roots); `tls_ca` with a plaintext URL is a mistake worth stopping for.
-fn client(url: &str, options: &RedisOptions) -> Result<::redis::Client> {
-    let tls = url.starts_with("rediss://");
-    match (&options.tls_ca, tls) {
-        (Some(ca), true) => {
-            let root_cert = std::fs::read(ca).map_err(|e| Error::Config {
-                field: "store.redis_ca",
-                reason: format!("{}: {e}", ca.display()),
-            })?;
-            Ok(::redis::Client::build_with_tls(
-                url,
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )?)
-        }
-        (Some(_), false) => Err(Error::Config {
-            field: "store.redis_ca",
-            reason: "is set but store.redis_url is not rediss:// (TLS)".to_owned(),
-        }),
-        (None, _) => Ok(::redis::Client::open(url)?),
-    }
-}
-
 /// `text` with Redis glob metacharacters escaped, for `SCAN MATCH`.
 fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -759,18 +773,4 @@ fn glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
-}
-
-#[cfg(test)]
-mod unit {
-    use super::*;
-
-    #[test]
-    fn options_defaults_and_unknown_fields() {
-        let options: RedisOptions = toml::from_str("key_prefix = \"x\"").expect("valid options");
-        assert_eq!(options.key_prefix, "x");
-        assert_eq!(options.tuning.max_batch_ops, 1024);
-        assert_eq!(options.tuning.commits_in_flight, 4);
-        assert!(toml::from_str::<RedisOptions>("max_batch = 3").is_err());
-    }
 }

@@ -58,8 +58,77 @@ local function incr(key, delta, ttl)
   end
   return redis.call('INCRBY', key, delta)
 end
+-- The integer a hash field holds (a missing field holds 0), read as HINCRBY reads it: an
+-- optional '-' and digits without a leading zero. Anything else fails the script, as HINCRBY
+-- would.
+local function field_int(key, field)
+  local value = redis.call('HGET', key, field)
+  if not value then
+    return 0
+  end
+  if value == '0' or string.match(value, '^%-?[1-9]%d*$') then
+    return tonumber(value)
+  end
+  error('herald write script: field ' .. field .. ' of ' .. key .. ' is not an integer')
+end
+-- HINCRBY of `npairs` (field, delta) pairs from ARGV[first]; returns the index after them.
+local function add_fields(key, first, npairs)
+  local j = first
+  for _ = 1, npairs do
+    redis.call('HINCRBY', key, ARGV[j], ARGV[j + 1])
+    j = j + 2
+  end
+  return j
+end
+-- HSET of `npairs` (field, value) pairs from ARGV[first], in chunks (unpack() is bounded).
+local function set_fields(key, first, npairs)
+  local last = first + 2 * npairs - 1
+  local j = first
+  while j <= last do
+    local chunk_end = math.min(j + 255, last)
+    redis.call('HSET', key, unpack(ARGV, j, chunk_end))
+    j = chunk_end + 1
+  end
+end
+-- ZADD NX with score 0 of ARGV[first..first+count-1]; returns how many were new.
+local function add_members(key, first, count)
+  local added = 0
+  local last = first + count - 1
+  local j = first
+  while j <= last do
+    local chunk_end = math.min(j + 127, last)
+    local args = {'NX'}
+    for x = j, chunk_end do
+      args[#args + 1] = '0'
+      args[#args + 1] = ARGV[x]
+    end
+    added = added + redis.call('ZADD', key, unpack(args))
+    j = chunk_end + 1
+  end
+  return added
+end
+-- Applies the tallies of an append, ARGV[first..last]: each 'A', hash key, pair count, then
+-- (field, delta) pairs; or 'P', list key, record.
+local function tally(first, last)
+  local j = first
+  while j <= last do
+    if ARGV[j] == 'A' then
+      j = add_fields(ARGV[j + 1], j + 3, tonumber(ARGV[j + 2]))
+    else
+      redis.call('RPUSH', ARGV[j + 1], ARGV[j + 2])
+      j = j + 3
+    end
+  end
+end
 local out = {}
 local n = 0
+-- Answers {'skipped'} for each of the `count` ops a failed guard skips.
+local function skip(count)
+  for _ = 1, count do
+    n = n + 1
+    out[n] = {'skipped'}
+  end
+end
 local i = 3 + k
 local argc = #ARGV
 while i <= argc do
@@ -72,9 +141,11 @@ while i <= argc do
   local fenced = stored > epoch
   n = n + 1
   if code == 'E' then
-    -- Fields: events key, active member, expected seq, count, events.
+    -- Fields: events key, active member, expected seq, count, events, then the number of
+    -- entries its tallies take (usually 0) and the tallies, applied only with the append.
     local count = tonumber(ARGV[i + 6])
     local last = i + 6 + count
+    local tallies = tonumber(ARGV[last + 1])
     if fenced then
       out[n] = {stored}
     else
@@ -82,10 +153,13 @@ while i <= argc do
       if conflict then
         out[n] = conflict
       else
+        if tallies > 0 then
+          tally(last + 2, last + 1 + tallies)
+        end
         out[n] = 0
       end
     end
-    i = last + 1
+    i = last + 2 + tallies
   elseif code == 'B' then
     -- An accept that guards the ops after it (see `WriteOp::AcceptMessage::guards`), with the
     -- first append of the message folded into its RPUSH and a counter folded in too. Fields:
@@ -105,10 +179,7 @@ while i <= argc do
     end
     if prior then
       out[n] = prior
-      for _ = 1, tonumber(ARGV[i + 9]) do
-        n = n + 1
-        out[n] = {'skipped'}
-      end
+      skip(tonumber(ARGV[i + 9]))
       i = last + 1 + tonumber(ARGV[i + 8])
     else
       append(ARGV[i + 6], '', p, i + 15, last)
@@ -126,22 +197,102 @@ while i <= argc do
       end
       i = last + 1
     end
+  elseif code == 'G' then
+    -- A Require guarding the ops after it (see `WriteOp::Require`). Fields: check ('=' a
+    -- field holds a value, 'T' take an amount from an integer field, '!' a field is missing),
+    -- hash key, field, value ('='), amount ('T') or '' ('!'), skip_args, skip_replies. Unmet
+    -- (or fenced): the guarded ops are skipped.
+    local prior = false
+    if fenced then
+      prior = {stored}
+    elseif ARGV[i + 3] == 'T' then
+      local amount = ARGV[i + 6]
+      if field_int(ARGV[i + 4], ARGV[i + 5]) >= tonumber(amount) then
+        -- The negated amount as text (a Lua number could print as 1e+16); taking 0 changes
+        -- nothing.
+        if amount ~= '0' then
+          local negated = '-' .. amount
+          if string.sub(amount, 1, 1) == '-' then
+            negated = string.sub(amount, 2)
+          end
+          redis.call('HINCRBY', ARGV[i + 4], ARGV[i + 5], negated)
+        end
+      else
+        prior = {'unmet'}
+      end
+    elseif ARGV[i + 3] == '!' then
+      if redis.call('HEXISTS', ARGV[i + 4], ARGV[i + 5]) == 1 then
+        prior = {'unmet'}
+      end
+    elseif redis.call('HGET', ARGV[i + 4], ARGV[i + 5]) ~= ARGV[i + 6] then
+      prior = {'unmet'}
+    end
+    if prior then
+      out[n] = prior
+      skip(tonumber(ARGV[i + 8]))
+      i = i + 9 + tonumber(ARGV[i + 7])
+    else
+      out[n] = 0
+      i = i + 9
+    end
+  elseif code == 'H' then
+    -- Fields: hash key, pair count, (field, delta) pairs.
+    local npairs = tonumber(ARGV[i + 4])
+    if fenced then
+      out[n] = {stored}
+    else
+      add_fields(ARGV[i + 3], i + 5, npairs)
+      out[n] = 0
+    end
+    i = i + 5 + 2 * npairs
+  elseif code == 'W' then
+    -- Fields: hash key, pair count, (field, value) pairs.
+    local npairs = tonumber(ARGV[i + 4])
+    if fenced then
+      out[n] = {stored}
+    else
+      set_fields(ARGV[i + 3], i + 5, npairs)
+      out[n] = 0
+    end
+    i = i + 5 + 2 * npairs
+  elseif code == 'L' then
+    -- Fields: list key, record.
+    if fenced then
+      out[n] = {stored}
+    else
+      redis.call('RPUSH', ARGV[i + 3], ARGV[i + 4])
+      out[n] = 0
+    end
+    i = i + 5
+  elseif code == 'Z' then
+    -- Fields: sorted set key, count, members. Replies how many were new.
+    local count = tonumber(ARGV[i + 4])
+    if fenced then
+      out[n] = {stored}
+    else
+      out[n] = add_members(ARGV[i + 3], i + 5, count)
+    end
+    i = i + 5 + count
   elseif code == 'R' then
+    -- Fields: recipient key, bytes, the partition's recipient index key, recipient id.
     if fenced then
       out[n] = {stored}
     else
       redis.call('SET', ARGV[i + 3], ARGV[i + 4])
+      redis.call('ZADD', ARGV[i + 5], 'NX', '0', ARGV[i + 6])
       out[n] = 0
     end
-    i = i + 5
+    i = i + 7
   elseif code == 'X' then
+    -- Fields: recipient key, the partition's recipient index key, recipient id.
     if fenced then
       out[n] = {stored}
     else
       redis.call('DEL', ARGV[i + 3])
+      redis.call('ZREM', ARGV[i + 4], ARGV[i + 5])
       out[n] = 0
     end
-    i = i + 4
+    i = i + 6
   elseif code == 'S' then
     if fenced then
       out[n] = {stored}
@@ -161,9 +312,10 @@ while i <= argc do
     -- A counter increment and an event append of one message under one fence (an actor's
     -- first write): one op, so one fence check and one op's overhead. Two replies; the
     -- counter counts only when the append applies. Fields: counter key, delta, ttl, events
-    -- key, active member, expected seq, count, events.
+    -- key, active member, expected seq, count, events, then the tallies as in 'E'.
     local count = tonumber(ARGV[i + 9])
     local last = i + 9 + count
+    local tallies = tonumber(ARGV[last + 1])
     local conflict = false
     if fenced then
       conflict = {stored}
@@ -175,11 +327,14 @@ while i <= argc do
       n = n + 1
       out[n] = conflict
     else
+      if tallies > 0 then
+        tally(last + 2, last + 1 + tallies)
+      end
       out[n] = incr(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
       n = n + 1
       out[n] = 0
     end
-    i = last + 1
+    i = last + 2 + tallies
   else
     return redis.error_reply('herald write script: unknown op code ' .. tostring(code))
   end

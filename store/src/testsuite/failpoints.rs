@@ -1,10 +1,10 @@
 //! # testsuite::failpoints: the store's failpoints, on every backend (feature `failpoints`)
 //!
-//! Owns one case per failpoint (and one for a stalled commit), run on a backend by
-//! [`crate::failpoint_suite!`] as the backend suite is by [`crate::backend_suite!`]. A case
-//! configures the point itself, inside a [`Scenario`]: the failpoint registry is process-wide,
-//! so the cases of one process take turns, and every point is removed when a case ends, also
-//! when it panics.
+//! Owns one case per failpoint (and one for a stalled commit, one for an append with tallies
+//! whose outcome was lost), run on a backend by [`crate::failpoint_suite!`] as the backend
+//! suite is by [`crate::backend_suite!`]. A case configures the point itself, inside a
+//! [`Scenario`]: the failpoint registry is process-wide, so the cases of one process take
+//! turns, and every point is removed when a case ends, also when it panics.
 //!
 //! It must never run in a test binary whose other tests use a store: a configured point would
 //! hit them too. This crate runs it in its own binary (`tests/failpoints.rs`).
@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 use herald_proto::MessageId;
 use herald_proto::v1::EventKind;
 
-use super::{LONG, accept, accepted, append, event, event_kinds, fence, incr, message, tenant};
+use super::{
+    LONG, accept, accepted, append, append_tallied, event, event_kinds, fence, incr, message,
+    tenant,
+};
 use crate::failpoint::{AFTER_COMMIT, ALL, BEFORE_COMMIT, GET_MESSAGE};
-use crate::{Error, Store, WriteOutcome};
+use crate::{Error, Store, Tally, WriteOutcome};
 
 /// A case's turn with the failpoints: held for the whole case. Dropping it (at the end, or
 /// while a case panics) removes every store failpoint, which also releases a paused call.
@@ -210,6 +213,54 @@ pub async fn after_commit_applies_but_fails(store: Arc<dyn Store>) {
     );
 }
 
+/// `store::after_commit` with an append that carries tallies: the caller gets an error
+/// although the append and its tallies were applied; the retry answers `SeqConflict` and does
+/// not apply them again.
+pub async fn after_commit_tallies_apply_once(store: Arc<dyn Store>) {
+    let scenario = Scenario::start().await;
+    let store = store.as_ref();
+    let f = fence(5, 1);
+    let outcomes = store
+        .write(vec![accept(f, message("m-tally", "k-tally", 1, 5), LONG)])
+        .await
+        .expect("write");
+    assert_eq!(outcomes, vec![accepted("m-tally", false)]);
+    let delivered = || {
+        let tallies = vec![
+            Tally::AddFields {
+                key: "funnel:fp".to_owned(),
+                deltas: vec![("delivered".to_owned(), 1)],
+            },
+            Tally::PushRecord {
+                key: "ledger:fp".to_owned(),
+                record: b"settle m-tally".to_vec(),
+            },
+        ];
+        let delivered = event("m-tally", EventKind::EventDelivered, 2);
+        vec![append_tallied(f, "m-tally", vec![delivered], tallies)]
+    };
+
+    scenario.set(AFTER_COMMIT, "return");
+    assert_injected(store.write(delivered()).await, "append with tallies");
+    scenario.remove(AFTER_COMMIT);
+
+    assert_eq!(seqs(store, "m-tally").await, vec![1, 2]);
+    assert_eq!(
+        store.write(delivered()).await.expect("retry"),
+        vec![WriteOutcome::SeqConflict { last_seq: 2 }]
+    );
+    let counted = store
+        .some_fields("funnel:fp", &["delivered".to_owned()])
+        .await
+        .expect("fields");
+    assert_eq!(counted, vec![Some(b"1".to_vec())], "counted once");
+    assert_eq!(
+        store.record_count("ledger:fp").await.expect("records"),
+        1,
+        "recorded once"
+    );
+}
+
 /// `store::before_commit` with `sleep` and `pause`: a stalled store. Its writers wait (and
 /// then succeed); reads go on meanwhile.
 pub async fn stalled_commit_resumes(store: Arc<dyn Store>) {
@@ -267,6 +318,7 @@ macro_rules! failpoint_suite {
             get_message_times_out,
             before_commit_applies_nothing,
             after_commit_applies_but_fails,
+            after_commit_tallies_apply_once,
             stalled_commit_resumes,
         );
     };

@@ -12,9 +12,11 @@ impl State {
         }
         for (tenant, recipients) in &self.recipients {
             for recipient in recipients.values() {
+                // The recipient indexes are sorted sets: in the snapshot with the others.
                 entries.push(Entry::PutRecipient(PutRecipient {
                     tenant: tenant.clone(),
                     recipient: Some(recipient.clone()),
+                    index_partition: None,
                 }));
             }
         }
@@ -105,6 +107,7 @@ impl State {
                 record: Some(record.clone()),
             }));
         }
+        self.records.snapshot(now_ms, &mut entries);
         let mut records = Vec::new();
         let mut record = Vec::new();
         for entry in entries {
