@@ -48,6 +48,13 @@ pub struct ControlConfig {
     /// How often the leader renews its lease and followers try to take it. At most half the
     /// TTL, so a single failed renewal does not cost the leadership.
     pub leader_renew_interval_ms: u64,
+    /// How often the leader looks at its live campaigns: starts scheduled ones, completes
+    /// finished ones, pauses those whose credits ran out, and re-splits each campaign's pace
+    /// among the nodes. Smaller = the pace follows a node's loss sooner.
+    pub campaign_tick_ms: u64,
+    /// How long what an ended campaign kept per member (its audience, schedules and each
+    /// member's outcome) stays after the campaign settled; its record and funnel stay.
+    pub campaign_retention_days: u32,
     /// Mutual TLS of the Control service: `[tls] ca, cert, key` (a control certificate:
     /// `herald certs issue --control <id>`), or `mode = "off"` on a test machine. With TLS,
     /// a node may join, beat and leave only under the name its certificate carries.
@@ -64,6 +71,8 @@ impl Default for ControlConfig {
             failure_timeout_ms: 2000,
             leader_lease_ttl_ms: 3000,
             leader_renew_interval_ms: 1000,
+            campaign_tick_ms: 250,
+            campaign_retention_days: 30,
             tls: herald_tls::ClusterTls::default(),
         }
     }
@@ -120,11 +129,25 @@ impl ControlConfig {
                 ),
             );
         }
+        if !(50..=10_000).contains(&self.campaign_tick_ms) {
+            return invalid("campaign_tick_ms", "must be 50..=10000".into());
+        }
+        if !(1..=3_650).contains(&self.campaign_retention_days) {
+            return invalid("campaign_retention_days", "must be 1..=3650".into());
+        }
         match self.tls.files() {
             Err(herald_tls::Error::Config { field, reason }) => invalid(field, reason),
             Err(other) => invalid("tls", other.to_string()),
             Ok(_) => Ok(()),
         }
+    }
+
+    pub fn campaign_tick(&self) -> Duration {
+        Duration::from_millis(self.campaign_tick_ms)
+    }
+
+    pub fn campaign_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.campaign_retention_days) * 86_400)
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

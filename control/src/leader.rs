@@ -74,6 +74,8 @@ pub(crate) struct Controller {
     health: HealthReporter,
     terms: AtomicU64,
     watchers: Arc<Semaphore>,
+    /// Campaigns: commands, assignments, pace (acts only while this replica leads).
+    pub(crate) campaigns: Arc<crate::campaigns::CampaignDesk>,
 }
 
 impl Controller {
@@ -95,7 +97,13 @@ impl Controller {
         latest: PartitionTable,
     ) -> Self {
         let (role, _) = watch::channel(Role::Follower { leader: None });
+        let campaigns = Arc::new(crate::campaigns::CampaignDesk::new(
+            store.clone(),
+            config.partition_count,
+            config.campaign_retention(),
+        ));
         Self {
+            campaigns,
             config,
             store,
             role,
@@ -442,6 +450,36 @@ pub(crate) async fn run_failure_detector(
     }
 }
 
+/// The campaign loop: every `campaign_tick_ms`, the leader's pass over its live campaigns.
+pub(crate) async fn run_campaign_loop(
+    ctrl: Arc<Controller>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut ticker = tokio::time::interval(ctrl.config.campaign_tick());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let Ok(term) = ctrl.leader_term() else {
+            continue;
+        };
+        let nodes = term.node_ids();
+        let tick = ctrl
+            .campaigns
+            .tick(term.number(), &nodes, ctrl.now_unix_ms());
+        // Bounded by the lease: a tick that outlives it would act for a term that ended.
+        let deadline = tokio::time::Instant::from_std(term.lease_until());
+        match tokio::time::timeout_at(deadline, tick).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => crate::campaigns::log_tick_error(&e),
+            Err(_) => crate::campaigns::log_tick_error(&Error::StoreTimeout),
+        }
+    }
+}
+
 /// Reads the persisted table; an empty one at epoch 0 when the cluster is new.
 pub(crate) async fn load_table(
     store: &dyn Store,
@@ -531,11 +569,25 @@ impl Term {
         }
     }
 
+    /// This leadership's number (a new one for every leadership of this replica).
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The nodes of the current table (they own the partitions, so they run the slices).
+    pub(crate) fn node_ids(&self) -> Vec<String> {
+        self.table()
+            .nodes
+            .iter()
+            .map(|n| n.node_id.clone())
+            .collect()
+    }
+
     pub(crate) fn holds_lease(&self) -> bool {
         self.active.load(Ordering::Acquire) && Instant::now() < self.lease_until()
     }
 
-    fn lease_until(&self) -> Instant {
+    pub(crate) fn lease_until(&self) -> Instant {
         *self.lease_until.lock()
     }
 
@@ -705,6 +757,107 @@ impl Term {
 
 pub(crate) type TableStream =
     Pin<Box<dyn Stream<Item = Result<PartitionTable, tonic::Status>> + Send>>;
+
+pub(crate) type CampaignStream = Pin<
+    Box<dyn Stream<Item = Result<herald_proto::v1::CampaignAssignments, tonic::Status>> + Send>,
+>;
+
+impl Controller {
+    /// `node`'s campaign assignments now, then whenever they change; ends with `UNAVAILABLE
+    /// not_leader{..}` when this term ends.
+    pub(crate) fn watch_campaigns(
+        &self,
+        term: Arc<Term>,
+        node: String,
+    ) -> Result<CampaignStream, Error> {
+        let permit =
+            self.watchers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::TooManyWatchers {
+                    limit: MAX_WATCHERS,
+                })?;
+        let mut published = self.campaigns.subscribe();
+        published.mark_changed();
+        let watch = CampaignWatch {
+            published,
+            roles: self.role.subscribe(),
+            term,
+            node,
+            last: None,
+            done: false,
+            desk: self.campaigns.clone(),
+            _permit: permit,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            watch,
+            CampaignWatch::next,
+        )))
+    }
+}
+
+/// One WatchCampaigns stream's state.
+struct CampaignWatch {
+    published: watch::Receiver<Arc<crate::campaigns::Published>>,
+    roles: watch::Receiver<Role>,
+    term: Arc<Term>,
+    node: String,
+    last: Option<herald_proto::v1::CampaignAssignments>,
+    done: bool,
+    /// Told when the stream ends (the node went away).
+    desk: Arc<crate::campaigns::CampaignDesk>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for CampaignWatch {
+    fn drop(&mut self) {
+        self.desk.node_gone(&self.node);
+    }
+}
+
+impl CampaignWatch {
+    async fn next(
+        mut self,
+    ) -> Option<(
+        Result<herald_proto::v1::CampaignAssignments, tonic::Status>,
+        Self,
+    )> {
+        if self.done {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                changed = self.roles.changed() => {
+                    if changed.is_ok() && self.still_leading() {
+                        continue;
+                    }
+                }
+                changed = self.published.changed() => {
+                    if changed.is_ok() && self.still_leading() {
+                        let next = self.published.borrow_and_update().for_node(&self.node);
+                        if self.last.as_ref() == Some(&next) {
+                            continue;
+                        }
+                        self.last = Some(next.clone());
+                        return Some((Ok(next), self));
+                    }
+                }
+            }
+            self.done = true;
+            let leader = match &*self.roles.borrow() {
+                Role::Follower { leader } => leader.clone(),
+                _ => None,
+            };
+            return Some((Err(Error::NotLeader { leader }.into()), self));
+        }
+    }
+
+    fn still_leading(&self) -> bool {
+        matches!(&*self.roles.borrow(), Role::Leader(term) if term.number == self.term.number)
+            && self.term.holds_lease()
+    }
+}
 
 /// One WatchTable stream's state.
 struct TableWatch {

@@ -14,6 +14,7 @@
 //! - `leader`: the leader lease loop, the leadership term, persisting then publishing tables,
 //!   the failure detector.
 //! - `service`: the `herald.v1.Control` gRPC service (decode, call the leader, map errors).
+//! - [`campaigns`]: campaign commands, their assignment to nodes and pace, credits.
 //! - this file: [`ControlPlane::start`] wires the server and the tasks; [`ControlHandle`]
 //!   observes and stops them; [`Error`].
 //!
@@ -22,6 +23,7 @@
 //! epoch (0 for a new cluster). Nodes must read it as "nobody owns anything yet".
 
 pub mod api_keys;
+pub mod campaigns;
 pub mod config;
 mod leader;
 mod membership;
@@ -87,6 +89,9 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("task {task} panicked")]
     TaskPanicked { task: &'static str },
+    /// A request the caller must change (names the field), or a state that does not allow it.
+    #[error(transparent)]
+    Request(#[from] herald_proto::error::Error),
 }
 
 impl Error {
@@ -229,7 +234,11 @@ impl ControlPlane {
             ),
             spawn_task(
                 "failure-detector",
-                leader::run_failure_detector(ctrl.clone(), loops_rx),
+                leader::run_failure_detector(ctrl.clone(), loops_rx.clone()),
+            ),
+            spawn_task(
+                "campaign-loop",
+                leader::run_campaign_loop(ctrl.clone(), loops_rx),
             ),
         ];
         Ok(ControlHandle {

@@ -23,10 +23,11 @@ use std::sync::Arc;
 use herald_proto::NodeId;
 use herald_proto::v1::control_server::Control;
 use herald_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, CreateApiKeyRequest, CreateApiKeyResponse,
+    CampaignCommandRequest, CampaignCommandResponse, ClusterStatusRequest, ClusterStatusResponse,
+    CreateApiKeyRequest, CreateApiKeyResponse, CreditsView, GetTenantCreditsRequest,
     HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse,
     ListApiKeysRequest, ListApiKeysResponse, RevokeApiKeyRequest, RevokeApiKeyResponse,
-    WatchTableRequest,
+    TopUpCreditsRequest, WatchCampaignsRequest, WatchTableRequest,
 };
 use herald_tls::identity::require_role;
 use herald_tls::{Identity, Role};
@@ -34,7 +35,8 @@ use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::api_keys::{self, ApiKeys};
-use crate::leader::{Controller, TableStream};
+use crate::campaigns::credits;
+use crate::leader::{CampaignStream, Controller, TableStream};
 use crate::membership::{self, MAX_NODE_ID_LEN};
 
 pub(crate) struct ControlService {
@@ -117,6 +119,9 @@ impl Control for ControlService {
         let node = node_id(request.node_id)?;
         let term = self.ctrl.leader_term()?;
         let (known, epoch) = term.heartbeat(&node, request.epoch, request.serving_partitions);
+        if known {
+            self.ctrl.campaigns.report(&node.0, request.campaigns);
+        }
         Ok(Response::new(HeartbeatResponse { epoch, known }))
     }
 
@@ -183,6 +188,98 @@ impl Control for ControlService {
         }))
     }
 
+    async fn campaign_command(
+        &self,
+        request: Request<CampaignCommandRequest>,
+    ) -> Result<Response<CampaignCommandResponse>, Status> {
+        // A node speaks for the tenant it authenticated; only nodes may.
+        let caller = calling_node(&request, self.tls)?;
+        let request = request.into_inner();
+        api_keys::check_tenant("tenant", &request.tenant)?;
+        if request.campaign_id.is_empty() || request.campaign_id.len() > 64 {
+            return Err(
+                herald_proto::error::Error::invalid("campaign_id", "must be 1..=64 bytes").into(),
+            );
+        }
+        let term = self.ctrl.leader_term()?;
+        let life = self
+            .ctrl
+            .campaigns
+            .command(
+                term.number(),
+                &term.node_ids(),
+                request,
+                self.ctrl.now_unix_ms(),
+            )
+            .await?;
+        if let Some(node) = caller {
+            tracing::debug!(%node, "campaign command served");
+        }
+        Ok(Response::new(CampaignCommandResponse { life: Some(life) }))
+    }
+
+    type WatchCampaignsStream = CampaignStream;
+
+    async fn watch_campaigns(
+        &self,
+        request: Request<WatchCampaignsRequest>,
+    ) -> Result<Response<Self::WatchCampaignsStream>, Status> {
+        self.require_node(&request, &request.get_ref().node_id)?;
+        let node = node_id(request.into_inner().node_id)?;
+        let term = self.ctrl.leader_term()?;
+        Ok(Response::new(self.ctrl.watch_campaigns(term, node.0)?))
+    }
+
+    async fn top_up_credits(
+        &self,
+        request: Request<TopUpCreditsRequest>,
+    ) -> Result<Response<CreditsView>, Status> {
+        self.require_operator(&request)?;
+        let request = request.into_inner();
+        api_keys::check_tenant("tenant", &request.tenant)?;
+        if request.amount_micros == 0 || request.amount_micros > credits::TOP_UP_MAX_MICROS {
+            return Err(herald_proto::error::Error::invalid(
+                "amount_micros",
+                format!("must be 1..={} (micro-units)", credits::TOP_UP_MAX_MICROS),
+            )
+            .into());
+        }
+        if request.note.len() > 200 || request.note.chars().any(char::is_control) {
+            return Err(herald_proto::error::Error::invalid(
+                "note",
+                "at most 200 bytes, no control characters",
+            )
+            .into());
+        }
+        self.ctrl.leader_term()?;
+        let tenant = herald_proto::TenantId(request.tenant);
+        let store = self.ctrl.store();
+        credits::top_up(
+            &*store,
+            &tenant,
+            request.amount_micros,
+            &request.note,
+            self.ctrl.now_unix_ms(),
+        )
+        .await?;
+        tracing::info!(tenant = %tenant.0, amount_micros = request.amount_micros, "credits topped up");
+        Ok(Response::new(credits::view(&*store, &tenant, 0, 0).await?))
+    }
+
+    async fn get_tenant_credits(
+        &self,
+        request: Request<GetTenantCreditsRequest>,
+    ) -> Result<Response<CreditsView>, Status> {
+        self.require_operator(&request)?;
+        let request = request.into_inner();
+        api_keys::check_tenant("tenant", &request.tenant)?;
+        let tenant = herald_proto::TenantId(request.tenant);
+        let store = self.ctrl.store();
+        Ok(Response::new(
+            credits::view(&*store, &tenant, request.ledger_from, request.limit).await?,
+        ))
+    }
+
     async fn revoke_api_key(
         &self,
         request: Request<RevokeApiKeyRequest>,
@@ -199,6 +296,14 @@ impl Control for ControlService {
     }
 }
 
+/// The caller's node id under mutual TLS (its certificate's name), else what it claims.
+fn calling_node<T>(request: &Request<T>, tls: bool) -> Result<Option<String>, Status> {
+    if !tls {
+        return Ok(None);
+    }
+    Ok(Some(require_role(request, Role::Node)?.name))
+}
+
 fn node_id(raw: String) -> Result<NodeId, Status> {
     if raw.is_empty() || raw.len() > MAX_NODE_ID_LEN {
         return Err(herald_proto::error::Error::invalid(
@@ -212,6 +317,11 @@ fn node_id(raw: String) -> Result<NodeId, Status> {
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
+        let error = match error {
+            // Its own code: INVALID_ARGUMENT naming the field, NOT_FOUND, FAILED_PRECONDITION.
+            Error::Request(inner) => return inner.into_status(),
+            other => other,
+        };
         match &error {
             // Exactly `not_leader{leader=<id>}`: node clients parse it.
             Error::NotLeader { .. } => Status::unavailable(error.to_string()),
@@ -220,6 +330,7 @@ impl From<Error> for Status {
                 Status::unavailable(error.to_string())
             }
             Error::PartitionCountMismatch { .. } => Status::failed_precondition(error.to_string()),
+
             _ => Status::internal(error.to_string()),
         }
     }

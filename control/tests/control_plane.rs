@@ -56,6 +56,7 @@ fn config(control_id: &str) -> ControlConfig {
         leader_renew_interval_ms: LEASE_RENEW.as_millis() as u64,
         // Plaintext: these tests are about membership; `mtls_*` below is about the TLS.
         tls: herald_tls::ClusterTls::off(),
+        ..ControlConfig::default()
     }
 }
 
@@ -205,6 +206,7 @@ impl Heartbeater {
                     node_id: info.node_id.clone(),
                     epoch,
                     serving_partitions: 7,
+                    campaigns: Vec::new(),
                 };
                 match c.heartbeat(request).await {
                     Ok(reply) => {
@@ -293,6 +295,7 @@ async fn three_nodes_join_and_cover_every_partition() {
                 node_id: "n1".into(),
                 epoch: moved.epoch,
                 serving_partitions: 42,
+                campaigns: Vec::new(),
             })
             .await
             .expect("heartbeat")
@@ -304,6 +307,7 @@ async fn three_nodes_join_and_cover_every_partition() {
                 node_id: "ghost".into(),
                 epoch: 0,
                 serving_partitions: 0,
+                campaigns: Vec::new(),
             })
             .await
             .expect("heartbeat")
@@ -436,6 +440,7 @@ async fn silent_node_is_removed_and_only_its_partitions_move() {
             node_id: "n3".into(),
             epoch: with_n3.epoch,
             serving_partitions: 0,
+            campaigns: Vec::new(),
         })
         .await
         .expect("heartbeat")
@@ -648,6 +653,7 @@ async fn leader_cut_from_the_store_steps_down_before_a_successor_leads() {
             node_id: "n1".into(),
             epoch: 1,
             serving_partitions: 0,
+            campaigns: Vec::new(),
         })
         .await
         .expect_err("a no longer leads");
@@ -981,6 +987,43 @@ impl Store for Flaky {
     async fn redact_messages(&self, tenant: &TenantId, recipient_id: &str) -> store::Result<u64> {
         self.check()?;
         self.inner.redact_messages(tenant, recipient_id).await
+    }
+    async fn fields(&self, key: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
+        self.check()?;
+        self.inner.fields(key).await
+    }
+    async fn some_fields(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> store::Result<Vec<Option<Vec<u8>>>> {
+        self.check()?;
+        self.inner.some_fields(key, fields).await
+    }
+    async fn records(&self, key: &str, start: u64, count: u64) -> store::Result<Vec<Vec<u8>>> {
+        self.check()?;
+        self.inner.records(key, start, count).await
+    }
+    async fn record_count(&self, key: &str) -> store::Result<u64> {
+        self.check()?;
+        self.inner.record_count(key).await
+    }
+    async fn members_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> store::Result<Vec<String>> {
+        self.check()?;
+        self.inner.members_after(key, after, count).await
+    }
+    async fn member_count(&self, key: &str) -> store::Result<u64> {
+        self.check()?;
+        self.inner.member_count(key).await
+    }
+    async fn expire(&self, keys: &[String], ttl: Duration) -> store::Result<()> {
+        self.check()?;
+        self.inner.expire(keys, ttl).await
     }
 }
 
