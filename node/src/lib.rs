@@ -72,10 +72,12 @@ pub mod actors;
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod campaign;
 pub mod channels;
 pub mod config;
 pub mod contact_index;
 pub mod content;
+pub mod control_link;
 
 pub mod events;
 pub mod http;

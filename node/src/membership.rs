@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::v1::control_client::ControlClient;
-use herald_proto::v1::{HeartbeatRequest, JoinRequest, LeaveRequest, NodeInfo, WatchTableRequest};
+use herald_proto::v1::{
+    CampaignAssignments, CampaignProgress, HeartbeatRequest, JoinRequest, LeaveRequest, NodeInfo,
+    WatchCampaignsRequest, WatchTableRequest,
+};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -23,6 +26,16 @@ use herald_tls::{Dialer, Role};
 use crate::ownership::Ownership;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the membership link carries for this node's campaigns: their progress out with each
+/// heartbeat, the leader's assignments in. (The campaign runner implements it.)
+pub trait CampaignFeed: Send + Sync {
+    /// Progress of the running campaigns' slices here, for the next heartbeat.
+    fn progress(&self) -> Vec<CampaignProgress>;
+    /// The leader's assignments for this node (kept until the next ones, also while no leader
+    /// answers: a control-plane fail-over does not stop a campaign).
+    fn assign(&self, assignments: CampaignAssignments);
+}
 const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A client of the control replica at `address` (mutual TLS unless the cluster runs without).
@@ -43,6 +56,7 @@ pub async fn run(
     info: NodeInfo,
     control_addrs: Vec<String>,
     dialer: Dialer,
+    campaigns: Arc<dyn CampaignFeed>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -53,7 +67,16 @@ pub async fn run(
         }
         let address = control_addrs[next % control_addrs.len()].clone();
         next += 1;
-        match follow(&ownership, &info, &dialer, &address, &mut shutdown).await {
+        match follow(
+            &ownership,
+            &info,
+            &dialer,
+            &address,
+            &*campaigns,
+            &mut shutdown,
+        )
+        .await
+        {
             Ok(()) => {
                 last_leader = Some(address);
                 break;
@@ -91,6 +114,7 @@ async fn follow(
     info: &NodeInfo,
     dialer: &Dialer,
     address: &str,
+    campaigns: &dyn CampaignFeed,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut client = connect(dialer, address).await?;
@@ -112,6 +136,13 @@ async fn follow(
         .await
         .map_err(|s| format!("watch_table: {}", s.message()))?
         .into_inner();
+    let mut assignments = client
+        .watch_campaigns(WatchCampaignsRequest {
+            node_id: info.node_id.clone(),
+        })
+        .await
+        .map_err(|s| format!("watch_campaigns: {}", s.message()))?
+        .into_inner();
     let interval = Duration::from_millis(u64::from(joined.heartbeat_interval_ms.max(50)));
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,12 +153,18 @@ async fn follow(
                 Some(Err(status)) => return Err(format!("watch_table: {}", status.message())),
                 None => return Err("watch_table ended".into()),
             },
+            assigned = assignments.next() => match assigned {
+                Some(Ok(assigned)) => campaigns.assign(assigned),
+                Some(Err(status)) => return Err(format!("watch_campaigns: {}", status.message())),
+                None => return Err("watch_campaigns ended".into()),
+            },
             _ = heartbeat.tick() => {
                 let reply = client
                     .heartbeat(HeartbeatRequest {
                         node_id: info.node_id.clone(),
                         epoch: ownership.table().epoch.0,
                         serving_partitions: ownership.serving_count(),
+                        campaigns: campaigns.progress(),
                     })
                     .await
                     .map_err(|s| format!("heartbeat: {}", s.message()))?

@@ -164,6 +164,22 @@ impl Ownership {
         })
     }
 
+    /// Every partition served here, with its fence.
+    pub fn served(&self) -> Vec<Fence> {
+        self.serving
+            .read()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, epoch)| {
+                let epoch = epoch.load(Ordering::Acquire);
+                (epoch != 0).then_some(Fence {
+                    partition: PartitionId(index as u32),
+                    epoch: Epoch(epoch),
+                })
+            })
+            .collect()
+    }
+
     pub fn serving_count(&self) -> u32 {
         self.serving
             .read()

@@ -250,6 +250,35 @@ impl Reason {
     }
 }
 
+/// The short name of a rendered reason, for counts by reason (a campaign's suppressions):
+/// the name before its values (`frequency_cap{…}` → `frequency_cap`); for a message whose
+/// every step was skipped, the first step's reason (`every_step_skipped{no_opt_in{…}; …}` →
+/// `no_opt_in`). Empty text is `unknown`.
+pub fn label_of(text: &str) -> String {
+    let name = |t: &str| -> String {
+        let end = t.find(['{', ':', ' ', ';']).unwrap_or(t.len());
+        t[..end].to_owned()
+    };
+    let outer = name(text);
+    if outer == "every_step_skipped"
+        && let Some(inner) = text.get(outer.len() + 1..)
+    {
+        let first = name(inner);
+        if !first.is_empty()
+            && first
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return first;
+        }
+    }
+    if outer.is_empty() {
+        "unknown".to_owned()
+    } else {
+        outer
+    }
+}
+
 /// Appends `, after={trail}` when there is a trail of earlier tries.
 fn after(f: &mut fmt::Formatter<'_>, trail: &str) -> fmt::Result {
     if trail.is_empty() {
@@ -486,6 +515,24 @@ impl fmt::Display for Reason {
                 f.write_str("}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::label_of;
+
+    #[test]
+    fn labels_name_the_reason_without_its_values() {
+        assert_eq!(label_of("frequency_cap{count=2, max=1}"), "frequency_cap");
+        assert_eq!(
+            label_of("every_step_skipped{no_opt_in{channel=sms}; suppressed{channel=push}}"),
+            "no_opt_in"
+        );
+        assert_eq!(label_of("recipient_erased"), "recipient_erased");
+        assert_eq!(label_of("dead_letter: store kept failing"), "dead_letter");
+        assert_eq!(label_of(""), "unknown");
+        assert_eq!(label_of("every_step_skipped{}"), "every_step_skipped");
     }
 }
 

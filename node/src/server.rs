@@ -21,6 +21,8 @@ use futures::future::BoxFuture;
 use herald_proto::clock::{SharedClock, SystemClock};
 use herald_proto::v1::NodeInfo;
 use herald_proto::v1::breakers_server::BreakersServer;
+use herald_proto::v1::campaigns_server::CampaignsServer;
+use herald_proto::v1::credits_server::CreditsServer;
 use herald_proto::v1::delivery_server::DeliveryServer;
 use herald_proto::v1::engagement_server::EngagementServer;
 use herald_proto::v1::forward_server::ForwardServer;
@@ -37,15 +39,18 @@ use crate::actors::recipient::{RecipientEnv, RecipientSettings};
 use crate::api::Limits;
 use crate::api::{
     breakers::BreakersApi,
+    campaigns::{CampaignsApi, CreditsApi},
     delivery::DeliveryApi,
     engagement::EngagementApi,
     forward::{ForwardApi, ForwardShared},
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
+use crate::campaign::{Campaigns, CampaignsContext};
 use crate::channels::{Channels, ChannelsContext};
 use crate::config::{NodeConfig, StoreConfig, TenantConfig};
 use crate::contact_index::ContactIndex;
+use crate::control_link::ControlLink;
 use crate::events::{EventBus, TenantEvent};
 use crate::intake::{Intake, IntakeSettings};
 use crate::links::LinkSigner;
@@ -184,6 +189,7 @@ struct Lifecycle {
     intake: Arc<Intake>,
     directory: Arc<RecipientDirectory>,
     channels: Channels,
+    campaigns: Campaigns,
 }
 
 impl PartitionLifecycle for Lifecycle {
@@ -195,8 +201,11 @@ impl PartitionLifecycle for Lifecycle {
     fn lost(&self, partitions: Vec<PartitionId>) -> BoxFuture<'static, ()> {
         let directory = self.directory.clone();
         let channels = self.channels.clone();
+        let campaigns = self.campaigns.clone();
         Box::pin(async move {
             let set: HashSet<PartitionId> = partitions.into_iter().collect();
+            // Slices first: they submit to the recipients' actors.
+            campaigns.stop_partitions(&set).await;
             directory.stop_partitions(&set).await;
             channels.stop_partitions(&set).await;
         })
@@ -435,6 +444,19 @@ impl Node {
                 lease_wait,
             },
         );
+        let campaigns = CampaignsContext {
+            store: store.clone(),
+            intake: intake.clone(),
+            ownership: ownership.clone(),
+            tenants: tenants.clone(),
+            clock: clock.clone(),
+            prices: Arc::new(config.prices.clone()),
+        }
+        .build();
+        let control_link = Arc::new(ControlLink::new(
+            config.control_addrs.clone(),
+            dialer.clone(),
+        ));
         let receipts = Arc::new(Receipts {
             router: router.clone(),
             store: store.clone(),
@@ -463,6 +485,12 @@ impl Node {
         health_reporter
             .set_serving::<BreakersServer<BreakersApi>>()
             .await;
+        health_reporter
+            .set_serving::<CampaignsServer<CampaignsApi>>()
+            .await;
+        health_reporter
+            .set_serving::<CreditsServer<CreditsApi>>()
+            .await;
         // The internal port's own health: Forward is served there, not on the public port.
         let (internal_reporter, internal_health) = tonic_health::server::health_reporter();
         internal_reporter
@@ -483,6 +511,8 @@ impl Node {
                 herald_proto::v1::recipients_server::SERVICE_NAME,
                 herald_proto::v1::engagement_server::SERVICE_NAME,
                 herald_proto::v1::breakers_server::SERVICE_NAME,
+                herald_proto::v1::campaigns_server::SERVICE_NAME,
+                herald_proto::v1::credits_server::SERVICE_NAME,
                 tonic_health::pb::health_server::SERVICE_NAME,
                 tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
                 tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
@@ -535,10 +565,24 @@ impl Node {
             tenants: tenants.clone(),
             store: store.clone(),
             limits,
+            ownership: ownership.clone(),
         };
         let breakers = BreakersApi {
             channels: channels.clone(),
             tenants: tenants.clone(),
+        };
+        let campaigns_api = CampaignsApi {
+            tenants: tenants.clone(),
+            store: store.clone(),
+            control: control_link,
+            ownership: ownership.clone(),
+            prices: Arc::new(config.prices.clone()),
+            clock: clock.clone(),
+            max_message_bytes: config.max_message_bytes,
+        };
+        let credits_api = CreditsApi {
+            tenants: tenants.clone(),
+            store: store.clone(),
         };
         let forward = ForwardApi::new(ForwardShared {
             intake: intake.clone(),
@@ -562,6 +606,12 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
             .add_service(BreakersServer::new(breakers))
+            .add_service(
+                CampaignsServer::new(campaigns_api)
+                    .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
+                    .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
+            )
+            .add_service(CreditsServer::new(credits_api))
             .add_service(
                 EngagementServer::new(engagement)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
@@ -596,7 +646,9 @@ impl Node {
             intake: intake.clone(),
             directory: directory.clone(),
             channels: channels.clone(),
+            campaigns: campaigns.clone(),
         });
+        tokio::spawn(campaigns.clone().run(shutdown_rx.clone()));
         let timings = LeaseTimings {
             ttl: Duration::from_millis(config.lease_ttl_ms),
             renew_interval: Duration::from_millis(config.lease_renew_interval_ms),
@@ -653,6 +705,7 @@ impl Node {
             info,
             config.control_addrs.clone(),
             dialer,
+            Arc::new(campaigns),
             shutdown_rx,
         ));
         info!(node = %node_id, addr = %local_addr, internal = %internal_addr, mtls = tls.is_some(), "node started");

@@ -13,6 +13,9 @@ use herald_proto::v1::{
 
 /// Longest id or key accepted (recipient ids, idempotency keys, campaign ids), in bytes.
 pub const ID_MAX_BYTES: usize = 128;
+/// Idempotency keys of campaigns' messages (`campaign:<id>:<recipient>`): a client's key may
+/// not start with it, so no client message can take a campaign member's place.
+pub const CAMPAIGN_KEY_PREFIX: &str = "campaign:";
 /// Longest waterfall step timeout: 7 days.
 pub const STEP_TIMEOUT_MAX_MS: u32 = 7 * 24 * 3600 * 1000;
 pub use crate::content::limits::{
@@ -73,6 +76,12 @@ pub fn message(
         &request.idempotency_key,
         false,
     )?;
+    if request.idempotency_key.starts_with(CAMPAIGN_KEY_PREFIX) {
+        return Err(Error::invalid(
+            format!("{prefix}.idempotency_key"),
+            format!("the prefix {CAMPAIGN_KEY_PREFIX:?} is reserved for campaigns' messages"),
+        ));
+    }
     check_id(
         || format!("{prefix}.campaign_id"),
         &request.campaign_id,

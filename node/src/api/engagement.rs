@@ -32,13 +32,26 @@ pub struct EngagementApi {
     pub tenants: Authenticator,
     pub store: Arc<dyn Store>,
     pub limits: Limits,
+    /// The partition count (a campaign member's outcome is kept per partition).
+    pub ownership: Arc<crate::ownership::Ownership>,
 }
 
 /// What a report names, once validated.
 enum Selector {
-    Attempt { message_id: String, step: u32 },
+    Attempt {
+        message_id: String,
+        step: u32,
+    },
     Message(String),
-    Provider { provider: String, id: String },
+    Provider {
+        provider: String,
+        id: String,
+    },
+    /// A conversion of a campaign's member, messaged or held out.
+    Member {
+        campaign_id: String,
+        recipient_id: String,
+    },
 }
 
 /// `<message_id>.<step>` → its parts.
@@ -68,10 +81,12 @@ fn selector(index: usize, report: &EngagementReport) -> Result<Selector, Error> 
         ));
     }
     let by_provider = !report.provider.is_empty() || !report.provider_message_id.is_empty();
+    let by_member = !report.campaign_id.is_empty() || !report.recipient_id.is_empty();
     let given = [
         !report.attempt_id.is_empty(),
         !report.message_id.is_empty(),
         by_provider,
+        by_member,
     ]
     .iter()
     .filter(|g| **g)
@@ -79,8 +94,34 @@ fn selector(index: usize, report: &EngagementReport) -> Result<Selector, Error> 
     if given != 1 {
         return Err(Error::invalid(
             format!("reports[{index}]"),
-            "needs exactly one of attempt_id, message_id, or provider + provider_message_id",
+            "needs exactly one of attempt_id, message_id, provider + provider_message_id, or campaign_id + recipient_id",
         ));
+    }
+    if by_member {
+        if report.kind() != EngagementKind::EngagementConverted {
+            return Err(Error::invalid(
+                field("campaign_id"),
+                "campaign_id + recipient_id name a member only for ENGAGEMENT_CONVERTED",
+            ));
+        }
+        for (name, value) in [
+            ("campaign_id", &report.campaign_id),
+            ("recipient_id", &report.recipient_id),
+        ] {
+            if value.is_empty()
+                || value.len() > crate::validate::ID_MAX_BYTES
+                || value.chars().any(char::is_control)
+            {
+                return Err(Error::invalid(
+                    field(name),
+                    "is required with the other (at most 128 bytes, no control characters)",
+                ));
+            }
+        }
+        return Ok(Selector::Member {
+            campaign_id: report.campaign_id.clone(),
+            recipient_id: report.recipient_id.clone(),
+        });
     }
     if !report.attempt_id.is_empty() {
         let (message_id, step) = parse_attempt_id(&report.attempt_id).ok_or_else(|| {
@@ -151,6 +192,19 @@ impl Engagement for EngagementApi {
             let (message_id, step) = match selector {
                 Selector::Attempt { message_id, step } => (message_id, Some(step)),
                 Selector::Message(message_id) => (message_id, None),
+                Selector::Member {
+                    campaign_id,
+                    recipient_id,
+                } => match self.member(&tenant.id, &campaign_id, &recipient_id).await? {
+                    Member::Messaged(message_id) => (message_id, None),
+                    Member::Counted(status) => {
+                        results[index] = Some(ReportResult {
+                            status: status as i32,
+                            message_id: String::new(),
+                        });
+                        continue;
+                    }
+                },
                 Selector::Provider { provider, id } => {
                     let found = lookup(&*self.store, &provider, &id)
                         .await
@@ -186,9 +240,8 @@ impl Engagement for EngagementApi {
             });
             positions.push(index);
         }
-        let unknown_count = results.iter().filter(|r| r.is_some()).count();
-        for _ in 0..unknown_count {
-            self.receipts.stats.count(ReportStatus::ReportUnknown);
+        for result in results.iter().flatten() {
+            self.receipts.stats.count(result.status());
         }
         let routed = self.receipts.route_signals(&tenant, signals).await;
         for (index, result) in positions.into_iter().zip(routed) {
@@ -197,6 +250,87 @@ impl Engagement for EngagementApi {
         Ok(Response::new(ReportResponse {
             results: results.into_iter().map(Option::unwrap_or_default).collect(),
         }))
+    }
+}
+
+/// What a member's conversion report resolves to.
+enum Member {
+    /// The member's message of the campaign: the report applies to it.
+    Messaged(String),
+    /// Answered here: a held-out member's conversion (applied or a duplicate), or unknown.
+    Counted(ReportStatus),
+}
+
+impl EngagementApi {
+    /// Resolves a conversion of `recipient_id` in `campaign_id`: their message, or — held out
+    /// — the holdout's conversion, counted once (the member's outcome turns `converted` in
+    /// the same step as the count).
+    async fn member(
+        &self,
+        tenant: &herald_proto::TenantId,
+        campaign_id: &str,
+        recipient_id: &str,
+    ) -> Result<Member, Error> {
+        use herald_store::campaign::{self as layout, Outcome};
+        use herald_store::{Check, Fence, FencedOp, WriteOp, WriteOutcome, keys};
+        let unavailable = |e: herald_store::Error| Error::Unavailable(format!("store: {e}"));
+        let count = self.ownership.partition_count();
+        if count == 0 {
+            return Err(Error::Unavailable("no partition table yet".into()));
+        }
+        let p = herald_proto::partition::partition_of(&tenant.0, recipient_id, count).0;
+        let outcomes = keys::campaign::outcomes(tenant, campaign_id, p);
+        let found = self
+            .store
+            .some_fields(&outcomes, &[recipient_id.to_owned()])
+            .await
+            .map_err(unavailable)?;
+        match found
+            .first()
+            .and_then(|v| v.as_deref())
+            .and_then(Outcome::decode)
+        {
+            Some(Outcome::Submitted { message_id, .. }) => Ok(Member::Messaged(message_id)),
+            Some(Outcome::HeldOut { converted: true }) => {
+                Ok(Member::Counted(ReportStatus::ReportDuplicate))
+            }
+            Some(Outcome::HeldOut { converted: false }) => {
+                let none = |op| FencedOp {
+                    fence: Fence::NONE,
+                    op,
+                };
+                let written = self
+                    .store
+                    .write(vec![
+                        none(WriteOp::Require {
+                            check: Check::FieldIs {
+                                key: outcomes.clone(),
+                                field: recipient_id.to_owned(),
+                                value: Outcome::HeldOut { converted: false }.encode(),
+                            },
+                            guards: 2,
+                        }),
+                        none(WriteOp::SetFields {
+                            key: outcomes,
+                            fields: vec![(
+                                recipient_id.to_owned(),
+                                Outcome::HeldOut { converted: true }.encode(),
+                            )],
+                        }),
+                        none(WriteOp::AddFields {
+                            key: keys::campaign::record(tenant, campaign_id),
+                            deltas: vec![(layout::converted_field(layout::HOLDOUT), 1)],
+                        }),
+                    ])
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Member::Counted(match written.first() {
+                    Some(WriteOutcome::Done) => ReportStatus::ReportApplied,
+                    _ => ReportStatus::ReportDuplicate,
+                }))
+            }
+            _ => Ok(Member::Counted(ReportStatus::ReportUnknown)),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! no policy and no routing decisions live here.
 
 pub mod breakers;
+pub mod campaigns;
 pub mod delivery;
 pub mod engagement;
 pub mod forward;

@@ -303,6 +303,20 @@ impl PriceTable {
         }
     }
 
+    /// The highest price the table has for `channel` (per message; per segment for SMS), any
+    /// country: what a reservation assumes before it knows the person.
+    pub fn max_price(&self, channel: Channel) -> u64 {
+        self.channel(channel).map_or(0, |prices| {
+            prices
+                .countries
+                .values()
+                .map(|p| p.0)
+                .chain(std::iter::once(prices.default.0))
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
     /// Cost of one SMS attempt of `segments` to `e164`. The number is parsed (slow: the
     /// numbering plan's patterns) only when its calling code is shared by countries of
     /// different prices; a code whose countries all cost the same (all of NANP with the

@@ -53,6 +53,14 @@ impl Intake {
             .await
             .map_err(unavailable)?;
         }
+        // When the person last engaged is about them: it goes with them.
+        self.store
+            .delete_values(&[herald_store::keys::value::last_engaged(
+                &tenant.id,
+                recipient_id,
+            )])
+            .await
+            .map_err(unavailable)?;
         let redacted = self
             .store
             .redact_messages(&tenant.id, recipient_id)

@@ -18,6 +18,8 @@
 //! - this file: accepting messages, upserts and erasures in one batched write.
 //! - `signals`: receipts and consent signals to the recipient's actor, and its verdict.
 //! - `resume`: the active messages of partitions just taken over.
+//! - `campaign`: a campaign slice's acceptances (written by the slice with its checks) and
+//!   starting them.
 //! - `erasure`: what an erased recipient leaves behind: its index entries and messages'
 //!   content go, proofs of its opt-outs stay (keyed hashes); new records inherit them.
 //!
@@ -48,9 +50,12 @@ use crate::events::EventBus;
 use crate::items::{Item, ItemResult};
 use crate::ownership::Ownership;
 
+mod campaign;
 mod erasure;
 mod resume;
 mod signals;
+
+pub use campaign::CampaignAcceptance;
 
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
 const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
@@ -171,6 +176,7 @@ impl Intake {
             partition: partition.0,
             created_unix_ms: now,
             request: Some(request),
+            campaign: None,
         });
         // A copy of the event only when someone watches; the actor's history needs only its
         // position in the log (`fresh_history`).

@@ -436,6 +436,16 @@ fn closed_zones_text(window: &Window, closed: &[Tz], now: DateTime<Utc>) -> Stri
     format!("closed in {listed}")
 }
 
+/// A time of day written `"HH:MM"` (or `"HH:MM:SS"`), strictly.
+pub fn time_of_day(text: &str) -> Result<NaiveTime, String> {
+    hhmm::parse(text)
+}
+
+/// `"HH:MM"` (with `":SS"` when there are seconds).
+pub fn format_time(t: NaiveTime) -> String {
+    hhmm::format(t)
+}
+
 /// serde for `NaiveTime` as `"HH:MM"` / `"HH:MM:SS"` (chrono's own serde feature is off).
 mod hhmm {
     use chrono::{NaiveTime, Timelike};

@@ -187,6 +187,9 @@ pub enum StateWrite {
         at_unix_ms: i64,
         history: Vec<SentRecord>,
     },
+    /// The person engaged (read, clicked, converted, replied) at `at_unix_ms`: what segments
+    /// on engagement recency read.
+    Engaged { at_unix_ms: i64 },
     /// The provider's message id → this attempt, for receipts that name only that id.
     IndexReceipt {
         account: String,

@@ -201,18 +201,18 @@ impl Run {
                 trail,
             },
         };
-        record(
-            &mut effects,
-            Draft::new(
-                EventKind::EventFailed,
-                Some(step),
-                channel,
-                MessageStatus::Pending,
-            )
-            .attempt(&attempt_id)
-            .reason(failure)
-            .provider(&delivery.account),
-        );
+        let mut failed = Draft::new(
+            EventKind::EventFailed,
+            Some(step),
+            channel,
+            MessageStatus::Pending,
+        )
+        .attempt(&attempt_id)
+        .reason(failure)
+        .provider(&delivery.account);
+        // The provider refused the attempt: a campaign gets its price back (the event names it).
+        failed.cost_micros = self.campaign_price(cx, channel);
+        record(&mut effects, failed);
         if (step as usize) + 1 < steps.len() {
             record(
                 &mut effects,

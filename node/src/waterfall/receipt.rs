@@ -144,6 +144,15 @@ pub fn apply(
         )
     };
     let mut effects = Vec::new();
+    if matches!(
+        kind,
+        EngagementKind::EngagementRead
+            | EngagementKind::EngagementClicked
+            | EngagementKind::EngagementConverted
+            | EngagementKind::EngagementReplied
+    ) {
+        effects.push(Effect::Write(StateWrite::Engaged { at_unix_ms: now_ms }));
+    }
     let waiting_here = progress.waiting.as_ref().is_some_and(|w| w.step == step);
 
     if waiting_here && is_positive(kind) {

@@ -580,17 +580,18 @@ impl Run {
             .resend
             .take()
             .unwrap_or_else(|| format!("{}.{}", cx.message.message_id, self.step));
-        record(
-            effects,
-            Draft::new(
-                EventKind::EventAttempted,
-                Some(self.step),
-                channel,
-                MessageStatus::Pending,
-            )
-            .attempt(&attempt_id)
-            .provider(&first),
-        );
+        let mut intent = Draft::new(
+            EventKind::EventAttempted,
+            Some(self.step),
+            channel,
+            MessageStatus::Pending,
+        )
+        .attempt(&attempt_id)
+        .provider(&first);
+        // A campaign pays for its attempts from its credits at the intent: the price is in
+        // the event that charges it.
+        intent.cost_micros = self.campaign_price(cx, channel);
+        record(effects, intent);
         // The intent is durable before the provider hears of the attempt.
         effects.push(Effect::Flush { terminal: false });
         let accounts = chain.iter().map(|a| a.name.clone()).collect();
@@ -604,6 +605,20 @@ impl Run {
             accounts,
             first_slot_taken: slot_taken,
         })
+    }
+
+    /// What an attempt on `channel` costs a campaign's message (0 for any other message: its
+    /// attempts are billed by their `sent` events only).
+    pub(super) fn campaign_price(&self, cx: &Cx<'_>, channel: Channel) -> u64 {
+        if cx.message.campaign.is_none() {
+            return 0;
+        }
+        crate::content::attempt_cost(
+            &cx.settings.prices,
+            channel,
+            &self.content(cx),
+            &self.recipient,
+        )
     }
 
     fn channel(&self, cx: &Cx<'_>) -> Channel {

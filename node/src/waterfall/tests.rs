@@ -128,6 +128,7 @@ fn message(waterfall: Vec<WaterfallStep>, class: MessageClass) -> StoredMessage 
             }),
             ..Default::default()
         }),
+        campaign: None,
     }
 }
 

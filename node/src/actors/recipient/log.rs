@@ -20,6 +20,7 @@ use herald_store::{FencedOp, WriteOp, WriteOutcome, keys};
 use tracing::warn;
 
 use super::{AcceptAnswer, AcceptError, Job, PendingAccept, RecipientEnv};
+use crate::campaign::books::Books;
 use crate::policy::caps::SentRecord;
 use crate::receipts::index::AttemptRef;
 use crate::waterfall::{Draft, StateWrite};
@@ -29,6 +30,9 @@ pub const WRITE_RETRIES_MAX: u32 = 8;
 
 /// Marketing sends kept per recipient (for sliding-window caps).
 pub const SENDS_KEEP: Duration = Duration::from_secs(8 * 86_400);
+
+/// How long a person's last engagement is kept (longer than any segment looks back).
+const ENGAGED_KEEP: Duration = Duration::from_secs(3_650 * 86_400);
 
 /// How long the day's message counter lives.
 const DAILY_COUNTER_TTL: Duration = Duration::from_secs(2 * 86_400);
@@ -63,6 +67,8 @@ pub struct Log {
     writes: Vec<FencedOp>,
     counter: Option<FencedOp>,
     accept: Option<PendingAccept>,
+    /// A campaign message's funnel and credits, counted with each append.
+    books: Option<Books>,
     /// Something of this run is durable already.
     pub wrote: bool,
 }
@@ -85,8 +91,16 @@ impl Log {
             writes: Vec::new(),
             counter: None,
             accept,
+            books: None,
             wrote: false,
         }
+    }
+
+    /// Counts a campaign message's events for its campaign (`books` opened on the log this run
+    /// continues): each append carries its tallies.
+    pub fn with_books(mut self, books: Option<Books>) -> Log {
+        self.books = books;
+        self
     }
 
     /// Whether anything waits to be flushed.
@@ -150,6 +164,11 @@ impl Log {
                 value: encode_sends(&history, channel as i32, at_unix_ms),
                 ttl: SENDS_KEEP,
             },
+            StateWrite::Engaged { at_unix_ms } => WriteOp::PutValue {
+                key: keys::value::last_engaged(tenant, job.recipient_id()),
+                value: at_unix_ms.to_string().into_bytes(),
+                ttl: ENGAGED_KEEP,
+            },
             StateWrite::IndexReceipt {
                 account,
                 provider_message_id,
@@ -186,6 +205,12 @@ impl Log {
         }
         let events = std::mem::take(&mut self.events);
         let end_seq = self.seq;
+        // A failed flush ends the run (it starts over from the log, with books of its own),
+        // so counting before the write is safe.
+        let tallies = match self.books.as_mut() {
+            Some(books) => books.tallies(&events),
+            None => Vec::new(),
+        };
         // Copies only of what a watcher wants (usually nothing).
         let watched = env.events.wanted(&events);
         let append = FencedOp {
@@ -196,6 +221,7 @@ impl Log {
                 events,
                 terminal,
                 retention: job.tenant.retention,
+                tallies,
             },
         };
         let mut writes = std::mem::take(&mut self.writes);
