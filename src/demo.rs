@@ -54,3 +54,47 @@ pub fn demo_message(recipient_id: String, key: String) -> MessageRequest {
         ..Default::default()
     }
 }
+
+/// The demo's waterfall: push until delivered (within `push_timeout_ms`), then email, then SMS
+/// (each counted once the provider accepts it).
+pub fn demo_waterfall(push_timeout_ms: u32) -> Vec<herald_proto::v1::WaterfallStep> {
+    use herald_proto::v1::{SuccessCondition, WaterfallStep};
+    [
+        (Channel::Push, SuccessCondition::Delivered, push_timeout_ms),
+        (Channel::Email, SuccessCondition::Accepted, 0),
+        (Channel::Sms, SuccessCondition::Accepted, 0),
+    ]
+    .into_iter()
+    .map(|(channel, success, timeout_ms)| WaterfallStep {
+        channel: channel as i32,
+        success: success as i32,
+        timeout_ms,
+        provider_account: String::new(),
+    })
+    .collect()
+}
+
+/// A campaign of the demo message to an uploaded list, `per_second` paced (`None` = unpaced).
+pub fn demo_campaign(
+    name: &str,
+    waterfall: Vec<herald_proto::v1::WaterfallStep>,
+    per_second: Option<u32>,
+) -> herald_proto::v1::CampaignSpec {
+    use herald_proto::v1::{Audience, CampaignSpec, Pace};
+    let message = demo_message(String::new(), String::new());
+    CampaignSpec {
+        name: name.to_owned(),
+        class: message.class,
+        content: message.content,
+        waterfall,
+        audience: Some(Audience {
+            list: true,
+            segment: Vec::new(),
+        }),
+        pace: per_second.map(|per_second| Pace {
+            per_second,
+            spread_over_s: 0,
+        }),
+        ..Default::default()
+    }
+}

@@ -158,6 +158,32 @@ impl LocalCluster {
         })
     }
 
+    /// A client of the control plane as this cluster's operator (its throwaway operator
+    /// certificate; plaintext without mTLS, where operator calls are refused).
+    pub async fn operator_control(
+        &self,
+    ) -> Result<herald_proto::v1::control_client::ControlClient<tonic::transport::Channel>> {
+        let control = self.control.as_ref().context("no control plane")?;
+        let dialer = match self.certs_dir() {
+            Some(dir) => herald_tls::Dialer::Tls(herald_tls::TlsMaterial::load(
+                herald_tls::config::TlsFiles {
+                    ca: dir.join("ca.pem"),
+                    cert: dir.join(format!("operator-{LOCAL_OPERATOR}.pem")),
+                    key: dir.join(format!("operator-{LOCAL_OPERATOR}.key")),
+                },
+            )?),
+            None => herald_tls::Dialer::Plain,
+        };
+        let channel = dialer.channel(
+            &control.local_addr().to_string(),
+            herald_tls::Role::Control,
+            |endpoint| endpoint,
+        )?;
+        Ok(herald_proto::v1::control_client::ControlClient::new(
+            channel,
+        ))
+    }
+
     /// The directory of the throwaway CA and certificates (with mTLS).
     pub fn certs_dir(&self) -> Option<&std::path::Path> {
         self.certs.as_ref().map(|d| d.path())

@@ -3,8 +3,10 @@
 //! benchmark (`bench waterfall`).
 
 mod bench;
+mod campaigns;
 mod local;
 mod operator;
+mod up;
 mod workload;
 
 // glibc malloc spent ~40% of the benchmark's CPU in lock contention and chunk consolidation
@@ -20,12 +22,8 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use herald_node::config::SandboxConfig;
 use herald_proto::v1::delivery_client::DeliveryClient;
-use herald_proto::v1::{
-    Channel, GetMessageRequest, MessageClass, SendRequest, SuccessCondition, WaterfallStep,
-};
-use serde_json::json;
+use herald_proto::v1::{Channel, GetMessageRequest, MessageClass, SendRequest, WaterfallStep};
 
-use crate::local::{DEMO_API_KEY, LocalCluster, LocalOptions};
 use crate::workload::{authed, connect};
 
 #[derive(Parser)]
@@ -150,6 +148,26 @@ enum Command {
         tls: operator::OperatorTls,
         #[command(subcommand)]
         command: operator::KeysCommand,
+    },
+    /// Campaigns: create from a file, start, pause, resume, cancel, status, watch.
+    Campaign {
+        /// A node's address.
+        #[arg(long, default_value = "127.0.0.1:7500", global = true)]
+        addr: String,
+        #[arg(long, env = "HERALD_API_KEY", global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        command: campaigns::CampaignCommand,
+    },
+    /// Tenants' prepaid credits: show, top-up (an operator certificate).
+    Credits {
+        /// A control replica's address.
+        #[arg(long, default_value = "127.0.0.1:7400", global = true)]
+        control: String,
+        #[command(flatten)]
+        tls: operator::OperatorTls,
+        #[command(subcommand)]
+        command: operator::CreditsCommand,
     },
     /// The cluster CA and the certificates of nodes, control replicas and operators.
     Certs {
@@ -287,7 +305,7 @@ async fn main() -> Result<()> {
                 ..Default::default()
             };
             let pace = (rate > 0).then_some(rate);
-            up(
+            up::up(up::UpOptions {
                 nodes,
                 redis,
                 demo,
@@ -297,7 +315,7 @@ async fn main() -> Result<()> {
                 exit_when_done,
                 json,
                 partitions,
-            )
+            })
             .await
         }
         Command::Node { config } => {
@@ -334,6 +352,22 @@ async fn main() -> Result<()> {
             command: ClusterCommand::Status { control, json, tls },
         } => operator::cluster_status(&control, json, &tls).await,
         Command::Certs { command } => operator::certs(command),
+        Command::Campaign {
+            addr,
+            api_key,
+            command,
+        } => {
+            init_tracing("warn");
+            let Some(api_key) = api_key else {
+                bail!("--api-key (or HERALD_API_KEY) is required");
+            };
+            campaigns::run(&addr, &api_key, command).await
+        }
+        Command::Credits {
+            control,
+            tls,
+            command,
+        } => operator::credits(&control, &tls, command).await,
         Command::Keys {
             control,
             tls,
@@ -362,131 +396,6 @@ async fn main() -> Result<()> {
             bench::bench_waterfall(n, redis, nodes, partitions, !no_mtls).await
         }
     }
-}
-
-// The CLI flags map one to one onto these parameters.
-#[allow(clippy::too_many_arguments)]
-async fn up(
-    nodes: usize,
-    redis: Option<String>,
-    demo: usize,
-    sandbox: SandboxConfig,
-    push_timeout_ms: u32,
-    pace: Option<u32>,
-    exit_when_done: bool,
-    json: bool,
-    partitions: u32,
-) -> Result<()> {
-    let store_name = if redis.is_some() { "redis" } else { "embedded" };
-    eprintln!(
-        "herald up: control plane + {nodes} nodes on loopback, {store_name} store, sandbox providers"
-    );
-    let cluster = LocalCluster::start(LocalOptions {
-        nodes,
-        redis_url: redis,
-        key_prefix: Some(format!("herald-up-{}", ulid::Ulid::new())),
-        sandbox,
-        partition_count: partitions,
-        mtls: true,
-    })
-    .await?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
-    let addrs = cluster.node_addrs();
-    if let Some(control) = &cluster.control {
-        eprintln!("  control  {} (mutual TLS)", control.local_addr());
-        if let Some(dir) = cluster.certs_dir() {
-            eprintln!("  certs    {} (a throwaway CA)", dir.display());
-            eprintln!(
-                "  status   herald cluster status --control {} \\\n             --tls-dir {}",
-                control.local_addr(),
-                dir.display()
-            );
-        }
-    }
-    for (node, address) in cluster.nodes.iter().zip(&addrs) {
-        eprintln!("  {}   {address}", node.node_id());
-    }
-    eprintln!("  api key  {DEMO_API_KEY} (tenant demo)");
-    if demo > 0 {
-        eprintln!("demo: creating {demo} recipients");
-        workload::create_recipients(&addrs, DEMO_API_KEY, "demo-r", demo).await?;
-        // Push must be *delivered* within its timeout (receipts come from the sandbox after a
-        // delay, and some never do): the fallbacks after a timeout show in the funnel.
-        let waterfall = demo_waterfall(push_timeout_ms);
-        eprintln!(
-            "demo: sending {demo} messages through push (delivered within {push_timeout_ms} ms) -> email -> sms"
-        );
-        let report = workload::run_messages(
-            &addrs,
-            DEMO_API_KEY,
-            "demo-r",
-            demo,
-            Duration::from_secs(120 + demo as u64 / 500),
-            true,
-            workload::Observer::Grpc,
-            pace,
-            Some(waterfall),
-        )
-        .await?;
-        let f = &report.funnel;
-        let elapsed = report.elapsed.as_secs_f64();
-        eprintln!("funnel after {elapsed:.2}s:");
-        eprintln!("  submitted        {:>8}", f.submitted);
-        eprintln!("  terminal         {:>8}", f.terminal);
-        eprintln!("  delivered push   {:>8}", f.delivered_push);
-        eprintln!(
-            "  delivered email  {:>8}  (fell back from push)",
-            f.delivered_email
-        );
-        eprintln!(
-            "  delivered sms    {:>8}  (fell back from push and email)",
-            f.delivered_sms
-        );
-        eprintln!("  failed           {:>8}", f.failed);
-        eprintln!("  suppressed       {:>8}", f.suppressed);
-        for (rule, count) in &f.suppressed_by_reason {
-            eprintln!("    {rule:<14} {count:>8}");
-        }
-        let timeouts = cluster.step_timeouts();
-        eprintln!(
-            "  push timed out   {timeouts:>8}  (no delivery receipt within {push_timeout_ms} ms; fell back)"
-        );
-        eprintln!(
-            "  receipts         {:>8}  (delivery and read receipts applied)",
-            cluster.receipts_applied()
-        );
-        if json {
-            let mut line = serde_json::to_value(f)?;
-            line["push_timeouts"] = json!(timeouts);
-            line["elapsed_s"] = json!((elapsed * 1000.0).round() / 1000.0);
-            line["attempts"] = json!(cluster.provider_calls());
-            println!("{line}");
-        }
-    }
-    if !exit_when_done {
-        eprintln!("serving; Ctrl-C to stop");
-        tokio::signal::ctrl_c().await?;
-    }
-    cluster.shutdown().await;
-    Ok(())
-}
-
-/// The demo's waterfall: push until delivered (within `push_timeout_ms`), then email, then SMS
-/// (each counted once the provider accepts it).
-fn demo_waterfall(push_timeout_ms: u32) -> Vec<WaterfallStep> {
-    [
-        (Channel::Push, SuccessCondition::Delivered, push_timeout_ms),
-        (Channel::Email, SuccessCondition::Accepted, 0),
-        (Channel::Sms, SuccessCondition::Accepted, 0),
-    ]
-    .into_iter()
-    .map(|(channel, success, timeout_ms)| WaterfallStep {
-        channel: channel as i32,
-        success: success as i32,
-        timeout_ms,
-        provider_account: String::new(),
-    })
-    .collect()
 }
 
 /// A gRPC error as the CLI prints it: its code, then its message (which names the field).

@@ -1,8 +1,8 @@
 //! # operator: the commands an operator runs against the cluster's control plane
 //!
-//! Owns `herald certs` (the cluster CA and its certificates), `herald cluster status` and
-//! `herald keys` (the public API's keys), and how they reach the control plane: mutual TLS with
-//! an operator certificate. Must never print an API key except the one just created, and never
+//! Owns `herald certs` (the cluster CA and its certificates), `herald cluster status`,
+//! `herald keys` (the public API's keys) and `herald credits` (tenants' prepaid credits), and
+//! how they reach the control plane: mutual TLS with an operator certificate. Must never print an API key except the one just created, and never
 //! fall back to plaintext unless told to (`--plaintext`).
 
 use std::path::PathBuf;
@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use herald_proto::v1::control_client::ControlClient;
 use herald_proto::v1::{
-    ApiKeyInfo, ClusterStatusRequest, CreateApiKeyRequest, ListApiKeysRequest, RevokeApiKeyRequest,
+    ApiKeyInfo, ClusterStatusRequest, CreateApiKeyRequest, CreditsView, GetTenantCreditsRequest,
+    LedgerKind, ListApiKeysRequest, RevokeApiKeyRequest, TopUpCreditsRequest,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -374,6 +375,152 @@ pub(crate) async fn keys(control: &str, tls: &OperatorTls, command: KeysCommand)
                 key.id,
                 key.tenant,
                 when(key.revoked_unix_ms)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CreditsCommand {
+    /// A tenant's balance and the latest entries of its ledger.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        /// Ledger entries to show (the latest).
+        #[arg(long, default_value_t = 20)]
+        entries: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add credits to a tenant's balance (in units of the price table, e.g. 250.5).
+    TopUp {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        amount: String,
+        /// Why (kept in the ledger).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+/// `12.345` units as micro-units, exactly (no float on the way).
+fn micros_of(text: &str) -> Result<u64> {
+    let price = herald_node::content::pricing::Price::parse(text)
+        .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+    if price.0 == 0 {
+        bail!("--amount: must be more than 0");
+    }
+    Ok(price.0)
+}
+
+fn units(micros: u64) -> String {
+    herald_node::content::pricing::Price(micros).to_string()
+}
+
+fn print_credits(view: &CreditsView, json: bool) {
+    if json {
+        let ledger: Vec<_> = view
+            .ledger
+            .iter()
+            .map(|e| {
+                json!({
+                    "kind": LedgerKind::try_from(e.kind).unwrap_or_default().as_str_name(),
+                    "amount_micros": e.amount_micros, "at_unix_ms": e.at_unix_ms,
+                    "campaign_id": e.campaign_id, "message_id": e.message_id,
+                    "attempt_id": e.attempt_id, "note": e.note,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "tenant": view.tenant, "available_micros": view.available_micros,
+                "topped_up_micros": view.topped_up_micros, "spent_micros": view.spent_micros,
+                "ledger_size": view.ledger_size, "ledger": ledger,
+            })
+        );
+        return;
+    }
+    println!("tenant     {}", view.tenant);
+    println!("available  {}", units(view.available_micros));
+    println!("topped up  {}", units(view.topped_up_micros));
+    println!("spent      {}", units(view.spent_micros));
+    println!("ledger     {} entries", view.ledger_size);
+    for entry in &view.ledger {
+        let kind = LedgerKind::try_from(entry.kind)
+            .unwrap_or_default()
+            .as_str_name()
+            .trim_start_matches("LEDGER_")
+            .to_ascii_lowercase();
+        let about = if !entry.attempt_id.is_empty() {
+            entry.attempt_id.clone()
+        } else if !entry.campaign_id.is_empty() {
+            format!("campaign {}", entry.campaign_id)
+        } else {
+            entry.note.clone()
+        };
+        println!(
+            "  {}  {kind:<8} {:>14}  {}",
+            when(entry.at_unix_ms),
+            units(entry.amount_micros),
+            about
+        );
+    }
+}
+
+pub(crate) async fn credits(
+    control: &str,
+    tls: &OperatorTls,
+    command: CreditsCommand,
+) -> Result<()> {
+    let mut client = control_client(control, tls).await?;
+    match command {
+        CreditsCommand::Show {
+            tenant,
+            entries,
+            json,
+        } => {
+            let first = client
+                .get_tenant_credits(GetTenantCreditsRequest {
+                    tenant: tenant.clone(),
+                    ledger_from: 0,
+                    limit: 1,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let from = first.ledger_size.saturating_sub(u64::from(entries));
+            let view = client
+                .get_tenant_credits(GetTenantCreditsRequest {
+                    tenant,
+                    ledger_from: from,
+                    limit: entries.max(1),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_credits(&view, json);
+        }
+        CreditsCommand::TopUp {
+            tenant,
+            amount,
+            note,
+        } => {
+            let view = client
+                .top_up_credits(TopUpCreditsRequest {
+                    tenant,
+                    amount_micros: micros_of(&amount)?,
+                    note,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!(
+                "{}: {} available",
+                view.tenant,
+                units(view.available_micros)
             );
         }
     }

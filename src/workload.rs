@@ -12,7 +12,6 @@ use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_proto::v1::{
     Channel, MessageRequest, MessageStatus, Recipient, SendBatchRequest, UpsertRecipientsRequest,
-    WatchMessagesRequest,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -132,8 +131,6 @@ pub async fn create_recipients(
 
 /// Where terminal events are observed.
 pub enum Observer {
-    /// `WatchMessages` (terminal only) through the first node: the public API, as a client sees it.
-    Grpc,
     /// The nodes' own terminal-event feeds, in process (benchmarks: the instrument should not
     /// cost the system under test two extra gRPC hops per message).
     InProcess(Vec<tokio::sync::broadcast::Receiver<Arc<herald_node::events::TenantEvent>>>),
@@ -145,25 +142,8 @@ const IN_PROCESS_OBSERVER_TICK: Duration = Duration::from_millis(2);
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<herald_proto::v1::Event, String>> + Send>>;
 
-async fn observe(addrs: &[String], api_key: &str, observer: Observer) -> Result<EventStream> {
+fn observe(observer: Observer) -> EventStream {
     match observer {
-        Observer::Grpc => {
-            let mut watcher = DeliveryClient::new(connect(&addrs[0]).await?)
-                .max_decoding_message_size(64 * 1024 * 1024);
-            let events = watcher
-                .watch_messages(authed(
-                    WatchMessagesRequest {
-                        message_id: String::new(),
-                        recipient_id: String::new(),
-                        terminal_only: true,
-                    },
-                    api_key,
-                )?)
-                .await
-                .context("opening the watch stream")?
-                .into_inner();
-            Ok(Box::pin(events.map(|e| e.map_err(|s| s.to_string()))))
-        }
         Observer::InProcess(mut receivers) => {
             // Drained on a clock rather than awaited: an awaiting receiver makes every terminal
             // event wake this runtime from the node's thread (a syscall per message, ~4% of
@@ -197,10 +177,10 @@ async fn observe(addrs: &[String], api_key: &str, observer: Observer) -> Result<
                     }
                 }
             });
-            Ok(Box::pin(
+            Box::pin(
                 tokio_stream::wrappers::UnboundedReceiverStream::new(events_rx)
                     .flat_map(futures::stream::iter),
-            ))
+            )
         }
     }
 }
@@ -221,7 +201,7 @@ pub async fn run_messages(
 ) -> Result<Report> {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     // Watch first, so no terminal event is missed.
-    let mut events = observe(addrs, api_key, observer).await?;
+    let mut events = observe(observer);
     let watch_tracker = tracker.clone();
     let watch_task = tokio::spawn(async move {
         while let Some(event) = events.next().await {

@@ -257,13 +257,40 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// A running cluster: Redis, one control replica, `nodes` nodes, all on loopback.
+/// The shape of a [`Cluster`] beyond its nodes' spec.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub spec: NodeSpec,
+    /// Control replicas (one leads by a lease in Redis; the others stand by).
+    pub controls: usize,
+    /// More top-level keys of every control replica's config (TOML lines).
+    pub control_top: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            spec: NodeSpec::default(),
+            controls: 1,
+            control_top: String::new(),
+        }
+    }
+}
+
+/// A running cluster: Redis, one control replica (or more), `nodes` nodes, all on loopback.
 pub struct Cluster {
     pub redis: RedisServer,
     /// Config files and logs of every process; kept when the test panics.
     pub dir: tempfile::TempDir,
+    /// The first control replica (`control-a`).
     pub control: Process,
     pub control_addr: String,
+    /// The other control replicas (`control-b`, …), standing by.
+    pub standby_controls: Vec<Process>,
+    /// Every control replica's address, `control-a` first.
+    pub control_addrs: Vec<String>,
     pub nodes: Vec<Process>,
     /// Per node, its public gRPC address.
     pub node_addrs: Vec<String>,
@@ -294,18 +321,25 @@ impl Cluster {
     /// Starts Redis, the control plane and `nodes` nodes configured by `spec`, and waits until
     /// the cluster is ready (see [`Cluster::wait_ready`]).
     pub async fn start(nodes: usize, spec: NodeSpec) -> Cluster {
+        Self::start_with(ClusterOptions {
+            nodes,
+            spec,
+            ..ClusterOptions::default()
+        })
+        .await
+    }
+
+    /// [`Cluster::start`] with more control replicas or control settings.
+    pub async fn start_with(options: ClusterOptions) -> Cluster {
         let turn = match std::env::var(CLUSTERS_PARALLEL_ENV).as_deref() {
             Ok("1") => None,
             _ => Some(TURN.lock().await),
         };
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
-        let control_port = free_port();
-        let control_addr = format!("127.0.0.1:{control_port}");
         let certs = dir.path().join("certs");
         let authority = herald_tls::Authority::generate("test").expect("cluster CA");
         authority.write(&certs, false).expect("write the CA");
-        let control_tls = issue(&authority, &certs, herald_tls::Role::Control, "control-a");
         let operator_tls = issue(
             &authority,
             &certs,
@@ -313,22 +347,44 @@ impl Cluster {
             "test-operator",
         );
         let operator = herald_tls::TlsMaterial::load(operator_tls).expect("operator certificate");
-        let control_config = dir.path().join("control.toml");
-        std::fs::write(
-            &control_config,
-            format!(
-                "control_id = \"control-a\"\nlisten_addr = \"{control_addr}\"\nredis_url = \"{}\"\n{}",
-                redis.url(),
-                tls_table(&control_tls),
-            ),
-        )
-        .expect("write control config");
-        let control = Process::spawn("control", &["control"], &control_config, dir.path());
+        let mut controls = Vec::new();
+        let mut control_addrs = Vec::new();
+        for index in 0..options.controls.max(1) {
+            let id = control_id(index);
+            let addr = format!("127.0.0.1:{}", free_port());
+            let tls = issue(&authority, &certs, herald_tls::Role::Control, &id);
+            // `control.toml` for the first: tests read it by that name.
+            let file = if index == 0 {
+                "control.toml".to_owned()
+            } else {
+                format!("{id}.toml")
+            };
+            let config = dir.path().join(file);
+            std::fs::write(
+                &config,
+                format!(
+                    "control_id = \"{id}\"\nlisten_addr = \"{addr}\"\nredis_url = \"{}\"\n{}\n{}",
+                    redis.url(),
+                    options.control_top,
+                    tls_table(&tls),
+                ),
+            )
+            .expect("write control config");
+            let name = if index == 0 { "control".to_owned() } else { id };
+            controls.push(Process::spawn(&name, &["control"], &config, dir.path()));
+            control_addrs.push(addr);
+        }
+        let control = controls.remove(0);
+        let control_addr = control_addrs[0].clone();
+        let nodes = options.nodes;
+        let spec = options.spec;
         let mut cluster = Cluster {
             redis,
             dir,
             control,
             control_addr,
+            standby_controls: controls,
+            control_addrs,
             nodes: Vec::new(),
             node_addrs: Vec::new(),
             internal_addrs: Vec::new(),
@@ -382,7 +438,7 @@ impl Cluster {
                 r#"node_id = "node-{index}"
 listen_addr = "{addr}"
 internal_listen_addr = "{internal}"
-control_addrs = ["{control}"]
+control_addrs = [{control}]
 contact_index_secret = "test-contact-index-secret"
 {http_line}
 {top}
@@ -406,7 +462,12 @@ api_keys = ["{OTHER_API_KEY}"]
 
 {tables}
 "#,
-                control = self.control_addr,
+                control = self
+                    .control_addrs
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 redis = self.redis.url(),
                 latency = spec.sandbox_latency_ms,
                 top = spec.top.replace("{http}", &http),
@@ -471,14 +532,77 @@ api_keys = ["{OTHER_API_KEY}"]
         issue(&self.authority, &self.certs, role, name)
     }
 
-    /// The control plane's view of the cluster; `None` when it cannot be asked right now.
+    /// A lazy mTLS channel to control replica `address` as the test's operator.
+    pub fn control_channel_to(&self, address: &str) -> Channel {
+        herald_tls::Dialer::Tls(self.operator.clone())
+            .channel(address, herald_tls::Role::Control, |endpoint| {
+                endpoint
+                    .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
+                    .timeout(Duration::from_secs(10))
+            })
+            .expect("control address")
+    }
+
+    /// The control plane's view of the cluster (from the leader when it answers, else from any
+    /// replica that does); `None` when none can be asked right now.
     pub async fn status(&self) -> Option<ClusterStatusResponse> {
-        let mut client = ControlClient::new(self.control_channel());
-        client
-            .cluster_status(ClusterStatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        let mut any = None;
+        for address in &self.control_addrs {
+            let mut client = ControlClient::new(self.control_channel_to(address));
+            if let Ok(status) = client.cluster_status(ClusterStatusRequest {}).await {
+                let status = status.into_inner();
+                // A follower reports no heartbeat facts: the leader's answer is the one.
+                if self.control_index(&status.leader_id) == Some(self.control_position(address)) {
+                    return Some(status);
+                }
+                any.get_or_insert(status);
+            }
+        }
+        any
+    }
+
+    /// The position of a replica's address in [`Cluster::control_addrs`].
+    fn control_position(&self, address: &str) -> usize {
+        self.control_addrs
+            .iter()
+            .position(|a| a == address)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The index (in [`Cluster::control_addrs`]) of the replica named `id`.
+    pub fn control_index(&self, id: &str) -> Option<usize> {
+        (0..self.control_addrs.len()).find(|i| control_id(*i) == id)
+    }
+
+    /// A client of the leading control replica as the test's operator (waits for one).
+    ///
+    /// # Panics
+    /// When no replica leads within 20 s.
+    pub async fn leader_client(&self) -> ControlClient<Channel> {
+        let index = eventually("a control replica leads", CONNECT_TIMEOUT, || async {
+            let status = self.status().await?;
+            self.control_index(&status.leader_id)
+        })
+        .await;
+        ControlClient::new(self.control_channel_to(&self.control_addrs[index]))
+    }
+
+    /// kill -9 of the leading control replica; returns its index in
+    /// [`Cluster::control_addrs`].
+    ///
+    /// # Panics
+    /// When no replica leads within 20 s.
+    pub async fn kill_leader(&mut self) -> usize {
+        let index = eventually("a control replica leads", CONNECT_TIMEOUT, || async {
+            let status = self.status().await?;
+            self.control_index(&status.leader_id)
+        })
+        .await;
+        match index {
+            0 => self.control.kill(),
+            other => self.standby_controls[other - 1].kill(),
+        }
+        index
     }
 
     /// The current partition table, from the control plane's watch stream.
@@ -510,6 +634,7 @@ api_keys = ["{OTHER_API_KEY}"]
         .await;
         if let Err(timed_out) = waited {
             let logs: Vec<String> = std::iter::once(&self.control)
+                .chain(self.standby_controls.iter())
                 .chain(self.nodes.iter())
                 .map(|p| {
                     format!(
@@ -538,6 +663,11 @@ api_keys = ["{OTHER_API_KEY}"]
     pub async fn recipients(&self, index: usize) -> RecipientsClient<Channel> {
         RecipientsClient::new(channel(&self.node_addrs[index]).await)
     }
+}
+
+/// The id of control replica `index`: `control-a`, `control-b`, …
+pub fn control_id(index: usize) -> String {
+    format!("control-{}", (b'a' + (index % 26) as u8) as char)
 }
 
 /// A certificate for `role` `name`, signed by `authority`, written into `dir`.

@@ -22,10 +22,13 @@
 //! - [`in_process`]: [`in_process::InProcess`] — a control plane and one node in the test's own
 //!   process, on the embedded store and a manual clock the test advances (timeouts, quiet hours,
 //!   cap windows without sleeping).
+//! - [`campaigns`]: the `Campaigns` calls, the funnel identity, and [`campaigns::audit`] (what
+//!   a campaign did per recipient, read back from Redis two independent ways).
 //! - [`delivery`]: `Send`/`GetMessage` wrappers, [`delivery::is_terminal`], and the waits on a
 //!   message's log: [`delivery::wait_terminal`], [`delivery::wait_for_log`],
 //!   [`delivery::send_until_terminal`], [`delivery::wait_all_terminal`].
 
+pub mod campaigns;
 pub mod cluster;
 pub mod delivery;
 pub mod eventually;
