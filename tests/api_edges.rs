@@ -29,11 +29,13 @@ const BAD: &[u8] = &[0xff, 0xfe, 0xfd, 0xfc];
 
 /// Every service a node's public port answers, as reflection must list them (the internal
 /// `herald.v1.Forward` is on the internal port only).
-const NODE_SERVICES: [&str; 7] = [
+const NODE_SERVICES: [&str; 9] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "herald.v1.Breakers",
+    "herald.v1.Campaigns",
+    "herald.v1.Credits",
     "herald.v1.Delivery",
     "herald.v1.Engagement",
     "herald.v1.Recipients",

@@ -8,25 +8,24 @@
 //! within ±5% in every full 10 s window, and that the credit ledger equals the attempts' prices
 //! in the event logs to the micro-unit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use herald::demo::{demo_campaign, demo_recipient};
 use herald_proto::v1::recipients_client::RecipientsClient;
-use herald_proto::v1::{
-    CampaignState, CampaignView, EventKind, LedgerKind, TopUpCreditsRequest,
-    UpsertRecipientsRequest,
-};
-use herald_store::campaign::Outcome;
+use herald_proto::v1::{CampaignState, CampaignView, TopUpCreditsRequest, UpsertRecipientsRequest};
 use herald_store::redis::{RedisOptions, RedisStore};
-use herald_testkit::campaigns::{self, Audit, accepted_per_window, identity_holds};
+use herald_testkit::campaigns::{self, accepted_per_window, identity_holds};
 use herald_testkit::cluster::{
     API_KEY, Cluster, ClusterOptions, NodeSpec, TENANT, authed, channel,
 };
 use herald_testkit::eventually::eventually;
 use parking_lot::Mutex;
+
+#[path = "common/campaign_checks.rs"]
+mod checks;
+use checks::{check_ledger, check_members};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -76,105 +75,6 @@ async fn top_up(cluster: &Cluster, units: u64) {
 fn processed(view: &CampaignView) -> u64 {
     let funnel = view.funnel.clone().unwrap_or_default();
     funnel.planned.saturating_sub(funnel.remaining)
-}
-
-/// Every member: exactly one message of the campaign (the one its outcome names), or a counted
-/// non-send with no message; nobody else got one. Returns the counts by outcome.
-fn check_members(audit: &Audit, audience: &[String]) -> HashMap<&'static str, u64> {
-    let mut counts: HashMap<&'static str, u64> = HashMap::new();
-    for id in audience {
-        let messages = audit.messages.get(id).map_or(&[][..], |m| m.as_slice());
-        match audit.outcomes.get(id) {
-            Some(Outcome::Submitted { message_id, .. }) => {
-                assert_eq!(
-                    messages.len(),
-                    1,
-                    "{id}: {} messages of the campaign in the store",
-                    messages.len()
-                );
-                assert_eq!(
-                    &messages[0].message_id, message_id,
-                    "{id}: its outcome's message"
-                );
-                assert!(messages[0].accepted_at().is_some(), "{id}: accepted");
-                *counts.entry("submitted").or_default() += 1;
-            }
-            Some(other) => {
-                assert!(messages.is_empty(), "{id}: {other:?} but messaged");
-                let name = match other {
-                    Outcome::HeldOut { .. } => "held_out",
-                    Outcome::Suppressed { .. } => "suppressed",
-                    Outcome::Expired => "expired",
-                    Outcome::Submitted { .. } => "submitted",
-                };
-                *counts.entry(name).or_default() += 1;
-            }
-            None => panic!("{id}: no outcome (missing from the campaign)"),
-        }
-    }
-    let outside = audit
-        .messages
-        .keys()
-        .filter(|id| !audience.contains(id))
-        .count();
-    assert_eq!(
-        outside, 0,
-        "messages of the campaign to people outside its audience"
-    );
-    counts
-}
-
-/// The ledger's settles net of refunds equal the prices of the attempts in the event logs: each
-/// attempt's intent carries its price once (a re-send of the same attempt is not charged
-/// again), a refused attempt's `failed` event carries it back, and every attempt that was not
-/// refused was billed by its `sent` event at the same price.
-fn check_ledger(audit: &Audit, campaign_id: &str) {
-    let mut settled = 0u64;
-    let mut refunded = 0u64;
-    for entry in audit.ledger.iter().filter(|e| e.campaign_id == campaign_id) {
-        match entry.kind() {
-            LedgerKind::LedgerSettle => settled += entry.amount_micros,
-            LedgerKind::LedgerRefund => refunded += entry.amount_micros,
-            _ => {}
-        }
-    }
-    let mut intents = 0u64;
-    let mut refunds = 0u64;
-    let mut sent = 0u64;
-    for message in audit.messages.values().flatten() {
-        let mut charged = std::collections::HashSet::new();
-        let mut refused = std::collections::HashSet::new();
-        let mut sent_attempts = std::collections::HashSet::new();
-        for event in &message.events {
-            match event.kind() {
-                EventKind::EventAttempted if charged.insert(event.attempt_id.clone()) => {
-                    intents += event.cost_micros;
-                }
-                EventKind::EventFailed
-                    if event.cost_micros > 0 && refused.insert(event.attempt_id.clone()) =>
-                {
-                    refunds += event.cost_micros;
-                }
-                EventKind::EventSent if sent_attempts.insert(event.attempt_id.clone()) => {
-                    sent += event.cost_micros;
-                }
-                _ => {}
-            }
-        }
-    }
-    assert_eq!(
-        settled, intents,
-        "ledger settles = attempts' prices in the logs"
-    );
-    assert_eq!(
-        refunded, refunds,
-        "ledger refunds = refused attempts' prices"
-    );
-    assert_eq!(
-        settled - refunded,
-        sent,
-        "net of refunds, the ledger is what the sent attempts were billed"
-    );
 }
 
 /// The headline: a paced campaign through a node's and then the leader's death.
@@ -362,4 +262,219 @@ impl Latest for CampaignView {
             self
         }
     }
+}
+
+/// The campaign's view from node `index`, when it answers.
+async fn view_of(
+    api: &mut herald_proto::v1::campaigns_client::CampaignsClient<tonic::transport::Channel>,
+    id: &str,
+) -> Option<CampaignView> {
+    campaigns::get(api, API_KEY, id).await.ok()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A fourth node joins mid-campaign (slices move with their partitions); a pause stops every
+/// submission before the call returns and a resume goes on from the checkpoints; nobody is
+/// messaged twice. A cancelled campaign submits nothing more and counts the rest cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_pause_holds_and_a_cancel_ends() {
+    let n = env_or("HERALD_CAMPAIGN_JOIN_RECIPIENTS", 20_000);
+    let pace = 1_000;
+    let spec = NodeSpec {
+        sandbox: "receipt_delay_ms = 0".into(),
+        ..NodeSpec::default()
+    };
+    let mut cluster = Cluster::start_with(ClusterOptions {
+        nodes: 3,
+        spec: spec.clone(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    create_recipients(&cluster, n).await;
+    top_up(&cluster, 10 * n as u64).await;
+    let mut api = campaigns::client(channel(&cluster.node_addrs[0]).await);
+    let created = campaigns::create(
+        &mut api,
+        API_KEY,
+        demo_campaign(
+            "joins",
+            herald_node::validate::default_waterfall(),
+            Some(pace),
+        ),
+    )
+    .await
+    .expect("create");
+    let id = created.campaign_id.clone();
+    let audience: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    campaigns::upload(&mut api, API_KEY, &id, audience.clone())
+        .await
+        .expect("upload");
+    campaigns::command(&mut api, API_KEY, &id, "start")
+        .await
+        .expect("start");
+    let limit = Duration::from_secs(60 + 3 * (n as u64) / u64::from(pace));
+    let reach = |share: f64| {
+        let api = api.clone();
+        let id = id.clone();
+        async move {
+            eventually(&format!("{share} processed"), limit, || {
+                let mut api = api.clone();
+                let id = id.clone();
+                async move {
+                    let view = view_of(&mut api, &id).await?;
+                    (processed(&view) as f64 >= share * n as f64).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    reach(0.25).await;
+    cluster.add_node(&spec);
+    cluster.wait_ready(4, Duration::from_secs(60)).await;
+    eprintln!("a fourth node serves its partitions");
+    reach(0.5).await;
+    campaigns::command(&mut api, API_KEY, &id, "pause")
+        .await
+        .expect("pause");
+    let returned = now_ms();
+    // Nothing of the campaign moves after the pause returned, on any node.
+    let seen = herald_testkit::eventually::observe_for(
+        Duration::from_secs(2),
+        Duration::from_millis(200),
+        || {
+            let mut api = api.clone();
+            let id = id.clone();
+            async move { view_of(&mut api, &id).await.map(|v| processed(&v)) }
+        },
+    )
+    .await;
+    assert!(
+        seen.iter().all(|p| *p == seen[0]),
+        "still submitting after the pause: {seen:?}"
+    );
+    let store = RedisStore::connect(&cluster.redis.url(), RedisOptions::default())
+        .await
+        .expect("store");
+    let audit = campaigns::audit(
+        &store,
+        &cluster.redis.url(),
+        TENANT,
+        &id,
+        cluster.partition_count,
+    )
+    .await;
+    let late = audit
+        .messages
+        .values()
+        .flatten()
+        .filter(|m| m.accepted_at().is_some_and(|at| at > returned))
+        .count();
+    assert_eq!(late, 0, "messages submitted after the pause returned");
+    campaigns::command(&mut api, API_KEY, &id, "resume")
+        .await
+        .expect("resume");
+    eventually("completed after the resume", limit, || {
+        let mut api = api.clone();
+        let id = id.clone();
+        async move {
+            let view = view_of(&mut api, &id).await?;
+            (view.state() == CampaignState::Completed).then_some(())
+        }
+    })
+    .await;
+    let audit = campaigns::audit(
+        &store,
+        &cluster.redis.url(),
+        TENANT,
+        &id,
+        cluster.partition_count,
+    )
+    .await;
+    let counts = check_members(&audit, &audience);
+    eprintln!("per recipient: {counts:?}");
+    let on_the_new_node = audit
+        .messages
+        .values()
+        .flatten()
+        .filter(|m| m.events.first().is_some_and(|e| e.node_id == "node-3"))
+        .count();
+    assert!(
+        on_the_new_node > 0,
+        "the fourth node ran slices it took over"
+    );
+
+    // Cancel: nothing more after the call, the rest counted cancelled.
+    let second = campaigns::create(
+        &mut api,
+        API_KEY,
+        demo_campaign("cancelled", Vec::new(), Some(pace)),
+    )
+    .await
+    .expect("create")
+    .campaign_id;
+    campaigns::upload(&mut api, API_KEY, &second, audience.clone())
+        .await
+        .expect("upload");
+    campaigns::command(&mut api, API_KEY, &second, "start")
+        .await
+        .expect("start");
+    let api2 = api.clone();
+    let second2 = second.clone();
+    eventually("some of it processed", limit, || {
+        let mut api = api2.clone();
+        let id = second2.clone();
+        async move {
+            let view = view_of(&mut api, &id).await?;
+            (processed(&view) >= 2_000).then_some(())
+        }
+    })
+    .await;
+    let cancelled = campaigns::command(&mut api, API_KEY, &second, "cancel")
+        .await
+        .expect("cancel");
+    let returned = now_ms();
+    assert_eq!(cancelled.state(), CampaignState::Cancelled);
+    let seen = herald_testkit::eventually::observe_for(
+        Duration::from_secs(2),
+        Duration::from_millis(200),
+        || {
+            let mut api = api.clone();
+            let id = second.clone();
+            async move { view_of(&mut api, &id).await.and_then(|v| v.funnel) }
+        },
+    )
+    .await;
+    let last = seen.last().cloned().flatten().expect("a funnel");
+    assert!(
+        seen.iter().all(|f| f.as_ref() == Some(&last)),
+        "moving after the cancel"
+    );
+    assert!(identity_holds(&last), "{last:?}");
+    assert_eq!(last.remaining, 0, "{last:?}");
+    assert!(last.cancelled > 0, "{last:?}");
+    let audit = campaigns::audit(
+        &store,
+        &cluster.redis.url(),
+        TENANT,
+        &second,
+        cluster.partition_count,
+    )
+    .await;
+    let late = audit
+        .messages
+        .values()
+        .flatten()
+        .filter(|m| m.accepted_at().is_some_and(|at| at > returned))
+        .count();
+    assert_eq!(late, 0, "messages submitted after the cancel returned");
+    assert_eq!(
+        audit.outcomes.len() as u64 + last.cancelled,
+        n as u64,
+        "every member processed or cancelled"
+    );
 }

@@ -202,15 +202,14 @@ impl Control for ControlService {
             );
         }
         let term = self.ctrl.leader_term()?;
+        let now = match request.at_unix_ms {
+            0 => self.ctrl.now_unix_ms(),
+            at => at,
+        };
         let life = self
             .ctrl
             .campaigns
-            .command(
-                term.number(),
-                &term.node_ids(),
-                request,
-                self.ctrl.now_unix_ms(),
-            )
+            .command(term.number(), &term.node_ids(), request, now)
             .await?;
         if let Some(node) = caller {
             tracing::debug!(%node, "campaign command served");

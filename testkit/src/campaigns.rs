@@ -251,6 +251,49 @@ pub async fn audit(
     audit
 }
 
+/// [`audit`] without Redis (the embedded store): the outcomes, and each submitted member's
+/// message looked up by the id its outcome names.
+pub async fn audit_by_outcomes(
+    store: &dyn Store,
+    tenant: &str,
+    campaign_id: &str,
+    partition_count: u32,
+) -> Audit {
+    let tenant_id = TenantId(tenant.to_owned());
+    let mut audit = Audit::default();
+    for p in 0..partition_count {
+        let fields = store
+            .fields(&keys::campaign::outcomes(&tenant_id, campaign_id, p))
+            .await
+            .expect("read outcomes");
+        for (recipient, value) in fields {
+            let outcome = Outcome::decode(&value).expect("an outcome");
+            if let Outcome::Submitted { message_id, .. } = &outcome {
+                let record = store
+                    .get_message(&tenant_id, &herald_proto::MessageId(message_id.clone()))
+                    .await
+                    .expect("read a message")
+                    .expect("the message an outcome names exists");
+                audit
+                    .messages
+                    .entry(recipient.clone())
+                    .or_default()
+                    .push(LoggedMessage {
+                        message_id: message_id.clone(),
+                        stored: record.message,
+                        events: record.events,
+                    });
+            }
+            audit.outcomes.insert(recipient, outcome);
+        }
+    }
+    let ledger_key = keys::campaign::ledger(&tenant_id);
+    let size = store.record_count(&ledger_key).await.expect("ledger size");
+    let records = store.records(&ledger_key, 0, size).await.expect("ledger");
+    audit.ledger = records.iter().filter_map(|r| decode_ledger(r)).collect();
+    audit
+}
+
 /// Messages accepted per window of `window_ms`, from the first acceptance; the last window
 /// (cut short by the end) is left out.
 pub fn accepted_per_window(audit: &Audit, window_ms: i64) -> Vec<u64> {

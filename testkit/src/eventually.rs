@@ -127,6 +127,23 @@ pub async fn eventually_holds(what: &str, timeout: Duration, mut check: impl FnM
     eventually(what, timeout, || std::future::ready(check().then_some(()))).await;
 }
 
+/// Probes `probe` every `every` for `window` and returns every value seen, in order: for a
+/// check that something does NOT happen (a paused campaign submits nothing more), which a
+/// wait for a state cannot express. Bounded by `window`; the test asserts on the values.
+pub async fn observe_for<T, F, Fut>(window: Duration, every: Duration, mut probe: F) -> Vec<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let started = Instant::now();
+    let mut seen = vec![probe().await];
+    while started.elapsed() < window {
+        tokio::time::sleep(every).await;
+        seen.push(probe().await);
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;

@@ -15,6 +15,7 @@ use herald_control::{ControlConfig, ControlHandle, ControlPlane};
 use herald_node::config::{NodeConfig, TenantConfig};
 use herald_node::server::{Node, NodeHandle};
 use herald_proto::clock::{Clock, ManualClock};
+use herald_proto::v1::campaigns_client::CampaignsClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::engagement_client::EngagementClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
@@ -114,6 +115,25 @@ impl InProcess {
 
     pub async fn engagement(&self) -> EngagementClient<Channel> {
         EngagementClient::new(channel(&self.address()).await)
+    }
+
+    pub async fn campaigns(&self) -> CampaignsClient<Channel> {
+        crate::campaigns::client(channel(&self.address()).await)
+    }
+
+    /// Adds credits to the test tenant's balance (as an operator's top-up would; in process,
+    /// straight through the store: the in-process control plane runs without TLS, where the
+    /// operator calls are refused).
+    pub async fn top_up(&self, micros: u64) {
+        herald_control::campaigns::credits::top_up(
+            &*self.store,
+            &herald_proto::TenantId(TENANT.into()),
+            micros,
+            "test",
+            self.now_unix_ms(),
+        )
+        .await
+        .expect("top up");
     }
 
     /// Stops the node and the control plane.

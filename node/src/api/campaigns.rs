@@ -138,6 +138,7 @@ impl CampaignsApi {
                 kind: kind as i32,
                 spec: None,
                 estimate,
+                at_unix_ms: self.clock.now_unix_ms(),
             })
             .await?;
         Ok(Response::new(self.view(&tenant.id, &id, false).await?))
@@ -224,6 +225,7 @@ impl Campaigns for CampaignsApi {
                 kind: CampaignCommandKind::CampaignCreate as i32,
                 spec: Some(spec),
                 estimate: Some(estimate),
+                at_unix_ms: now,
             })
             .await?;
         Ok(Response::new(self.view(&tenant.id, &id, false).await?))
