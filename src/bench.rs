@@ -86,3 +86,144 @@ pub(crate) async fn bench_waterfall(
     cluster.shutdown().await;
     Ok(())
 }
+
+/// `herald bench campaign`: an unpaced campaign through the full path (slices, acceptance,
+/// the waterfall, the books) over `recipients` seeded recipients. Prints one JSON line:
+/// `msgs_per_s` from the start to the last message's end, `submitted_per_s` to the last
+/// member's submission, the funnel, the peak RSS, and the checkpoint lag (members the funnel
+/// counted beyond what the slices' checkpoints say, sampled every second: a checkpoint is
+/// written in the write that submits, so it should stay 0).
+pub(crate) async fn bench_campaign(
+    recipients: usize,
+    redis: Option<String>,
+    nodes: usize,
+    partitions: u32,
+) -> Result<()> {
+    use herald_proto::v1::campaigns_client::CampaignsClient;
+    use herald_proto::v1::{CampaignState, CreateCampaignRequest, TopUpCreditsRequest};
+    use std::time::Instant;
+
+    if recipients == 0 {
+        bail!("--recipients must be at least 1");
+    }
+    let store_name = if redis.is_some() { "redis" } else { "embedded" };
+    let key_prefix = format!("hb{:08x}", rand::random::<u32>());
+    let cluster = LocalCluster::start(LocalOptions {
+        nodes,
+        redis_url: redis.clone(),
+        key_prefix: Some(key_prefix.clone()),
+        sandbox: SandboxConfig::default(),
+        partition_count: partitions,
+        mtls: true,
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let addrs = cluster.node_addrs();
+    eprintln!("bench campaign: seeding {recipients} recipients (not timed)");
+    workload::create_recipients(&addrs, DEMO_API_KEY, "r", recipients).await?;
+    cluster
+        .operator_control()
+        .await?
+        .top_up_credits(TopUpCreditsRequest {
+            tenant: crate::local::DEMO_TENANT.into(),
+            amount_micros: recipients as u64 * 1_000_000,
+            note: "bench".into(),
+        })
+        .await
+        .map_err(crate::status_error)?;
+    let address = addrs.first().context("no node")?;
+    let mut campaigns = CampaignsClient::new(workload::connect(address).await?);
+    let spec = herald::demo::demo_campaign("bench", Vec::new(), None);
+    let id = campaigns
+        .create_campaign(workload::authed(
+            CreateCampaignRequest { spec: Some(spec) },
+            DEMO_API_KEY,
+        )?)
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .campaign_id;
+    let uploading = Instant::now();
+    let ids = (0..recipients).map(|i| Ok(format!("r{i}")));
+    crate::campaigns::upload_ids(&mut campaigns, DEMO_API_KEY, &id, ids).await?;
+    let upload_s = uploading.elapsed().as_secs_f64();
+    eprintln!("bench campaign: {recipients} ids uploaded in {upload_s:.1}s; starting");
+    // The slices' checkpoints, read beside the funnel (lag = funnel ahead of checkpoints).
+    let store = herald_store::open(&herald_store::StoreConfig {
+        redis_url: redis,
+        key_prefix: Some(key_prefix),
+        ..Default::default()
+    })
+    .await?;
+    let tenant = herald_proto::TenantId(crate::local::DEMO_TENANT.into());
+    let started = Instant::now();
+    crate::campaigns::command_call(&mut campaigns, DEMO_API_KEY, &id, "start").await?;
+    let mut checkpoint_lag = 0u64;
+    loop {
+        let view = crate::campaigns::get(&mut campaigns, DEMO_API_KEY, &id, false).await?;
+        let funnel = view.funnel.clone().unwrap_or_default();
+        if view.state() == CampaignState::Completed {
+            break;
+        }
+        // Only one store (embedded) or a shared Redis can be read here. The funnel was read
+        // before the checkpoints: every member it counts must be in a checkpoint already (they
+        // are written together), so any excess is a checkpoint that lagged.
+        if store_name == "redis" {
+            let slices = store
+                .fields(&herald_store::keys::campaign::slices(&tenant, &id))
+                .await?;
+            let done: u64 = slices
+                .iter()
+                .filter(|(name, _)| name.starts_with("done:"))
+                .map(|(_, v)| u64::try_from(herald_store::campaign::int(Some(v))).unwrap_or(0))
+                .sum();
+            let processed = funnel.planned.saturating_sub(funnel.remaining);
+            checkpoint_lag = checkpoint_lag.max(processed.saturating_sub(done));
+        }
+        eprintln!(
+            "bench campaign: {}/{} processed, {} sent",
+            funnel.planned.saturating_sub(funnel.remaining),
+            funnel.planned,
+            funnel.sent
+        );
+        if started.elapsed() > Duration::from_secs(3_600) {
+            bail!("the campaign did not complete within an hour");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let submit_s = started.elapsed().as_secs_f64();
+    // Then every message to its end (the campaign holds no credits for any in flight).
+    let view = loop {
+        let view = crate::campaigns::get(&mut campaigns, DEMO_API_KEY, &id, false).await?;
+        if view.credits.is_some_and(|c| c.held_micros == 0) {
+            break view;
+        }
+        if started.elapsed() > Duration::from_secs(3_600) {
+            bail!("the campaign's messages did not end within an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let total_s = started.elapsed().as_secs_f64();
+    let funnel = view.funnel.clone().unwrap_or_default();
+    let line = json!({
+        "system": "herald",
+        "workload": "campaign",
+        "recipients": recipients,
+        "nodes": nodes,
+        "store": store_name,
+        "upload_s": (upload_s * 1000.0).round() / 1000.0,
+        "submit_s": (submit_s * 1000.0).round() / 1000.0,
+        "total_s": (total_s * 1000.0).round() / 1000.0,
+        "submitted_per_s": (funnel.submitted as f64 / submit_s).round(),
+        "msgs_per_s": (funnel.submitted as f64 / total_s).round(),
+        "planned": funnel.planned,
+        "submitted": funnel.submitted,
+        "sent": funnel.sent,
+        "delivered": funnel.delivered,
+        "checkpoint_lag": if store_name == "redis" { json!(checkpoint_lag) } else { json!(null) },
+        "peak_rss_mib": peak_rss_kib().map(|k| k / 1024),
+    });
+    println!("{line}");
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -212,6 +212,18 @@ enum BenchCommand {
         #[arg(long)]
         no_mtls: bool,
     },
+    /// An unpaced campaign over N recipients through the full path; prints one JSON line.
+    Campaign {
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients: usize,
+        /// Redis URL; without it the embedded store is used.
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 4096)]
+        partitions: u32,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -394,6 +406,18 @@ async fn main() -> Result<()> {
         } => {
             init_tracing("error");
             bench::bench_waterfall(n, redis, nodes, partitions, !no_mtls).await
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Campaign {
+                    recipients,
+                    redis,
+                    nodes,
+                    partitions,
+                },
+        } => {
+            init_tracing("error");
+            bench::bench_campaign(recipients, redis, nodes, partitions).await
         }
     }
 }

@@ -33,7 +33,12 @@
 //! - [`channels`]: provider accounts, ChannelActors (rate limits, tiers, warm-ups, breakers,
 //!   circuits) and their handles, failover of a step's call.
 //! - [`ownership`], [`membership`], [`peers`]: the partition table, leases and fences; the
-//!   control plane link; node-to-node links (one connection per peer).
+//!   control plane link (joins, heartbeats with campaign progress, tables and campaign
+//!   assignments); node-to-node links (one connection per peer).
+//! - [`campaign`]: the campaigns this node runs — a CampaignActor per running campaign ×
+//!   served partition (its slice), the pure plan of a member, a campaign message's books
+//!   (funnel and credits written with its events); [`control_link`]: campaign commands to the
+//!   control plane's leader.
 //! - [`timers`], [`receipts`], [`events`], [`watch`], [`http`], [`links`], [`content`],
 //!   [`auth`], [`config`], [`validate`].
 //!

@@ -71,6 +71,22 @@ impl RecipientDirectory {
         self.messages.clone().acquire_owned().await.ok()
     }
 
+    /// `n` permits at once, one per message (fair: a batch waits its turn whole, so batches
+    /// waiting for permits never hold some and starve each other). `None` when shutting down.
+    pub async fn admit_many(&self, n: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+        if n == 0 {
+            return Some(Vec::new());
+        }
+        let n32 = u32::try_from(n).ok()?;
+        let mut all = self.messages.clone().acquire_many_owned(n32).await.ok()?;
+        let mut permits = Vec::with_capacity(n);
+        for _ in 1..n {
+            permits.push(all.split(1)?);
+        }
+        permits.push(all);
+        Some(permits)
+    }
+
     /// A permit for one more receipt or consent change in progress.
     pub async fn admit_signal(&self) -> Option<OwnedSemaphorePermit> {
         self.signals.clone().acquire_owned().await.ok()

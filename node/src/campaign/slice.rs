@@ -675,6 +675,17 @@ impl SliceState {
             self.phase = Phase::Walk;
             return Ok(Next::After(self.args.bucket.wait()));
         }
+        // Room to run the batch's messages first (as a client's send waits while the node
+        // is saturated): what is submitted starts at once.
+        let submits = members
+            .iter()
+            .filter(|m| matches!(m, Member::Submit { .. }))
+            .count();
+        let Some(permits) = self.args.env.intake.admit_campaign_messages(submits).await else {
+            self.args.bucket.give_back(tokens);
+            return Ok(Next::Stop);
+        };
+        let mut permits = permits.into_iter();
         let outcomes = self.store().write(ops).await?;
         let written = read_outcomes(&outcomes, &members);
         let processed = match written {
@@ -719,11 +730,15 @@ impl SliceState {
                     }) => {
                         self.done += 1;
                         let fence = self.args.fence;
-                        self.args
-                            .env
-                            .intake
-                            .start_accepted(&run.tenant, *acceptance, Some(*recipient), fence)
-                            .await;
+                        if let Some(permit) = permits.next() {
+                            self.args.env.intake.start_accepted(
+                                &run.tenant,
+                                *acceptance,
+                                Some(*recipient),
+                                fence,
+                                permit,
+                            );
+                        }
                     }
                     other => {
                         // Its idempotency key was taken already: it cannot be sent twice, and

@@ -12,7 +12,6 @@ use herald_proto::v1::{
     CampaignSend, Event, EventKind, MessageRequest, MessageStatus, Recipient, StoredMessage,
 };
 use herald_store::{Fence, WriteOp};
-use tracing::debug;
 
 use super::{Intake, payload_hash};
 use crate::actors::recipient::RecipientMsg;
@@ -73,13 +72,24 @@ impl Intake {
         }
     }
 
+    /// Permits to run `n` more messages on this node, taken before a slice writes them: an
+    /// unpaced campaign goes as fast as the node runs messages, never piling up accepted
+    /// messages that wait. `None` when the node is shutting down.
+    pub async fn admit_campaign_messages(
+        &self,
+        n: usize,
+    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        self.directory.admit_many(n).await
+    }
+
     /// Starts an accepted campaign message (its acceptance is durable): its actor runs it.
-    pub async fn start_accepted(
+    pub fn start_accepted(
         &self,
         tenant: &Arc<Tenant>,
         acceptance: CampaignAcceptance,
         recipient: Option<Recipient>,
         fence: Fence,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         self.events.publish(&tenant.id, &acceptance.watched);
         let recipient_id = acceptance
@@ -88,11 +98,6 @@ impl Intake {
             .as_ref()
             .map(|r| r.recipient_id.clone())
             .unwrap_or_default();
-        // Admission control: a slice waits while the node is saturated, as a client would.
-        let Some(permit) = self.directory.admit().await else {
-            debug!("node shutting down; the message resumes on the next owner");
-            return;
-        };
         self.directory.dispatch(
             (tenant.id.clone(), recipient_id),
             fence.partition,
