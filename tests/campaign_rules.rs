@@ -75,138 +75,176 @@ async fn wait_view(
     .await
 }
 
-fn field_error(status: &tonic::Status) -> String {
-    status.message().to_owned()
-}
-
-/// Every bad campaign is refused with INVALID_ARGUMENT naming its field, and nothing is
-/// stored; a campaign's state refuses what it does not allow with FAILED_PRECONDITION.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_campaigns_are_refused_naming_the_field_and_store_nothing() {
+/// A campaign that `change` makes invalid is refused with INVALID_ARGUMENT naming `field`, and
+/// nothing is stored.
+async fn refused(change: impl FnOnce(&mut CampaignSpec, i64), field: &str) {
     let cluster = start().await;
     let mut api = cluster.campaigns().await;
-    let valid = || demo_campaign("valid", Vec::new(), None);
-    let now = cluster.now_unix_ms();
-    let cases: Vec<(&str, CampaignSpec, &str)> = vec![
-        (
-            "empty audience",
-            CampaignSpec {
-                audience: Some(Audience::default()),
-                ..valid()
-            },
-            "spec.audience",
-        ),
-        (
-            "unknown segment field",
-            CampaignSpec {
-                audience: Some(Audience {
-                    list: false,
-                    segment: vec![SegmentCondition {
-                        field: "shoe_size".into(),
-                        op: ConditionOp::Equals as i32,
-                        values: vec!["9".into()],
-                    }],
-                }),
-                ..valid()
-            },
-            "spec.audience.segment[0].field",
-        ),
-        (
-            "pace 0",
-            CampaignSpec {
-                pace: Some(Pace {
-                    per_second: 0,
-                    spread_over_s: 0,
-                }),
-                ..valid()
-            },
-            "spec.pace.per_second",
-        ),
-        (
-            "absurd pace",
-            CampaignSpec {
-                pace: Some(Pace {
-                    per_second: 50_000_000,
-                    spread_over_s: 0,
-                }),
-                ..valid()
-            },
-            "spec.pace.per_second",
-        ),
-        (
-            "start in the past",
-            CampaignSpec {
-                schedule: Some(Schedule {
-                    start_at_unix_ms: now - 86_400_000,
-                    ..Default::default()
-                }),
-                ..valid()
-            },
-            "spec.schedule.start_at_unix_ms",
-        ),
-        (
-            "bad time zone",
-            CampaignSpec {
-                schedule: Some(Schedule {
-                    default_time_zone: "Mars/Olympus_Mons".into(),
-                    ..Default::default()
-                }),
-                ..valid()
-            },
-            "spec.schedule.default_time_zone",
-        ),
-        (
-            "weights that do not sum",
-            CampaignSpec {
-                variants: vec![
-                    Variant {
-                        name: "a".into(),
-                        weight: 60,
-                        content: None,
-                    },
-                    Variant {
-                        name: "b".into(),
-                        weight: 30,
-                        content: None,
-                    },
-                ],
-                ..valid()
-            },
-            "spec.variants",
-        ),
-        (
-            "holdout of 100%",
-            CampaignSpec {
-                holdout_percent: 100.0,
-                ..valid()
-            },
-            "spec.holdout_percent",
-        ),
-    ];
-    for (what, spec, field) in cases {
-        let status = campaigns::create(&mut api, API_KEY, spec)
-            .await
-            .expect_err(what);
-        assert_eq!(
-            status.code(),
-            tonic::Code::InvalidArgument,
-            "{what}: {status:?}"
-        );
-        assert!(
-            field_error(&status).contains(field),
-            "{what}: {:?} does not name {field}",
-            status.message()
-        );
-    }
+    let mut spec = demo_campaign("bad", Vec::new(), None);
+    change(&mut spec, cluster.now_unix_ms());
+    let status = campaigns::create(&mut api, API_KEY, spec)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "{:?} does not name {field}",
+        status.message()
+    );
     let listed = api
         .list_campaigns(authed(ListCampaignsRequest::default(), API_KEY))
         .await
         .expect("list")
         .into_inner();
     assert!(listed.campaigns.is_empty(), "nothing stored: {listed:?}");
+    cluster.shutdown().await;
+}
 
-    // A list campaign without members cannot start; once cancelled, nothing more is allowed.
-    let created = campaigns::create(&mut api, API_KEY, valid())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_audience_is_refused() {
+    refused(
+        |spec, _| spec.audience = Some(Audience::default()),
+        "spec.audience",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_segment_field_is_refused() {
+    refused(
+        |spec, _| {
+            spec.audience = Some(Audience {
+                list: false,
+                segment: vec![SegmentCondition {
+                    field: "shoe_size".into(),
+                    op: ConditionOp::Equals as i32,
+                    values: vec!["9".into()],
+                }],
+            })
+        },
+        "spec.audience.segment[0].field",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pace_of_zero_is_refused() {
+    refused(
+        |spec, _| {
+            spec.pace = Some(Pace {
+                per_second: 0,
+                spread_over_s: 0,
+            })
+        },
+        "spec.pace.per_second",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_pace_is_refused() {
+    refused(
+        |spec, _| {
+            spec.pace = Some(Pace {
+                per_second: 50_000_000,
+                spread_over_s: 0,
+            })
+        },
+        "spec.pace.per_second",
+    )
+    .await;
+    refused(
+        |spec, _| {
+            spec.pace = Some(Pace {
+                per_second: 0,
+                spread_over_s: 5,
+            })
+        },
+        "spec.pace.spread_over_s",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_in_the_past_is_refused() {
+    refused(
+        |spec, now| {
+            spec.schedule = Some(Schedule {
+                start_at_unix_ms: now - 86_400_000,
+                ..Default::default()
+            })
+        },
+        "spec.schedule.start_at_unix_ms",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_time_zone_is_refused() {
+    refused(
+        |spec, _| {
+            spec.schedule = Some(Schedule {
+                default_time_zone: "Mars/Olympus_Mons".into(),
+                ..Default::default()
+            })
+        },
+        "spec.schedule.default_time_zone",
+    )
+    .await;
+    refused(
+        |spec, _| {
+            spec.audience = Some(Audience {
+                list: true,
+                segment: vec![SegmentCondition {
+                    field: "time_zone".into(),
+                    op: ConditionOp::In as i32,
+                    values: vec!["Europe/Berlin".into(), "Atlantis/Capital".into()],
+                }],
+            })
+        },
+        "spec.audience.segment[0].values[1]",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variant_weights_that_do_not_sum_are_refused() {
+    refused(
+        |spec, _| {
+            spec.variants = vec![
+                Variant {
+                    name: "a".into(),
+                    weight: 60,
+                    content: None,
+                },
+                Variant {
+                    name: "b".into(),
+                    weight: 30,
+                    content: None,
+                },
+            ]
+        },
+        "spec.variants",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holdout_of_100_percent_is_refused() {
+    refused(
+        |spec, _| spec.holdout_percent = 100.0,
+        "spec.holdout_percent",
+    )
+    .await;
+}
+
+/// A list campaign without members cannot start; once cancelled nothing more is allowed
+/// (FAILED_PRECONDITION naming `campaign_id`), nor is anything added to its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_a_cancelled_campaign_fail_their_precondition() {
+    let cluster = start().await;
+    let mut api = cluster.campaigns().await;
+    let created = campaigns::create(&mut api, API_KEY, demo_campaign("valid", Vec::new(), None))
         .await
         .expect("create");
     let id = created.campaign_id;

@@ -127,8 +127,9 @@ pub mod campaign {
         format!("cmpidx:{}", tenant.0)
     }
 
-    /// Sorted set: the campaigns the control plane looks after (not ended, or ended with
-    /// credits still to release), `tenant \x1f id`.
+    /// Sorted set: the campaigns the control plane looks after (started and not settled:
+    /// running, paused, or ended with credits still held or reserved), `tenant \x1f id`;
+    /// a settled campaign leaves it.
     pub const LIVE: &str = "cmplive";
 
     /// Hash: a tenant's credit balance (`available`, in micro-units).

@@ -247,6 +247,9 @@ pub enum WriteOp {
     /// with [`Store::members_after`]); members already there are left alone. Answers
     /// `Counter(n)` with the number of members that were new.
     AddMembers { key: String, members: Vec<String> },
+    /// Takes members out of the sorted set `key` (members not there are ignored). Answers
+    /// `Done`.
+    RemoveMembers { key: String, members: Vec<String> },
 }
 
 /// A condition a [`WriteOp::Require`] checks.

@@ -122,10 +122,22 @@ fn locate_herald(
     }
 }
 
-/// A free TCP port on loopback (free when asked: a process binds it right after).
+/// A free TCP port on loopback (free when asked: a process binds it right after). Never the
+/// same port twice in one test process: the kernel may hand a just-released port out again
+/// before the process it was meant for has bound it (a node once got its control plane's).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local addr").port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// One `herald` process of a cluster, with its log file. Dropping it kills the process.

@@ -552,6 +552,13 @@ impl CampaignDesk {
             names.push(keys::campaign::outcomes(tenant, id, p));
         }
         self.store.expire(&names, self.retention).await?;
+        // Nothing more for a leader to look after.
+        self.store
+            .write(vec![none(WriteOp::RemoveMembers {
+                key: keys::campaign::LIVE.to_owned(),
+                members: vec![live_member(tenant, id)],
+            })])
+            .await?;
         info!(tenant = %tenant.0, campaign = %id, "campaign settled; its members' records expire after the retention");
         Ok(())
     }

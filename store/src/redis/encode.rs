@@ -289,7 +289,7 @@ fn size_hint(ops: &[FencedOp]) -> (usize, usize) {
                 entries += 2 * fields.len();
             }
             WriteOp::PushRecord { record, .. } => bytes += record.len(),
-            WriteOp::AddMembers { members, .. } => {
+            WriteOp::AddMembers { members, .. } | WriteOp::RemoveMembers { members, .. } => {
                 bytes += members.iter().map(String::len).sum::<usize>();
                 entries += members.len();
             }
@@ -478,6 +478,7 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
             WriteOp::SetFields { .. } => b"W",
             WriteOp::PushRecord { .. } => b"L",
             WriteOp::AddMembers { .. } => b"Z",
+            WriteOp::RemoveMembers { .. } => b"Y",
         };
         args.push(code);
         args.push_u64(u64::from(fence.partition.0));
@@ -543,6 +544,14 @@ pub(super) fn encode_ops(keys: &RedisKeys, ops: &[FencedOp]) -> (Args, Vec<Expec
                     args.push(member.as_bytes());
                 }
                 expect.push(Expect::Counter);
+            }
+            WriteOp::RemoveMembers { key, members } => {
+                push_record_key(&mut args, keys, SET_SEGMENT, key);
+                args.push_u64(members.len() as u64);
+                for member in members {
+                    args.push(member.as_bytes());
+                }
+                expect.push(Expect::Done);
             }
         }
     }

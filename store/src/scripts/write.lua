@@ -273,6 +273,22 @@ while i <= argc do
       out[n] = add_members(ARGV[i + 3], i + 5, count)
     end
     i = i + 5 + count
+  elseif code == 'Y' then
+    -- Fields: sorted set key, count, members (taken out, 128 per call).
+    local count = tonumber(ARGV[i + 4])
+    if fenced then
+      out[n] = {stored}
+    else
+      local j = i + 5
+      local last = i + 4 + count
+      while j <= last do
+        local chunk_end = math.min(j + 127, last)
+        redis.call('ZREM', ARGV[i + 3], unpack(ARGV, j, chunk_end))
+        j = chunk_end + 1
+      end
+      out[n] = 0
+    end
+    i = i + 5 + count
   elseif code == 'R' then
     -- Fields: recipient key, bytes, the partition's recipient index key, recipient id.
     if fenced then

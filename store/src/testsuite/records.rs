@@ -319,6 +319,48 @@ pub async fn sorted_set_members(store: Arc<dyn Store>) {
             vec!["é"]
         ]
     );
+    // Removing members (some not there): the rest stay in order; fenced, nothing goes.
+    let outcomes = write(
+        store,
+        vec![FencedOp {
+            fence: f,
+            op: WriteOp::RemoveMembers {
+                key: "aud".into(),
+                members: vec!["B".into(), "nope".into(), "r:1".into()],
+            },
+        }],
+    )
+    .await;
+    assert_eq!(outcomes, vec![WriteOutcome::Done]);
+    assert_eq!(
+        all_members(store, "aud").await,
+        ["0", "10", "9", "a", "ab", "b", "é"]
+    );
+    store
+        .acquire_leases(
+            &herald_proto::NodeId("other".into()),
+            Epoch(5),
+            &[PartitionId(1)],
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .expect("raise the epoch");
+    let outcomes = write(
+        store,
+        vec![FencedOp {
+            fence: f,
+            op: WriteOp::RemoveMembers {
+                key: "aud".into(),
+                members: vec!["a".into()],
+            },
+        }],
+    )
+    .await;
+    assert!(
+        matches!(outcomes[0], WriteOutcome::Fenced { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(store.member_count("aud").await.expect("count"), 7);
     // A cursor need not be a member: what follows it in byte order.
     assert_eq!(
         store

@@ -428,6 +428,9 @@ pub(in crate::embedded) fn prepare(op: FencedOp, now_ms: u64, durable: bool) -> 
             records: vec![record],
         }),
         WriteOp::AddMembers { key, members } => Entry::AddMembers(AddMembers { key, members }),
+        WriteOp::RemoveMembers { key, members } => {
+            Entry::RemoveMembers(super::super::log::log_format::RemoveMembers { key, members })
+        }
         WriteOp::IncrCounter { key, delta, ttl } => {
             let kind = PreparedKind::Counter {
                 key,
