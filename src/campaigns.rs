@@ -449,7 +449,7 @@ pub(crate) async fn run(addr: &str, api_key: &str, command: CampaignCommand) -> 
                 }
             }
         }
-        CampaignCommand::Watch { id } => watch(&mut campaigns, api_key, &id).await?,
+        CampaignCommand::Watch { id } => watch(&mut campaigns, api_key, &id, true).await?,
         CampaignCommand::List { state, limit } => {
             let state = match state.as_deref() {
                 None => CampaignState::Unspecified,
@@ -619,6 +619,7 @@ pub(crate) async fn watch(
     campaigns: &mut CampaignsClient<GrpcChannel>,
     api_key: &str,
     id: &str,
+    print_end: bool,
 ) -> Result<()> {
     let mut stream = campaigns
         .watch_campaign(authed(
@@ -659,7 +660,7 @@ pub(crate) async fn watch(
         last = Some(view);
     }
     bar.finish_and_clear();
-    if let Some(view) = last {
+    if let Some(view) = last.filter(|_| print_end) {
         print_view(&view);
     }
     Ok(())

@@ -145,7 +145,8 @@ async fn demo(
     eprintln!("      → email → SMS; watch it: herald campaign watch {id}");
     let started = Instant::now();
     command_call(&mut campaigns, DEMO_API_KEY, &id, "start").await?;
-    watch(&mut campaigns, DEMO_API_KEY, &id).await?;
+    watch(&mut campaigns, DEMO_API_KEY, &id, false).await?;
+    eprintln!("demo: everyone submitted; waiting for the last messages to end");
     let view = settled(&mut campaigns, &id, Duration::from_secs(60)).await?;
     let elapsed = started.elapsed().as_secs_f64();
     print_view(&view);

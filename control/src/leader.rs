@@ -190,14 +190,16 @@ impl Controller {
         let mut tables = term.tables.subscribe();
         // The first `changed()` then yields the current table at once.
         tables.mark_changed();
-        let watch = TableWatch {
-            tables,
+        let watch = TermWatch {
+            source: tables,
             roles: self.role.subscribe(),
             term,
+            project: Box::new(|table: &Arc<PartitionTable>| Some((**table).clone())),
+            on_end: None,
             done: false,
             _permit: permit,
         };
-        Ok(Box::pin(futures::stream::unfold(watch, TableWatch::next)))
+        Ok(Box::pin(futures::stream::unfold(watch, TermWatch::next)))
     }
 
     /// Takes leadership: loads the stored table (so epochs continue above it) and its members.
@@ -779,114 +781,78 @@ impl Controller {
                 })?;
         let mut published = self.campaigns.subscribe();
         published.mark_changed();
-        let watch = CampaignWatch {
-            published,
+        let desk = self.campaigns.clone();
+        let gone = node.clone();
+        let mut last: Option<herald_proto::v1::CampaignAssignments> = None;
+        let watch = TermWatch {
+            source: published,
             roles: self.role.subscribe(),
             term,
-            node,
-            last: None,
+            // Only what changed for this node.
+            project: Box::new(move |published: &Arc<crate::campaigns::Published>| {
+                let next = published.for_node(&node);
+                if last.as_ref() == Some(&next) {
+                    return None;
+                }
+                last = Some(next.clone());
+                Some(next)
+            }),
+            // A killed node's connection closes at once: its share of every pace moves now.
+            on_end: Some(Box::new(move || desk.node_gone(&gone))),
             done: false,
-            desk: self.campaigns.clone(),
             _permit: permit,
         };
-        Ok(Box::pin(futures::stream::unfold(
-            watch,
-            CampaignWatch::next,
-        )))
+        Ok(Box::pin(futures::stream::unfold(watch, TermWatch::next)))
     }
 }
 
-/// One WatchCampaigns stream's state.
-struct CampaignWatch {
-    published: watch::Receiver<Arc<crate::campaigns::Published>>,
+/// What a [`TermWatch`] sends of each new value (`None` = nothing new for its caller).
+type Projection<S, T> = Box<dyn FnMut(&S) -> Option<T> + Send>;
+
+/// One stream of what a leadership term publishes (WatchTable, WatchCampaigns): each new value
+/// of `source` as `project` maps it (`None` = nothing new for this caller), until the term
+/// ends, then `UNAVAILABLE not_leader{..}`.
+struct TermWatch<S, T> {
+    source: watch::Receiver<S>,
     roles: watch::Receiver<Role>,
     term: Arc<Term>,
-    node: String,
-    last: Option<herald_proto::v1::CampaignAssignments>,
-    done: bool,
-    /// Told when the stream ends (the node went away).
-    desk: Arc<crate::campaigns::CampaignDesk>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for CampaignWatch {
-    fn drop(&mut self) {
-        self.desk.node_gone(&self.node);
-    }
-}
-
-impl CampaignWatch {
-    async fn next(
-        mut self,
-    ) -> Option<(
-        Result<herald_proto::v1::CampaignAssignments, tonic::Status>,
-        Self,
-    )> {
-        if self.done {
-            return None;
-        }
-        loop {
-            tokio::select! {
-                biased;
-                changed = self.roles.changed() => {
-                    if changed.is_ok() && self.still_leading() {
-                        continue;
-                    }
-                }
-                changed = self.published.changed() => {
-                    if changed.is_ok() && self.still_leading() {
-                        let next = self.published.borrow_and_update().for_node(&self.node);
-                        if self.last.as_ref() == Some(&next) {
-                            continue;
-                        }
-                        self.last = Some(next.clone());
-                        return Some((Ok(next), self));
-                    }
-                }
-            }
-            self.done = true;
-            let leader = match &*self.roles.borrow() {
-                Role::Follower { leader } => leader.clone(),
-                _ => None,
-            };
-            return Some((Err(Error::NotLeader { leader }.into()), self));
-        }
-    }
-
-    fn still_leading(&self) -> bool {
-        matches!(&*self.roles.borrow(), Role::Leader(term) if term.number == self.term.number)
-            && self.term.holds_lease()
-    }
-}
-
-/// One WatchTable stream's state.
-struct TableWatch {
-    tables: watch::Receiver<Arc<PartitionTable>>,
-    roles: watch::Receiver<Role>,
-    term: Arc<Term>,
+    project: Projection<S, T>,
+    /// Run when the stream is dropped (the caller went away, or the term ended).
+    on_end: Option<Box<dyn FnOnce() + Send>>,
     done: bool,
     /// Held for the stream's life: caps concurrent watchers.
     _permit: OwnedSemaphorePermit,
 }
 
-impl TableWatch {
-    async fn next(mut self) -> Option<(Result<PartitionTable, tonic::Status>, Self)> {
+impl<S, T> Drop for TermWatch<S, T> {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end();
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static, T: Send + 'static> TermWatch<S, T> {
+    async fn next(mut self) -> Option<(Result<T, tonic::Status>, Self)> {
         if self.done {
             return None;
         }
         loop {
             tokio::select! {
-                // Leadership first: after a step-down not one more table goes out.
+                // Leadership first: after a step-down not one more value goes out.
                 biased;
                 changed = self.roles.changed() => {
                     if changed.is_ok() && self.still_leading() {
                         continue;
                     }
                 }
-                changed = self.tables.changed() => {
+                changed = self.source.changed() => {
                     if changed.is_ok() && self.still_leading() {
-                        let table = self.tables.borrow_and_update().clone();
-                        return Some((Ok((*table).clone()), self));
+                        let projected = (self.project)(&self.source.borrow_and_update());
+                        match projected {
+                            Some(value) => return Some((Ok(value), self)),
+                            None => continue,
+                        }
                     }
                 }
             }

@@ -158,34 +158,11 @@ pub async fn audit(
     campaign_id: &str,
     partition_count: u32,
 ) -> Audit {
-    let tenant_id = TenantId(tenant.to_owned());
-    let mut audit = Audit::default();
-    for p in 0..partition_count {
-        let fields = store
-            .fields(&keys::campaign::outcomes(&tenant_id, campaign_id, p))
-            .await
-            .expect("read outcomes");
-        for (recipient, value) in fields {
-            let outcome = Outcome::decode(&value).expect("an outcome");
-            audit.outcomes.insert(recipient, outcome);
-        }
-    }
-    let ledger_key = keys::campaign::ledger(&tenant_id);
-    let size = store.record_count(&ledger_key).await.expect("ledger size");
-    let mut from = 0;
-    while from < size {
-        let page = store
-            .records(&ledger_key, from, 10_000)
-            .await
-            .expect("ledger page");
-        if page.is_empty() {
-            break;
-        }
-        from += page.len() as u64;
-        audit
-            .ledger
-            .extend(page.iter().filter_map(|r| decode_ledger(r)));
-    }
+    let mut audit = Audit {
+        outcomes: outcomes(store, tenant, campaign_id, partition_count).await,
+        ledger: ledger(store, tenant).await,
+        ..Audit::default()
+    };
     let client = redis::Client::open(redis_url).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -260,38 +237,72 @@ pub async fn audit_by_outcomes(
     partition_count: u32,
 ) -> Audit {
     let tenant_id = TenantId(tenant.to_owned());
-    let mut audit = Audit::default();
+    let mut audit = Audit {
+        outcomes: outcomes(store, tenant, campaign_id, partition_count).await,
+        ledger: ledger(store, tenant).await,
+        ..Audit::default()
+    };
+    for (recipient, outcome) in &audit.outcomes {
+        let Outcome::Submitted { message_id, .. } = outcome else {
+            continue;
+        };
+        let record = store
+            .get_message(&tenant_id, &herald_proto::MessageId(message_id.clone()))
+            .await
+            .expect("read a message")
+            .expect("the message an outcome names exists");
+        audit
+            .messages
+            .entry(recipient.clone())
+            .or_default()
+            .push(LoggedMessage {
+                message_id: message_id.clone(),
+                stored: record.message,
+                events: record.events,
+            });
+    }
+    audit
+}
+
+/// The campaign's outcome per member, from its per-partition records.
+async fn outcomes(
+    store: &dyn Store,
+    tenant: &str,
+    campaign_id: &str,
+    partition_count: u32,
+) -> HashMap<String, Outcome> {
+    let tenant = TenantId(tenant.to_owned());
+    let mut outcomes = HashMap::new();
     for p in 0..partition_count {
         let fields = store
-            .fields(&keys::campaign::outcomes(&tenant_id, campaign_id, p))
+            .fields(&keys::campaign::outcomes(&tenant, campaign_id, p))
             .await
             .expect("read outcomes");
         for (recipient, value) in fields {
-            let outcome = Outcome::decode(&value).expect("an outcome");
-            if let Outcome::Submitted { message_id, .. } = &outcome {
-                let record = store
-                    .get_message(&tenant_id, &herald_proto::MessageId(message_id.clone()))
-                    .await
-                    .expect("read a message")
-                    .expect("the message an outcome names exists");
-                audit
-                    .messages
-                    .entry(recipient.clone())
-                    .or_default()
-                    .push(LoggedMessage {
-                        message_id: message_id.clone(),
-                        stored: record.message,
-                        events: record.events,
-                    });
-            }
-            audit.outcomes.insert(recipient, outcome);
+            outcomes.insert(recipient, Outcome::decode(&value).expect("an outcome"));
         }
     }
-    let ledger_key = keys::campaign::ledger(&tenant_id);
-    let size = store.record_count(&ledger_key).await.expect("ledger size");
-    let records = store.records(&ledger_key, 0, size).await.expect("ledger");
-    audit.ledger = records.iter().filter_map(|r| decode_ledger(r)).collect();
-    audit
+    outcomes
+}
+
+/// The tenant's whole credit ledger, oldest first.
+async fn ledger(store: &dyn Store, tenant: &str) -> Vec<LedgerEntry> {
+    let key = keys::campaign::ledger(&TenantId(tenant.to_owned()));
+    let size = store.record_count(&key).await.expect("ledger size");
+    let mut entries = Vec::new();
+    let mut from = 0;
+    while from < size {
+        let page = store
+            .records(&key, from, 10_000)
+            .await
+            .expect("ledger page");
+        if page.is_empty() {
+            break;
+        }
+        from += page.len() as u64;
+        entries.extend(page.iter().filter_map(|r| decode_ledger(r)));
+    }
+    entries
 }
 
 /// Messages accepted per window of `window_ms`, from the first acceptance; the last window

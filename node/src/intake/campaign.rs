@@ -8,68 +8,24 @@
 
 use std::sync::Arc;
 
-use herald_proto::v1::{
-    CampaignSend, Event, EventKind, MessageRequest, MessageStatus, Recipient, StoredMessage,
-};
-use herald_store::{Fence, WriteOp};
+use herald_proto::v1::{CampaignSend, MessageRequest, Recipient};
+use herald_store::Fence;
 
-use super::{Intake, payload_hash};
+use super::{Acceptance, Intake};
 use crate::actors::recipient::RecipientMsg;
 use crate::auth::Tenant;
 
-/// A campaign member's message, ready to be accepted inside the slice's write.
-pub struct CampaignAcceptance {
-    pub stored: Arc<StoredMessage>,
-    /// The `AcceptMessage` op (`guards` set by the slice).
-    pub op: WriteOp,
-    /// Copies of the `accepted` event for watchers (usually none).
-    watched: Vec<Event>,
-}
-
 impl Intake {
-    /// The acceptance of `request` for `campaign`, in the partition of `fence`.
+    /// The acceptance of `request` for `campaign`, in the partition of `fence` (as a client's
+    /// message is accepted; the slice sets its `guards` and writes it).
     pub fn campaign_acceptance(
         &self,
         tenant: &Tenant,
         request: MessageRequest,
         campaign: CampaignSend,
         fence: Fence,
-    ) -> CampaignAcceptance {
-        let message_id = ulid::Ulid::new().to_string();
-        let now = self.clock.now_unix_ms();
-        let accepted = Event {
-            message_id: message_id.clone(),
-            recipient_id: request.recipient_id.clone(),
-            kind: EventKind::EventAccepted as i32,
-            at_unix_ms: now,
-            node_id: self.node_id.0.clone(),
-            epoch: fence.epoch.0,
-            partition: fence.partition.0,
-            status: MessageStatus::Pending as i32,
-            seq: 1,
-            ..Default::default()
-        };
-        let stored = Arc::new(StoredMessage {
-            message_id,
-            tenant: tenant.id.0.clone(),
-            payload_hash: payload_hash(&request),
-            partition: fence.partition.0,
-            created_unix_ms: now,
-            request: Some(request),
-            campaign: Some(campaign),
-        });
-        let watched = self.events.wanted(std::slice::from_ref(&accepted));
-        let op = WriteOp::AcceptMessage {
-            message: stored.clone(),
-            accepted,
-            idempotency_ttl: self.settings.idempotency_ttl,
-            guards: 0,
-        };
-        CampaignAcceptance {
-            stored,
-            op,
-            watched,
-        }
+    ) -> Acceptance {
+        self.acceptance(tenant, request, fence.partition, fence, Some(campaign))
     }
 
     /// Permits to run `n` more messages on this node, taken before a slice writes them: an
@@ -86,7 +42,7 @@ impl Intake {
     pub fn start_accepted(
         &self,
         tenant: &Arc<Tenant>,
-        acceptance: CampaignAcceptance,
+        acceptance: Acceptance,
         recipient: Option<Recipient>,
         fence: Fence,
         permit: tokio::sync::OwnedSemaphorePermit,

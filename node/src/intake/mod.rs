@@ -55,7 +55,8 @@ mod erasure;
 mod resume;
 mod signals;
 
-pub use campaign::CampaignAcceptance;
+/// A campaign member's message, ready to be accepted inside its slice's write.
+pub type CampaignAcceptance = Acceptance;
 
 /// How long a phone number stays findable (inbound keywords) after its recipient's last upsert.
 const PHONE_INDEX_TTL: Duration = Duration::from_secs(400 * 86_400);
@@ -141,19 +142,23 @@ fn sent_result(
 
 /// A message ready to accept: the stored form, its `accepted` event (copied for watchers), and
 /// the write.
-struct Acceptance {
-    stored: Arc<StoredMessage>,
-    watched: Vec<Event>,
-    op: WriteOp,
+pub struct Acceptance {
+    pub(crate) stored: Arc<StoredMessage>,
+    /// Copies of the `accepted` event for watchers (usually none).
+    pub(crate) watched: Vec<Event>,
+    /// The `AcceptMessage` op (its `guards` set by whoever writes it).
+    pub(crate) op: WriteOp,
 }
 
 impl Intake {
+    /// A message ready to accept (a campaign's, with `campaign`).
     fn acceptance(
         &self,
         tenant: &Tenant,
         request: MessageRequest,
         partition: PartitionId,
         fence: Fence,
+        campaign: Option<herald_proto::v1::CampaignSend>,
     ) -> Acceptance {
         let message_id = ulid::Ulid::new().to_string();
         let now = self.clock.now_unix_ms();
@@ -176,7 +181,7 @@ impl Intake {
             partition: partition.0,
             created_unix_ms: now,
             request: Some(request),
-            campaign: None,
+            campaign,
         });
         // A copy of the event only when someone watches; the actor's history needs only its
         // position in the log (`fresh_history`).
@@ -287,7 +292,7 @@ impl Intake {
                 Item::Signal(signal) => signals.push((index, signal, fence)),
                 Item::Send(request) => {
                     let recipient_id = request.recipient_id.clone();
-                    let acceptance = self.acceptance(tenant, request, partition, fence);
+                    let acceptance = self.acceptance(tenant, request, partition, fence, None);
                     let acceptance = if alone {
                         match self
                             .hand_over(tenant, acceptance, partition, fence, &mut recipients)
