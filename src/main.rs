@@ -3,6 +3,7 @@
 //! benchmark (`bench waterfall`).
 
 mod bench;
+mod campaign_file;
 mod campaigns;
 mod local;
 mod operator;

@@ -9,6 +9,8 @@
 //! - the failure detector loop, which expires silent members of the current term;
 //! - the persisted table (blob [`TABLE_BLOB`], a prost-encoded `PartitionTable`).
 //!
+//! The streams a term feeds (WatchTable, WatchCampaigns) are in `streams`.
+//!
 //! It must never:
 //! - serve or publish as leader without a lease it is sure is still valid (the local deadline
 //!   is measured from *before* the lease request, minus a drift margin, so it ends before the
@@ -22,18 +24,16 @@
 //! table, but a third leader would then read the older blob. A compare-and-set blob write (or
 //! an epoch-fenced one) in the store would close this.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use herald_proto::NodeId;
 use herald_proto::v1::{ClusterStatusResponse, NodeInfo, NodeStatus, PartitionTable};
 use herald_store::Store;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, error, info, warn};
@@ -67,13 +67,14 @@ pub(crate) enum Role {
 pub(crate) struct Controller {
     pub(crate) config: ControlConfig,
     store: Arc<dyn Store>,
-    role: watch::Sender<Role>,
+    pub(crate) role: watch::Sender<Role>,
     /// The newest table this replica knows: the one it published as leader, or the last one it
     /// read from the store as follower.
     latest: Mutex<Arc<PartitionTable>>,
     health: HealthReporter,
     terms: AtomicU64,
-    watchers: Arc<Semaphore>,
+    /// Caps concurrent WatchTable and WatchCampaigns streams.
+    pub(crate) watchers: Arc<Semaphore>,
     /// Campaigns: commands, assignments, pace (acts only while this replica leads).
     pub(crate) campaigns: Arc<crate::campaigns::CampaignDesk>,
 }
@@ -175,31 +176,6 @@ impl Controller {
             partition_count: table.partition_count,
             nodes,
         })
-    }
-
-    /// The current table now, then every newer one (intermediate ones may be skipped: only the
-    /// newest matters). Ends with `UNAVAILABLE not_leader{..}` when this term ends.
-    pub(crate) fn watch_tables(&self, term: Arc<Term>) -> Result<TableStream, Error> {
-        let permit =
-            self.watchers
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::TooManyWatchers {
-                    limit: MAX_WATCHERS,
-                })?;
-        let mut tables = term.tables.subscribe();
-        // The first `changed()` then yields the current table at once.
-        tables.mark_changed();
-        let watch = TermWatch {
-            source: tables,
-            roles: self.role.subscribe(),
-            term,
-            project: Box::new(|table: &Arc<PartitionTable>| Some((**table).clone())),
-            on_end: None,
-            done: false,
-            _permit: permit,
-        };
-        Ok(Box::pin(futures::stream::unfold(watch, TermWatch::next)))
     }
 
     /// Takes leadership: loads the stored table (so epochs continue above it) and its members.
@@ -525,7 +501,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// One leadership: from taking the lease to losing it. A new leadership is a new `Term`, so
 /// nothing of an old one (members, streams) survives a step-down.
 pub(crate) struct Term {
-    number: u64,
+    pub(crate) number: u64,
     control_id: String,
     partition_count: u32,
     failure_timeout: Duration,
@@ -538,7 +514,7 @@ pub(crate) struct Term {
     /// epochs come out strictly increasing. Heartbeats do not take it.
     writer: tokio::sync::Mutex<()>,
     state: Mutex<TermState>,
-    tables: watch::Sender<Arc<PartitionTable>>,
+    pub(crate) tables: watch::Sender<Arc<PartitionTable>>,
 }
 
 struct TermState {
@@ -754,119 +730,5 @@ impl Term {
             partition_count: state.table.partition_count,
             nodes,
         }
-    }
-}
-
-pub(crate) type TableStream =
-    Pin<Box<dyn Stream<Item = Result<PartitionTable, tonic::Status>> + Send>>;
-
-pub(crate) type CampaignStream = Pin<
-    Box<dyn Stream<Item = Result<herald_proto::v1::CampaignAssignments, tonic::Status>> + Send>,
->;
-
-impl Controller {
-    /// `node`'s campaign assignments now, then whenever they change; ends with `UNAVAILABLE
-    /// not_leader{..}` when this term ends.
-    pub(crate) fn watch_campaigns(
-        &self,
-        term: Arc<Term>,
-        node: String,
-    ) -> Result<CampaignStream, Error> {
-        let permit =
-            self.watchers
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::TooManyWatchers {
-                    limit: MAX_WATCHERS,
-                })?;
-        let mut published = self.campaigns.subscribe();
-        published.mark_changed();
-        let desk = self.campaigns.clone();
-        let gone = node.clone();
-        let mut last: Option<herald_proto::v1::CampaignAssignments> = None;
-        let watch = TermWatch {
-            source: published,
-            roles: self.role.subscribe(),
-            term,
-            // Only what changed for this node.
-            project: Box::new(move |published: &Arc<crate::campaigns::Published>| {
-                let next = published.for_node(&node);
-                if last.as_ref() == Some(&next) {
-                    return None;
-                }
-                last = Some(next.clone());
-                Some(next)
-            }),
-            // A killed node's connection closes at once: its share of every pace moves now.
-            on_end: Some(Box::new(move || desk.node_gone(&gone))),
-            done: false,
-            _permit: permit,
-        };
-        Ok(Box::pin(futures::stream::unfold(watch, TermWatch::next)))
-    }
-}
-
-/// What a [`TermWatch`] sends of each new value (`None` = nothing new for its caller).
-type Projection<S, T> = Box<dyn FnMut(&S) -> Option<T> + Send>;
-
-/// One stream of what a leadership term publishes (WatchTable, WatchCampaigns): each new value
-/// of `source` as `project` maps it (`None` = nothing new for this caller), until the term
-/// ends, then `UNAVAILABLE not_leader{..}`.
-struct TermWatch<S, T> {
-    source: watch::Receiver<S>,
-    roles: watch::Receiver<Role>,
-    term: Arc<Term>,
-    project: Projection<S, T>,
-    /// Run when the stream is dropped (the caller went away, or the term ended).
-    on_end: Option<Box<dyn FnOnce() + Send>>,
-    done: bool,
-    /// Held for the stream's life: caps concurrent watchers.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<S, T> Drop for TermWatch<S, T> {
-    fn drop(&mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end();
-        }
-    }
-}
-
-impl<S: Send + Sync + 'static, T: Send + 'static> TermWatch<S, T> {
-    async fn next(mut self) -> Option<(Result<T, tonic::Status>, Self)> {
-        if self.done {
-            return None;
-        }
-        loop {
-            tokio::select! {
-                // Leadership first: after a step-down not one more value goes out.
-                biased;
-                changed = self.roles.changed() => {
-                    if changed.is_ok() && self.still_leading() {
-                        continue;
-                    }
-                }
-                changed = self.source.changed() => {
-                    if changed.is_ok() && self.still_leading() {
-                        let projected = (self.project)(&self.source.borrow_and_update());
-                        match projected {
-                            Some(value) => return Some((Ok(value), self)),
-                            None => continue,
-                        }
-                    }
-                }
-            }
-            self.done = true;
-            let leader = match &*self.roles.borrow() {
-                Role::Follower { leader } => leader.clone(),
-                _ => None,
-            };
-            return Some((Err(Error::NotLeader { leader }.into()), self));
-        }
-    }
-
-    fn still_leading(&self) -> bool {
-        matches!(&*self.roles.borrow(), Role::Leader(term) if term.number == self.term.number)
-            && self.term.holds_lease()
     }
 }

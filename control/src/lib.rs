@@ -14,6 +14,7 @@
 //! - `leader`: the leader lease loop, the leadership term, persisting then publishing tables,
 //!   the failure detector.
 //! - `service`: the `herald.v1.Control` gRPC service (decode, call the leader, map errors).
+//! - `streams`: WatchTable and WatchCampaigns, bound to the term that serves them.
 //! - [`campaigns`]: campaign commands, their assignment to nodes and pace, credits.
 //! - this file: [`ControlPlane::start`] wires the server and the tasks; [`ControlHandle`]
 //!   observes and stops them; [`Error`].
@@ -29,6 +30,7 @@ mod leader;
 mod membership;
 pub mod partition_table;
 mod service;
+mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -36,8 +36,9 @@ use tonic::{Request, Response, Status};
 use crate::Error;
 use crate::api_keys::{self, ApiKeys};
 use crate::campaigns::credits;
-use crate::leader::{CampaignStream, Controller, TableStream};
+use crate::leader::Controller;
 use crate::membership::{self, MAX_NODE_ID_LEN};
+use crate::streams::{CampaignStream, TableStream};
 
 pub(crate) struct ControlService {
     ctrl: Arc<Controller>,
