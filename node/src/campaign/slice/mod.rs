@@ -510,12 +510,7 @@ impl SliceState {
                 self.size = self.size.saturating_sub(self.pending_size_drop);
                 members.len()
             }
-            Written::ShortAt(index) => {
-                // Duplicates before the short member landed; after it, none did. Read it all
-                // again after the reservation grew.
-                self.phase = Phase::Load;
-                index
-            }
+            Written::ShortAt(index) => index,
             Written::NotRunning => {
                 self.args.bucket.give_back(tokens);
                 debug!(campaign = %run.id, partition = self.partition(), "campaign not running; slice stops");
@@ -572,7 +567,8 @@ impl SliceState {
             .bucket
             .give_back(tokens.saturating_sub(used_tokens));
         if let Written::ShortAt(_) = written {
-            self.phase = Phase::Walk;
+            // What landed before the short member is read back with the slice's figures.
+            self.phase = Phase::Load;
             return self.reserve_more().await;
         }
         self.publish_progress();
