@@ -11,7 +11,7 @@ use herald_proto::v1::campaigns_client::CampaignsClient;
 use herald_proto::v1::engagement_client::EngagementClient;
 use herald_proto::v1::{
     Audience, CampaignSpec, CampaignState, CampaignView, ConditionOp, EngagementKind,
-    EngagementReport, ListCampaignsRequest, Pace, ReportRequest, ReportStatus, Schedule,
+    EngagementReport, EventKind, ListCampaignsRequest, Pace, ReportRequest, ReportStatus, Schedule,
     SegmentCondition, SendWindow, UpsertRecipientsRequest, Variant,
 };
 use herald_store::campaign::Outcome;
@@ -356,9 +356,12 @@ async fn local_time_reaches_each_zone_inside_its_own_window() {
         cluster.advance(Duration::from_secs(1_800));
         let now = cluster.now_unix_ms();
         let expected = due.iter().filter(|d| **d <= now).count() as u64;
+        // Each submitted message must also have been sent (or failed) before the clock moves
+        // on: its events are dated by the clock when they happen.
         let view = wait_view(&mut api, &id, &format!("{expected} due by now"), |view| {
             let funnel = view.funnel.clone().unwrap_or_default();
             funnel.submitted + funnel.suppressed == expected
+                && funnel.sent + funnel.failed >= funnel.submitted
         })
         .await;
         assert!(identity_holds(&view.funnel.unwrap_or_default()));
@@ -378,7 +381,17 @@ async fn local_time_reaches_each_zone_inside_its_own_window() {
     for recipient in &recipients {
         let zone: Tz = recipient.time_zone.parse().expect("zone");
         let message = &audit.messages[&recipient.id][0];
-        for event in &message.events {
+        // When it was handed over and sent; receipts come when the person's device says.
+        let sending = [
+            EventKind::EventAccepted,
+            EventKind::EventAttempted,
+            EventKind::EventSent,
+        ];
+        for event in message
+            .events
+            .iter()
+            .filter(|e| sending.contains(&e.kind()))
+        {
             let local = DateTime::<Utc>::from_timestamp_millis(event.at_unix_ms)
                 .expect("time")
                 .with_timezone(&zone);
