@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/herald/v1/recipients.proto",
         "proto/herald/v1/engagement.proto",
         "proto/herald/v1/campaigns.proto",
+        "proto/herald/v1/journeys.proto",
         "proto/herald/v1/internal.proto",
     ];
     for file in &files {

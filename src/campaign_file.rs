@@ -47,15 +47,24 @@ struct CampaignFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum ClassName {
+pub(crate) enum ClassName {
     #[default]
     Marketing,
     Transactional,
 }
 
+impl ClassName {
+    pub(crate) fn class(&self) -> MessageClass {
+        match self {
+            ClassName::Marketing => MessageClass::Marketing,
+            ClassName::Transactional => MessageClass::Transactional,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ContentFile {
+pub(crate) struct ContentFile {
     push: Option<PushFile>,
     email: Option<EmailFile>,
     sms: Option<SmsFile>,
@@ -90,7 +99,7 @@ struct SmsFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StepFile {
+pub(crate) struct StepFile {
     channel: String,
     /// accepted (default), delivered, read.
     success: Option<String>,
@@ -101,7 +110,7 @@ struct StepFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct QuietFile {
+pub(crate) struct QuietFile {
     start: String,
     end: String,
     #[serde(default)]
@@ -119,7 +128,7 @@ struct AudienceFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConditionFile {
+pub(crate) struct ConditionFile {
     field: String,
     op: String,
     #[serde(default)]
@@ -164,12 +173,12 @@ fn rfc3339(field: &str, text: &str) -> Result<i64> {
         .map_err(|e| anyhow!("{field}: {text:?} is not an RFC 3339 time ({e})"))
 }
 
-fn duration_ms(field: &str, text: &str) -> Result<i64> {
+pub(crate) fn duration_ms(field: &str, text: &str) -> Result<i64> {
     herald_node::campaign::plan::parse_duration(text)
         .ok_or_else(|| anyhow!("{field}: {text:?} is not a duration such as 90s, 30m, 6h, 7d"))
 }
 
-fn channel(field: &str, name: &str) -> Result<Channel> {
+pub(crate) fn channel(field: &str, name: &str) -> Result<Channel> {
     match name {
         "push" => Ok(Channel::Push),
         "email" => Ok(Channel::Email),
@@ -178,7 +187,7 @@ fn channel(field: &str, name: &str) -> Result<Channel> {
     }
 }
 
-fn op(field: &str, name: &str) -> Result<ConditionOp> {
+pub(crate) fn op(field: &str, name: &str) -> Result<ConditionOp> {
     Ok(match name {
         "equals" => ConditionOp::Equals,
         "not_equals" => ConditionOp::NotEquals,
@@ -193,7 +202,7 @@ fn op(field: &str, name: &str) -> Result<ConditionOp> {
     })
 }
 
-fn content(file: ContentFile) -> Content {
+pub(crate) fn content(file: ContentFile) -> Content {
     Content {
         push: file.push.map(|p| PushContent {
             title: p.title,
@@ -219,10 +228,12 @@ pub(crate) fn read_file(path: &Path) -> Result<(CampaignSpec, Option<PathBuf>)> 
     to_spec(file, base)
 }
 
-fn to_spec(file: CampaignFile, base: &Path) -> Result<(CampaignSpec, Option<PathBuf>)> {
+/// A waterfall as the file writes it (`prefix` names it in errors: `waterfall`,
+/// `steps[2].send.waterfall`).
+pub(crate) fn waterfall(prefix: &str, steps: Vec<StepFile>) -> Result<Vec<WaterfallStep>> {
     let mut waterfall = Vec::new();
-    for (index, step) in file.waterfall.into_iter().enumerate() {
-        let at = |name: &str| format!("waterfall[{index}].{name}");
+    for (index, step) in steps.into_iter().enumerate() {
+        let at = |name: &str| format!("{prefix}[{index}].{name}");
         let success = match step.success.as_deref() {
             None | Some("accepted") => SuccessCondition::Accepted,
             Some("delivered") => SuccessCondition::Delivered,
@@ -244,14 +255,38 @@ fn to_spec(file: CampaignFile, base: &Path) -> Result<(CampaignSpec, Option<Path
             provider_account: step.provider_account.unwrap_or_default(),
         });
     }
+    Ok(waterfall)
+}
+
+/// Segment conditions as the file writes them (`prefix` names them in errors).
+pub(crate) fn conditions(
+    prefix: &str,
+    conditions: Vec<ConditionFile>,
+) -> Result<Vec<SegmentCondition>> {
     let mut segment = Vec::new();
-    for (index, condition) in file.audience.segment.into_iter().enumerate() {
+    for (index, condition) in conditions.into_iter().enumerate() {
         segment.push(SegmentCondition {
-            op: op(&format!("audience.segment[{index}].op"), &condition.op)? as i32,
+            op: op(&format!("{prefix}[{index}].op"), &condition.op)? as i32,
             field: condition.field,
             values: condition.values,
         });
     }
+    Ok(segment)
+}
+
+/// Quiet hours as the file writes them.
+pub(crate) fn quiet_hours(file: Option<QuietFile>) -> Option<QuietHoursOverride> {
+    file.map(|q| QuietHoursOverride {
+        start: q.start,
+        end: q.end,
+        no_weekend: q.no_weekend,
+        disabled: false,
+    })
+}
+
+fn to_spec(file: CampaignFile, base: &Path) -> Result<(CampaignSpec, Option<PathBuf>)> {
+    let waterfall = waterfall("waterfall", file.waterfall)?;
+    let segment = conditions("audience.segment", file.audience.segment)?;
     let list = file.audience.list.map(|l| base.join(l));
     let schedule = match file.schedule {
         Some(s) => Some(Schedule {
@@ -287,21 +322,13 @@ fn to_spec(file: CampaignFile, base: &Path) -> Result<(CampaignSpec, Option<Path
     };
     let spec = CampaignSpec {
         name: file.name,
-        class: match file.class {
-            ClassName::Marketing => MessageClass::Marketing,
-            ClassName::Transactional => MessageClass::Transactional,
-        } as i32,
+        class: file.class.class() as i32,
         topic: file.topic,
         content: Some(content(file.content)),
         waterfall,
         cost_order: file.cost_order,
         variables: file.variables,
-        quiet_hours: file.quiet_hours.map(|q| QuietHoursOverride {
-            start: q.start,
-            end: q.end,
-            no_weekend: q.no_weekend,
-            disabled: false,
-        }),
+        quiet_hours: quiet_hours(file.quiet_hours),
         tag: file.tag,
         audience: Some(Audience {
             list: list.is_some(),

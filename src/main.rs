@@ -5,6 +5,8 @@
 mod bench;
 mod campaign_file;
 mod campaigns;
+mod journey_file;
+mod journeys;
 mod local;
 mod operator;
 mod up;
@@ -159,6 +161,16 @@ enum Command {
         api_key: Option<String>,
         #[command(subcommand)]
         command: campaigns::CampaignCommand,
+    },
+    /// Journeys: create from a file, get, list, pause, resume, archive.
+    Journey {
+        /// A node's address.
+        #[arg(long, default_value = "127.0.0.1:7500", global = true)]
+        addr: String,
+        #[arg(long, env = "HERALD_API_KEY", global = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        command: journeys::JourneyCommand,
     },
     /// Tenants' prepaid credits: show, top-up (an operator certificate).
     Credits {
@@ -375,6 +387,17 @@ async fn main() -> Result<()> {
                 bail!("--api-key (or HERALD_API_KEY) is required");
             };
             campaigns::run(&addr, &api_key, command).await
+        }
+        Command::Journey {
+            addr,
+            api_key,
+            command,
+        } => {
+            init_tracing("warn");
+            let Some(api_key) = api_key else {
+                bail!("--api-key (or HERALD_API_KEY) is required");
+            };
+            journeys::run(&addr, &api_key, command).await
         }
         Command::Credits {
             control,

@@ -29,7 +29,7 @@ const BAD: &[u8] = &[0xff, 0xfe, 0xfd, 0xfc];
 
 /// Every service a node's public port answers, as reflection must list them (the internal
 /// `herald.v1.Forward` is on the internal port only).
-const NODE_SERVICES: [&str; 9] = [
+const NODE_SERVICES: [&str; 10] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -38,6 +38,7 @@ const NODE_SERVICES: [&str; 9] = [
     "herald.v1.Credits",
     "herald.v1.Delivery",
     "herald.v1.Engagement",
+    "herald.v1.Journeys",
     "herald.v1.Recipients",
 ];
 

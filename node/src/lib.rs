@@ -88,6 +88,7 @@ pub mod events;
 pub mod http;
 pub mod intake;
 pub mod items;
+pub mod journey;
 pub mod links;
 pub mod membership;
 pub mod metrics;

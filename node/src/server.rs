@@ -26,6 +26,7 @@ use herald_proto::v1::credits_server::CreditsServer;
 use herald_proto::v1::delivery_server::DeliveryServer;
 use herald_proto::v1::engagement_server::EngagementServer;
 use herald_proto::v1::forward_server::ForwardServer;
+use herald_proto::v1::journeys_server::JourneysServer;
 use herald_proto::v1::recipients_server::RecipientsServer;
 use herald_proto::{Epoch, NodeId, PartitionId};
 use herald_store::Store;
@@ -43,6 +44,7 @@ use crate::api::{
     delivery::DeliveryApi,
     engagement::EngagementApi,
     forward::{ForwardApi, ForwardShared},
+    journeys::JourneysApi,
     recipients::RecipientsApi,
 };
 use crate::auth::Authenticator;
@@ -513,6 +515,7 @@ impl Node {
                 herald_proto::v1::breakers_server::SERVICE_NAME,
                 herald_proto::v1::campaigns_server::SERVICE_NAME,
                 herald_proto::v1::credits_server::SERVICE_NAME,
+                herald_proto::v1::journeys_server::SERVICE_NAME,
                 tonic_health::pb::health_server::SERVICE_NAME,
                 tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
                 tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
@@ -580,6 +583,12 @@ impl Node {
             clock: clock.clone(),
             max_message_bytes: config.max_message_bytes,
         };
+        let journeys_api = JourneysApi {
+            tenants: tenants.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            max_message_bytes: config.max_message_bytes,
+        };
         let credits_api = CreditsApi {
             tenants: tenants.clone(),
             store: store.clone(),
@@ -612,6 +621,11 @@ impl Node {
                     .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
             )
             .add_service(CreditsServer::new(credits_api))
+            .add_service(
+                JourneysServer::new(journeys_api)
+                    .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)
+                    .max_encoding_message_size(GRPC_MESSAGE_MAX_BYTES),
+            )
             .add_service(
                 EngagementServer::new(engagement)
                     .max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES)

@@ -143,6 +143,29 @@ pub mod campaign {
     }
 }
 
+/// Keys of journeys (hashes, written with [`crate::Fence::NONE`]: definitions are not
+/// partition state).
+pub mod journey {
+    use herald_proto::TenantId;
+
+    /// Hash: a tenant's journeys. `d:<id>` holds the encoded `JourneyView` (definition, state,
+    /// times); `s:<id>` its state name alone, which lifecycle changes check in the same atomic
+    /// step as they write.
+    pub fn definitions(tenant: &TenantId) -> String {
+        format!("jny:{}", tenant.0)
+    }
+
+    /// The field of a journey's encoded view in [`definitions`].
+    pub fn view_field(journey: &str) -> String {
+        format!("d:{journey}")
+    }
+
+    /// The field of a journey's state name in [`definitions`].
+    pub fn state_field(journey: &str) -> String {
+        format!("s:{journey}")
+    }
+}
+
 /// Segments the Redis backend writes straight into its argument buffer (no `String` per op).
 pub(crate) const COUNTER_SEGMENT: &[u8] = b":c:";
 pub(crate) const VALUE_SEGMENT: &[u8] = b":v:";

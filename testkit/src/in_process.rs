@@ -18,6 +18,7 @@ use herald_proto::clock::{Clock, ManualClock};
 use herald_proto::v1::campaigns_client::CampaignsClient;
 use herald_proto::v1::delivery_client::DeliveryClient;
 use herald_proto::v1::engagement_client::EngagementClient;
+use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::recipients_client::RecipientsClient;
 use herald_store::Store;
 use herald_store::embedded::EmbeddedStore;
@@ -119,6 +120,10 @@ impl InProcess {
 
     pub async fn campaigns(&self) -> CampaignsClient<Channel> {
         crate::campaigns::client(channel(&self.address()).await)
+    }
+
+    pub async fn journeys(&self) -> JourneysClient<Channel> {
+        JourneysClient::new(channel(&self.address()).await)
     }
 
     /// Adds credits to the test tenant's balance (as an operator's top-up would; in process,

@@ -56,16 +56,7 @@ fn store_error(error: herald_store::Error) -> Status {
 }
 
 fn check_campaign_id(id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid("campaign_id", "is required: the id CreateCampaign answered").into())
-    }
+    super::check_handed_out_id("campaign_id", id, "the id CreateCampaign answered")
 }
 
 fn not_found(id: &str) -> Status {

@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod delivery;
 pub mod engagement;
 pub mod forward;
+pub mod journeys;
 pub mod recipients;
 
 use herald_proto::error::Error;
@@ -31,5 +32,20 @@ pub(crate) fn item_status(prefix: &str, error: Error) -> tonic::Status {
             "{prefix}.idempotency_key: already used with a different payload (message {message_id})"
         )),
         other => other.into_status(),
+    }
+}
+
+/// An id Herald handed out (a campaign's, a journey's: a ULID), at `field`; `hint` says where
+/// it comes from when it is missing or malformed.
+pub(crate) fn check_handed_out_id(field: &str, id: &str, hint: &str) -> Result<(), tonic::Status> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, format!("is required: {hint}")).into())
     }
 }

@@ -118,6 +118,12 @@ impl Segment {
     }
 }
 
+/// Checks one segment condition alone (`at` is its path, e.g. `spec.steps[2].branch.conditions[0]`):
+/// what a journey's branch shares with a segment.
+pub fn check_condition(at: &str, condition: &SegmentCondition) -> Result<(), Invalid> {
+    compile_one(at, condition).map(|_| ())
+}
+
 fn compile_one(at: &str, condition: &SegmentCondition) -> Result<Condition, Invalid> {
     let field = condition.field.trim();
     let test = if let Some(name) = field.strip_prefix("attributes.") {

@@ -69,21 +69,35 @@ fn check_templates(
     }
 }
 
+/// A campaign's or journey's name (`spec.name`): required, at most [`NAME_MAX_BYTES`].
+pub fn check_name(name: &str) -> Result<(), Invalid> {
+    if name.trim().is_empty() {
+        return Err(Invalid::invalid("spec.name", "is required"));
+    }
+    if name.len() > NAME_MAX_BYTES || name.chars().any(char::is_control) {
+        return Err(Invalid::invalid(
+            "spec.name",
+            format!("at most {NAME_MAX_BYTES} bytes, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A list of `len` items at `field` holds at most `max`.
+pub fn check_count(field: &str, len: usize, max: usize) -> Result<(), Invalid> {
+    if len > max {
+        return Err(Invalid::invalid(field, format!("has {len}, at most {max}")));
+    }
+    Ok(())
+}
+
 /// Checks `spec` (as of `now_ms`) and fills in its defaults.
 pub fn validate(
     spec: &mut CampaignSpec,
     max_message_bytes: usize,
     now_ms: i64,
 ) -> Result<(), Invalid> {
-    if spec.name.trim().is_empty() {
-        return Err(Invalid::invalid("spec.name", "is required"));
-    }
-    if spec.name.len() > NAME_MAX_BYTES || spec.name.chars().any(char::is_control) {
-        return Err(Invalid::invalid(
-            "spec.name",
-            format!("at most {NAME_MAX_BYTES} bytes, no control characters"),
-        ));
-    }
+    check_name(&spec.name)?;
     // The message part: exactly a single message's rules, under `spec.`.
     let mut message = message_of(spec);
     message.recipient_id = "campaign".into();
@@ -176,12 +190,7 @@ pub fn validate(
         }
     }
 
-    if spec.variants.len() > VARIANTS_MAX {
-        return Err(Invalid::invalid(
-            "spec.variants",
-            format!("has {}, at most {VARIANTS_MAX}", spec.variants.len()),
-        ));
-    }
+    check_count("spec.variants", spec.variants.len(), VARIANTS_MAX)?;
     let mut names = HashSet::new();
     let mut total = 0u32;
     for (index, variant) in spec.variants.iter().enumerate() {
