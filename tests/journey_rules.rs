@@ -11,7 +11,7 @@ use herald_proto::v1::{
     ListJourneysRequest, MessageClass, PushContent, SegmentCondition, SendStep, SmsContent,
     WaitStep, journey_step::Kind,
 };
-use herald_testkit::cluster::{API_KEY, OTHER_API_KEY, authed};
+use herald_testkit::cluster::{API_KEY, OTHER_API_KEY, authed, herald_bin};
 use herald_testkit::in_process::InProcess;
 use tonic::transport::Channel;
 
@@ -392,5 +392,82 @@ async fn a_tenant_never_sees_another_tenants_journeys() {
         .await
         .expect_err("no key");
     assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+    cluster.shutdown().await;
+}
+
+/// `herald journey …` against a real node: the documented example file is created, listed,
+/// paused and archived; a file the API refuses fails with the field named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_the_example_and_changes_its_state() {
+    let cluster = start().await;
+    let addr = cluster.node.local_addr.to_string();
+    let herald = |args: Vec<String>| {
+        let addr = addr.clone();
+        async move {
+            let mut command = tokio::process::Command::new(herald_bin());
+            command
+                .arg("journey")
+                .args(&args)
+                .args(["--addr", &addr, "--api-key", API_KEY])
+                .env_remove("HERALD_API_KEY")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let output = tokio::time::timeout(std::time::Duration::from_secs(40), command.output())
+                .await
+                .unwrap_or_else(|_| panic!("herald journey {args:?} did not finish in time"))
+                .expect("run herald");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            (output.status.success(), stdout, stderr)
+        }
+    };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/journey.toml");
+    let (ok, stdout, stderr) = herald(vec!["create".into(), "--file".into(), example.into()]).await;
+    assert!(ok, "create failed:\n{stdout}\n{stderr}");
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("journey ")?.strip_suffix(" created"))
+        .unwrap_or_else(|| panic!("no id in:\n{stdout}"))
+        .to_owned();
+    assert!(
+        stdout.contains("last-call"),
+        "the steps are printed:\n{stdout}"
+    );
+    assert!(
+        stdout.lines().all(|line| line.chars().count() <= 80),
+        "80 columns:\n{stdout}"
+    );
+
+    let (ok, stdout, stderr) = herald(vec!["pause".into(), id.clone()]).await;
+    assert!(ok && stdout.contains("paused"), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = herald(vec!["list".into(), "--state".into(), "paused".into()]).await;
+    assert!(ok && stdout.contains(&id), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = herald(vec!["archive".into(), id.clone()]).await;
+    assert!(ok && stdout.contains("archived"), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = herald(vec!["resume".into(), id.clone()]).await;
+    assert!(!ok && stderr.contains("archived"), "{stdout}\n{stderr}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example)
+        .expect("the example")
+        .replacen("wait = \"30d\"", "wait = \"0d\"", 1);
+    std::fs::write(&bad, text).expect("write the bad file");
+    let (ok, stdout, stderr) = herald(vec![
+        "create".into(),
+        "--file".into(),
+        bad.to_string_lossy().into_owned(),
+    ])
+    .await;
+    assert!(
+        !ok && stderr.contains("spec.steps[1].wait.duration_s"),
+        "{stdout}\n{stderr}"
+    );
+    let (_, stdout, _) = herald(vec!["list".into()]).await;
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "only the first one stored:\n{stdout}"
+    );
     cluster.shutdown().await;
 }
