@@ -493,6 +493,9 @@ impl Node {
         health_reporter
             .set_serving::<CreditsServer<CreditsApi>>()
             .await;
+        health_reporter
+            .set_serving::<JourneysServer<JourneysApi>>()
+            .await;
         // The internal port's own health: Forward is served there, not on the public port.
         let (internal_reporter, internal_health) = tonic_health::server::health_reporter();
         internal_reporter
