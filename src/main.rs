@@ -383,10 +383,7 @@ async fn main() -> Result<()> {
             command,
         } => {
             init_tracing("warn");
-            let Some(api_key) = api_key else {
-                bail!("--api-key (or HERALD_API_KEY) is required");
-            };
-            campaigns::run(&addr, &api_key, command).await
+            campaigns::run(&addr, &required_api_key(api_key)?, command).await
         }
         Command::Journey {
             addr,
@@ -394,10 +391,7 @@ async fn main() -> Result<()> {
             command,
         } => {
             init_tracing("warn");
-            let Some(api_key) = api_key else {
-                bail!("--api-key (or HERALD_API_KEY) is required");
-            };
-            journeys::run(&addr, &api_key, command).await
+            journeys::run(&addr, &required_api_key(api_key)?, command).await
         }
         Command::Credits {
             control,
@@ -447,6 +441,11 @@ async fn main() -> Result<()> {
 }
 
 /// A gRPC error as the CLI prints it: its code, then its message (which names the field).
+/// The API key a tenant command needs (`--api-key` or `HERALD_API_KEY`).
+fn required_api_key(api_key: Option<String>) -> Result<String> {
+    api_key.ok_or_else(|| anyhow::anyhow!("--api-key (or HERALD_API_KEY) is required"))
+}
+
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", status.code(), status.message())
 }

@@ -53,10 +53,19 @@ fn check_templates(
     content: &herald_proto::v1::Content,
     vars: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), Invalid> {
-    match template::check(content, vars) {
+    judge_templates(prefix, template::check(content, vars))
+}
+
+/// What a template check means for a definition (a campaign's, a journey step's): an
+/// undefined variable passes — recipients' attributes fill it in at send time, and a member
+/// without one is counted suppressed (`template`), not the whole definition refused — any
+/// other error is the field's.
+pub fn judge_templates(
+    prefix: &str,
+    checked: Result<(), template::TemplateError>,
+) -> Result<(), Invalid> {
+    match checked {
         Ok(()) => Ok(()),
-        // Recipients' attributes fill these in at send time; a member without one is
-        // counted suppressed (`template`), not the whole campaign refused.
         Err(error)
             if matches!(
                 error.kind,

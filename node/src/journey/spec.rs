@@ -15,7 +15,7 @@ use herald_proto::v1::{
 };
 
 use crate::campaign::plan::{Segment, check_condition};
-use crate::campaign::spec::{check_count, check_name};
+use crate::campaign::spec::{check_count, check_name, judge_templates};
 use crate::content::template::{self, TemplateErrorKind};
 use crate::policy::quiet_hours;
 
@@ -404,35 +404,19 @@ fn check_templates(
 ) -> Result<(), Invalid> {
     let mut vars = event_vars.clone();
     vars.extend(step_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    match template::check(content, &vars) {
-        Ok(()) => Ok(()),
-        // `event_…` can only come from the entry event: a name it does not carry is a mistake
-        // in the definition, not a person's missing attribute.
-        Err(error)
-            if matches!(&error.kind, TemplateErrorKind::UndefinedVariable(name)
-                if name.starts_with(EVENT_VAR_PREFIX)) =>
-        {
-            let TemplateErrorKind::UndefinedVariable(name) = &error.kind else {
-                return Err(error.into_invalid(prefix));
-            };
-            Err(Invalid::invalid(
-                format!("{prefix}.{}", error.field()),
-                format!(
-                    "{name:?} is not a property of the entry event (spec.events[…].properties)"
-                ),
-            ))
-        }
-        // Recipients' attributes fill these in at send time.
-        Err(error)
-            if matches!(
-                error.kind,
-                TemplateErrorKind::UndefinedVariable(_) | TemplateErrorKind::Undefined(_)
-            ) =>
-        {
-            Ok(())
-        }
-        Err(error) => Err(error.into_invalid(prefix)),
+    let checked = template::check(content, &vars);
+    // `event_…` can only come from the entry event: a name it does not carry is a mistake in
+    // the definition, not a person's missing attribute.
+    if let Err(error) = &checked
+        && let TemplateErrorKind::UndefinedVariable(name) = &error.kind
+        && name.starts_with(EVENT_VAR_PREFIX)
+    {
+        return Err(Invalid::invalid(
+            format!("{prefix}.{}", error.field()),
+            format!("{name:?} is not a property of the entry event (spec.events[…].properties)"),
+        ));
     }
+    judge_templates(prefix, checked)
 }
 
 /// Every step reachable from the first; no step reached again on its own path.
