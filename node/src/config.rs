@@ -372,6 +372,15 @@ pub struct NodeConfig {
     /// Shifts the clock that policy decisions (quiet hours) read, in ms. For tests and demos
     /// of time-dependent rules only; timers and leases always use the real clock. Default 0.
     pub policy_clock_offset_ms: i64,
+    /// Runs the clock of journeys (their waits and local times of day) this many times
+    /// faster than real time, so that a 90-day journey plays out in minutes. For tests and
+    /// demos only (86400 = a day per second); every node of a cluster must use the same rate
+    /// and anchor. Default 1.
+    pub policy_clock_rate: u32,
+    /// The instant (ms since the Unix epoch) from which an accelerated policy clock runs
+    /// ahead: its time is `anchor + (now - anchor) × rate`. Required when
+    /// `policy_clock_rate` is above 1.
+    pub policy_clock_anchor_unix_ms: Option<i64>,
     /// Replies to SMS keywords (STOP, START, HELP), sent once from the number the keyword was
     /// sent to.
     pub sms_keywords: SmsKeywordReplies,
@@ -419,6 +428,8 @@ impl Default for NodeConfig {
             link_secret: None,
             contact_index_secret: None,
             policy_clock_offset_ms: 0,
+            policy_clock_rate: 1,
+            policy_clock_anchor_unix_ms: None,
             rate_limits: BTreeMap::new(),
             rate_limit_margin: 0.04,
             block_rate: BTreeMap::new(),
@@ -428,6 +439,9 @@ impl Default for NodeConfig {
         }
     }
 }
+
+/// The fastest the policy clock may run (a year in about 4 s).
+pub const POLICY_CLOCK_RATE_MAX: u32 = 10_000_000;
 
 impl NodeConfig {
     /// The channels component's part of the config.
@@ -477,6 +491,17 @@ impl NodeConfig {
         }
         if !(0.0..=0.5).contains(&self.rate_limit_margin) {
             return Err(invalid("rate_limit_margin must be in 0..=0.5"));
+        }
+        if self.policy_clock_rate == 0 || self.policy_clock_rate > POLICY_CLOCK_RATE_MAX {
+            return Err(invalid(&format!(
+                "policy_clock_rate must be in 1..={POLICY_CLOCK_RATE_MAX}"
+            )));
+        }
+        if self.policy_clock_rate > 1 && self.policy_clock_anchor_unix_ms.is_none() {
+            return Err(invalid(
+                "policy_clock_anchor_unix_ms is required when policy_clock_rate is above 1 \
+                 (the same instant on every node)",
+            ));
         }
         for (account, rate) in &self.rate_limits {
             if !(*rate > 0.0 && rate.is_finite()) {

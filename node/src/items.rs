@@ -9,8 +9,8 @@
 use herald_proto::TenantId;
 use herald_proto::error::Error;
 use herald_proto::v1::{
-    ForwardItem, ForwardSignal, MessageRequest, Recipient, ReportResult, SendResponse,
-    forward_item, forward_result,
+    ForwardItem, ForwardSignal, MessageRequest, Recipient, ReportEventRequest, ReportEventResponse,
+    ReportResult, SendResponse, forward_item, forward_result,
 };
 
 #[derive(Clone, Debug)]
@@ -20,6 +20,8 @@ pub enum Item {
     Erase(String),
     /// A receipt or engagement report for one of the recipient's messages, or a consent signal.
     Signal(ForwardSignal),
+    /// An event reported about the recipient, for their journeys.
+    JourneyEvent(ReportEventRequest),
 }
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,7 @@ pub enum ItemResult {
     Recipient(Box<Recipient>),
     Erased(bool),
     Signal(ReportResult),
+    JourneyEvent(ReportEventResponse),
 }
 
 impl Item {
@@ -39,6 +42,7 @@ impl Item {
             Item::Upsert(r) => &r.id,
             Item::Erase(id) => id,
             Item::Signal(signal) => &signal.recipient_id,
+            Item::JourneyEvent(event) => &event.recipient_id,
         }
     }
 
@@ -48,6 +52,7 @@ impl Item {
             Item::Upsert(r) => forward_item::Op::UpsertRecipient(r),
             Item::Erase(id) => forward_item::Op::EraseRecipient(id),
             Item::Signal(signal) => forward_item::Op::Signal(signal),
+            Item::JourneyEvent(event) => forward_item::Op::JourneyEvent(event),
         };
         ForwardItem {
             tenant: tenant.0.clone(),
@@ -61,6 +66,7 @@ impl Item {
             forward_item::Op::UpsertRecipient(r) => Item::Upsert(r),
             forward_item::Op::EraseRecipient(id) => Item::Erase(id),
             forward_item::Op::Signal(signal) => Item::Signal(signal),
+            forward_item::Op::JourneyEvent(event) => Item::JourneyEvent(event),
         };
         Some((TenantId(item.tenant), item_op))
     }
@@ -73,6 +79,7 @@ impl ItemResult {
             ItemResult::Recipient(r) => forward_result::Result::Recipient(*r),
             ItemResult::Erased(e) => forward_result::Result::Erased(e),
             ItemResult::Signal(r) => forward_result::Result::Signal(r),
+            ItemResult::JourneyEvent(r) => forward_result::Result::JourneyEvent(r),
         }
     }
 
@@ -82,6 +89,7 @@ impl ItemResult {
             Some(forward_result::Result::Recipient(r)) => Ok(ItemResult::Recipient(Box::new(r))),
             Some(forward_result::Result::Erased(e)) => Ok(ItemResult::Erased(e)),
             Some(forward_result::Result::Signal(r)) => Ok(ItemResult::Signal(r)),
+            Some(forward_result::Result::JourneyEvent(r)) => Ok(ItemResult::JourneyEvent(r)),
             Some(forward_result::Result::Error(e)) => {
                 Err(Error::from_parts(e.code, e.message, e.epoch))
             }

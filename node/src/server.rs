@@ -55,6 +55,8 @@ use crate::contact_index::ContactIndex;
 use crate::control_link::ControlLink;
 use crate::events::{EventBus, TenantEvent};
 use crate::intake::{Intake, IntakeSettings};
+use crate::journey::waits::{JourneyWaits, WaitSettings, WakeSink};
+use crate::journey::walker::JourneyEnv;
 use crate::links::LinkSigner;
 use crate::ownership::{LeaseTimings, Ownership, PartitionLifecycle};
 use crate::peers::Peers;
@@ -382,6 +384,18 @@ impl Node {
         let (timers, timer_loop) = Timers::new(clock.clone());
         let receipt_stats = Arc::new(ReceiptStats::default());
         let links = LinkSigner::new(config.public_url.as_deref(), config.link_secret.as_deref());
+        // Journeys: their waits and local times on the policy clock (accelerated in demos).
+        let journey_clock = herald_proto::clock::ScaledClock::shared(
+            clock.clone(),
+            config.policy_clock_anchor_unix_ms.unwrap_or(0),
+            config.policy_clock_rate,
+        );
+        let journey_waits = JourneyWaits::new(
+            store.clone(),
+            journey_clock.clone(),
+            WaitSettings::default(),
+        );
+        let (journey_submit, journey_submit_loop) = crate::journey::submit::queue();
         let env = Arc::new(RecipientEnv {
             node_id: node_id.clone(),
             clock: clock.clone(),
@@ -390,6 +404,12 @@ impl Node {
             timers: timers.clone(),
             channels: channels.clone(),
             receipts: receipt_stats.clone(),
+            journeys: JourneyEnv {
+                store: store.clone(),
+                clock: journey_clock.clone(),
+                submit: Arc::new(journey_submit),
+                waits: journey_waits.clone(),
+            },
             settings: RecipientSettings {
                 machine: crate::waterfall::Settings {
                     default_step_timeout_ms: config.default_step_timeout_ms,
@@ -589,6 +609,7 @@ impl Node {
         let journeys_api = JourneysApi {
             tenants: tenants.clone(),
             store: store.clone(),
+            router: router.clone(),
             clock: clock.clone(),
             max_message_bytes: config.max_message_bytes,
         };
@@ -666,6 +687,12 @@ impl Node {
             campaigns: campaigns.clone(),
         });
         tokio::spawn(campaigns.clone().run(shutdown_rx.clone()));
+        tokio::spawn(journey_submit_loop.run(router.clone(), shutdown_rx.clone()));
+        tokio::spawn(journey_waits.run(
+            ownership.clone(),
+            intake.clone() as Arc<dyn WakeSink>,
+            shutdown_rx.clone(),
+        ));
         let timings = LeaseTimings {
             ttl: Duration::from_millis(config.lease_ttl_ms),
             renew_interval: Duration::from_millis(config.lease_renew_interval_ms),

@@ -16,6 +16,8 @@ pub const ID_MAX_BYTES: usize = 128;
 /// Idempotency keys of campaigns' messages (`campaign:<id>:<recipient>`): a client's key may
 /// not start with it, so no client message can take a campaign member's place.
 pub const CAMPAIGN_KEY_PREFIX: &str = "campaign:";
+/// Idempotency keys of journeys' messages (`journey:<id>:<recipient>:<entry>:<step>`).
+pub const JOURNEY_KEY_PREFIX: &str = "journey:";
 /// Longest waterfall step timeout: 7 days.
 pub const STEP_TIMEOUT_MAX_MS: u32 = 7 * 24 * 3600 * 1000;
 pub use crate::content::limits::{
@@ -37,7 +39,7 @@ pub fn default_waterfall() -> Vec<WaterfallStep> {
 
 /// `field` builds the field's name, only when there is an error to report: validation runs
 /// for every message, and naming fields eagerly cost several allocations per message.
-fn check_id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), Error> {
+pub fn check_id(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), Error> {
     if value.is_empty() {
         if required {
             return Err(Error::invalid(field(), "is required"));
@@ -80,6 +82,12 @@ pub fn message(
         return Err(Error::invalid(
             format!("{prefix}.idempotency_key"),
             format!("the prefix {CAMPAIGN_KEY_PREFIX:?} is reserved for campaigns' messages"),
+        ));
+    }
+    if request.idempotency_key.starts_with(JOURNEY_KEY_PREFIX) {
+        return Err(Error::invalid(
+            format!("{prefix}.idempotency_key"),
+            format!("the prefix {JOURNEY_KEY_PREFIX:?} is reserved for journeys' messages"),
         ));
     }
     check_id(

@@ -122,9 +122,62 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that runs `rate` times faster than `base` from `anchor_unix_ms` on: its time is
+/// `anchor + (base − anchor) × rate`. The policy clock of journeys in tests and demos; every
+/// process given the same anchor and rate reads the same time from its own wall clock.
+#[derive(Debug)]
+pub struct ScaledClock {
+    base: SharedClock,
+    anchor_unix_ms: i64,
+    rate: i64,
+}
+
+impl ScaledClock {
+    /// `rate` 1 answers `base` itself.
+    pub fn shared(base: SharedClock, anchor_unix_ms: i64, rate: u32) -> SharedClock {
+        if rate <= 1 {
+            return base;
+        }
+        Arc::new(ScaledClock {
+            base,
+            anchor_unix_ms,
+            rate: i64::from(rate),
+        })
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_unix_ms(&self) -> i64 {
+        let elapsed = self.base.now_unix_ms().saturating_sub(self.anchor_unix_ms);
+        self.anchor_unix_ms
+            .saturating_add(elapsed.saturating_mul(self.rate))
+    }
+
+    fn sleep_until(&self, at_unix_ms: i64) -> Sleep {
+        let ahead = at_unix_ms.saturating_sub(self.anchor_unix_ms);
+        // Rounded up: never wake before the scaled time is reached.
+        let base_at = self
+            .anchor_unix_ms
+            .saturating_add(ahead.saturating_add(self.rate - 1).div_euclid(self.rate));
+        self.base.sleep_until(base_at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scaled_clock_runs_ahead_from_its_anchor() {
+        let base = Arc::new(ManualClock::new(1_000));
+        let scaled = ScaledClock::shared(base.clone(), 1_000, 86_400);
+        assert_eq!(scaled.now_unix_ms(), 1_000);
+        base.advance(Duration::from_millis(1_000));
+        // One real second is one day.
+        assert_eq!(scaled.now_unix_ms(), 1_000 + 86_400_000);
+        let same = ScaledClock::shared(base.clone(), 0, 1);
+        assert_eq!(same.now_unix_ms(), base.now_unix_ms());
+    }
 
     #[tokio::test]
     async fn manual_sleepers_wake_when_the_clock_reaches_them() {

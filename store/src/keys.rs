@@ -164,6 +164,23 @@ pub mod journey {
     pub fn state_field(journey: &str) -> String {
         format!("s:{journey}")
     }
+
+    /// Hash: one person's state in one journey (partition state of the person's partition):
+    /// the encoded `JourneyPerson` and the token its transitions check.
+    pub fn person(tenant: &TenantId, journey: &str, recipient_id: &str) -> String {
+        format!("jst:{}:{journey}:{recipient_id}", tenant.0)
+    }
+
+    /// Sorted set: the journey waits of a partition's people, ordered by due time (members
+    /// built by the node's `journey::person::WaitMember`).
+    pub fn waits(partition: herald_proto::PartitionId) -> String {
+        format!("jq:{}", partition.0)
+    }
+
+    /// Hash: a journey's funnel counters (tallied with the writes that move people).
+    pub fn funnel(tenant: &TenantId, journey: &str) -> String {
+        format!("jfn:{}:{journey}", tenant.0)
+    }
 }
 
 /// Segments the Redis backend writes straight into its argument buffer (no `String` per op).

@@ -10,24 +10,74 @@ use herald_proto::clock::SharedClock;
 use herald_proto::error::Error;
 use herald_proto::v1::journeys_server::Journeys;
 use herald_proto::v1::{
-    CreateJourneyRequest, JourneyRequest, JourneyState, JourneyView, ListJourneysRequest,
-    ListJourneysResponse,
+    CreateJourneyRequest, JourneyPerson, JourneyPersonRequest, JourneyRequest, JourneyState,
+    JourneyView, ListJourneysRequest, ListJourneysResponse, ReportEventRequest,
+    ReportEventResponse,
 };
 use herald_store::Store;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
-use crate::journey::{book, spec};
+use crate::items::{Item, ItemResult};
+use crate::journey::{book, person, spec};
+use crate::router::Router;
+
+/// Most properties a reported event carries, and the longest value.
+const PROPERTIES_MAX: usize = 32;
+const PROPERTY_VALUE_MAX_BYTES: usize = 1024;
 
 pub struct JourneysApi {
     pub tenants: Authenticator,
     pub store: Arc<dyn Store>,
+    /// Reported events go to the owner of the person's partition.
+    pub router: Router,
     pub clock: SharedClock,
     pub max_message_bytes: usize,
 }
 
 fn check_journey_id(id: &str) -> Result<(), Status> {
     super::check_handed_out_id("journey_id", id, "the id CreateJourney answered")
+}
+
+/// A reported event's fields, each named on an error.
+fn check_event(request: &ReportEventRequest) -> Result<(), Error> {
+    crate::validate::check_id(|| "recipient_id".into(), &request.recipient_id, true)?;
+    if !spec::is_event_name(&request.event) {
+        return Err(Error::invalid(
+            "event",
+            "1..=64 of [a-z0-9_], starting with a letter (a name of a journey's events)",
+        ));
+    }
+    if request.properties.len() > PROPERTIES_MAX {
+        return Err(Error::invalid(
+            "properties",
+            format!(
+                "has {} entries, at most {PROPERTIES_MAX}",
+                request.properties.len()
+            ),
+        ));
+    }
+    let mut names: Vec<&String> = request.properties.keys().collect();
+    names.sort();
+    for name in names {
+        if !spec::is_event_name(name) {
+            return Err(Error::invalid(
+                format!("properties[{name:?}]"),
+                "names are 1..=64 of [a-z0-9_], starting with a letter",
+            ));
+        }
+        let value = &request.properties[name];
+        if value.len() > PROPERTY_VALUE_MAX_BYTES {
+            return Err(Error::invalid(
+                format!("properties[{name:?}]"),
+                format!(
+                    "is {} bytes, at most {PROPERTY_VALUE_MAX_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl JourneysApi {
@@ -70,9 +120,9 @@ impl Journeys for JourneysApi {
         let tenant = self.tenants.authenticate(request.metadata()).await?;
         let id = request.into_inner().journey_id;
         check_journey_id(&id)?;
-        Ok(Response::new(
-            book::get(&self.store, &tenant.id, &id).await?,
-        ))
+        let mut view = book::get(&self.store, &tenant.id, &id).await?;
+        book::fill_funnel(&self.store, &tenant.id, &mut view).await?;
+        Ok(Response::new(view))
     }
 
     async fn list_journeys(
@@ -127,5 +177,52 @@ impl Journeys for JourneysApi {
             JourneyState::Archived,
         )
         .await
+    }
+
+    async fn report_event(
+        &self,
+        request: Request<ReportEventRequest>,
+    ) -> Result<Response<ReportEventResponse>, Status> {
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
+        let request = request.into_inner();
+        check_event(&request)?;
+        let result = self
+            .router
+            .route(&tenant, vec![Item::JourneyEvent(request)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("no routing result".into())))?;
+        match result {
+            ItemResult::JourneyEvent(answer) => Ok(Response::new(answer)),
+            _ => Err(Error::Internal("unexpected routing result".into()).into()),
+        }
+    }
+
+    async fn get_journey_person(
+        &self,
+        request: Request<JourneyPersonRequest>,
+    ) -> Result<Response<JourneyPerson>, Status> {
+        let tenant = self.tenants.authenticate(request.metadata()).await?;
+        let request = request.into_inner();
+        check_journey_id(&request.journey_id)?;
+        crate::validate::check_id(|| "recipient_id".into(), &request.recipient_id, true)?;
+        let found = person::read(
+            &*self.store,
+            &tenant.id,
+            &request.journey_id,
+            &request.recipient_id,
+        )
+        .await
+        .map_err(|error| Error::Unavailable(format!("store: {error}")))?;
+        match found {
+            Some(person) => Ok(Response::new(person)),
+            None => Err(Error::NotFound {
+                what: format!(
+                    "recipient {} in journey {}",
+                    request.recipient_id, request.journey_id
+                ),
+            }
+            .into()),
+        }
     }
 }

@@ -16,6 +16,7 @@
 //!
 //! ## Layout
 //! - this file: accepting messages, upserts and erasures in one batched write.
+//! - `journeys`: journey events and due waits to the person's actor.
 //! - `signals`: receipts and consent signals to the recipient's actor, and its verdict.
 //! - `resume`: the active messages of partitions just taken over.
 //! - `campaign`: a campaign slice's acceptances (written by the slice with its checks) and
@@ -52,6 +53,7 @@ use crate::ownership::Ownership;
 
 mod campaign;
 mod erasure;
+mod journeys;
 mod resume;
 mod signals;
 
@@ -232,6 +234,7 @@ impl Intake {
         let mut pending: Vec<(usize, PartitionId, Fence, Pending)> =
             Vec::with_capacity(items.len());
         let mut signals = Vec::new();
+        let mut journey_events = Vec::new();
         // Phone index entries of numbers recipients no longer have: (key, recipient id).
         let mut stale_index: Vec<(String, String)> = Vec::new();
         let prior = self.prior_recipients(tenant, &items).await;
@@ -290,6 +293,7 @@ impl Intake {
             };
             match item {
                 Item::Signal(signal) => signals.push((index, signal, fence)),
+                Item::JourneyEvent(event) => journey_events.push((index, event, fence)),
                 Item::Send(request) => {
                     let recipient_id = request.recipient_id.clone();
                     let acceptance = self.acceptance(tenant, request, partition, fence, None);
@@ -375,6 +379,18 @@ impl Intake {
                         out.push((index, Err(error)));
                         continue;
                     }
+                    // Their journeys end (and forget the entry events' properties) in turn
+                    // with the actor's other jobs.
+                    self.journey_job(
+                        tenant,
+                        recipient_id.clone(),
+                        fence,
+                        None,
+                        crate::journey::walker::JobKind::Exit {
+                            signal: crate::journey::flow::ExitSignal::Erased,
+                            journey: None,
+                        },
+                    );
                     ops.push(FencedOp {
                         fence,
                         op: WriteOp::EraseRecipient {
@@ -389,6 +405,10 @@ impl Intake {
         for (index, signal, fence) in signals {
             let status = self.deliver_signal(tenant, signal, fence).await;
             out.push((index, status.map(ItemResult::Signal)));
+        }
+        for (index, event, fence) in journey_events {
+            let answer = self.deliver_journey_event(tenant, event, fence).await;
+            out.push((index, answer.map(ItemResult::JourneyEvent)));
         }
         if !ops.is_empty() {
             out.extend(self.write_batch(tenant, ops, pending, recipients).await);

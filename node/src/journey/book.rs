@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use herald_proto::TenantId;
 use herald_proto::error::Error;
-use herald_proto::v1::{JourneySpec, JourneyState, JourneyView};
+use herald_proto::v1::{JourneyFunnel, JourneySpec, JourneyState, JourneyStepFunnel, JourneyView};
 use herald_store::{Check, Fence, FencedOp, Store, WriteOp, WriteOutcome, keys};
 use prost::Message;
+
+use super::flow::funnel;
 
 /// Most journeys `list` answers, and how many when the caller does not say.
 pub const LIST_MAX: usize = 500;
@@ -90,6 +92,7 @@ pub async fn create(
         spec: Some(spec),
         created_at_unix_ms: now_ms,
         state_changed_at_unix_ms: now_ms,
+        funnel: None,
     };
     let outcomes = store
         .write(write_ops(tenant, &view, None))
@@ -190,4 +193,55 @@ pub async fn change_state(
     Err(Error::Unavailable(format!(
         "journey {journey_id}: its state kept changing; try again"
     )))
+}
+
+/// Every journey of the tenant in any state (what a person's journey jobs look through).
+pub async fn all(store: &Arc<dyn Store>, tenant: &TenantId) -> Result<Vec<JourneyView>, Error> {
+    list(store, tenant, JourneyState::Unspecified, LIST_MAX).await
+}
+
+/// Fills `view`'s funnel from its counters.
+pub async fn fill_funnel(
+    store: &Arc<dyn Store>,
+    tenant: &TenantId,
+    view: &mut JourneyView,
+) -> Result<(), Error> {
+    let fields = store
+        .fields(&keys::journey::funnel(tenant, &view.journey_id))
+        .await
+        .map_err(store_error)?;
+    let counters: std::collections::HashMap<String, u64> = fields
+        .into_iter()
+        .filter_map(|(name, bytes)| {
+            let value: i64 = std::str::from_utf8(&bytes).ok()?.trim().parse().ok()?;
+            Some((name, value.max(0) as u64))
+        })
+        .collect();
+    let count = |name: &str| counters.get(name).copied().unwrap_or(0);
+    let steps = view.spec.as_ref().map_or(&[][..], |s| s.steps.as_slice());
+    view.funnel = Some(JourneyFunnel {
+        entered: count(funnel::ENTERED),
+        active: count(funnel::ACTIVE),
+        in_wait: count(funnel::IN_WAIT),
+        completed: count(funnel::COMPLETED),
+        exited: counters
+            .iter()
+            .filter_map(|(name, value)| Some((name.strip_prefix("x:")?.to_owned(), *value)))
+            .collect(),
+        steps: steps
+            .iter()
+            .map(|step| JourneyStepFunnel {
+                step: step.name.clone(),
+                reached: count(&funnel::reached(&step.name)),
+                in_wait: count(&funnel::waiting(&step.name)),
+                sent: count(&funnel::sent(&step.name)),
+                refused: count(&funnel::refused(&step.name)),
+                delivered: count(&funnel::delivered(&step.name)),
+                clicked: count(&funnel::clicked(&step.name)),
+                converted: count(&funnel::converted(&step.name)),
+                exited: count(&funnel::exited_at(&step.name)),
+            })
+            .collect(),
+    });
+    Ok(())
 }

@@ -10,8 +10,15 @@
 //! never keep a definition in memory as the truth: every read goes to the store, so all nodes
 //! answer alike.
 //!
-//! Running journeys (entries, per-person state with durable waits, exits, the funnel per step)
-//! is not built yet: see the README's "Journeys" section for what exists.
+//! Running them: a person's way through the steps as pure decisions ([`flow`]), their stored
+//! state and waits ([`person`]), the jobs their RecipientActor runs ([`walker`]), the pager
+//! that fires due waits from the store ([`waits`]) and the path of a journey's messages into
+//! the intake ([`submit`]).
 
 pub mod book;
+pub mod flow;
+pub mod person;
 pub mod spec;
+pub mod submit;
+pub mod waits;
+pub mod walker;

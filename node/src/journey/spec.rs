@@ -38,7 +38,7 @@ pub const EVENT_VAR_PREFIX: &str = "event_";
 pub const ENGAGEMENTS: [&str; 5] = ["delivered", "read", "clicked", "converted", "replied"];
 
 /// An event's or property's name: a lowercase letter, then lowercase letters, digits, `_`.
-fn is_event_name(name: &str) -> bool {
+pub fn is_event_name(name: &str) -> bool {
     name.len() <= 64
         && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name

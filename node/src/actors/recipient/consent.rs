@@ -16,6 +16,7 @@ use tracing::warn;
 
 use super::RecipientEnv;
 use crate::auth::Tenant;
+use crate::journey::flow::ExitSignal;
 
 /// How long an inbound reply keeps the person's session window facts.
 const INBOUND_KEEP: Duration = Duration::from_secs(30 * 86_400);
@@ -64,6 +65,12 @@ pub async fn apply(env: &RecipientEnv, job: ConsentJob) {
         }
     };
     let _ = job.reply.send(verdict);
+    if verdict == ReportStatus::ReportApplied && job.change.state() == ConsentState::OptedOut {
+        let signal = ExitSignal::OptedOut {
+            topic: job.change.topic.clone(),
+        };
+        super::journeys::end(env, &job.tenant, &job.recipient_id, job.fence, signal, None).await;
+    }
 }
 
 async fn apply_once(env: &RecipientEnv, job: &ConsentJob) -> Result<ReportStatus, ConsentError> {
@@ -158,4 +165,8 @@ pub async fn inbound(env: &RecipientEnv, job: InboundJob) {
         }
     };
     let _ = job.reply.send(verdict);
+    if verdict == ReportStatus::ReportApplied {
+        let signal = ExitSignal::Replied;
+        super::journeys::end(env, &job.tenant, &job.recipient_id, job.fence, signal, None).await;
+    }
 }

@@ -13,6 +13,7 @@ use herald_store::Store;
 
 use crate::channels::Channels;
 use crate::events::EventBus;
+use crate::journey::walker::JourneyEnv;
 use crate::links::LinkSigner;
 use crate::receipts::index::ReceiptStats;
 use crate::timers::Timers;
@@ -25,6 +26,8 @@ pub struct RecipientEnv {
     pub timers: Timers,
     pub channels: Channels,
     pub receipts: Arc<ReceiptStats>,
+    /// What the person's journey jobs use.
+    pub journeys: JourneyEnv,
     pub settings: RecipientSettings,
 }
 

@@ -21,9 +21,12 @@
 //! - `walk`: a job's run through the machine (reads, effects, long effects, retries).
 //! - `log`: the message's log as a run writes it.
 //! - `consent`: consent changes and inbound replies.
+//! - journeys run in the actor too ([`crate::journey::walker`]): a person's journey state
+//!   changes in turn with their messages and receipts.
 
 mod consent;
 pub mod env;
+mod journeys;
 mod log;
 mod walk;
 
@@ -119,6 +122,8 @@ pub enum RecipientMsg {
     Consent(Box<consent::ConsentJob>),
     /// The person wrote to the tenant: their messenger-style session window opens.
     Inbound(Box<consent::InboundJob>),
+    /// The person's journeys: a reported event, a due wait, an exit, engagement.
+    Journey(Box<crate::journey::walker::JourneyJob>),
 }
 
 pub use consent::{ConsentJob, InboundJob};
@@ -243,6 +248,9 @@ impl Actor for RecipientActor {
             RecipientMsg::Signal(job) => Box::pin(walk::signal_job(&env, *job)).await,
             RecipientMsg::Consent(job) => Box::pin(consent::apply(&env, *job)).await,
             RecipientMsg::Inbound(job) => Box::pin(consent::inbound(&env, *job)).await,
+            RecipientMsg::Journey(job) => {
+                Box::pin(crate::journey::walker::run(&env.journeys, *job)).await
+            }
         }
         state.activity.finished();
         Ok(())

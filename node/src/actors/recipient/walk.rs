@@ -550,6 +550,13 @@ pub async fn signal_job(env: &RecipientEnv, signal_job: SignalJob) {
     }
     env.receipts.count(verdict);
     let _ = reply.send(verdict);
+    // A conversion usually comes after the message ended (LATE): it counts for journeys too.
+    if matches!(
+        verdict,
+        ReportStatus::ReportApplied | ReportStatus::ReportLate
+    ) {
+        super::journeys::engaged(env, &job, signal.kind).await;
+    }
     if resume {
         job.history = None;
         job.recipient = None;

@@ -1,0 +1,481 @@
+//! Journeys running, in process on a manual clock: people enter on a reported event, each send
+//! step goes through the intake once (its idempotency key), waits fire when the clock reaches
+//! them (paged from the store), exits end a journey at once even in the middle of a wait, a
+//! conversion counts for the last step the person received, re-entry follows the rules, a paused
+//! journey lets no one in, and every bad event is refused field by field with nothing changed.
+
+use std::time::Duration;
+
+use herald::demo::demo_recipient;
+use herald_proto::v1::journeys_client::JourneysClient;
+use herald_proto::v1::{
+    Content, CreateJourneyRequest, EmailContent, EngagementKind, EngagementReport, ExitKind,
+    JourneyEntry, JourneyEvent, JourneyExit, JourneyPerson, JourneyPersonRequest,
+    JourneyPersonStatus, JourneyRequest, JourneySpec, JourneyStep, JourneyView, MessageClass,
+    PushContent, ReportEventRequest, ReportEventResponse, ReportRequest, SendStep, SmsContent,
+    UpsertRecipientsRequest, WaitStep, journey_step::Kind,
+};
+use herald_testkit::cluster::{API_KEY, authed};
+use herald_testkit::eventually::eventually;
+use herald_testkit::in_process::InProcess;
+use tonic::transport::Channel;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const WAIT: Duration = Duration::from_secs(20);
+
+fn send(name: &str, content: Content) -> JourneyStep {
+    JourneyStep {
+        name: name.into(),
+        kind: Some(Kind::Send(SendStep {
+            content: Some(content),
+            ..Default::default()
+        })),
+        next: String::new(),
+    }
+}
+
+fn wait(name: &str, days: u64) -> JourneyStep {
+    JourneyStep {
+        name: name.into(),
+        kind: Some(Kind::Wait(WaitStep {
+            duration_s: days * 86_400,
+            until_local_time: String::new(),
+        })),
+        next: String::new(),
+    }
+}
+
+/// An abandoned cart over 60 days: a push now, an email at 30 days, an SMS at 60; a purchase
+/// or a conversion ends it.
+fn cart_journey(reentry_cooldown_s: u64) -> JourneySpec {
+    JourneySpec {
+        name: "cart".into(),
+        class: MessageClass::Marketing as i32,
+        topic: "offers".into(),
+        events: vec![
+            JourneyEvent {
+                name: "cart_abandoned".into(),
+                properties: vec!["cart_total".into()],
+            },
+            JourneyEvent {
+                name: "purchased".into(),
+                properties: vec![],
+            },
+        ],
+        entry: Some(JourneyEntry {
+            event: "cart_abandoned".into(),
+            ..Default::default()
+        }),
+        steps: vec![
+            send(
+                "push",
+                Content {
+                    push: Some(PushContent {
+                        title: "Still thinking?".into(),
+                        body: "Your cart of {{ event_cart_total }} is waiting.".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            wait("wait-30", 30),
+            send(
+                "email",
+                Content {
+                    email: Some(EmailContent {
+                        subject: "10% off your cart".into(),
+                        text_body: "Your cart of {{ event_cart_total }}, 10% off.".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+            wait("wait-60", 30),
+            send(
+                "sms",
+                Content {
+                    sms: Some(SmsContent {
+                        text: "Last call for your cart.".into(),
+                    }),
+                    ..Default::default()
+                },
+            ),
+        ],
+        exits: vec![
+            JourneyExit {
+                kind: ExitKind::ExitConverted as i32,
+                event: String::new(),
+            },
+            JourneyExit {
+                kind: ExitKind::ExitEvent as i32,
+                event: "purchased".into(),
+            },
+        ],
+        reentry_cooldown_s,
+    }
+}
+
+async fn start_with(cluster: &InProcess, spec: JourneySpec, people: usize) -> String {
+    let mut recipients = cluster.recipients().await;
+    recipients
+        .upsert_recipients(authed(
+            UpsertRecipientsRequest {
+                // Noon where they live: quiet hours (which apply to every send) are open.
+                recipients: (0..people)
+                    .map(|i| {
+                        let mut recipient = demo_recipient(format!("r{i}"), i);
+                        recipient.time_zone = "Europe/London".into();
+                        recipient
+                    })
+                    .collect(),
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("upsert");
+    let mut api = cluster.journeys().await;
+    api.create_journey(authed(CreateJourneyRequest { spec: Some(spec) }, API_KEY))
+        .await
+        .expect("create")
+        .into_inner()
+        .journey_id
+}
+
+async fn report(
+    api: &mut JourneysClient<Channel>,
+    recipient: &str,
+    event: &str,
+) -> Result<ReportEventResponse, tonic::Status> {
+    let mut properties = std::collections::BTreeMap::new();
+    properties.insert("cart_total".to_owned(), "$42".to_owned());
+    api.report_event(authed(
+        ReportEventRequest {
+            recipient_id: recipient.into(),
+            event: event.into(),
+            properties,
+        },
+        API_KEY,
+    ))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn person(
+    api: &mut JourneysClient<Channel>,
+    journey: &str,
+    recipient: &str,
+) -> Result<JourneyPerson, tonic::Status> {
+    api.get_journey_person(authed(
+        JourneyPersonRequest {
+            journey_id: journey.into(),
+            recipient_id: recipient.into(),
+        },
+        API_KEY,
+    ))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn view(api: &mut JourneysClient<Channel>, journey: &str) -> JourneyView {
+    api.get_journey(authed(
+        JourneyRequest {
+            journey_id: journey.into(),
+        },
+        API_KEY,
+    ))
+    .await
+    .expect("get")
+    .into_inner()
+}
+
+fn sent_steps(person: &JourneyPerson) -> Vec<&str> {
+    person.sent.iter().map(|s| s.step.as_str()).collect()
+}
+
+/// Waits until `recipient` has sent `steps` (and is at `step`).
+async fn wait_for_steps(
+    api: &JourneysClient<Channel>,
+    journey: &str,
+    recipient: &str,
+    steps: &[&str],
+) -> JourneyPerson {
+    eventually(&format!("{recipient} sent {steps:?}"), WAIT, || {
+        let mut api = api.clone();
+        async move {
+            let found = person(&mut api, journey, recipient).await.ok()?;
+            (sent_steps(&found) == steps).then_some(found)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_walk_the_steps_on_the_clock_and_exits_end_them_at_once() {
+    let cluster = InProcess::start(|_| {}).await;
+    let journey = start_with(&cluster, cart_journey(0), 3).await;
+    let mut api = cluster.journeys().await;
+    let entry_time = cluster.now_unix_ms();
+
+    for r in ["r0", "r1", "r2"] {
+        let answer = report(&mut api, r, "cart_abandoned").await.expect("report");
+        assert_eq!(answer.entered, vec![journey.clone()], "{r}");
+        assert!(answer.exited.is_empty());
+    }
+    // Entered, pushed, and waiting 30 days, all before the answer.
+    let r0 = person(&mut api, &journey, "r0").await.expect("r0");
+    assert_eq!(r0.status(), JourneyPersonStatus::JourneyPersonActive);
+    assert_eq!((r0.entry, r0.step.as_str()), (1, "wait-30"));
+    assert_eq!(sent_steps(&r0), ["push"]);
+    assert_eq!(r0.wait_due_unix_ms, entry_time + 30 * 86_400_000);
+    assert_eq!(
+        r0.properties.get("cart_total").map(String::as_str),
+        Some("$42")
+    );
+    let delivery = cluster.delivery().await;
+    let message = herald_testkit::delivery::get_message(&delivery, API_KEY, &r0.sent[0].message_id)
+        .await
+        .expect("the push is a message");
+    let view_of_message = message.message.expect("message view");
+    assert_eq!(
+        view_of_message.idempotency_key,
+        format!("journey:{journey}:r0:1:push")
+    );
+    // Entering again while active does nothing.
+    let again = report(&mut api, "r0", "cart_abandoned")
+        .await
+        .expect("report");
+    assert!(again.entered.is_empty());
+
+    // r1 buys during the wait: ended at once, wait gone.
+    let bought = report(&mut api, "r1", "purchased").await.expect("purchase");
+    assert_eq!(bought.exited, vec![journey.clone()]);
+    let r1 = person(&mut api, &journey, "r1").await.expect("r1");
+    assert_eq!(r1.status(), JourneyPersonStatus::JourneyPersonExited);
+    assert_eq!(
+        (r1.exit_kind(), r1.exit_event.as_str()),
+        (ExitKind::ExitEvent, "purchased")
+    );
+    assert_eq!(r1.wait_due_unix_ms, 0);
+
+    // r2 converts on the push: the journey ends, the conversion counts for the push.
+    let r2 = person(&mut api, &journey, "r2").await.expect("r2");
+    herald_testkit::delivery::wait_terminal(&delivery, API_KEY, &r2.sent[0].message_id, WAIT).await;
+    let mut engagement = cluster.engagement().await;
+    let verdict = engagement
+        .report(authed(
+            ReportRequest {
+                reports: vec![EngagementReport {
+                    message_id: r2.sent[0].message_id.clone(),
+                    kind: EngagementKind::EngagementConverted as i32,
+                    ..Default::default()
+                }],
+            },
+            API_KEY,
+        ))
+        .await
+        .expect("conversion")
+        .into_inner();
+    assert_eq!(
+        verdict.results.first().map(|r| r.status()),
+        Some(herald_proto::v1::ReportStatus::ReportLate),
+        "{verdict:?}"
+    );
+    eventually("r2's journey ends on its conversion", WAIT, || {
+        let mut api = api.clone();
+        let journey = journey.clone();
+        async move {
+            let r2 = person(&mut api, &journey, "r2").await.ok()?;
+            (r2.status() == JourneyPersonStatus::JourneyPersonExited
+                && r2.exit_kind() == ExitKind::ExitConverted)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Thirty days on: the email, then thirty more: the SMS and the end. Only r0.
+    cluster.advance(30 * DAY);
+    let r0 = wait_for_steps(&api, &journey, "r0", &["push", "email"]).await;
+    assert_eq!(r0.step, "wait-60");
+    cluster.advance(30 * DAY);
+    let r0 = wait_for_steps(&api, &journey, "r0", &["push", "email", "sms"]).await;
+    assert_eq!(r0.status(), JourneyPersonStatus::JourneyPersonCompleted);
+    for r in ["r1", "r2"] {
+        let ended = person(&mut api, &journey, r).await.expect("ended");
+        assert_eq!(
+            sent_steps(&ended),
+            ["push"],
+            "{r} got nothing after its exit"
+        );
+    }
+
+    let funnel = view(&mut api, &journey).await.funnel.expect("funnel");
+    assert_eq!(
+        (
+            funnel.entered,
+            funnel.active,
+            funnel.in_wait,
+            funnel.completed
+        ),
+        (3, 0, 0, 1)
+    );
+    assert_eq!(funnel.exited.get("event:purchased"), Some(&1));
+    assert_eq!(funnel.exited.get("converted"), Some(&1));
+    let step = |name: &str| {
+        funnel
+            .steps
+            .iter()
+            .find(|s| s.step == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!((step("push").reached, step("push").sent), (3, 3));
+    assert_eq!(step("push").converted, 1);
+    assert_eq!(step("wait-30").exited, 2);
+    assert_eq!((step("email").sent, step("sms").sent), (1, 1));
+    assert_eq!(step("wait-60").in_wait, 0);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_entry_waits_for_the_cool_down_and_a_paused_journey_lets_no_one_in() {
+    let cluster = InProcess::start(|_| {}).await;
+    let journey = start_with(&cluster, cart_journey(7 * 86_400), 1).await;
+    let mut api = cluster.journeys().await;
+    let request = JourneyRequest {
+        journey_id: journey.clone(),
+    };
+    api.pause_journey(authed(request.clone(), API_KEY))
+        .await
+        .expect("pause");
+    let paused = report(&mut api, "r0", "cart_abandoned")
+        .await
+        .expect("report");
+    assert!(paused.entered.is_empty());
+    assert_eq!(
+        person(&mut api, &journey, "r0").await.map_err(|s| s.code()),
+        Err(tonic::Code::NotFound)
+    );
+    api.resume_journey(authed(request, API_KEY))
+        .await
+        .expect("resume");
+    assert_eq!(
+        report(&mut api, "r0", "cart_abandoned")
+            .await
+            .expect("report")
+            .entered,
+        vec![journey.clone()]
+    );
+    report(&mut api, "r0", "purchased").await.expect("purchase");
+    // Inside the cool-down: no second entry; after it: entry 2, with its own messages.
+    cluster.advance(6 * DAY);
+    assert!(
+        report(&mut api, "r0", "cart_abandoned")
+            .await
+            .expect("report")
+            .entered
+            .is_empty()
+    );
+    cluster.advance(DAY);
+    assert_eq!(
+        report(&mut api, "r0", "cart_abandoned")
+            .await
+            .expect("report")
+            .entered,
+        vec![journey.clone()]
+    );
+    let second = person(&mut api, &journey, "r0").await.expect("r0");
+    assert_eq!((second.entry, sent_steps(&second)), (2, vec!["push"]));
+    cluster.shutdown().await;
+}
+
+/// Each bad field of a reported event is refused with INVALID_ARGUMENT naming it, and nobody
+/// enters anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_event_is_refused_field_by_field_and_changes_nothing() {
+    let cluster = InProcess::start(|_| {}).await;
+    let journey = start_with(&cluster, cart_journey(0), 1).await;
+    let mut api = cluster.journeys().await;
+    let good = || {
+        let mut properties = std::collections::BTreeMap::new();
+        properties.insert("cart_total".to_owned(), "$1".to_owned());
+        ReportEventRequest {
+            recipient_id: "r0".into(),
+            event: "cart_abandoned".into(),
+            properties,
+        }
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut ReportEventRequest)>)> = vec![
+        ("recipient_id", Box::new(|r| r.recipient_id.clear())),
+        (
+            "recipient_id",
+            Box::new(|r| r.recipient_id = "x".repeat(300)),
+        ),
+        ("event", Box::new(|r| r.event = "Cart-Abandoned".into())),
+        ("event", Box::new(|r| r.event.clear())),
+        (
+            "properties",
+            Box::new(|r| {
+                for i in 0..33 {
+                    r.properties.insert(format!("p{i}"), String::new());
+                }
+            }),
+        ),
+        (
+            "properties[\"Bad Name\"]",
+            Box::new(|r| {
+                r.properties.insert("Bad Name".into(), String::new());
+            }),
+        ),
+        (
+            "properties[\"cart_total\"]",
+            Box::new(|r| {
+                r.properties.insert("cart_total".into(), "x".repeat(1_025));
+            }),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut request = good();
+        change(&mut request);
+        let status = api
+            .report_event(authed(request, API_KEY))
+            .await
+            .expect_err(field);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        person(&mut api, &journey, "r0").await.map_err(|s| s.code()),
+        Err(tonic::Code::NotFound)
+    );
+    // The person read names its fields too.
+    let status = person(&mut api, "", "r0").await.expect_err("no journey id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("journey_id"), "{status:?}");
+    let status = person(&mut api, &journey, "")
+        .await
+        .expect_err("no recipient");
+    assert!(status.message().contains("recipient_id"), "{status:?}");
+    // An event no journey knows is no error: nothing happens.
+    let nothing = report(&mut api, "r0", "newsletter_read")
+        .await
+        .expect("report");
+    assert!(nothing.entered.is_empty() && nothing.exited.is_empty());
+    // A client cannot borrow a journey's idempotency keys.
+    let delivery = cluster.delivery().await;
+    let mut message =
+        herald::demo::demo_message("r0".into(), format!("journey:{journey}:r0:1:push"));
+    message.class = MessageClass::Transactional as i32;
+    let status = herald_testkit::delivery::send(&delivery, API_KEY, message)
+        .await
+        .expect_err("reserved prefix");
+    assert!(status.message().contains("idempotency_key"), "{status:?}");
+    cluster.shutdown().await;
+}
