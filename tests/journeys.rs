@@ -4,49 +4,48 @@
 //! conversion counts for the last step the person received, re-entry follows the rules, a paused
 //! journey lets no one in, and every bad event is refused field by field with nothing changed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald::demo::demo_recipient;
 use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::{
-    Content, CreateJourneyRequest, EmailContent, EngagementKind, EngagementReport, ExitKind,
-    JourneyEntry, JourneyEvent, JourneyExit, JourneyPerson, JourneyPersonRequest,
-    JourneyPersonStatus, JourneyRequest, JourneySpec, JourneyStep, JourneyView, MessageClass,
-    PushContent, ReportEventRequest, ReportEventResponse, ReportRequest, SendStep, SmsContent,
-    UpsertRecipientsRequest, WaitStep, journey_step::Kind,
+    Content, EmailContent, EngagementKind, EngagementReport, ExitKind, JourneyEntry, JourneyEvent,
+    JourneyExit, JourneyPerson, JourneyPersonStatus, JourneyRequest, JourneySpec, MessageClass,
+    PushContent, ReportEventRequest, ReportEventResponse, ReportRequest, SmsContent,
+    UpsertRecipientsRequest,
 };
 use herald_testkit::cluster::{API_KEY, authed};
 use herald_testkit::eventually::eventually;
 use herald_testkit::in_process::InProcess;
+use herald_testkit::journeys::{self, send, sent_steps, wait_days};
 use tonic::transport::Channel;
 
 const DAY: Duration = Duration::from_secs(86_400);
 const WAIT: Duration = Duration::from_secs(20);
 
-fn send(name: &str, content: Content) -> JourneyStep {
-    JourneyStep {
-        name: name.into(),
-        kind: Some(Kind::Send(SendStep {
-            content: Some(content),
-            ..Default::default()
-        })),
-        next: String::new(),
-    }
-}
-
-fn wait(name: &str, days: u64) -> JourneyStep {
-    JourneyStep {
-        name: name.into(),
-        kind: Some(Kind::Wait(WaitStep {
-            duration_s: days * 86_400,
-            until_local_time: String::new(),
-        })),
-        next: String::new(),
-    }
-}
-
 /// An abandoned cart over 60 days: a push now, an email at 30 days, an SMS at 60; a purchase
 /// or a conversion ends it.
+fn cart() -> BTreeMap<String, String> {
+    BTreeMap::from([("cart_total".to_owned(), "$42".to_owned())])
+}
+
+async fn report(
+    api: &mut JourneysClient<Channel>,
+    recipient: &str,
+    event: &str,
+) -> Result<ReportEventResponse, tonic::Status> {
+    journeys::report(api, API_KEY, recipient, event, cart()).await
+}
+
+async fn person(
+    api: &mut JourneysClient<Channel>,
+    journey: &str,
+    recipient: &str,
+) -> Result<JourneyPerson, tonic::Status> {
+    journeys::person(api, API_KEY, journey, recipient).await
+}
+
 fn cart_journey(reentry_cooldown_s: u64) -> JourneySpec {
     JourneySpec {
         name: "cart".into(),
@@ -78,7 +77,7 @@ fn cart_journey(reentry_cooldown_s: u64) -> JourneySpec {
                     ..Default::default()
                 },
             ),
-            wait("wait-30", 30),
+            wait_days("wait-30", 30),
             send(
                 "email",
                 Content {
@@ -90,7 +89,7 @@ fn cart_journey(reentry_cooldown_s: u64) -> JourneySpec {
                     ..Default::default()
                 },
             ),
-            wait("wait-60", 30),
+            wait_days("wait-60", 30),
             send(
                 "sms",
                 Content {
@@ -134,62 +133,10 @@ async fn start_with(cluster: &InProcess, spec: JourneySpec, people: usize) -> St
         .await
         .expect("upsert");
     let mut api = cluster.journeys().await;
-    api.create_journey(authed(CreateJourneyRequest { spec: Some(spec) }, API_KEY))
+    journeys::create(&mut api, API_KEY, spec)
         .await
         .expect("create")
-        .into_inner()
         .journey_id
-}
-
-async fn report(
-    api: &mut JourneysClient<Channel>,
-    recipient: &str,
-    event: &str,
-) -> Result<ReportEventResponse, tonic::Status> {
-    let mut properties = std::collections::BTreeMap::new();
-    properties.insert("cart_total".to_owned(), "$42".to_owned());
-    api.report_event(authed(
-        ReportEventRequest {
-            recipient_id: recipient.into(),
-            event: event.into(),
-            properties,
-        },
-        API_KEY,
-    ))
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn person(
-    api: &mut JourneysClient<Channel>,
-    journey: &str,
-    recipient: &str,
-) -> Result<JourneyPerson, tonic::Status> {
-    api.get_journey_person(authed(
-        JourneyPersonRequest {
-            journey_id: journey.into(),
-            recipient_id: recipient.into(),
-        },
-        API_KEY,
-    ))
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn view(api: &mut JourneysClient<Channel>, journey: &str) -> JourneyView {
-    api.get_journey(authed(
-        JourneyRequest {
-            journey_id: journey.into(),
-        },
-        API_KEY,
-    ))
-    .await
-    .expect("get")
-    .into_inner()
-}
-
-fn sent_steps(person: &JourneyPerson) -> Vec<&str> {
-    person.sent.iter().map(|s| s.step.as_str()).collect()
 }
 
 /// Waits until `recipient` has sent `steps` (and is at `step`).
@@ -308,7 +255,11 @@ async fn people_walk_the_steps_on_the_clock_and_exits_end_them_at_once() {
         );
     }
 
-    let funnel = view(&mut api, &journey).await.funnel.expect("funnel");
+    let funnel = journeys::get(&mut api, API_KEY, &journey)
+        .await
+        .expect("get")
+        .funnel
+        .expect("funnel");
     assert_eq!(
         (
             funnel.entered,

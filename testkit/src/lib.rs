@@ -33,3 +33,4 @@ pub mod cluster;
 pub mod delivery;
 pub mod eventually;
 pub mod in_process;
+pub mod journeys;

@@ -280,6 +280,8 @@ impl Person<'_> {
         counts: &mut Vec<(String, i64)>,
     ) -> Result<(), WalkError> {
         let mut recipient: Option<Option<Recipient>> = None;
+        // The due time of the wait this walk left, for the next send's record.
+        let mut waited_until = 0;
         // A validated definition has no loop: every walk ends within its steps.
         for _ in 0..=spec.steps.len() {
             let now = self.env.clock.now_unix_ms();
@@ -294,6 +296,8 @@ impl Person<'_> {
                                 step: step.clone(),
                                 message_id: sent.message_id,
                                 refused: String::new(),
+                                at_unix_ms: now,
+                                waited_until_unix_ms: waited_until,
                             });
                         }
                         Err(error) if is_refusal(&error) => {
@@ -302,6 +306,8 @@ impl Person<'_> {
                                 step: step.clone(),
                                 message_id: String::new(),
                                 refused: error.to_string(),
+                                at_unix_ms: now,
+                                waited_until_unix_ms: waited_until,
                             });
                         }
                         Err(error) => return Err(WalkError::Intake(error)),
@@ -320,6 +326,7 @@ impl Person<'_> {
                     if now < person.wait_due_unix_ms {
                         break;
                     }
+                    waited_until = person.wait_due_unix_ms;
                     person.wait_due_unix_ms = 0;
                     counts.push((funnel::IN_WAIT.to_owned(), -1));
                     counts.push((funnel::waiting(&step), -1));
