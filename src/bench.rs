@@ -227,3 +227,183 @@ pub(crate) async fn bench_campaign(
     cluster.shutdown().await;
     Ok(())
 }
+
+/// `herald bench journey-waits`: `people` people enter a journey whose first step is a 90-day
+/// wait, through the full path on a local cluster with Redis; prints one JSON line with the
+/// entry rate, the process's memory before and after (no actor is held for a wait), and the
+/// store bytes each waiting person costs (Redis `used_memory`, and `MEMORY USAGE` of one
+/// person's state and of the wait sets).
+pub(crate) async fn bench_journey_waits(
+    people: usize,
+    redis: String,
+    nodes: usize,
+    partitions: u32,
+) -> Result<()> {
+    use futures::StreamExt;
+    use std::time::Instant;
+
+    if people == 0 {
+        bail!("--people must be at least 1");
+    }
+    let key_prefix = format!("hb{:08x}", rand::random::<u32>());
+    let cluster = LocalCluster::start(LocalOptions {
+        nodes,
+        redis_url: Some(redis.clone()),
+        key_prefix: Some(key_prefix.clone()),
+        sandbox: SandboxConfig::default(),
+        partition_count: partitions,
+        mtls: true,
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let mut redis_conn = ::redis::Client::open(redis.as_str())
+        .context("--redis")?
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to Redis")?;
+    let addrs = cluster.node_addrs();
+    let mut clients = Vec::new();
+    for address in &addrs {
+        clients.push(herald_proto::v1::journeys_client::JourneysClient::new(
+            workload::connect(address).await?,
+        ));
+    }
+    let spec = herald::demo::demo_wait_journey(90);
+    let journey = clients[0]
+        .clone()
+        .create_journey(workload::authed(
+            herald_proto::v1::CreateJourneyRequest { spec: Some(spec) },
+            DEMO_API_KEY,
+        )?)
+        .await
+        .map_err(crate::status_error)?
+        .into_inner()
+        .journey_id;
+    let rss_before = current_rss_kib();
+    let memory_before = used_memory(&mut redis_conn).await?;
+    eprintln!("bench journey-waits: {people} people entering a 90-day wait, {nodes} nodes");
+    let started = Instant::now();
+    let entered = futures::stream::iter(0..people)
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            async move {
+                let request = workload::authed(
+                    herald_proto::v1::ReportEventRequest {
+                        recipient_id: format!("p{i}"),
+                        event: "inactive_90d".into(),
+                        properties: Default::default(),
+                    },
+                    DEMO_API_KEY,
+                )?;
+                for _ in 0..10 {
+                    match client.report_event(request_clone(&request)).await {
+                        Ok(answer) => {
+                            return Ok::<usize, anyhow::Error>(answer.into_inner().entered.len());
+                        }
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(status) => return Err(crate::status_error(status)),
+                    }
+                }
+                bail!("p{i}: still unavailable")
+            }
+        })
+        .buffer_unordered(256)
+        .enumerate()
+        .fold(Ok::<usize, anyhow::Error>(0), |total, (done, entered)| async move {
+            if done > 0 && done % 100_000 == 0 {
+                eprintln!("bench journey-waits: {done}/{people}");
+            }
+            Ok(total? + entered?)
+        })
+        .await?;
+    let enter_s = started.elapsed().as_secs_f64();
+    // Idle actors passivate within a second; none is kept for a wait.
+    let passivated = Instant::now();
+    while cluster
+        .nodes
+        .iter()
+        .map(|n| n.actors_active())
+        .sum::<usize>()
+        > 0
+        && passivated.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let actors_active: usize = cluster.nodes.iter().map(|n| n.actors_active()).sum();
+    let rss_after = current_rss_kib();
+    let memory_after = used_memory(&mut redis_conn).await?;
+    let person_key = format!(
+        "{key_prefix}:h:{}",
+        herald_store::keys::journey::person(
+            &herald_proto::TenantId(crate::local::DEMO_TENANT.into()),
+            &journey,
+            "p1"
+        )
+    );
+    let person_bytes: Option<u64> = ::redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&person_key)
+        .query_async(&mut redis_conn)
+        .await?;
+    let mut wait_set_bytes = 0u64;
+    for partition in 0..partitions {
+        let key = format!(
+            "{key_prefix}:z:{}",
+            herald_store::keys::journey::waits(herald_proto::PartitionId(partition))
+        );
+        let bytes: Option<u64> = ::redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut redis_conn)
+            .await?;
+        wait_set_bytes += bytes.unwrap_or(0);
+    }
+    let line = json!({
+        "system": "herald",
+        "workload": "journey-waits",
+        "people": people,
+        "entered": entered,
+        "nodes": nodes,
+        "store": "redis",
+        "enter_s": (enter_s * 10.0).round() / 10.0,
+        "entries_per_s": (people as f64 / enter_s).round(),
+        "actors_active_after": actors_active,
+        "rss_before_mib": rss_before.map(|k| k / 1024),
+        "rss_after_mib": rss_after.map(|k| k / 1024),
+        "peak_rss_mib": peak_rss_kib().map(|k| k / 1024),
+        "redis_bytes_per_person": memory_after.saturating_sub(memory_before) / people as u64,
+        "state_hash_bytes": person_bytes,
+        "wait_member_bytes": wait_set_bytes / people as u64,
+    });
+    println!("{line}");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn request_clone<T: Clone>(request: &tonic::Request<T>) -> tonic::Request<T> {
+    let mut copy = tonic::Request::new(request.get_ref().clone());
+    *copy.metadata_mut() = request.metadata().clone();
+    copy
+}
+
+async fn used_memory(conn: &mut ::redis::aio::MultiplexedConnection) -> Result<u64> {
+    let info: String = ::redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+/// The process's resident memory now, in KiB.
+fn current_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -237,6 +237,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4096)]
         partitions: u32,
     },
+    /// People entering a 90-day journey wait: memory and store bytes per waiting person;
+    /// prints one JSON line.
+    JourneyWaits {
+        #[arg(long, default_value_t = 1_000_000)]
+        people: usize,
+        /// Redis URL (the store bytes are Redis' figures).
+        #[arg(long)]
+        redis: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 4096)]
+        partitions: u32,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -424,6 +437,18 @@ async fn main() -> Result<()> {
         } => {
             init_tracing("error");
             bench::bench_waterfall(n, redis, nodes, partitions, !no_mtls).await
+        }
+        Command::Bench {
+            command:
+                BenchCommand::JourneyWaits {
+                    people,
+                    redis,
+                    nodes,
+                    partitions,
+                },
+        } => {
+            init_tracing("error");
+            bench::bench_journey_waits(people, redis, nodes, partitions).await
         }
         Command::Bench {
             command:

@@ -230,6 +230,7 @@ pub struct NodeHandle {
     timers: Timers,
     receipts: Arc<ReceiptStats>,
     channels: Channels,
+    directory: Arc<RecipientDirectory>,
     shutdown: watch::Sender<bool>,
     membership: Option<JoinHandle<()>>,
     leases: Option<JoinHandle<()>>,
@@ -258,6 +259,11 @@ impl NodeHandle {
     /// Waterfall steps that timed out waiting for their success condition.
     pub fn step_timeouts(&self) -> u64 {
         self.timers.stats().timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Recipient actors alive on this node (idle ones passivate).
+    pub fn actors_active(&self) -> usize {
+        self.directory.active()
     }
 
     /// Durable timers that fired on this node (for tests that wait for one).
@@ -763,6 +769,7 @@ impl Node {
             timers,
             receipts: receipt_stats,
             channels,
+            directory,
             shutdown,
             membership: Some(membership),
             leases: Some(leases),
