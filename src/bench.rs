@@ -33,6 +33,7 @@ pub(crate) async fn bench_waterfall(
         sandbox: SandboxConfig::default(),
         partition_count: partitions,
         mtls,
+        policy_clock: None,
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -115,6 +116,7 @@ pub(crate) async fn bench_campaign(
         sandbox: SandboxConfig::default(),
         partition_count: partitions,
         mtls: true,
+        policy_clock: None,
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -253,6 +255,7 @@ pub(crate) async fn bench_journey_waits(
         sandbox: SandboxConfig::default(),
         partition_count: partitions,
         mtls: true,
+        policy_clock: None,
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -311,12 +314,15 @@ pub(crate) async fn bench_journey_waits(
         })
         .buffer_unordered(256)
         .enumerate()
-        .fold(Ok::<usize, anyhow::Error>(0), |total, (done, entered)| async move {
-            if done > 0 && done % 100_000 == 0 {
-                eprintln!("bench journey-waits: {done}/{people}");
-            }
-            Ok(total? + entered?)
-        })
+        .fold(
+            Ok::<usize, anyhow::Error>(0),
+            |total, (done, entered)| async move {
+                if done > 0 && done % 100_000 == 0 {
+                    eprintln!("bench journey-waits: {done}/{people}");
+                }
+                Ok(total? + entered?)
+            },
+        )
         .await?;
     let enter_s = started.elapsed().as_secs_f64();
     // Idle actors passivate within a second; none is kept for a wait.

@@ -1,7 +1,8 @@
 //! # journeys: `herald journey …`
 //!
-//! Owns the commands (create from a journey file — see `journey_file` — get, list, pause,
-//! resume, archive) and how a journey is printed (80 columns). Talks to a node's public API
+//! Owns the commands (create from a journey file — see `journey_file` — get with the funnel,
+//! list, pause, resume, archive, report an event, a person's state) and how they are printed
+//! (80 columns). Talks to a node's public API
 //! only.
 
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::{
-    CreateJourneyRequest, JourneyRequest, JourneyState, JourneyView, ListJourneysRequest,
+    CreateJourneyRequest, JourneyFunnel, JourneyPerson, JourneyPersonRequest, JourneyPersonStatus,
+    JourneyRequest, JourneyState, JourneyView, ListJourneysRequest, ReportEventRequest,
     journey_step::Kind,
 };
 
@@ -48,6 +50,31 @@ pub(crate) enum JourneyCommand {
     Archive {
         id: String,
     },
+    /// Report an event about a person: they enter the journeys it starts and leave the ones
+    /// it ends.
+    Report {
+        /// The person's recipient id.
+        #[arg(long)]
+        recipient: String,
+        /// The event's name, as the journeys define it (e.g. cart_abandoned).
+        #[arg(long)]
+        event: String,
+        /// A property of the event, NAME=VALUE (repeatable).
+        #[arg(long = "property", value_parser = property)]
+        properties: Vec<(String, String)>,
+    },
+    /// Where one person is in a journey: status, step, wait, what was sent.
+    Person {
+        id: String,
+        recipient: String,
+    },
+}
+
+fn property(text: &str) -> Result<(String, String)> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{text:?} is not NAME=VALUE"))?;
+    Ok((name.trim().to_owned(), value.to_owned()))
 }
 
 pub(crate) async fn run(addr: &str, api_key: &str, command: JourneyCommand) -> Result<()> {
@@ -114,6 +141,49 @@ pub(crate) async fn run(addr: &str, api_key: &str, command: JourneyCommand) -> R
             .await
             .map_err(status_error)?
             .into_inner(),
+        JourneyCommand::Report {
+            recipient,
+            event,
+            properties,
+        } => {
+            let answer = journeys
+                .report_event(authed(
+                    ReportEventRequest {
+                        recipient_id: recipient,
+                        event,
+                        properties: properties.into_iter().collect(),
+                    },
+                    api_key,
+                )?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let list = |ids: &[String]| {
+                if ids.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ids.join(", ")
+                }
+            };
+            println!("entered: {}", list(&answer.entered));
+            println!("exited:  {}", list(&answer.exited));
+            return Ok(());
+        }
+        JourneyCommand::Person { id, recipient } => {
+            let person = journeys
+                .get_journey_person(authed(
+                    JourneyPersonRequest {
+                        journey_id: id,
+                        recipient_id: recipient,
+                    },
+                    api_key,
+                )?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_person(&person);
+            return Ok(());
+        }
     };
     print_view(&view);
     Ok(())
@@ -133,7 +203,7 @@ fn summary_line(view: &JourneyView) -> String {
     format!("{}  {:<8}  {name}", view.journey_id, state_name(view))
 }
 
-fn print_view(view: &JourneyView) {
+pub(crate) fn print_view(view: &JourneyView) {
     println!("{}", summary_line(view));
     let Some(spec) = &view.spec else { return };
     if let Some(entry) = &spec.entry {
@@ -150,9 +220,11 @@ fn print_view(view: &JourneyView) {
     for step in &spec.steps {
         let what = match &step.kind {
             Some(Kind::Send(send)) => format!("send ({} waterfall steps)", send.waterfall.len()),
-            Some(Kind::Wait(wait)) if wait.until_local_time.is_empty() => {
-                format!("wait {} s", wait.duration_s)
-            }
+            Some(Kind::Wait(wait)) if wait.until_local_time.is_empty() => match wait.duration_s {
+                s if s % 86_400 == 0 => format!("wait {} days", s / 86_400),
+                s if s % 3_600 == 0 => format!("wait {} h", s / 3_600),
+                s => format!("wait {s} s"),
+            },
             Some(Kind::Wait(wait)) => format!("wait until {} local", wait.until_local_time),
             Some(Kind::Branch(branch)) => {
                 format!(
@@ -174,4 +246,82 @@ fn print_view(view: &JourneyView) {
         println!("{line}");
     }
     println!("  exits: {}", spec.exits.len());
+    if let Some(funnel) = &view.funnel {
+        print_funnel(funnel);
+    }
+}
+
+fn print_funnel(funnel: &JourneyFunnel) {
+    println!(
+        "  entered {}  active {}  in wait {}  completed {}",
+        funnel.entered, funnel.active, funnel.in_wait, funnel.completed
+    );
+    if !funnel.exited.is_empty() {
+        let exits: Vec<String> = funnel
+            .exited
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        let line: String = format!("  exited: {}", exits.join(", "))
+            .chars()
+            .take(80)
+            .collect();
+        println!("{line}");
+    }
+    println!(
+        "  {:<18}{:>8}{:>8}{:>8}{:>10}{:>8}{:>10}{:>8}",
+        "step", "reached", "waiting", "sent", "delivered", "clicked", "converted", "exited"
+    );
+    for step in &funnel.steps {
+        let name: String = step.step.chars().take(18).collect();
+        println!(
+            "  {name:<18}{:>8}{:>8}{:>8}{:>10}{:>8}{:>10}{:>8}",
+            step.reached,
+            step.in_wait,
+            step.sent,
+            step.delivered,
+            step.clicked,
+            step.converted,
+            step.exited
+        );
+    }
+}
+
+fn print_person(person: &JourneyPerson) {
+    let status = person
+        .status()
+        .as_str_name()
+        .trim_start_matches("JOURNEY_PERSON_")
+        .to_ascii_lowercase();
+    println!(
+        "{} in {}: {status} at {} (entry {})",
+        person.recipient_id, person.journey_id, person.step, person.entry
+    );
+    if person.status() == JourneyPersonStatus::JourneyPersonExited {
+        let kind = person
+            .exit_kind()
+            .as_str_name()
+            .trim_start_matches("EXIT_")
+            .to_ascii_lowercase();
+        println!("  ended by: {kind} {}", person.exit_event);
+    }
+    if person.wait_due_unix_ms > 0 {
+        println!("  waits until {}", time_text(person.wait_due_unix_ms));
+    }
+    for sent in &person.sent {
+        let what = if sent.refused.is_empty() {
+            format!("message {}", sent.message_id)
+        } else {
+            let reason: String = sent.refused.chars().take(40).collect();
+            format!("refused: {reason}")
+        };
+        println!("  {:<18} {what}", sent.step);
+    }
+}
+
+/// A policy-clock time as UTC text (the clock may run ahead of the wall clock in demos).
+fn time_text(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| unix_ms.to_string())
 }

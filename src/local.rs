@@ -48,6 +48,9 @@ pub struct LocalOptions {
     pub partition_count: u32,
     /// Mutual TLS between the nodes and to the control plane (off only to measure its cost).
     pub mtls: bool,
+    /// The journeys' policy clock: this many times faster than real time from this instant
+    /// (ms since the Unix epoch) on; `None` = real time.
+    pub policy_clock: Option<(u32, i64)>,
 }
 
 /// The operator certificate's name in a local cluster's certificate directory.
@@ -135,6 +138,8 @@ impl LocalCluster {
                 tenants: vec![TenantConfig::new(DEMO_TENANT, vec![DEMO_API_KEY.into()])],
                 sandbox: options.sandbox.clone(),
                 contact_index_secret: Some(contact_index_secret.clone()),
+                policy_clock_rate: options.policy_clock.map_or(1, |(rate, _)| rate),
+                policy_clock_anchor_unix_ms: options.policy_clock.map(|(_, anchor)| anchor),
                 ..NodeConfig::default()
             };
             let node = if options.redis_url.is_some() {

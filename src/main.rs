@@ -10,6 +10,7 @@ mod journeys;
 mod local;
 mod operator;
 mod up;
+mod up_journey;
 mod workload;
 
 // glibc malloc spent ~40% of the benchmark's CPU in lock contention and chunk consolidation
@@ -82,6 +83,10 @@ enum Command {
         /// Partitions of the local cluster.
         #[arg(long, default_value_t = 4096)]
         partitions: u32,
+        /// Demo a journey instead of a campaign: `--demo` people enter a 60-day win-back
+        /// (push, 30 days, email, 30 days, SMS) played out at two days a second.
+        #[arg(long)]
+        demo_journey: bool,
     },
     /// Run one node (config file + HERALD_* environment overrides).
     Node {
@@ -333,6 +338,7 @@ async fn main() -> Result<()> {
             exit_when_done,
             json,
             partitions,
+            demo_journey,
         } => {
             init_tracing("warn");
             let sandbox = SandboxConfig {
@@ -353,6 +359,7 @@ async fn main() -> Result<()> {
                 exit_when_done,
                 json,
                 partitions,
+                demo_journey,
             })
             .await
         }

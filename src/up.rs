@@ -32,6 +32,8 @@ pub(crate) struct UpOptions {
     pub exit_when_done: bool,
     pub json: bool,
     pub partitions: u32,
+    /// Run the journey demo (people entering the win-back) instead of the campaign.
+    pub demo_journey: bool,
 }
 
 /// Credits the demo tenant gets: far more than the demo spends (1 unit per recipient).
@@ -55,6 +57,10 @@ pub(crate) async fn up(options: UpOptions) -> Result<()> {
         sandbox: options.sandbox.clone(),
         partition_count: options.partitions,
         mtls: true,
+        // The journey demo plays 60 days out in half a minute.
+        policy_clock: options
+            .demo_journey
+            .then(|| (crate::up_journey::rate(), now_unix_ms())),
     })
     .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -71,12 +77,15 @@ pub(crate) async fn up(options: UpOptions) -> Result<()> {
     }
     eprintln!("  api key  {DEMO_API_KEY} (tenant {DEMO_TENANT})");
     let mut summary = None;
-    if options.demo > 0 {
+    if options.demo > 0 && options.demo_journey {
+        summary = Some(crate::up_journey::demo(&addrs, options.demo).await?);
+    } else if options.demo > 0 {
         summary = Some(demo(&cluster, &addrs, &options).await?);
     }
     eprintln!("try:");
     eprintln!("  export HERALD_API_KEY={DEMO_API_KEY}");
     eprintln!("  herald campaign list --addr {first}");
+    eprintln!("  herald journey list --addr {first}");
     eprintln!("  herald send --addr {first} --recipient demo-r0 --text hi");
     if let (Some(control), Some(dir)) = (&cluster.control, cluster.certs_dir()) {
         eprintln!(
@@ -202,4 +211,11 @@ async fn settled(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
