@@ -10,10 +10,10 @@ use std::time::Duration;
 use herald::demo::demo_recipient;
 use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::{
-    Content, EmailContent, EngagementKind, EngagementReport, ExitKind, JourneyEntry, JourneyEvent,
-    JourneyExit, JourneyPerson, JourneyPersonStatus, JourneyRequest, JourneySpec, MessageClass,
-    PushContent, ReportEventRequest, ReportEventResponse, ReportRequest, SmsContent,
-    UpsertRecipientsRequest,
+    ConditionOp, Content, EmailContent, EngagementKind, EngagementReport, ExitKind, JourneyEntry,
+    JourneyEvent, JourneyExit, JourneyPerson, JourneyPersonStatus, JourneyRequest, JourneySpec,
+    MessageClass, PushContent, ReportEventRequest, ReportEventResponse, ReportRequest,
+    SegmentCondition, SmsContent, UpsertRecipientsRequest, journey_step::Kind,
 };
 use herald_testkit::cluster::{API_KEY, authed};
 use herald_testkit::eventually::eventually;
@@ -336,6 +336,25 @@ async fn re_entry_waits_for_the_cool_down_and_a_paused_journey_lets_no_one_in() 
     );
     let second = person(&mut api, &journey, "r0").await.expect("r0");
     assert_eq!((second.entry, sent_steps(&second)), (2, vec!["push"]));
+    // Erasure ends the journey and forgets the entry event's properties.
+    assert!(!second.properties.is_empty());
+    let mut recipients = cluster.recipients().await;
+    recipients
+        .erase_recipient(authed(
+            herald_proto::v1::EraseRecipientRequest { id: "r0".into() },
+            API_KEY,
+        ))
+        .await
+        .expect("erase");
+    eventually("r0's journey ends on erasure", WAIT, || {
+        let mut api = api.clone();
+        let journey = journey.clone();
+        async move {
+            let r0 = person(&mut api, &journey, "r0").await.ok()?;
+            (r0.exit_kind() == ExitKind::ExitErased && r0.properties.is_empty()).then_some(())
+        }
+    })
+    .await;
     cluster.shutdown().await;
 }
 
@@ -428,5 +447,88 @@ async fn a_bad_event_is_refused_field_by_field_and_changes_nothing() {
         .await
         .expect_err("reserved prefix");
     assert!(status.message().contains("idempotency_key"), "{status:?}");
+    cluster.shutdown().await;
+}
+
+/// A journey entered by a segment: each round enters the people who match it then (and only
+/// them); a person who matches later enters at a later round; an active person is not entered
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_enters_the_people_it_matches_round_after_round() {
+    let cluster = InProcess::start(|_| {}).await;
+    let tiered = |i: usize, tier: &str| {
+        let mut recipient = demo_recipient(format!("r{i}"), i);
+        recipient.time_zone = "Europe/London".into();
+        if !tier.is_empty() {
+            recipient.attributes.insert("tier".into(), tier.into());
+        }
+        recipient
+    };
+    let recipients = cluster.recipients().await;
+    let upsert = |people: Vec<herald_proto::v1::Recipient>| {
+        let mut recipients = recipients.clone();
+        async move {
+            recipients
+                .upsert_recipients(authed(
+                    UpsertRecipientsRequest { recipients: people },
+                    API_KEY,
+                ))
+                .await
+                .expect("upsert");
+        }
+    };
+    upsert(vec![
+        tiered(0, "gold"),
+        tiered(1, "gold"),
+        tiered(2, "silver"),
+        tiered(3, ""),
+    ])
+    .await;
+    let mut spec = cart_journey(0);
+    spec.events.retain(|e| e.name == "purchased");
+    spec.entry = Some(JourneyEntry {
+        segment: vec![SegmentCondition {
+            field: "attributes.tier".into(),
+            op: ConditionOp::Equals as i32,
+            values: vec!["gold".into()],
+        }],
+        every_s: 86_400,
+        ..Default::default()
+    });
+    for step in &mut spec.steps {
+        if let Some(Kind::Send(send)) = &mut step.kind {
+            send.variables
+                .insert("event_cart_total".into(), "your cart".into());
+        }
+    }
+    let mut api = cluster.journeys().await;
+    let journey = journeys::create(&mut api, API_KEY, spec)
+        .await
+        .expect("create")
+        .journey_id;
+    for r in ["r0", "r1"] {
+        let entered = wait_for_steps(&api, &journey, r, &["push"]).await;
+        assert_eq!(entered.entry, 1);
+    }
+    for r in ["r2", "r3"] {
+        assert_eq!(
+            person(&mut api, &journey, r).await.map_err(|s| s.code()),
+            Err(tonic::Code::NotFound),
+            "{r} does not match"
+        );
+    }
+    // r2 becomes gold: the next day's round enters them; r0 (active) is not entered again.
+    upsert(vec![tiered(2, "gold")]).await;
+    cluster.advance(DAY);
+    wait_for_steps(&api, &journey, "r2", &["push"]).await;
+    let r0 = person(&mut api, &journey, "r0").await.expect("r0");
+    assert_eq!(r0.entry, 1);
+    let funnel = journeys::get(&mut api, API_KEY, &journey)
+        .await
+        .expect("get")
+        .funnel
+        .expect("funnel");
+    assert_eq!(funnel.entered, 3);
+    drop(recipients);
     cluster.shutdown().await;
 }

@@ -55,6 +55,7 @@ use crate::contact_index::ContactIndex;
 use crate::control_link::ControlLink;
 use crate::events::{EventBus, TenantEvent};
 use crate::intake::{Intake, IntakeSettings};
+use crate::journey::entries::{EnterSink, EntrySettings, SegmentEntries};
 use crate::journey::waits::{JourneyWaits, WaitSettings, WakeSink};
 use crate::journey::walker::JourneyEnv;
 use crate::links::LinkSigner;
@@ -699,6 +700,16 @@ impl Node {
             intake.clone() as Arc<dyn WakeSink>,
             shutdown_rx.clone(),
         ));
+        tokio::spawn(
+            SegmentEntries::new(
+                store.clone(),
+                journey_clock.clone(),
+                ownership.clone(),
+                intake.clone() as Arc<dyn EnterSink>,
+                EntrySettings::default(),
+            )
+            .run(shutdown_rx.clone()),
+        );
         let timings = LeaseTimings {
             ttl: Duration::from_millis(config.lease_ttl_ms),
             renew_interval: Duration::from_millis(config.lease_renew_interval_ms),

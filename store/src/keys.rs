@@ -177,6 +177,18 @@ pub mod journey {
         format!("jq:{}", partition.0)
     }
 
+    /// Sorted set: the tenants that have journeys (what the segment-entry runner looks
+    /// through).
+    pub fn tenants() -> String {
+        "jny-tenants".to_owned()
+    }
+
+    /// Hash: per partition (field: the partition number), the checkpoint of a segment-entered
+    /// journey's current round over that partition.
+    pub fn entry_rounds(tenant: &TenantId, journey: &str) -> String {
+        format!("jseg:{}:{journey}", tenant.0)
+    }
+
     /// Hash: a journey's funnel counters (tallied with the writes that move people).
     pub fn funnel(tenant: &TenantId, journey: &str) -> String {
         format!("jfn:{}:{journey}", tenant.0)

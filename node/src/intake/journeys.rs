@@ -1,9 +1,10 @@
 //! Journey jobs to the person's actor: reported events (answered once the person's states
-//! are durable), due waits from the pager, and exits that need no answer.
+//! are durable), segment matches, due waits from the pager, and exits that need no answer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use herald_proto::TenantId;
 use herald_proto::error::Error;
 use herald_proto::v1::{ReportEventRequest, ReportEventResponse};
 use herald_store::Fence;
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 use super::Intake;
 use crate::actors::recipient::RecipientMsg;
 use crate::auth::Tenant;
+use crate::journey::entries::EnterSink;
 use crate::journey::person::WaitMember;
 use crate::journey::waits::{WakeSink, WakeTicket};
 use crate::journey::walker::{JobKind, JourneyJob};
@@ -70,6 +72,29 @@ impl Intake {
         };
         self.directory
             .dispatch(key, fence.partition, RecipientMsg::Journey(Box::new(job)));
+    }
+}
+
+impl EnterSink for Intake {
+    fn enter(
+        &self,
+        tenant: &TenantId,
+        fence: Fence,
+        recipient_id: String,
+        journey_id: String,
+        done: oneshot::Sender<bool>,
+    ) {
+        let tenant = self.tenants.tenant(&tenant.0);
+        self.journey_job(
+            &tenant,
+            recipient_id,
+            fence,
+            None,
+            JobKind::Enter {
+                journey: journey_id,
+                done,
+            },
+        );
     }
 }
 

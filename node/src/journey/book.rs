@@ -94,10 +94,23 @@ pub async fn create(
         state_changed_at_unix_ms: now_ms,
         funnel: None,
     };
-    let outcomes = store
-        .write(write_ops(tenant, &view, None))
-        .await
-        .map_err(store_error)?;
+    let mut ops = write_ops(tenant, &view, None);
+    // The tenant joins the journeys' tenants (segment entries look there), with the journey.
+    if let Some(FencedOp {
+        op: WriteOp::Require { guards, .. },
+        ..
+    }) = ops.first_mut()
+    {
+        *guards += 1;
+    }
+    ops.push(FencedOp {
+        fence: Fence::NONE,
+        op: WriteOp::AddMembers {
+            key: keys::journey::tenants(),
+            members: vec![tenant.0.clone()],
+        },
+    });
+    let outcomes = store.write(ops).await.map_err(store_error)?;
     match outcomes.first() {
         Some(WriteOutcome::Done) => Ok(view),
         // A fresh ULID already taken: not something a caller can cause.

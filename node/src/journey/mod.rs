@@ -12,10 +12,11 @@
 //!
 //! Running them: a person's way through the steps as pure decisions ([`flow`]), their stored
 //! state and waits ([`person`]), the jobs their RecipientActor runs ([`walker`]), the pager
-//! that fires due waits from the store ([`waits`]) and the path of a journey's messages into
-//! the intake ([`submit`]).
+//! that fires due waits from the store ([`waits`]), the rounds that enter people matching a
+//! segment ([`entries`]) and the path of a journey's messages into the intake ([`submit`]).
 
 pub mod book;
+pub mod entries;
 pub mod flow;
 pub mod person;
 pub mod spec;

@@ -66,6 +66,11 @@ pub enum JobKind {
         properties: BTreeMap<String, String>,
         reply: oneshot::Sender<Result<ReportEventResponse, Error>>,
     },
+    /// Enter one journey (its segment matched the person); `done` answers whether they did.
+    Enter {
+        journey: String,
+        done: oneshot::Sender<bool>,
+    },
     /// A wait of the partition's wait set came due; the ticket tells the pager, when dropped
     /// with the job, that it was handled.
     Wake {
@@ -131,6 +136,16 @@ pub async fn run(env: &JourneyEnv, job: JourneyJob) {
             reply,
         } => {
             let _ = reply.send(person.event(&event, properties).await);
+        }
+        JobKind::Enter { journey, done } => {
+            let entered = match person.enter_segment(&journey).await {
+                Ok(entered) => entered,
+                Err(error) => {
+                    debug!(%error, "segment entry not applied; the round tries again");
+                    return;
+                }
+            };
+            let _ = done.send(entered);
         }
         JobKind::Wake { member, ticket } => {
             if let Err(error) = person.wake(&member).await {
@@ -233,6 +248,22 @@ impl Person<'_> {
         let signal = ExitSignal::Event(event.to_owned());
         answer.exited = self.exit(&signal, None).await?;
         Ok(answer)
+    }
+
+    /// Enters the journey `journey_id` on its segment (when it is still active and entered by
+    /// a segment); true when the person entered.
+    async fn enter_segment(&self, journey_id: &str) -> Result<bool, WalkError> {
+        let view = super::book::get(&self.env.store, &self.tenant.id, journey_id)
+            .await
+            .map_err(WalkError::Intake)?;
+        let Some(spec) = &view.spec else {
+            return Ok(false);
+        };
+        let by_segment = spec.entry.as_ref().is_some_and(|e| e.event.is_empty());
+        if view.state() != JourneyState::Active || !by_segment {
+            return Ok(false);
+        }
+        self.enter(&view, spec, BTreeMap::new()).await
     }
 
     /// Enters `view` when the rules allow; true when the person entered.
@@ -477,6 +508,16 @@ impl Person<'_> {
                     break;
                 };
                 if before.status() != JourneyPersonStatus::JourneyPersonActive {
+                    if *signal == ExitSignal::Erased && !before.properties.is_empty() {
+                        // An ended journey keeps no personal data of an erased person either.
+                        let mut after = before.clone();
+                        after.properties.clear();
+                        match self.write(Some(&before), &after, Vec::new()).await {
+                            Err(WalkError::Moved) => continue,
+                            Err(error) => return Err(error.into()),
+                            Ok(()) => {}
+                        }
+                    }
                     break;
                 }
                 match self.end(&before, &reason).await {
