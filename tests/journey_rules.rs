@@ -469,5 +469,78 @@ async fn the_cli_creates_the_example_and_changes_its_state() {
         1,
         "only the first one stored:\n{stdout}"
     );
+
+    // The same journey entered on an event: report it, read the person, see the funnel.
+    let by_event = dir.path().join("by_event.toml");
+    let text = std::fs::read_to_string(example).expect("the example");
+    let start = text.find("[entry]").expect("an [entry] table");
+    let end = text[start..].find("\n]\n").expect("the segment's end") + start + 3;
+    let text = format!(
+        "{}[entry]\nevent = \"inactive\"\n{}",
+        &text[..start],
+        &text[end..]
+    )
+    .replacen(
+        "[[events]]\nname = \"purchased\"",
+        "[[events]]\nname = \"inactive\"\n\n[[events]]\nname = \"purchased\"",
+        1,
+    );
+    std::fs::write(&by_event, text).expect("write the event file");
+    let (ok, stdout, stderr) = herald(vec![
+        "create".into(),
+        "--file".into(),
+        by_event.to_string_lossy().into_owned(),
+    ])
+    .await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("journey ")?.strip_suffix(" created"))
+        .unwrap_or_else(|| panic!("no id in:\n{stdout}"))
+        .to_owned();
+    let report = |event: &str| {
+        vec![
+            "report".to_owned(),
+            "--recipient".into(),
+            "cli-r1".into(),
+            "--event".into(),
+            event.into(),
+            "--property".into(),
+            "order_total=12".into(),
+        ]
+    };
+    let (ok, stdout, stderr) = herald(report("inactive")).await;
+    assert!(
+        ok && stdout.contains(&format!("entered: {id}")),
+        "{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = herald(vec!["person".into(), id.clone(), "cli-r1".into()]).await;
+    assert!(
+        ok && stdout.contains("active at wait-30") && stdout.contains("miss-you"),
+        "{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = herald(report("purchased")).await;
+    assert!(
+        ok && stdout.contains(&format!("exited:  {id}")),
+        "{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = herald(vec!["get".into(), id.clone()]).await;
+    assert!(
+        ok && stdout.contains("exited: event:purchased 1") && stdout.contains("reached"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.lines().all(|line| line.chars().count() <= 80),
+        "80 columns:\n{stdout}"
+    );
+    let (ok, stdout, stderr) = herald(vec![
+        "report".into(),
+        "--recipient".into(),
+        "cli-r1".into(),
+        "--event".into(),
+        "Bad Event".into(),
+    ])
+    .await;
+    assert!(!ok && stderr.contains("event"), "{stdout}\n{stderr}");
     cluster.shutdown().await;
 }
