@@ -358,6 +358,9 @@ async fn re_entry_waits_for_the_cool_down_and_a_paused_journey_lets_no_one_in() 
     cluster.shutdown().await;
 }
 
+/// A change that makes a reported event bad.
+type Change = Box<dyn Fn(&mut ReportEventRequest)>;
+
 /// Each bad field of a reported event is refused with INVALID_ARGUMENT naming it, and nobody
 /// enters anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +377,7 @@ async fn a_bad_event_is_refused_field_by_field_and_changes_nothing() {
             properties,
         }
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut ReportEventRequest)>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         ("recipient_id", Box::new(|r| r.recipient_id.clear())),
         (
             "recipient_id",

@@ -170,12 +170,12 @@ mod tests {
     #[test]
     fn a_scaled_clock_runs_ahead_from_its_anchor() {
         let base = Arc::new(ManualClock::new(1_000));
-        let scaled = ScaledClock::shared(base.clone(), 1_000, 86_400);
+        let scaled = ScaledClock::shared(base.shared(), 1_000, 86_400);
         assert_eq!(scaled.now_unix_ms(), 1_000);
         base.advance(Duration::from_millis(1_000));
         // One real second is one day.
         assert_eq!(scaled.now_unix_ms(), 1_000 + 86_400_000);
-        let same = ScaledClock::shared(base.clone(), 0, 1);
+        let same = ScaledClock::shared(base.shared(), 0, 1);
         assert_eq!(same.now_unix_ms(), base.now_unix_ms());
     }
 

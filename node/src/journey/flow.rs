@@ -3,7 +3,7 @@
 //! Owns the rules of walking a (validated) definition: which step follows which, when a wait
 //! ends, who may enter (re-entry cool-down), which signal ends whose journey, the message a
 //! send step makes, and the funnel counts each transition adds. Must never read the store or a
-//! clock: the walker ([`super::walker`]) hands in the time and the facts, and writes what this
+//! clock: the walker hands in the time and the facts, and writes what this
 //! module decides.
 
 use std::collections::BTreeMap;
