@@ -284,6 +284,24 @@ async fn people_walk_the_steps_on_the_clock_and_exits_end_them_at_once() {
     assert_eq!(step("wait-30").exited, 2);
     assert_eq!((step("email").sent, step("sms").sent), (1, 1));
     assert_eq!(step("wait-60").in_wait, 0);
+    // Attempts per channel, counted with the events that record them.
+    let by_channel = eventually("the push step's attempts counted", WAIT, || {
+        let mut api = api.clone();
+        let journey = journey.clone();
+        async move {
+            let funnel = journeys::get(&mut api, API_KEY, &journey)
+                .await
+                .ok()?
+                .funnel?;
+            let push = funnel.steps.into_iter().find(|s| s.step == "push")?;
+            (!push.sent_by_channel.is_empty()).then_some(push.sent_by_channel)
+        }
+    })
+    .await;
+    assert!(
+        by_channel.keys().all(|channel| channel == "push") && by_channel["push"] <= 3,
+        "{by_channel:?}"
+    );
     cluster.shutdown().await;
 }
 

@@ -253,6 +253,15 @@ pub async fn fill_funnel(
                 clicked: count(&funnel::clicked(&step.name)),
                 converted: count(&funnel::converted(&step.name)),
                 exited: count(&funnel::exited_at(&step.name)),
+                sent_by_channel: counters
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        let rest = name.strip_prefix(funnel::SENT_ON_PREFIX)?;
+                        let channel = rest.strip_prefix(step.name.as_str())?.strip_prefix(':')?;
+                        Some((channel.to_owned(), *value))
+                    })
+                    .collect(),
+                suppressed: count(&funnel::suppressed(&step.name)),
             })
             .collect(),
     });

@@ -283,6 +283,47 @@ pub mod funnel {
     pub fn exited_at(step: &str) -> String {
         format!("e:{step}")
     }
+    /// Sends of a step per channel: `sc:<step>:<channel>`.
+    pub fn sent_on(step: &str, channel: &str) -> String {
+        format!("sc:{step}:{channel}")
+    }
+    pub const SENT_ON_PREFIX: &str = "sc:";
+    pub fn suppressed(step: &str) -> String {
+        format!("q:{step}")
+    }
+}
+
+/// What appending `events` to a journey message's log adds to its journey's funnel (`None`
+/// for other messages, or events that count nothing): applied with the append, so exactly
+/// once per event.
+pub fn message_tally(
+    tenant: &herald_proto::TenantId,
+    idempotency_key: &str,
+    events: &[herald_proto::v1::Event],
+) -> Option<herald_store::Tally> {
+    use herald_proto::v1::{Channel, EventKind};
+    let (journey, step) = journey_of_key(idempotency_key)?;
+    let mut deltas: Vec<(String, i64)> = Vec::new();
+    for event in events {
+        match event.kind() {
+            EventKind::EventSent => {
+                let channel = match event.channel() {
+                    Channel::Push => "push",
+                    Channel::Email => "email",
+                    Channel::Sms => "sms",
+                    _ => "other",
+                };
+                deltas.push((funnel::sent_on(step, channel), 1));
+            }
+            EventKind::EventDelivered => deltas.push((funnel::delivered(step), 1)),
+            EventKind::EventSuppressed => deltas.push((funnel::suppressed(step), 1)),
+            _ => {}
+        }
+    }
+    (!deltas.is_empty()).then(|| herald_store::Tally::AddFields {
+        key: herald_store::keys::journey::funnel(tenant, journey),
+        deltas,
+    })
 }
 
 #[cfg(test)]

@@ -432,9 +432,13 @@ impl Person<'_> {
             .iter()
             .cloned()
             .partition(|c| c.field.trim().starts_with("engagement."));
+        let mut seen_kinds: Vec<String> = person.engaged.clone();
+        if !engagement.is_empty() {
+            seen_kinds.extend(self.last_message_engagement(person).await?);
+        }
         for condition in &engagement {
             let kind = condition.field.trim().trim_start_matches("engagement.");
-            let seen = person.engaged.iter().any(|e| e == kind);
+            let seen = seen_kinds.iter().any(|e| e == kind);
             let wanted = condition.op() == herald_proto::v1::ConditionOp::Exists;
             if seen != wanted {
                 return Ok(false);
@@ -451,6 +455,35 @@ impl Person<'_> {
             Some(recipient) => segment.matches(recipient, now),
             None => false,
         })
+    }
+
+    /// The engagement the log of the person's last message of this journey records (delivered
+    /// inside the run, or by a receipt before the message ended).
+    async fn last_message_engagement(
+        &self,
+        person: &JourneyPerson,
+    ) -> Result<Vec<String>, WalkError> {
+        use herald_proto::v1::EventKind;
+        let Some(last) = person.sent.iter().rev().find(|s| !s.message_id.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let id = herald_proto::MessageId(last.message_id.clone());
+        let Some(record) = self.store().get_message(&self.tenant.id, &id).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(record
+            .events
+            .iter()
+            .filter_map(|event| match event.kind() {
+                EventKind::EventDelivered => Some("delivered"),
+                EventKind::EventRead => Some("read"),
+                EventKind::EventClicked => Some("clicked"),
+                EventKind::EventConverted => Some("converted"),
+                EventKind::EventReplied => Some("replied"),
+                _ => None,
+            })
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn wake(&self, member: &WaitMember) -> Result<(), WalkError> {
@@ -580,8 +613,8 @@ impl Person<'_> {
                 return Ok(());
             };
             let last = before.sent.last().map(|s| s.step.clone());
+            // Deliveries are counted with the event that records them (`flow::message_tally`).
             let counter = match kind {
-                EngagementKind::EngagementDelivered => Some(funnel::delivered(step)),
                 EngagementKind::EngagementClicked => Some(funnel::clicked(step)),
                 EngagementKind::EngagementConverted => {
                     Some(funnel::converted(last.as_deref().unwrap_or(step)))

@@ -207,10 +207,20 @@ impl Log {
         let end_seq = self.seq;
         // A failed flush ends the run (it starts over from the log, with books of its own),
         // so counting before the write is safe.
-        let tallies = match self.books.as_mut() {
+        let mut tallies = match self.books.as_mut() {
             Some(books) => books.tallies(&events),
             None => Vec::new(),
         };
+        // A journey's message counts for its step's funnel with the same append.
+        if let Some(request) = job.message.request.as_ref()
+            && let Some(tally) = crate::journey::flow::message_tally(
+                &job.tenant.id,
+                &request.idempotency_key,
+                &events,
+            )
+        {
+            tallies.push(tally);
+        }
         // Copies only of what a watcher wants (usually nothing).
         let watched = env.events.wanted(&events);
         let append = FencedOp {
