@@ -290,11 +290,15 @@ async fn a_journey_is_stored_and_moves_through_its_states() {
             API_KEY,
         )
     };
-    let read = api
+    let mut read = api
         .get_journey(request(&id))
         .await
         .expect("get")
         .into_inner();
+    // Get adds the funnel (nobody entered yet).
+    let funnel = read.funnel.take().expect("a funnel");
+    let steps = created.spec.as_ref().map_or(0, |s| s.steps.len());
+    assert_eq!((funnel.entered, funnel.steps.len()), (0, steps));
     assert_eq!(read, created, "read back as created");
 
     let paused = api

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald_proto::PartitionId;
@@ -84,6 +84,8 @@ struct Inner {
     partitions: Mutex<HashMap<PartitionId, Known>>,
     /// The sum of the partitions' `in_flight`.
     in_flight: AtomicUsize,
+    /// Some tenant has a journey (see `journeys_exist`).
+    journeys_exist: AtomicBool,
     changed: Notify,
 }
 
@@ -102,6 +104,7 @@ impl JourneyWaits {
                 settings,
                 partitions: Mutex::new(HashMap::new()),
                 in_flight: AtomicUsize::new(0),
+                journeys_exist: AtomicBool::new(false),
                 changed: Notify::new(),
             }),
         }
@@ -178,6 +181,25 @@ impl JourneyWaits {
         }
     }
 
+    /// Whether any tenant has a journey (until one does, no partition can have a wait and the
+    /// pager reads nothing: a cluster without journeys pays no read per partition, not even
+    /// when it takes partitions over). Once true, it stays true.
+    async fn journeys_exist(&self) -> bool {
+        if self.inner.journeys_exist.load(Ordering::Acquire) {
+            return true;
+        }
+        let found = self
+            .inner
+            .store
+            .members_after(&herald_store::keys::journey::tenants(), None, 1)
+            .await
+            .is_ok_and(|tenants| !tenants.is_empty());
+        if found {
+            self.inner.journeys_exist.store(true, Ordering::Release);
+        }
+        found
+    }
+
     /// One look at every served partition whose earliest wait is due.
     async fn page(
         &self,
@@ -185,6 +207,9 @@ impl JourneyWaits {
         sink: &dyn WakeSink,
         done: &mpsc::UnboundedSender<(PartitionId, String)>,
     ) {
+        if !self.journeys_exist().await {
+            return;
+        }
         let served = ownership.served();
         let now = self.inner.clock.now_unix_ms();
         let due: Vec<Fence> = {
