@@ -12,7 +12,7 @@ use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::{
     ConditionOp, Content, EmailContent, EngagementKind, EngagementReport, ExitKind, JourneyEntry,
     JourneyEvent, JourneyExit, JourneyPerson, JourneyPersonStatus, JourneyRequest, JourneySpec,
-    MessageClass, PushContent, ReportEventRequest, ReportEventResponse, ReportRequest,
+    JourneyStep, MessageClass, PushContent, ReportEventRequest, ReportEventResponse, ReportRequest,
     SegmentCondition, SmsContent, UpsertRecipientsRequest, journey_step::Kind,
 };
 use herald_testkit::cluster::{API_KEY, authed};
@@ -551,5 +551,89 @@ async fn a_segment_enters_the_people_it_matches_round_after_round() {
         .expect("funnel");
     assert_eq!(funnel.entered, 3);
     drop(recipients);
+    cluster.shutdown().await;
+}
+
+/// A wait until a time of day in the person's own zone, then a branch on the engagement of
+/// the last message: the branch takes the way the message's own log says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_time_wait_and_an_engagement_branch_follow_the_person() {
+    let cluster = InProcess::start(|_| {}).await;
+    let people = 6;
+    let mut spec = cart_journey(0);
+    // push, then wait until 09:00 their time, then: delivered? email : sms.
+    spec.steps = vec![
+        spec.steps[0].clone(),
+        JourneyStep {
+            name: "morning".into(),
+            kind: Some(Kind::Wait(herald_proto::v1::WaitStep {
+                duration_s: 0,
+                until_local_time: "09:00".into(),
+            })),
+            next: String::new(),
+        },
+        JourneyStep {
+            name: "if-delivered".into(),
+            kind: Some(Kind::Branch(herald_proto::v1::BranchStep {
+                conditions: vec![SegmentCondition {
+                    field: "engagement.delivered".into(),
+                    op: ConditionOp::Exists as i32,
+                    values: vec![],
+                }],
+                then: "email".into(),
+                otherwise: "sms".into(),
+            })),
+            next: String::new(),
+        },
+        JourneyStep {
+            next: "end".into(),
+            ..spec.steps[2].clone()
+        },
+        spec.steps[4].clone(),
+    ];
+    let journey = start_with(&cluster, spec, people).await;
+    let mut api = cluster.journeys().await;
+    let delivery = cluster.delivery().await;
+    let start = cluster.now_unix_ms();
+    let mut delivered = Vec::new();
+    for i in 0..people {
+        let r = format!("r{i}");
+        report(&mut api, &r, "cart_abandoned")
+            .await
+            .expect("report");
+        let person = person(&mut api, &journey, &r).await.expect("entered");
+        // 12:00 UTC is 12:00 in London in January: the next 09:00 there is 21 h later.
+        assert_eq!(
+            (person.step.as_str(), person.wait_due_unix_ms),
+            ("morning", start + 21 * 3_600_000),
+            "{r}"
+        );
+        let log = herald_testkit::delivery::wait_terminal(
+            &delivery,
+            API_KEY,
+            &person.sent[0].message_id,
+            WAIT,
+        )
+        .await;
+        delivered.push(
+            herald_testkit::delivery::last_status(&log)
+                == herald_proto::v1::MessageStatus::Delivered,
+        );
+    }
+    cluster.advance(Duration::from_secs(21 * 3_600));
+    for (i, delivered) in delivered.iter().enumerate() {
+        let expected = if *delivered {
+            ["push", "email"]
+        } else {
+            ["push", "sms"]
+        };
+        let person = wait_for_steps(&api, &journey, &format!("r{i}"), &expected).await;
+        assert_eq!(person.status(), JourneyPersonStatus::JourneyPersonCompleted);
+        assert_eq!(
+            person.sent[1].waited_until_unix_ms,
+            start + 21 * 3_600_000,
+            "the send records the wait it followed"
+        );
+    }
     cluster.shutdown().await;
 }

@@ -293,6 +293,16 @@ pub mod funnel {
     }
 }
 
+/// Whether `event` is the one that made its message delivered: a receipt, or a send whose
+/// acceptance counts as delivery (never a late receipt or a read after it).
+pub fn delivers(event: &herald_proto::v1::Event) -> bool {
+    use herald_proto::v1::{EventKind, MessageStatus};
+    matches!(
+        event.kind(),
+        EventKind::EventSent | EventKind::EventDelivered
+    ) && event.status() == MessageStatus::Delivered
+}
+
 /// What appending `events` to a journey message's log adds to its journey's funnel (`None`
 /// for other messages, or events that count nothing): applied with the append, so exactly
 /// once per event.
@@ -305,6 +315,9 @@ pub fn message_tally(
     let (journey, step) = journey_of_key(idempotency_key)?;
     let mut deltas: Vec<(String, i64)> = Vec::new();
     for event in events {
+        if delivers(event) {
+            deltas.push((funnel::delivered(step), 1));
+        }
         match event.kind() {
             EventKind::EventSent => {
                 let channel = match event.channel() {
@@ -315,7 +328,6 @@ pub fn message_tally(
                 };
                 deltas.push((funnel::sent_on(step, channel), 1));
             }
-            EventKind::EventDelivered => deltas.push((funnel::delivered(step), 1)),
             EventKind::EventSuppressed => deltas.push((funnel::suppressed(step), 1)),
             _ => {}
         }

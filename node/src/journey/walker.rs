@@ -475,7 +475,7 @@ impl Person<'_> {
             .events
             .iter()
             .filter_map(|event| match event.kind() {
-                EventKind::EventDelivered => Some("delivered"),
+                _ if flow::delivers(event) => Some("delivered"),
                 EventKind::EventRead => Some("read"),
                 EventKind::EventClicked => Some("clicked"),
                 EventKind::EventConverted => Some("converted"),

@@ -199,3 +199,51 @@ fn the_token_changes_with_every_transition() {
         }
     }
 }
+
+#[test]
+fn a_journey_messages_events_count_for_its_step_once() {
+    use herald_proto::v1::{Channel, Event, EventKind, MessageStatus};
+    let event = |kind: EventKind, status: MessageStatus, channel: Channel| Event {
+        kind: kind as i32,
+        status: status as i32,
+        channel: channel as i32,
+        ..Default::default()
+    };
+    let tenant = herald_proto::TenantId("acme".into());
+    let events = [
+        event(
+            EventKind::EventAttempted,
+            MessageStatus::Pending,
+            Channel::Push,
+        ),
+        // Accepted by the provider counts as delivered: one send, one delivery.
+        event(
+            EventKind::EventSent,
+            MessageStatus::Delivered,
+            Channel::Push,
+        ),
+        // A late receipt and a read after it count nothing more.
+        event(
+            EventKind::EventLateReceipt,
+            MessageStatus::Delivered,
+            Channel::Push,
+        ),
+        event(
+            EventKind::EventRead,
+            MessageStatus::Delivered,
+            Channel::Push,
+        ),
+    ];
+    let Some(herald_store::Tally::AddFields { key, deltas }) =
+        message_tally(&tenant, "journey:01J:ann:1:push", &events)
+    else {
+        panic!("a journey message counts");
+    };
+    assert_eq!(key, "jfn:acme:01J");
+    assert_eq!(
+        deltas,
+        vec![("d:push".to_owned(), 1), ("sc:push:push".to_owned(), 1)]
+    );
+    assert!(message_tally(&tenant, "campaign:c:ann", &events).is_none());
+    assert!(message_tally(&tenant, "journey:01J:ann:1:push", &events[..1]).is_none());
+}
