@@ -16,13 +16,11 @@ use herald::demo::demo_recipient;
 use herald_proto::partition::partition_of;
 use herald_proto::v1::journeys_client::JourneysClient;
 use herald_proto::v1::{
-    Content, EmailContent, ExitKind, JourneyEntry, JourneyEvent, JourneyExit, JourneyFunnel,
-    JourneyPerson, JourneyPersonStatus, JourneySpec, MessageClass, PushContent, SmsContent,
-    UpsertRecipientsRequest,
+    JourneyFunnel, JourneyPerson, JourneyPersonStatus, JourneySpec, UpsertRecipientsRequest,
 };
 use herald_testkit::cluster::{API_KEY, Cluster, NodeSpec, TENANT, authed, channel};
 use herald_testkit::eventually::eventually;
-use herald_testkit::journeys::{self, send, sent_steps, wait_days};
+use herald_testkit::journeys::{self, sent_steps};
 use tonic::transport::Channel;
 
 const IN_FLIGHT: usize = 48;
@@ -53,77 +51,15 @@ fn accelerated(rate: u32) -> NodeSpec {
     }
 }
 
-/// The win-back: on `inactive_30d` a push, 30 days later an email, 30 more an SMS;
-/// a purchase or a conversion ends it. `second_wait_days` 0 = email only.
-fn win_back(second_wait_days: u64) -> JourneySpec {
-    let mut steps = vec![
-        send(
-            "miss-you",
-            Content {
-                push: Some(PushContent {
-                    title: "We miss you".into(),
-                    body: "See what is new.".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ),
-        wait_days("wait-30", 30),
-        send(
-            "offer",
-            Content {
-                email: Some(EmailContent {
-                    subject: "20% off".into(),
-                    text_body: "20% off, this week.".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ),
-    ];
-    if second_wait_days > 0 {
-        steps.push(wait_days("wait-60", second_wait_days));
-        steps.push(send(
-            "last-call",
-            Content {
-                sms: Some(SmsContent {
-                    text: "Last chance: 20% off ends Sunday.".into(),
-                }),
-                ..Default::default()
-            },
-        ));
+/// The win-back (`herald::demo`): on `inactive_30d` a push, 30 days later an email,
+/// 30 more an SMS; a purchase or a conversion ends it. `with_last_call` false: the push, the
+/// 30-day wait and the email only.
+fn win_back(with_last_call: bool) -> JourneySpec {
+    let mut spec = herald::demo::demo_win_back_journey();
+    if !with_last_call {
+        spec.steps.truncate(3);
     }
-    JourneySpec {
-        name: "win-back".into(),
-        class: MessageClass::Marketing as i32,
-        topic: "offers".into(),
-        events: vec![
-            JourneyEvent {
-                name: "inactive_30d".into(),
-                properties: vec![],
-            },
-            JourneyEvent {
-                name: "purchased".into(),
-                properties: vec![],
-            },
-        ],
-        entry: Some(JourneyEntry {
-            event: "inactive_30d".into(),
-            ..Default::default()
-        }),
-        steps,
-        exits: vec![
-            JourneyExit {
-                kind: ExitKind::ExitConverted as i32,
-                event: String::new(),
-            },
-            JourneyExit {
-                kind: ExitKind::ExitEvent as i32,
-                event: "purchased".into(),
-            },
-        ],
-        reentry_cooldown_s: 0,
-    }
+    spec
 }
 
 async fn upsert_people(cluster: &Cluster, n: usize) {
@@ -203,7 +139,7 @@ async fn a_win_back_over_ten_thousand_people_gives_each_exactly_their_steps() {
             .map(|a| async move { journeys::client(channel(a).await) }),
     )
     .await;
-    let journey = journeys::create(&mut apis[0].clone(), API_KEY, win_back(30))
+    let journey = journeys::create(&mut apis[0].clone(), API_KEY, win_back(true))
         .await
         .expect("create")
         .journey_id;
@@ -300,7 +236,7 @@ async fn waits_fire_on_the_new_owner_after_kill_9_within_a_second_and_never_twic
     let cluster = Cluster::start(3, accelerated(rate)).await;
     upsert_people(&cluster, n).await;
     let api = journeys::client(channel(&cluster.node_addrs[0]).await);
-    let journey = journeys::create(&mut api.clone(), API_KEY, win_back(0))
+    let journey = journeys::create(&mut api.clone(), API_KEY, win_back(false))
         .await
         .expect("create")
         .journey_id;
