@@ -43,9 +43,8 @@ pub(crate) async fn demo(addrs: &[String], n: usize) -> Result<serde_json::Value
         .map_err(status_error)?
         .into_inner();
     let id = view.journey_id.clone();
-    eprintln!(
-        "demo journey: {id}: push, 30 days, email, 30 days, SMS; {DAYS_PER_SECOND} days a second"
-    );
+    eprintln!("demo journey: {id} (win-back)");
+    eprintln!("  push, 30 days, email, 30 days, SMS; {DAYS_PER_SECOND} days a second");
     let started = Instant::now();
     let clients: Vec<JourneysClient<GrpcChannel>> = {
         let mut clients = Vec::new();
@@ -75,18 +74,12 @@ pub(crate) async fn demo(addrs: &[String], n: usize) -> Result<serde_json::Value
         let view = get(&mut journeys, &id).await?;
         let funnel = view.funnel.clone().unwrap_or_default();
         let day = started.elapsed().as_secs_f64() * f64::from(DAYS_PER_SECOND);
-        let sent: Vec<String> = funnel
-            .steps
-            .iter()
-            .filter(|s| s.sent > 0)
-            .map(|s| format!("{} {}", s.step, s.sent))
-            .collect();
+        let sent: u64 = funnel.steps.iter().map(|s| s.sent).sum();
         eprintln!(
-            "day {day:>3.0}: in wait {:>5}  exited {:>4}  completed {:>5}  sent {}",
+            "day {day:>3.0}  in wait {:>6}  exited {:>5}  completed {:>6}  messages {sent:>6}",
             funnel.in_wait,
             funnel.exited.values().sum::<u64>(),
             funnel.completed,
-            sent.join(", ")
         );
         if funnel.entered >= n as u64 && funnel.active == 0 {
             break view;
@@ -108,6 +101,12 @@ pub(crate) async fn demo(addrs: &[String], n: usize) -> Result<serde_json::Value
             .iter()
             .filter(|s| s.sent > 0)
             .map(|s| (s.step.clone(), s.sent))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "delivered": funnel
+            .steps
+            .iter()
+            .filter(|s| s.sent > 0)
+            .map(|s| (s.step.clone(), s.delivered))
             .collect::<std::collections::BTreeMap<_, _>>(),
     }))
 }

@@ -637,3 +637,55 @@ async fn a_local_time_wait_and_an_engagement_branch_follow_the_person() {
     }
     cluster.shutdown().await;
 }
+
+/// `herald up --demo-journey`: the win-back over the demo's people on the accelerated clock,
+/// to its end, as a user runs it (a real process, three nodes, the embedded store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_up_demo_journey_plays_the_win_back_to_its_end() {
+    let people: u64 = 100;
+    let mut command = tokio::process::Command::new(herald_testkit::cluster::herald_bin());
+    command
+        .args(["up", "--demo-journey", "--demo", &people.to_string()])
+        .args(["--exit-when-done", "--json", "--partitions", "256"])
+        .env_remove("HERALD_API_KEY")
+        .env_remove("HERALD_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("herald up --demo-journey finished in time")
+        .expect("run herald");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    let converters = people.div_ceil(10);
+    assert_eq!(summary["entered"], people, "{summary}");
+    assert_eq!(summary["completed"], people - converters, "{summary}");
+    assert_eq!(
+        summary["exited"]["event:purchased"], converters,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["sent"]["last-call"],
+        people - converters,
+        "{summary}"
+    );
+    assert!(
+        stderr.contains("day") && stderr.contains("in wait"),
+        "the live funnel:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("entered {people}")),
+        "the final funnel:\n{stdout}"
+    );
+    let report = stdout.lines().filter(|l| !l.starts_with('{'));
+    assert!(
+        stderr
+            .lines()
+            .chain(report)
+            .all(|line| line.chars().count() <= 80),
+        "80 columns:\n{stdout}\n{stderr}"
+    );
+}

@@ -293,29 +293,29 @@ pub mod funnel {
     }
 }
 
-/// Whether `event` is the one that made its message delivered: a receipt, or a send whose
-/// acceptance counts as delivery (never a late receipt or a read after it).
-pub fn delivers(event: &herald_proto::v1::Event) -> bool {
-    use herald_proto::v1::{EventKind, MessageStatus};
-    matches!(
-        event.kind(),
-        EventKind::EventSent | EventKind::EventDelivered
-    ) && event.status() == MessageStatus::Delivered
+/// Whether a message's log shows it delivered (its status after an event is `Delivered`
+/// from the event that delivered it on).
+pub fn delivered(log: &[herald_proto::v1::Event]) -> bool {
+    log.iter()
+        .any(|e| e.status() == herald_proto::v1::MessageStatus::Delivered)
 }
 
 /// What appending `events` to a journey message's log adds to its journey's funnel (`None`
 /// for other messages, or events that count nothing): applied with the append, so exactly
-/// once per event.
+/// once per event. `delivered`: whether the log before them shows the message delivered
+/// (updated: the delivery is counted once, at the event that made it).
 pub fn message_tally(
     tenant: &herald_proto::TenantId,
     idempotency_key: &str,
     events: &[herald_proto::v1::Event],
+    delivered: &mut bool,
 ) -> Option<herald_store::Tally> {
-    use herald_proto::v1::{Channel, EventKind};
+    use herald_proto::v1::{Channel, EventKind, MessageStatus};
     let (journey, step) = journey_of_key(idempotency_key)?;
     let mut deltas: Vec<(String, i64)> = Vec::new();
     for event in events {
-        if delivers(event) {
+        if !*delivered && event.status() == MessageStatus::Delivered {
+            *delivered = true;
             deltas.push((funnel::delivered(step), 1));
         }
         match event.kind() {

@@ -471,17 +471,18 @@ impl Person<'_> {
         let Some(record) = self.store().get_message(&self.tenant.id, &id).await? else {
             return Ok(Vec::new());
         };
+        let delivered = flow::delivered(&record.events).then_some("delivered");
         Ok(record
             .events
             .iter()
             .filter_map(|event| match event.kind() {
-                _ if flow::delivers(event) => Some("delivered"),
                 EventKind::EventRead => Some("read"),
                 EventKind::EventClicked => Some("clicked"),
                 EventKind::EventConverted => Some("converted"),
                 EventKind::EventReplied => Some("replied"),
                 _ => None,
             })
+            .chain(delivered)
             .map(str::to_owned)
             .collect())
     }

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use herald_proto::MessageId;
-use herald_proto::v1::Event;
+use herald_proto::v1::{Event, StoredMessage};
 use herald_store::{FencedOp, WriteOp, WriteOutcome, keys};
 use tracing::warn;
 
@@ -69,6 +69,9 @@ pub struct Log {
     accept: Option<PendingAccept>,
     /// A campaign message's funnel and credits, counted with each append.
     books: Option<Books>,
+    /// Whether the log shows the message delivered (a journey's message counts its delivery
+    /// once, at the event that made it).
+    delivered: bool,
     /// Something of this run is durable already.
     pub wrote: bool,
 }
@@ -92,14 +95,16 @@ impl Log {
             counter: None,
             accept,
             books: None,
+            delivered: false,
             wrote: false,
         }
     }
 
-    /// Counts a campaign message's events for its campaign (`books` opened on the log this run
-    /// continues): each append carries its tallies.
-    pub fn with_books(mut self, books: Option<Books>) -> Log {
-        self.books = books;
+    /// Continues `history` (the log so far): its books (a campaign message's) and what it
+    /// already shows.
+    pub fn after(mut self, message: &StoredMessage, history: &[Event]) -> Log {
+        self.books = Books::open(message, history);
+        self.delivered = crate::journey::flow::delivered(history);
         self
     }
 
@@ -217,6 +222,7 @@ impl Log {
                 &job.tenant.id,
                 &request.idempotency_key,
                 &events,
+                &mut self.delivered,
             )
         {
             tallies.push(tally);

@@ -12,7 +12,6 @@ use tracing::{debug, warn};
 
 use super::log::{Log, Stop, backoff, decode_sends};
 use super::{Job, RecipientEnv, SignalJob};
-use crate::campaign::books::Books;
 use crate::channels::{Delivery, StepCall, campaign_key, sender_key};
 use crate::policy::caps::SentRecord;
 use crate::policy::gates;
@@ -172,8 +171,7 @@ pub async fn run_job(env: &RecipientEnv, mut job: Job) {
             },
         };
         let progress = Progress::from_events(&events);
-        let mut log =
-            Log::new(progress.seq, accept.take()).with_books(Books::open(&job.message, &events));
+        let mut log = Log::new(progress.seq, accept.take()).after(&job.message, &events);
         match run_once(env, &job, &progress, &mut log, recipient.take()).await {
             Ok(()) | Err(Stop::Fenced) | Err(Stop::NotAccepted) => return,
             Err(Stop::Stale { last_seq }) => {
@@ -468,7 +466,7 @@ async fn dead_letter(env: &RecipientEnv, job: &Job) {
     if progress.terminal {
         return;
     }
-    let mut log = Log::new(progress.seq, None).with_books(Books::open(&job.message, &events));
+    let mut log = Log::new(progress.seq, None).after(&job.message, &events);
     log.push(
         env,
         job,
@@ -529,7 +527,7 @@ pub async fn signal_job(env: &RecipientEnv, signal_job: SignalJob) {
             accounts: &view,
         };
         let applied = receipt::apply(&cx, &progress, &signal, recipient, env.clock.now_unix_ms());
-        let mut log = Log::new(progress.seq, None).with_books(Books::open(&job.message, &events));
+        let mut log = Log::new(progress.seq, None).after(&job.message, &events);
         match drive(env, &job, &cx, &mut log, applied.run, applied.step).await {
             Ok(()) => {
                 verdict = applied.verdict;

@@ -234,8 +234,9 @@ fn a_journey_messages_events_count_for_its_step_once() {
             Channel::Push,
         ),
     ];
+    let mut delivered = false;
     let Some(herald_store::Tally::AddFields { key, deltas }) =
-        message_tally(&tenant, "journey:01J:ann:1:push", &events)
+        message_tally(&tenant, "journey:01J:ann:1:push", &events, &mut delivered)
     else {
         panic!("a journey message counts");
     };
@@ -244,6 +245,15 @@ fn a_journey_messages_events_count_for_its_step_once() {
         deltas,
         vec![("d:push".to_owned(), 1), ("sc:push:push".to_owned(), 1)]
     );
-    assert!(message_tally(&tenant, "campaign:c:ann", &events).is_none());
-    assert!(message_tally(&tenant, "journey:01J:ann:1:push", &events[..1]).is_none());
+    // Counted once: a later append (a receipt for the delivered message) counts no delivery.
+    let receipt = [event(
+        EventKind::EventDelivered,
+        MessageStatus::Delivered,
+        Channel::Push,
+    )];
+    assert!(delivered);
+    assert!(message_tally(&tenant, "journey:01J:ann:1:push", &receipt, &mut delivered).is_none());
+    let mut fresh = false;
+    assert!(message_tally(&tenant, "campaign:c:ann", &events, &mut fresh).is_none());
+    assert!(message_tally(&tenant, "journey:01J:ann:1:push", &events[..1], &mut fresh).is_none());
 }
