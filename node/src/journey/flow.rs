@@ -164,9 +164,6 @@ pub fn journey_of_key(key: &str) -> Option<(&str, &str)> {
     Some((journey, step))
 }
 
-/// The template variable an entry event's property is in.
-pub const EVENT_VAR_PREFIX: &str = "event_";
-
 /// The message a send step makes for the person.
 pub fn message(
     spec: &JourneySpec,
@@ -177,7 +174,12 @@ pub fn message(
     let mut variables: BTreeMap<String, String> = person
         .properties
         .iter()
-        .map(|(name, value)| (format!("{EVENT_VAR_PREFIX}{name}"), value.clone()))
+        .map(|(name, value)| {
+            (
+                format!("{}{name}", super::spec::EVENT_VAR_PREFIX),
+                value.clone(),
+            )
+        })
         .collect();
     variables.extend(send.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
     MessageRequest {

@@ -246,7 +246,7 @@ impl Person<'_> {
             }
         }
         let signal = ExitSignal::Event(event.to_owned());
-        answer.exited = self.exit(&signal, None).await?;
+        answer.exited = self.exit_from(&journeys, &signal, None).await?;
         Ok(answer)
     }
 
@@ -528,8 +528,20 @@ impl Person<'_> {
     /// Ends every active journey of the person that `signal` exits (only `only` when given);
     /// answers the ids of those it ended.
     async fn exit(&self, signal: &ExitSignal, only: Option<&str>) -> Result<Vec<String>, Error> {
+        let journeys = self.journeys().await?;
+        self.exit_from(&journeys, signal, only).await
+    }
+
+    /// [`Person::exit`] over definitions already read (a reported event reads them once for
+    /// its entries and its exits).
+    async fn exit_from(
+        &self,
+        journeys: &[JourneyView],
+        signal: &ExitSignal,
+        only: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
         let mut ended = Vec::new();
-        for view in self.journeys().await? {
+        for view in journeys {
             if only.is_some_and(|id| id != view.journey_id) {
                 continue;
             }
